@@ -1,0 +1,3 @@
+"""Chargeyard: an OCPP central system (CSMS) for EV charging networks."""
+
+__version__ = "0.1.0"

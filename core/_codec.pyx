@@ -1,0 +1,141 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Compiled OCPP-J codec. Same API and answers as ``codec_py.Codec``.
+
+The per-frame work is a C scan of ``[2,"id","Action",`` (whitespace allowed
+between tokens), one msgspec decode of the payload bytes into the action's
+Struct, and one msgspec encode of the reply. Anything the scan does not
+recognise goes to ``Tables.classify``, shared with the pure twin.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+import msgspec
+
+from .framing import CALL, Call, FrameError, Tables
+
+cdef object _ValidationError = msgspec.ValidationError
+cdef object _DecodeError = msgspec.DecodeError
+
+
+cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == b' ' or p[i] == b'\t' or p[i] == b'\r' or p[i] == b'\n'):
+        i += 1
+    return i
+
+
+cdef class Codec:
+    """Decode frames from and encode frames to one peer speaking ``version``."""
+
+    cdef readonly object tables
+    cdef readonly str version
+    cdef dict _decoders
+    cdef object _inbound
+    cdef object _enc
+    cdef bint _draft6
+
+    impl = "cython"
+
+    def __init__(self, str version, str role="csms"):
+        self.tables = Tables(version, role)
+        self.version = version
+        self._decoders = self.tables.request_decoders
+        self._inbound = self.tables.inbound
+        self._enc = msgspec.json.Encoder()
+        self._draft6 = self.tables.draft6
+
+    def decode(self, data):
+        """One frame -> Call | CallResult | CallError | Send | FrameError. Never raises."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        cdef bytes b = <bytes>data
+        cdef const char* p = PyBytes_AS_STRING(b)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+        cdef Py_ssize_t i, id0, id1, a0, a1, end
+        cdef unsigned char c
+        # [ 2 , " id " , " Action " , payload ]
+        i = _skip_ws(p, 0, n)
+        if i >= n or p[i] != b'[':
+            return self.tables.classify(b)
+        i = _skip_ws(p, i + 1, n)
+        if i >= n or p[i] != b'2':
+            return self.tables.classify(b)
+        i = _skip_ws(p, i + 1, n)
+        if i >= n or p[i] != b',':
+            return self.tables.classify(b)
+        i = _skip_ws(p, i + 1, n)
+        if i >= n or p[i] != b'"':
+            return self.tables.classify(b)
+        id0 = i + 1
+        i = id0
+        while i < n:
+            c = <unsigned char>p[i]
+            if c == b'"':
+                break
+            if c < 0x20 or c == b'\\':
+                return self.tables.classify(b)
+            i += 1
+        id1 = i
+        if i >= n or id1 == id0 or id1 - id0 > 144:
+            return self.tables.classify(b)
+        i = _skip_ws(p, i + 1, n)
+        if i >= n or p[i] != b',':
+            return self.tables.classify(b)
+        i = _skip_ws(p, i + 1, n)
+        if i >= n or p[i] != b'"':
+            return self.tables.classify(b)
+        a0 = i + 1
+        i = a0
+        while i < n:
+            c = <unsigned char>p[i]
+            if not ((c >= b'A' and c <= b'Z') or (c >= b'a' and c <= b'z') or (c >= b'0' and c <= b'9')):
+                break
+            i += 1
+        a1 = i
+        if i >= n or p[i] != b'"' or a1 == a0 or a1 - a0 > 64:
+            return self.tables.classify(b)
+        i = _skip_ws(p, i + 1, n)
+        if i >= n or p[i] != b',':
+            return self.tables.classify(b)
+        i += 1
+        end = n - 1
+        while end > i and (p[end] == b' ' or p[end] == b'\t' or p[end] == b'\r' or p[end] == b'\n'):
+            end -= 1
+        if end <= i or p[end] != b']':
+            return self.tables.classify(b)
+        try:
+            msg_id = PyUnicode_DecodeUTF8(p + id0, id1 - id0, NULL)
+        except UnicodeDecodeError:
+            return self.tables.classify(b)
+        if len(msg_id) > 36:
+            return self.tables.classify(b)
+        action = PyUnicode_DecodeUTF8(p + a0, a1 - a0, NULL)
+        dec = self._decoders.get(action)
+        if dec is None or action not in self._inbound:
+            return self.tables.classify(b)
+        try:
+            return Call(msg_id, action, dec.decode(b[i:end]))
+        except _ValidationError as exc:
+            if not self._draft6 or "got `float`" not in str(exc):
+                err = self.tables.payload_error(exc)
+                return FrameError(msg_id, err.code, err.description, action, True, CALL)
+        except (_DecodeError, RecursionError):
+            pass
+        return self.tables.classify(b)
+
+    def decode_result(self, str action, payload):
+        """Validate the payload of a CALLRESULT to our ``action``; raises PayloadError."""
+        return self.tables.decode_payload(action, "response", payload)
+
+    def encode_result(self, str message_id, payload):
+        return self._enc.encode((3, message_id, payload))
+
+    def encode_call(self, str message_id, str action, payload):
+        return self._enc.encode((2, message_id, action, payload))
+
+    def encode_error(self, str message_id, str code, str description="", details=None):
+        return self._enc.encode((4, message_id, code, description[:255],
+                                 details if details is not None else {}))
+
+    def encode_reply_error(self, err):
+        return self.encode_error(err.message_id, err.code, err.description)

@@ -1,0 +1,1 @@
+"""Generated OCPP message types, one module per version."""

@@ -1,0 +1,20 @@
+"""Builds the Cython codec; everything else is in pyproject.toml.
+
+Set CHARGEYARD_NO_EXT=1 to install without compiling (the pure-Python twin is used).
+"""
+
+import os
+
+from setuptools import setup
+
+ext_modules = []
+if os.environ.get("CHARGEYARD_NO_EXT") != "1":
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    ext_modules = cythonize(
+        [Extension("chargeyard.core._codec", ["core/_codec.pyx"])],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    )
+
+setup(ext_modules=ext_modules)
