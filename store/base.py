@@ -1,0 +1,159 @@
+"""One storage interface, shaped for batching.
+
+Writers never call the store per message: the worker's batching writer collects
+*operations* (the Structs below) and hands a whole batch to ``Store.apply``, which
+commits it as one transaction (SQLite) or one batch of statements (ScyllaDB) and
+returns one result per operation, in order. Reads serve the operator API.
+
+All timestamps are timezone-aware UTC ``datetime``; energies are Wh as float.
+Transaction ids are strings: OCPP 1.6 ids are the decimal of the 32-bit integer
+allocated from :meth:`Store.allocate_tx_ids`; 2.0.1/2.1 ids are the charger's own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from typing import Any
+
+import msgspec
+
+# -- operations (what a batch is made of) -------------------------------------------
+
+
+class UpsertCharger(msgspec.Struct, tag=True, frozen=True):
+    """BootNotification: identity of a charger (insert or update)."""
+    charger_id: str
+    protocol: str
+    vendor: str
+    model: str
+    serial: str = ""
+    firmware: str = ""
+    at: dt.datetime | None = None
+
+
+class ChargerSeen(msgspec.Struct, tag=True, frozen=True):
+    """Heartbeat or any message: last_seen = max(last_seen, at)."""
+    charger_id: str
+    at: dt.datetime
+
+
+class ConnectorStatus(msgspec.Struct, tag=True, frozen=True):
+    """StatusNotification: last status of a connector (evse_id 0 for 1.6).
+    Kept only if ``at`` is not older than the stored one (offline backlogs arrive late)."""
+    charger_id: str
+    evse_id: int
+    connector_id: int
+    status: str
+    error_code: str
+    at: dt.datetime
+    info: str = ""
+
+
+class StartTransaction(msgspec.Struct, tag=True, frozen=True):
+    """1.6 StartTransaction. Idempotent on (charger_id, connector_id, id_tag,
+    meter_start_wh, started_at): a retry returns the first transaction's id.
+    ``tx_id`` is the id to use if this is a new transaction. Result: the tx id in force (str)."""
+    charger_id: str
+    tx_id: str
+    connector_id: int
+    id_tag: str
+    meter_start_wh: float
+    started_at: dt.datetime
+    reservation_id: int | None = None
+
+
+class StopTransaction(msgspec.Struct, tag=True, frozen=True):
+    """1.6 StopTransaction. An unknown or already-closed transaction is recorded,
+    never an error (chargers resend forever). Result: True if it closed an open tx."""
+    charger_id: str
+    tx_id: str
+    meter_stop_wh: float
+    stopped_at: dt.datetime
+    reason: str = ""
+    id_tag: str = ""
+
+
+class MeterSample(msgspec.Struct, tag=True, frozen=True):
+    """An energy register reading for a transaction (MeterValues, or in a
+    TransactionEvent). Raises the transaction's ``energy_wh`` to the reading minus
+    the start; samples without a transaction (tx_id "") are only kept as last reading."""
+    charger_id: str
+    tx_id: str
+    at: dt.datetime
+    energy_wh: float
+    connector_id: int = 0
+
+
+class TransactionEvent(msgspec.Struct, tag=True, frozen=True):
+    """2.0.1/2.1 TransactionEvent, applied once per (charger_id, tx_id, seq_no).
+    Started creates, Updated updates, Ended closes; out-of-order or unknown ones are
+    recorded (an Ended for an unknown transaction creates it closed).
+    Result: True if applied, False if it was a repeat."""
+    charger_id: str
+    tx_id: str
+    seq_no: int
+    event_type: str  # Started | Updated | Ended
+    at: dt.datetime
+    trigger_reason: str = ""
+    id_tag: str = ""
+    evse_id: int = 0
+    connector_id: int = 0
+    energy_wh: float | None = None  # energy register reading in this event, if any
+    stop_reason: str = ""
+
+
+Op = UpsertCharger | ChargerSeen | ConnectorStatus | StartTransaction | StopTransaction | MeterSample | TransactionEvent
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store(ABC):
+    """The storage contract. ``tests/store/test_contract.py`` runs on every backend."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and run migrations."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def apply(self, ops: list[Op]) -> list[Any]:
+        """Commit all ``ops`` atomically, in order; one result per op (see each op)."""
+
+    @abstractmethod
+    async def allocate_tx_ids(self, count: int) -> tuple[int, int]:
+        """Reserve ``count`` consecutive 1.6 transaction ids, unique across every
+        process sharing this store; returns ``(first, last)`` inclusive; ids are
+        positive 32-bit integers."""
+
+    # -- reads for the API ---------------------------------------------------------
+    @abstractmethod
+    async def get_charger(self, charger_id: str) -> dict | None:
+        """{"id","protocol","vendor","model","serial","firmware","last_seen","last_boot",
+        "connectors":[{"evse_id","connector_id","status","error_code","at"}]}"""
+
+    @abstractmethod
+    async def list_chargers(self) -> list[dict]: ...
+
+    @abstractmethod
+    async def list_transactions(self, charger_id: str | None = None, active: bool | None = None,
+                                limit: int = 1000) -> list[dict]: ...
+
+    @abstractmethod
+    async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
+        """{"charger_id","tx_id","connector_id","evse_id","id_tag","meter_start_wh",
+        "meter_stop_wh","energy_wh","started_at","stopped_at","stop_reason","active"}"""
+
+    # -- authorization list --------------------------------------------------------
+    @abstractmethod
+    async def get_id_tag(self, tag: str) -> str | None: ...
+
+    @abstractmethod
+    async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None: ...
+
+    @abstractmethod
+    async def delete_id_tag(self, tag: str) -> bool: ...
