@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import keyword
+import math
 import re
 import shutil
 import sys
@@ -128,10 +129,14 @@ class Gen:
         if t in ("integer", "number"):
             base = "int" if t == "integer" else "float"
             meta = []
-            if "minimum" in schema:
-                meta.append(f"ge={schema['minimum']!r}")
-            if "maximum" in schema:
-                meta.append(f"le={schema['maximum']!r}")
+            lo, hi = schema.get("minimum"), schema.get("maximum")
+            if t == "integer":  # msgspec wants integer bounds for int (schemas say 0.0)
+                lo = None if lo is None else math.ceil(lo)
+                hi = None if hi is None else math.floor(hi)
+            if lo is not None:
+                meta.append(f"ge={lo!r}")
+            if hi is not None:
+                meta.append(f"le={hi!r}")
             return f"Annotated[{base}, Meta({', '.join(meta)})]" if meta else base
         if t == "boolean":
             return "bool"

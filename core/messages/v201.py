@@ -610,7 +610,7 @@ class ConsumptionCostType(Struct, kw_only=True, omit_defaults=True, gc=False, fo
 class SalesTariffEntryType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     relative_time_interval: RelativeTimeIntervalType = field(name='relativeTimeInterval')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
-    e_price_level: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='ePriceLevel', default=UNSET)
+    e_price_level: Annotated[int, Meta(ge=0)] | UnsetType = field(name='ePriceLevel', default=UNSET)
     consumption_cost: Annotated[list[ConsumptionCostType], Meta(min_length=1, max_length=3)] | UnsetType = field(name='consumptionCost', default=UNSET)
 
 
@@ -700,10 +700,10 @@ class DCChargingParametersType(Struct, kw_only=True, omit_defaults=True, gc=Fals
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
     energy_amount: int | UnsetType = field(name='energyAmount', default=UNSET)
     ev_max_power: int | UnsetType = field(name='evMaxPower', default=UNSET)
-    state_of_charge: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='stateOfCharge', default=UNSET)
+    state_of_charge: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='stateOfCharge', default=UNSET)
     ev_energy_capacity: int | UnsetType = field(name='evEnergyCapacity', default=UNSET)
-    full_so_c: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='fullSoC', default=UNSET)
-    bulk_so_c: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='bulkSoC', default=UNSET)
+    full_so_c: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='fullSoC', default=UNSET)
+    bulk_so_c: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='bulkSoC', default=UNSET)
 
 
 class ChargingNeedsType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):

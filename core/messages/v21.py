@@ -31,13 +31,13 @@ class AFRRSignalResponse(Struct, kw_only=True, omit_defaults=True, gc=False, for
 
 
 class PeriodicEventStreamParamsType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    interval: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='interval', default=UNSET)
-    values: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='values', default=UNSET)
+    interval: Annotated[int, Meta(ge=0)] | UnsetType = field(name='interval', default=UNSET)
+    values: Annotated[int, Meta(ge=0)] | UnsetType = field(name='values', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
 class AdjustPeriodicEventStreamRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     params: PeriodicEventStreamParamsType = field(name='params')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -91,7 +91,7 @@ class IdTokenInfoType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid
     group_id_token: IdTokenType | UnsetType = field(name='groupIdToken', default=UNSET)
     language1: Annotated[str, Meta(max_length=8)] | UnsetType = field(name='language1', default=UNSET)
     language2: Annotated[str, Meta(max_length=8)] | UnsetType = field(name='language2', default=UNSET)
-    evse_id: Annotated[list[Annotated[int, Meta(ge=0.0)]], Meta(min_length=1)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(min_length=1)] | UnsetType = field(name='evseId', default=UNSET)
     personal_message: MessageContentType | UnsetType = field(name='personalMessage', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -127,7 +127,7 @@ class TariffEnergyPriceType(Struct, kw_only=True, omit_defaults=True, gc=False, 
 class TaxRateType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     type: Annotated[str, Meta(max_length=20)] = field(name='type')
     tax: float = field(name='tax')
-    stack: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='stack', default=UNSET)
+    stack: Annotated[int, Meta(ge=0)] | UnsetType = field(name='stack', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -205,7 +205,7 @@ class AuthorizeResponse(Struct, kw_only=True, omit_defaults=True, gc=False, forb
 
 
 class BatteryDataType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     serial_number: Annotated[str, Meta(max_length=50)] = field(name='serialNumber')
     so_c: Annotated[float, Meta(ge=0.0, le=100.0)] = field(name='soC')
     so_h: Annotated[float, Meta(ge=0.0, le=100.0)] = field(name='soH')
@@ -256,7 +256,7 @@ class BootNotificationResponse(Struct, kw_only=True, omit_defaults=True, gc=Fals
 
 
 class CancelReservationRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    reservation_id: Annotated[int, Meta(ge=0.0)] = field(name='reservationId')
+    reservation_id: Annotated[int, Meta(ge=0)] = field(name='reservationId')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -280,8 +280,8 @@ class CertificateSignedResponse(Struct, kw_only=True, omit_defaults=True, gc=Fal
 
 
 class EVSEType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
-    connector_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='connectorId', default=UNSET)
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
+    connector_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='connectorId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -320,9 +320,9 @@ class ClearCacheResponse(Struct, kw_only=True, omit_defaults=True, gc=False, for
 
 
 class ClearChargingProfileType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     charging_profile_purpose: Literal["ChargingStationExternalConstraints", "ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile", "PriorityCharging", "LocalGeneration"] | UnsetType = field(name='chargingProfilePurpose', default=UNSET)
-    stack_level: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='stackLevel', default=UNSET)
+    stack_level: Annotated[int, Meta(ge=0)] | UnsetType = field(name='stackLevel', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -352,7 +352,7 @@ class ClearDERControlResponse(Struct, kw_only=True, omit_defaults=True, gc=False
 
 
 class ClearDisplayMessageRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -364,7 +364,7 @@ class ClearDisplayMessageResponse(Struct, kw_only=True, omit_defaults=True, gc=F
 
 class ClearTariffsRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     tariff_ids: Annotated[list[Annotated[str, Meta(max_length=60)]], Meta(min_length=1)] | UnsetType = field(name='tariffIds', default=UNSET)
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -381,13 +381,13 @@ class ClearTariffsResponse(Struct, kw_only=True, omit_defaults=True, gc=False, f
 
 
 class ClearVariableMonitoringRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[list[Annotated[int, Meta(ge=0.0)]], Meta(min_length=1)] = field(name='id')
+    id: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(min_length=1)] = field(name='id')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
 class ClearMonitoringResultType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     status: Literal["Accepted", "Rejected", "NotFound"] = field(name='status')
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     status_info: StatusInfoType | UnsetType = field(name='statusInfo', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -399,7 +399,7 @@ class ClearVariableMonitoringResponse(Struct, kw_only=True, omit_defaults=True, 
 
 class ClearedChargingLimitRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     charging_limit_source: Annotated[str, Meta(max_length=20)] = field(name='chargingLimitSource')
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -408,7 +408,7 @@ class ClearedChargingLimitResponse(Struct, kw_only=True, omit_defaults=True, gc=
 
 
 class ClosePeriodicEventStreamRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -435,7 +435,7 @@ class CertificateHashDataType(Struct, kw_only=True, omit_defaults=True, gc=False
 
 
 class CustomerInformationRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    request_id: Annotated[int, Meta(ge=0.0)] = field(name='requestId')
+    request_id: Annotated[int, Meta(ge=0)] = field(name='requestId')
     report: bool = field(name='report')
     clear: bool = field(name='clear')
     customer_certificate: CertificateHashDataType | UnsetType = field(name='customerCertificate', default=UNSET)
@@ -490,7 +490,7 @@ class Get15118EVCertificateRequest(Struct, kw_only=True, omit_defaults=True, gc=
     iso15118_schema_version: Annotated[str, Meta(max_length=50)] = field(name='iso15118SchemaVersion')
     action: Literal["Install", "Update"] = field(name='action')
     exi_request: Annotated[str, Meta(max_length=11000)] = field(name='exiRequest')
-    maximum_contract_certificate_chains: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='maximumContractCertificateChains', default=UNSET)
+    maximum_contract_certificate_chains: Annotated[int, Meta(ge=0)] | UnsetType = field(name='maximumContractCertificateChains', default=UNSET)
     prioritized_emai_ds: Annotated[list[Annotated[str, Meta(max_length=255)]], Meta(min_length=1, max_length=8)] | UnsetType = field(name='prioritizedEMAIDs', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -499,7 +499,7 @@ class Get15118EVCertificateResponse(Struct, kw_only=True, omit_defaults=True, gc
     status: Literal["Accepted", "Failed"] = field(name='status')
     exi_response: Annotated[str, Meta(max_length=17000)] = field(name='exiResponse')
     status_info: StatusInfoType | UnsetType = field(name='statusInfo', default=UNSET)
-    remaining_contracts: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='remainingContracts', default=UNSET)
+    remaining_contracts: Annotated[int, Meta(ge=0)] | UnsetType = field(name='remainingContracts', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -554,7 +554,7 @@ class GetCertificateStatusResponse(Struct, kw_only=True, omit_defaults=True, gc=
 
 class ChargingProfileCriterionType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     charging_profile_purpose: Literal["ChargingStationExternalConstraints", "ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile", "PriorityCharging", "LocalGeneration"] | UnsetType = field(name='chargingProfilePurpose', default=UNSET)
-    stack_level: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='stackLevel', default=UNSET)
+    stack_level: Annotated[int, Meta(ge=0)] | UnsetType = field(name='stackLevel', default=UNSET)
     charging_profile_id: Annotated[list[int], Meta(min_length=1)] | UnsetType = field(name='chargingProfileId', default=UNSET)
     charging_limit_source: Annotated[list[Annotated[str, Meta(max_length=20)]], Meta(min_length=1, max_length=4)] | UnsetType = field(name='chargingLimitSource', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -563,7 +563,7 @@ class ChargingProfileCriterionType(Struct, kw_only=True, omit_defaults=True, gc=
 class GetChargingProfilesRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     request_id: int = field(name='requestId')
     charging_profile: ChargingProfileCriterionType = field(name='chargingProfile')
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -575,7 +575,7 @@ class GetChargingProfilesResponse(Struct, kw_only=True, omit_defaults=True, gc=F
 
 class GetCompositeScheduleRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     duration: int = field(name='duration')
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     charging_rate_unit: Literal["W", "A"] | UnsetType = field(name='chargingRateUnit', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -597,8 +597,8 @@ class ChargingSchedulePeriodType(Struct, kw_only=True, omit_defaults=True, gc=Fa
     limit: float | UnsetType = field(name='limit', default=UNSET)
     limit_l2: float | UnsetType = field(name='limit_L2', default=UNSET)
     limit_l3: float | UnsetType = field(name='limit_L3', default=UNSET)
-    number_phases: Annotated[int, Meta(ge=0.0, le=3.0)] | UnsetType = field(name='numberPhases', default=UNSET)
-    phase_to_use: Annotated[int, Meta(ge=0.0, le=3.0)] | UnsetType = field(name='phaseToUse', default=UNSET)
+    number_phases: Annotated[int, Meta(ge=0, le=3)] | UnsetType = field(name='numberPhases', default=UNSET)
+    phase_to_use: Annotated[int, Meta(ge=0, le=3)] | UnsetType = field(name='phaseToUse', default=UNSET)
     discharge_limit: Annotated[float, Meta(le=0.0)] | UnsetType = field(name='dischargeLimit', default=UNSET)
     discharge_limit_l2: Annotated[float, Meta(le=0.0)] | UnsetType = field(name='dischargeLimit_L2', default=UNSET)
     discharge_limit_l3: Annotated[float, Meta(le=0.0)] | UnsetType = field(name='dischargeLimit_L3', default=UNSET)
@@ -618,7 +618,7 @@ class ChargingSchedulePeriodType(Struct, kw_only=True, omit_defaults=True, gc=Fa
 
 
 class CompositeScheduleType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     duration: int = field(name='duration')
     schedule_start: DateTime = field(name='scheduleStart')
     charging_rate_unit: Literal["W", "A"] = field(name='chargingRateUnit')
@@ -649,7 +649,7 @@ class GetDERControlResponse(Struct, kw_only=True, omit_defaults=True, gc=False, 
 
 class GetDisplayMessagesRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     request_id: int = field(name='requestId')
-    id: Annotated[list[Annotated[int, Meta(ge=0.0)]], Meta(min_length=1)] | UnsetType = field(name='id', default=UNSET)
+    id: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(min_length=1)] | UnsetType = field(name='id', default=UNSET)
     priority: Literal["AlwaysFront", "InFront", "NormalCycle"] | UnsetType = field(name='priority', default=UNSET)
     state: Literal["Charging", "Faulted", "Idle", "Unavailable", "Suspended", "Discharging"] | UnsetType = field(name='state', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -700,7 +700,7 @@ class GetLogRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_u
     log: LogParametersType = field(name='log')
     log_type: Literal["DiagnosticsLog", "SecurityLog", "DataCollectorLog"] = field(name='logType')
     request_id: int = field(name='requestId')
-    retries: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='retries', default=UNSET)
+    retries: Annotated[int, Meta(ge=0)] | UnsetType = field(name='retries', default=UNSET)
     retry_interval: int | UnsetType = field(name='retryInterval', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -749,9 +749,9 @@ class GetPeriodicEventStreamRequest(Struct, kw_only=True, omit_defaults=True, gc
 
 
 class ConstantStreamDataType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     params: PeriodicEventStreamParamsType = field(name='params')
-    variable_monitoring_id: Annotated[int, Meta(ge=0.0)] = field(name='variableMonitoringId')
+    variable_monitoring_id: Annotated[int, Meta(ge=0)] = field(name='variableMonitoringId')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -774,7 +774,7 @@ class GetReportResponse(Struct, kw_only=True, omit_defaults=True, gc=False, forb
 
 
 class GetTariffsRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -782,7 +782,7 @@ class TariffAssignmentType(Struct, kw_only=True, omit_defaults=True, gc=False, f
     tariff_id: Annotated[str, Meta(max_length=60)] = field(name='tariffId')
     tariff_kind: Literal["DefaultTariff", "DriverTariff"] = field(name='tariffKind')
     valid_from: DateTime | UnsetType = field(name='validFrom', default=UNSET)
-    evse_ids: Annotated[list[Annotated[int, Meta(ge=0.0)]], Meta(min_length=1)] | UnsetType = field(name='evseIds', default=UNSET)
+    evse_ids: Annotated[list[Annotated[int, Meta(ge=0)]], Meta(min_length=1)] | UnsetType = field(name='evseIds', default=UNSET)
     id_tokens: Annotated[list[Annotated[str, Meta(max_length=255)]], Meta(min_length=1)] | UnsetType = field(name='idTokens', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -896,7 +896,7 @@ class MeterValueType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_
 
 
 class MeterValuesRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     meter_value: Annotated[list[MeterValueType], Meta(min_length=1)] = field(name='meterValue')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -918,7 +918,7 @@ class NotifyAllowedEnergyTransferResponse(Struct, kw_only=True, omit_defaults=Tr
 
 
 class LimitAtSoCType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    soc: Annotated[int, Meta(ge=0.0, le=100.0)] = field(name='soc')
+    soc: Annotated[int, Meta(ge=0, le=100)] = field(name='soc')
     limit: float = field(name='limit')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -944,16 +944,16 @@ class ConsumptionCostType(Struct, kw_only=True, omit_defaults=True, gc=False, fo
 
 class SalesTariffEntryType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     relative_time_interval: RelativeTimeIntervalType = field(name='relativeTimeInterval')
-    e_price_level: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='ePriceLevel', default=UNSET)
+    e_price_level: Annotated[int, Meta(ge=0)] | UnsetType = field(name='ePriceLevel', default=UNSET)
     consumption_cost: Annotated[list[ConsumptionCostType], Meta(min_length=1, max_length=3)] | UnsetType = field(name='consumptionCost', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
 class SalesTariffType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     sales_tariff_entry: Annotated[list[SalesTariffEntryType], Meta(min_length=1, max_length=1024)] = field(name='salesTariffEntry')
     sales_tariff_description: Annotated[str, Meta(max_length=32)] | UnsetType = field(name='salesTariffDescription', default=UNSET)
-    num_e_price_levels: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='numEPriceLevels', default=UNSET)
+    num_e_price_levels: Annotated[int, Meta(ge=0)] | UnsetType = field(name='numEPriceLevels', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -967,8 +967,8 @@ class PriceRuleType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_u
     energy_fee: RationalNumberType = field(name='energyFee')
     power_range_start: RationalNumberType = field(name='powerRangeStart')
     parking_fee_period: int | UnsetType = field(name='parkingFeePeriod', default=UNSET)
-    carbon_dioxide_emission: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='carbonDioxideEmission', default=UNSET)
-    renewable_generation_percentage: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='renewableGenerationPercentage', default=UNSET)
+    carbon_dioxide_emission: Annotated[int, Meta(ge=0)] | UnsetType = field(name='carbonDioxideEmission', default=UNSET)
+    renewable_generation_percentage: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='renewableGenerationPercentage', default=UNSET)
     parking_fee: RationalNumberType | UnsetType = field(name='parkingFee', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -980,7 +980,7 @@ class PriceRuleStackType(Struct, kw_only=True, omit_defaults=True, gc=False, for
 
 
 class TaxRuleType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    tax_rule_id: Annotated[int, Meta(ge=0.0)] = field(name='taxRuleID')
+    tax_rule_id: Annotated[int, Meta(ge=0)] = field(name='taxRuleID')
     applies_to_energy_fee: bool = field(name='appliesToEnergyFee')
     applies_to_parking_fee: bool = field(name='appliesToParkingFee')
     applies_to_overstay_fee: bool = field(name='appliesToOverstayFee')
@@ -1014,7 +1014,7 @@ class AdditionalSelectedServicesType(Struct, kw_only=True, omit_defaults=True, g
 
 class AbsolutePriceScheduleType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     time_anchor: DateTime = field(name='timeAnchor')
-    price_schedule_id: Annotated[int, Meta(ge=0.0)] = field(name='priceScheduleID')
+    price_schedule_id: Annotated[int, Meta(ge=0)] = field(name='priceScheduleID')
     currency: Annotated[str, Meta(max_length=3)] = field(name='currency')
     language: Annotated[str, Meta(max_length=8)] = field(name='language')
     price_algorithm: Annotated[str, Meta(max_length=2000)] = field(name='priceAlgorithm')
@@ -1030,15 +1030,15 @@ class AbsolutePriceScheduleType(Struct, kw_only=True, omit_defaults=True, gc=Fal
 
 class PriceLevelScheduleEntryType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     duration: int = field(name='duration')
-    price_level: Annotated[int, Meta(ge=0.0)] = field(name='priceLevel')
+    price_level: Annotated[int, Meta(ge=0)] = field(name='priceLevel')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
 class PriceLevelScheduleType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     price_level_schedule_entries: Annotated[list[PriceLevelScheduleEntryType], Meta(min_length=1, max_length=100)] = field(name='priceLevelScheduleEntries')
     time_anchor: DateTime = field(name='timeAnchor')
-    price_schedule_id: Annotated[int, Meta(ge=0.0)] = field(name='priceScheduleId')
-    number_of_price_levels: Annotated[int, Meta(ge=0.0)] = field(name='numberOfPriceLevels')
+    price_schedule_id: Annotated[int, Meta(ge=0)] = field(name='priceScheduleId')
+    number_of_price_levels: Annotated[int, Meta(ge=0)] = field(name='numberOfPriceLevels')
     price_schedule_description: Annotated[str, Meta(max_length=32)] | UnsetType = field(name='priceScheduleDescription', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1052,10 +1052,10 @@ class ChargingScheduleType(Struct, kw_only=True, omit_defaults=True, gc=False, f
     duration: int | UnsetType = field(name='duration', default=UNSET)
     min_charging_rate: float | UnsetType = field(name='minChargingRate', default=UNSET)
     power_tolerance: float | UnsetType = field(name='powerTolerance', default=UNSET)
-    signature_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='signatureId', default=UNSET)
+    signature_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='signatureId', default=UNSET)
     digest_value: Annotated[str, Meta(max_length=88)] | UnsetType = field(name='digestValue', default=UNSET)
     use_local_time: bool | UnsetType = field(name='useLocalTime', default=UNSET)
-    randomized_delay: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='randomizedDelay', default=UNSET)
+    randomized_delay: Annotated[int, Meta(ge=0)] | UnsetType = field(name='randomizedDelay', default=UNSET)
     sales_tariff: SalesTariffType | UnsetType = field(name='salesTariff', default=UNSET)
     absolute_price_schedule: AbsolutePriceScheduleType | UnsetType = field(name='absolutePriceSchedule', default=UNSET)
     price_level_schedule: PriceLevelScheduleType | UnsetType = field(name='priceLevelSchedule', default=UNSET)
@@ -1072,7 +1072,7 @@ class ChargingLimitType(Struct, kw_only=True, omit_defaults=True, gc=False, forb
 class NotifyChargingLimitRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     charging_limit: ChargingLimitType = field(name='chargingLimit')
     charging_schedule: Annotated[list[ChargingScheduleType], Meta(min_length=1)] | UnsetType = field(name='chargingSchedule', default=UNSET)
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -1082,9 +1082,9 @@ class NotifyChargingLimitResponse(Struct, kw_only=True, omit_defaults=True, gc=F
 
 class NotifyCustomerInformationRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     data: Annotated[str, Meta(max_length=512)] = field(name='data')
-    seq_no: Annotated[int, Meta(ge=0.0)] = field(name='seqNo')
+    seq_no: Annotated[int, Meta(ge=0)] = field(name='seqNo')
     generated_at: DateTime = field(name='generatedAt')
-    request_id: Annotated[int, Meta(ge=0.0)] = field(name='requestId')
+    request_id: Annotated[int, Meta(ge=0)] = field(name='requestId')
     tbc: bool | UnsetType = field(name='tbc', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1119,7 +1119,7 @@ class NotifyDERStartStopResponse(Struct, kw_only=True, omit_defaults=True, gc=Fa
 
 
 class MessageInfoType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     priority: Literal["AlwaysFront", "InFront", "NormalCycle"] = field(name='priority')
     message: MessageContentType = field(name='message')
     display: ComponentType | UnsetType = field(name='display', default=UNSET)
@@ -1239,9 +1239,9 @@ class DCChargingParametersType(Struct, kw_only=True, omit_defaults=True, gc=Fals
     ev_max_power: float | UnsetType = field(name='evMaxPower', default=UNSET)
     ev_energy_capacity: float | UnsetType = field(name='evEnergyCapacity', default=UNSET)
     energy_amount: float | UnsetType = field(name='energyAmount', default=UNSET)
-    state_of_charge: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='stateOfCharge', default=UNSET)
-    full_so_c: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='fullSoC', default=UNSET)
-    bulk_so_c: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='bulkSoC', default=UNSET)
+    state_of_charge: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='stateOfCharge', default=UNSET)
+    full_so_c: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='fullSoC', default=UNSET)
+    bulk_so_c: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='bulkSoC', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -1269,7 +1269,7 @@ class V2XChargingParametersType(Struct, kw_only=True, omit_defaults=True, gc=Fal
     ev_max_energy_request: float | UnsetType = field(name='evMaxEnergyRequest', default=UNSET)
     ev_min_v2_x_energy_request: float | UnsetType = field(name='evMinV2XEnergyRequest', default=UNSET)
     ev_max_v2_x_energy_request: float | UnsetType = field(name='evMaxV2XEnergyRequest', default=UNSET)
-    target_so_c: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='targetSoC', default=UNSET)
+    target_so_c: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='targetSoC', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -1288,9 +1288,9 @@ class ChargingNeedsType(Struct, kw_only=True, omit_defaults=True, gc=False, forb
 
 
 class NotifyEVChargingNeedsRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=1.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=1)] = field(name='evseId')
     charging_needs: ChargingNeedsType = field(name='chargingNeeds')
-    max_schedule_tuples: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='maxScheduleTuples', default=UNSET)
+    max_schedule_tuples: Annotated[int, Meta(ge=0)] | UnsetType = field(name='maxScheduleTuples', default=UNSET)
     timestamp: DateTime | UnsetType = field(name='timestamp', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1304,8 +1304,8 @@ class NotifyEVChargingNeedsResponse(Struct, kw_only=True, omit_defaults=True, gc
 class NotifyEVChargingScheduleRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     time_base: DateTime = field(name='timeBase')
     charging_schedule: ChargingScheduleType = field(name='chargingSchedule')
-    evse_id: Annotated[int, Meta(ge=1.0)] = field(name='evseId')
-    selected_charging_schedule_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='selectedChargingScheduleId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=1)] = field(name='evseId')
+    selected_charging_schedule_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='selectedChargingScheduleId', default=UNSET)
     power_tolerance_acceptance: bool | UnsetType = field(name='powerToleranceAcceptance', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1317,26 +1317,26 @@ class NotifyEVChargingScheduleResponse(Struct, kw_only=True, omit_defaults=True,
 
 
 class EventDataType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    event_id: Annotated[int, Meta(ge=0.0)] = field(name='eventId')
+    event_id: Annotated[int, Meta(ge=0)] = field(name='eventId')
     timestamp: DateTime = field(name='timestamp')
     trigger: Literal["Alerting", "Delta", "Periodic"] = field(name='trigger')
     actual_value: Annotated[str, Meta(max_length=2500)] = field(name='actualValue')
     component: ComponentType = field(name='component')
     event_notification_type: Literal["HardWiredNotification", "HardWiredMonitor", "PreconfiguredMonitor", "CustomMonitor"] = field(name='eventNotificationType')
     variable: VariableType = field(name='variable')
-    cause: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='cause', default=UNSET)
+    cause: Annotated[int, Meta(ge=0)] | UnsetType = field(name='cause', default=UNSET)
     tech_code: Annotated[str, Meta(max_length=50)] | UnsetType = field(name='techCode', default=UNSET)
     tech_info: Annotated[str, Meta(max_length=500)] | UnsetType = field(name='techInfo', default=UNSET)
     cleared: bool | UnsetType = field(name='cleared', default=UNSET)
     transaction_id: Annotated[str, Meta(max_length=36)] | UnsetType = field(name='transactionId', default=UNSET)
-    variable_monitoring_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='variableMonitoringId', default=UNSET)
-    severity: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='severity', default=UNSET)
+    variable_monitoring_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='variableMonitoringId', default=UNSET)
+    severity: Annotated[int, Meta(ge=0)] | UnsetType = field(name='severity', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
 class NotifyEventRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     generated_at: DateTime = field(name='generatedAt')
-    seq_no: Annotated[int, Meta(ge=0.0)] = field(name='seqNo')
+    seq_no: Annotated[int, Meta(ge=0)] = field(name='seqNo')
     event_data: Annotated[list[EventDataType], Meta(min_length=1)] = field(name='eventData')
     tbc: bool | UnsetType = field(name='tbc', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -1347,11 +1347,11 @@ class NotifyEventResponse(Struct, kw_only=True, omit_defaults=True, gc=False, fo
 
 
 class VariableMonitoringType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     transaction: bool = field(name='transaction')
     value: float = field(name='value')
     type: Literal["UpperThreshold", "LowerThreshold", "Delta", "Periodic", "PeriodicClockAligned", "TargetDelta", "TargetDeltaRelative"] = field(name='type')
-    severity: Annotated[int, Meta(ge=0.0)] = field(name='severity')
+    severity: Annotated[int, Meta(ge=0)] = field(name='severity')
     event_notification_type: Literal["HardWiredNotification", "HardWiredMonitor", "PreconfiguredMonitor", "CustomMonitor"] = field(name='eventNotificationType')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1365,7 +1365,7 @@ class MonitoringDataType(Struct, kw_only=True, omit_defaults=True, gc=False, for
 
 class NotifyMonitoringReportRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     request_id: int = field(name='requestId')
-    seq_no: Annotated[int, Meta(ge=0.0)] = field(name='seqNo')
+    seq_no: Annotated[int, Meta(ge=0)] = field(name='seqNo')
     generated_at: DateTime = field(name='generatedAt')
     monitor: Annotated[list[MonitoringDataType], Meta(min_length=1)] | UnsetType = field(name='monitor', default=UNSET)
     tbc: bool | UnsetType = field(name='tbc', default=UNSET)
@@ -1384,8 +1384,8 @@ class StreamDataElementType(Struct, kw_only=True, omit_defaults=True, gc=False, 
 
 class NotifyPeriodicEventStreamRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     data: Annotated[list[StreamDataElementType], Meta(min_length=1)] = field(name='data')
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
-    pending: Annotated[int, Meta(ge=0.0)] = field(name='pending')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
+    pending: Annotated[int, Meta(ge=0)] = field(name='pending')
     basetime: DateTime = field(name='basetime')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1415,7 +1415,7 @@ class VariableCharacteristicsType(Struct, kw_only=True, omit_defaults=True, gc=F
     unit: Annotated[str, Meta(max_length=16)] | UnsetType = field(name='unit', default=UNSET)
     min_limit: float | UnsetType = field(name='minLimit', default=UNSET)
     max_limit: float | UnsetType = field(name='maxLimit', default=UNSET)
-    max_elements: Annotated[int, Meta(ge=1.0)] | UnsetType = field(name='maxElements', default=UNSET)
+    max_elements: Annotated[int, Meta(ge=1)] | UnsetType = field(name='maxElements', default=UNSET)
     values_list: Annotated[str, Meta(max_length=1000)] | UnsetType = field(name='valuesList', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1431,7 +1431,7 @@ class ReportDataType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_
 class NotifyReportRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     request_id: int = field(name='requestId')
     generated_at: DateTime = field(name='generatedAt')
-    seq_no: Annotated[int, Meta(ge=0.0)] = field(name='seqNo')
+    seq_no: Annotated[int, Meta(ge=0)] = field(name='seqNo')
     report_data: Annotated[list[ReportDataType], Meta(min_length=1)] | UnsetType = field(name='reportData', default=UNSET)
     tbc: bool | UnsetType = field(name='tbc', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -1472,7 +1472,7 @@ class NotifySettlementResponse(Struct, kw_only=True, omit_defaults=True, gc=Fals
 
 
 class NotifyWebPaymentStartedRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     timeout: int = field(name='timeout')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1495,9 +1495,9 @@ class OpenPeriodicEventStreamResponse(Struct, kw_only=True, omit_defaults=True, 
 class PublishFirmwareRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     location: Annotated[str, Meta(max_length=2000)] = field(name='location')
     checksum: Annotated[str, Meta(max_length=32)] = field(name='checksum')
-    request_id: Annotated[int, Meta(ge=0.0)] = field(name='requestId')
-    retries: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='retries', default=UNSET)
-    retry_interval: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='retryInterval', default=UNSET)
+    request_id: Annotated[int, Meta(ge=0)] = field(name='requestId')
+    retries: Annotated[int, Meta(ge=0)] | UnsetType = field(name='retries', default=UNSET)
+    retry_interval: Annotated[int, Meta(ge=0)] | UnsetType = field(name='retryInterval', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -1510,7 +1510,7 @@ class PublishFirmwareResponse(Struct, kw_only=True, omit_defaults=True, gc=False
 class PublishFirmwareStatusNotificationRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     status: Literal["Idle", "DownloadScheduled", "Downloading", "Downloaded", "Published", "DownloadFailed", "DownloadPaused", "InvalidChecksum", "ChecksumVerified", "PublishFailed"] = field(name='status')
     location: Annotated[list[Annotated[str, Meta(max_length=2000)]], Meta(min_length=1)] | UnsetType = field(name='location', default=UNSET)
-    request_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='requestId', default=UNSET)
+    request_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='requestId', default=UNSET)
     status_info: StatusInfoType | UnsetType = field(name='statusInfo', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1549,7 +1549,7 @@ class PullDynamicScheduleUpdateResponse(Struct, kw_only=True, omit_defaults=True
 
 class ChargingProfileType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     id: int = field(name='id')
-    stack_level: Annotated[int, Meta(ge=0.0)] = field(name='stackLevel')
+    stack_level: Annotated[int, Meta(ge=0)] = field(name='stackLevel')
     charging_profile_purpose: Literal["ChargingStationExternalConstraints", "ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile", "PriorityCharging", "LocalGeneration"] = field(name='chargingProfilePurpose')
     charging_profile_kind: Literal["Absolute", "Recurring", "Relative", "Dynamic"] = field(name='chargingProfileKind')
     charging_schedule: Annotated[list[ChargingScheduleType], Meta(min_length=1, max_length=3)] = field(name='chargingSchedule')
@@ -1569,7 +1569,7 @@ class ReportChargingProfilesRequest(Struct, kw_only=True, omit_defaults=True, gc
     request_id: int = field(name='requestId')
     charging_limit_source: Annotated[str, Meta(max_length=20)] = field(name='chargingLimitSource')
     charging_profile: Annotated[list[ChargingProfileType], Meta(min_length=1)] = field(name='chargingProfile')
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     tbc: bool | UnsetType = field(name='tbc', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1608,7 +1608,7 @@ class VoltageParamsType(Struct, kw_only=True, omit_defaults=True, gc=False, forb
 
 class DERCurveType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     curve_data: Annotated[list[DERCurvePointsType], Meta(min_length=1, max_length=10)] = field(name='curveData')
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     y_unit: Literal["Not_Applicable", "PctMaxW", "PctMaxVar", "PctWAvail", "PctVarAvail", "PctEffectiveV"] = field(name='yUnit')
     hysteresis: HysteresisType | UnsetType = field(name='hysteresis', default=UNSET)
     reactive_power_params: ReactivePowerParamsType | UnsetType = field(name='reactivePowerParams', default=UNSET)
@@ -1629,7 +1629,7 @@ class DERCurveGetType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid
 
 
 class EnterServiceType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     high_voltage: float = field(name='highVoltage')
     low_voltage: float = field(name='lowVoltage')
     high_freq: float = field(name='highFreq')
@@ -1647,7 +1647,7 @@ class EnterServiceGetType(Struct, kw_only=True, omit_defaults=True, gc=False, fo
 
 
 class FixedPFType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     displacement: float = field(name='displacement')
     excitation: bool = field(name='excitation')
     start_time: DateTime | UnsetType = field(name='startTime', default=UNSET)
@@ -1664,7 +1664,7 @@ class FixedPFGetType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_
 
 
 class FixedVarType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     setpoint: float = field(name='setpoint')
     unit: Literal["Not_Applicable", "PctMaxW", "PctMaxVar", "PctWAvail", "PctVarAvail", "PctEffectiveV"] = field(name='unit')
     start_time: DateTime | UnsetType = field(name='startTime', default=UNSET)
@@ -1681,7 +1681,7 @@ class FixedVarGetType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid
 
 
 class FreqDroopType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     over_freq: float = field(name='overFreq')
     under_freq: float = field(name='underFreq')
     over_droop: float = field(name='overDroop')
@@ -1701,7 +1701,7 @@ class FreqDroopGetType(Struct, kw_only=True, omit_defaults=True, gc=False, forbi
 
 
 class GradientType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     gradient: float = field(name='gradient')
     soft_gradient: float = field(name='softGradient')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -1714,7 +1714,7 @@ class GradientGetType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid
 
 
 class LimitMaxDischargeType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    priority: Annotated[int, Meta(ge=0.0)] = field(name='priority')
+    priority: Annotated[int, Meta(ge=0)] = field(name='priority')
     pct_max_discharge_power: float | UnsetType = field(name='pctMaxDischargePower', default=UNSET)
     power_monitoring_must_trip: DERCurveType | UnsetType = field(name='powerMonitoringMustTrip', default=UNSET)
     start_time: DateTime | UnsetType = field(name='startTime', default=UNSET)
@@ -1763,7 +1763,7 @@ class RequestBatterySwapResponse(Struct, kw_only=True, omit_defaults=True, gc=Fa
 class RequestStartTransactionRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     id_token: IdTokenType = field(name='idToken')
     remote_start_id: int = field(name='remoteStartId')
-    evse_id: Annotated[int, Meta(ge=1.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=1)] | UnsetType = field(name='evseId', default=UNSET)
     group_id_token: IdTokenType | UnsetType = field(name='groupIdToken', default=UNSET)
     charging_profile: ChargingProfileType | UnsetType = field(name='chargingProfile', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -1788,7 +1788,7 @@ class RequestStopTransactionResponse(Struct, kw_only=True, omit_defaults=True, g
 
 
 class ReservationStatusUpdateRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    reservation_id: Annotated[int, Meta(ge=0.0)] = field(name='reservationId')
+    reservation_id: Annotated[int, Meta(ge=0)] = field(name='reservationId')
     reservation_update_status: Literal["Expired", "Removed", "NoTransaction"] = field(name='reservationUpdateStatus')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1798,11 +1798,11 @@ class ReservationStatusUpdateResponse(Struct, kw_only=True, omit_defaults=True, 
 
 
 class ReserveNowRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    id: Annotated[int, Meta(ge=0.0)] = field(name='id')
+    id: Annotated[int, Meta(ge=0)] = field(name='id')
     expiry_date_time: DateTime = field(name='expiryDateTime')
     id_token: IdTokenType = field(name='idToken')
     connector_type: Annotated[str, Meta(max_length=20)] | UnsetType = field(name='connectorType', default=UNSET)
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     group_id_token: IdTokenType | UnsetType = field(name='groupIdToken', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1815,7 +1815,7 @@ class ReserveNowResponse(Struct, kw_only=True, omit_defaults=True, gc=False, for
 
 class ResetRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     type: Literal["Immediate", "OnIdle", "ImmediateAndResume"] = field(name='type')
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -1856,7 +1856,7 @@ class SendLocalListResponse(Struct, kw_only=True, omit_defaults=True, gc=False, 
 
 
 class SetChargingProfileRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     charging_profile: ChargingProfileType = field(name='chargingProfile')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1890,7 +1890,7 @@ class SetDERControlResponse(Struct, kw_only=True, omit_defaults=True, gc=False, 
 
 
 class SetDefaultTariffRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
     tariff: TariffType = field(name='tariff')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -1924,7 +1924,7 @@ class SetMonitoringBaseResponse(Struct, kw_only=True, omit_defaults=True, gc=Fal
 
 
 class SetMonitoringLevelRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    severity: Annotated[int, Meta(ge=0.0)] = field(name='severity')
+    severity: Annotated[int, Meta(ge=0)] = field(name='severity')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -1960,7 +1960,7 @@ class NetworkConnectionProfileType(Struct, kw_only=True, omit_defaults=True, gc=
     ocpp_transport: Literal["SOAP", "JSON"] = field(name='ocppTransport')
     message_timeout: int = field(name='messageTimeout')
     ocpp_csms_url: Annotated[str, Meta(max_length=2000)] = field(name='ocppCsmsUrl')
-    security_profile: Annotated[int, Meta(ge=0.0)] = field(name='securityProfile')
+    security_profile: Annotated[int, Meta(ge=0)] = field(name='securityProfile')
     apn: APNType | UnsetType = field(name='apn', default=UNSET)
     ocpp_version: Literal["OCPP12", "OCPP15", "OCPP16", "OCPP20", "OCPP201", "OCPP21"] | UnsetType = field(name='ocppVersion', default=UNSET)
     identity: Annotated[str, Meta(max_length=48)] | UnsetType = field(name='identity', default=UNSET)
@@ -1984,10 +1984,10 @@ class SetNetworkProfileResponse(Struct, kw_only=True, omit_defaults=True, gc=Fal
 class SetMonitoringDataType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     value: float = field(name='value')
     type: Literal["UpperThreshold", "LowerThreshold", "Delta", "Periodic", "PeriodicClockAligned", "TargetDelta", "TargetDeltaRelative"] = field(name='type')
-    severity: Annotated[int, Meta(ge=0.0)] = field(name='severity')
+    severity: Annotated[int, Meta(ge=0)] = field(name='severity')
     component: ComponentType = field(name='component')
     variable: VariableType = field(name='variable')
-    id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='id', default=UNSET)
+    id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='id', default=UNSET)
     periodic_event_stream: PeriodicEventStreamParamsType | UnsetType = field(name='periodicEventStream', default=UNSET)
     transaction: bool | UnsetType = field(name='transaction', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
@@ -2003,8 +2003,8 @@ class SetMonitoringResultType(Struct, kw_only=True, omit_defaults=True, gc=False
     type: Literal["UpperThreshold", "LowerThreshold", "Delta", "Periodic", "PeriodicClockAligned", "TargetDelta", "TargetDeltaRelative"] = field(name='type')
     component: ComponentType = field(name='component')
     variable: VariableType = field(name='variable')
-    severity: Annotated[int, Meta(ge=0.0)] = field(name='severity')
-    id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='id', default=UNSET)
+    severity: Annotated[int, Meta(ge=0)] = field(name='severity')
+    id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='id', default=UNSET)
     status_info: StatusInfoType | UnsetType = field(name='statusInfo', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -2058,8 +2058,8 @@ class SignCertificateResponse(Struct, kw_only=True, omit_defaults=True, gc=False
 class StatusNotificationRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     timestamp: DateTime = field(name='timestamp')
     connector_status: Literal["Available", "Occupied", "Reserved", "Unavailable", "Faulted"] = field(name='connectorStatus')
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
-    connector_id: Annotated[int, Meta(ge=0.0)] = field(name='connectorId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
+    connector_id: Annotated[int, Meta(ge=0)] = field(name='connectorId')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -2120,7 +2120,7 @@ class TransactionLimitType(Struct, kw_only=True, omit_defaults=True, gc=False, f
     max_cost: float | UnsetType = field(name='maxCost', default=UNSET)
     max_energy: float | UnsetType = field(name='maxEnergy', default=UNSET)
     max_time: int | UnsetType = field(name='maxTime', default=UNSET)
-    max_so_c: Annotated[int, Meta(ge=0.0, le=100.0)] | UnsetType = field(name='maxSoC', default=UNSET)
+    max_so_c: Annotated[int, Meta(ge=0, le=100)] | UnsetType = field(name='maxSoC', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -2140,14 +2140,14 @@ class TransactionEventRequest(Struct, kw_only=True, omit_defaults=True, gc=False
     event_type: Literal["Ended", "Started", "Updated"] = field(name='eventType')
     timestamp: DateTime = field(name='timestamp')
     trigger_reason: Literal["AbnormalCondition", "Authorized", "CablePluggedIn", "ChargingRateChanged", "ChargingStateChanged", "CostLimitReached", "Deauthorized", "EnergyLimitReached", "EVCommunicationLost", "EVConnectTimeout", "EVDeparted", "EVDetected", "LimitSet", "MeterValueClock", "MeterValuePeriodic", "OperationModeChanged", "RemoteStart", "RemoteStop", "ResetCommand", "RunningCost", "SignedDataReceived", "SoCLimitReached", "StopAuthorized", "TariffChanged", "TariffNotAccepted", "TimeLimitReached", "Trigger", "TxResumed", "UnlockCommand"] = field(name='triggerReason')
-    seq_no: Annotated[int, Meta(ge=0.0)] = field(name='seqNo')
+    seq_no: Annotated[int, Meta(ge=0)] = field(name='seqNo')
     transaction_info: TransactionType = field(name='transactionInfo')
     cost_details: CostDetailsType | UnsetType = field(name='costDetails', default=UNSET)
     meter_value: Annotated[list[MeterValueType], Meta(min_length=1)] | UnsetType = field(name='meterValue', default=UNSET)
     offline: bool | UnsetType = field(name='offline', default=UNSET)
-    number_of_phases_used: Annotated[int, Meta(ge=0.0, le=3.0)] | UnsetType = field(name='numberOfPhasesUsed', default=UNSET)
+    number_of_phases_used: Annotated[int, Meta(ge=0, le=3)] | UnsetType = field(name='numberOfPhasesUsed', default=UNSET)
     cable_max_current: int | UnsetType = field(name='cableMaxCurrent', default=UNSET)
-    reservation_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='reservationId', default=UNSET)
+    reservation_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='reservationId', default=UNSET)
     preconditioning_status: Literal["Unknown", "Ready", "NotReady", "Preconditioning"] | UnsetType = field(name='preconditioningStatus', default=UNSET)
     evse_sleep: bool | UnsetType = field(name='evseSleep', default=UNSET)
     evse: EVSEType | UnsetType = field(name='evse', default=UNSET)
@@ -2179,8 +2179,8 @@ class TriggerMessageResponse(Struct, kw_only=True, omit_defaults=True, gc=False,
 
 
 class UnlockConnectorRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
-    evse_id: Annotated[int, Meta(ge=0.0)] = field(name='evseId')
-    connector_id: Annotated[int, Meta(ge=0.0)] = field(name='connectorId')
+    evse_id: Annotated[int, Meta(ge=0)] = field(name='evseId')
+    connector_id: Annotated[int, Meta(ge=0)] = field(name='connectorId')
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -2224,7 +2224,7 @@ class FirmwareType(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_un
 class UpdateFirmwareRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     request_id: int = field(name='requestId')
     firmware: FirmwareType = field(name='firmware')
-    retries: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='retries', default=UNSET)
+    retries: Annotated[int, Meta(ge=0)] | UnsetType = field(name='retries', default=UNSET)
     retry_interval: int | UnsetType = field(name='retryInterval', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
@@ -2249,7 +2249,7 @@ class UsePriorityChargingResponse(Struct, kw_only=True, omit_defaults=True, gc=F
 
 class VatNumberValidationRequest(Struct, kw_only=True, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     vat_number: Annotated[str, Meta(max_length=20)] = field(name='vatNumber')
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
@@ -2258,7 +2258,7 @@ class VatNumberValidationResponse(Struct, kw_only=True, omit_defaults=True, gc=F
     status: Literal["Accepted", "Rejected"] = field(name='status')
     company: AddressType | UnsetType = field(name='company', default=UNSET)
     status_info: StatusInfoType | UnsetType = field(name='statusInfo', default=UNSET)
-    evse_id: Annotated[int, Meta(ge=0.0)] | UnsetType = field(name='evseId', default=UNSET)
+    evse_id: Annotated[int, Meta(ge=0)] | UnsetType = field(name='evseId', default=UNSET)
     custom_data: CustomDataType | UnsetType = field(name='customData', default=UNSET)
 
 
