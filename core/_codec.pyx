@@ -12,7 +12,7 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 import msgspec
 
-from .framing import CALL, Call, FrameError, Tables
+from .framing import CALL, Call, FrameError, PayloadError, Tables
 
 cdef object _ValidationError = msgspec.ValidationError
 cdef object _DecodeError = msgspec.DecodeError
@@ -22,6 +22,29 @@ cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexc
     while i < n and (p[i] == b' ' or p[i] == b'\t' or p[i] == b'\r' or p[i] == b'\n'):
         i += 1
     return i
+
+
+cdef inline bint _is_digit(char c) noexcept nogil:
+    return c >= b'0' and c <= b'9'
+
+
+cdef bint _dt_suspect(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """C twin of ``checks.DT_SUSPECT``: digit-space-digit, ``[+-]dddd"`` or ``\\u``."""
+    cdef Py_ssize_t k
+    cdef char c
+    for k in range(i, n):
+        c = p[k]
+        if c == b' ':
+            if k > i and k + 1 < n and _is_digit(p[k - 1]) and _is_digit(p[k + 1]):
+                return True
+        elif c == b'"':
+            if (k - 5 >= i and (p[k - 5] == b'+' or p[k - 5] == b'-') and _is_digit(p[k - 4])
+                    and _is_digit(p[k - 3]) and _is_digit(p[k - 2]) and _is_digit(p[k - 1])):
+                return True
+        elif c == b'\\':
+            if k + 1 < n and p[k + 1] == b'u':
+                return True
+    return False
 
 
 cdef class Codec:
@@ -113,14 +136,22 @@ cdef class Codec:
         dec = self._decoders.get(action)
         if dec is None or action not in self._inbound:
             return self.tables.classify(b)
+        payload = b[i:end]
         try:
-            return Call(msg_id, action, dec.decode(b[i:end]))
+            obj = dec.decode(payload)
         except _ValidationError as exc:
             if not self._draft6 or "got `float`" not in str(exc):
                 err = self.tables.payload_error(exc)
                 return FrameError(msg_id, err.code, err.description, action, True, CALL)
         except (_DecodeError, RecursionError):
             pass
+        else:
+            if _dt_suspect(p, i, end):
+                try:
+                    self.tables.check_datetimes(dec.type, payload)
+                except PayloadError as err:
+                    return FrameError(msg_id, err.code, err.description, action, True, CALL)
+            return Call(msg_id, action, obj)
         return self.tables.classify(b)
 
     def decode_result(self, str action, payload):

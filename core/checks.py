@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import re
 from fractions import Fraction
-from typing import Annotated
+from typing import Annotated, Any
 
+import msgspec.inspect as mi
 from msgspec import Meta
 
 #: ``format: date-time``: an RFC 3339 timestamp with a UTC offset.
@@ -29,3 +31,73 @@ def multiple_of(value: float, step: float, name: str) -> None:
         failed = bool(value % step)
     if failed:
         raise ValueError(f"Expected `number` that's a multiple of {step}")
+
+
+# -- date-time: RFC 3339 exactly as the reference validator reads it ---------------------
+#
+# msgspec's datetime parser accepts two ISO 8601 spellings that RFC 3339 (and so
+# ``jsonschema`` with ``rfc3339-validator``) rejects: a space between date and time and
+# an offset without a colon (``+0100``). Rejecting them must not cost the hot path, so
+# the codecs first look at the raw payload bytes for anything that *could* be such a
+# spelling (:data:`DT_SUSPECT`; a superset: a digit, a space, a digit -- impossible
+# outside a string in valid JSON --, a colon-less offset before a closing quote, or a
+# ``\u`` escape that could spell either) and only then walk the payload's date-time
+# fields with the exact pattern (:func:`bad_datetime`).
+
+#: Same grammar as rfc3339-validator (case-insensitive, as jsonschema upper-cases);
+#: day-of-month validity is already checked by msgspec's parser.
+RFC3339 = re.compile(
+    r"\d{4}-(?:0[1-9]|1[0-2])-\d{2}[Tt](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?"
+    r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII)
+DT_SUSPECT = re.compile(rb'\d \d|[+-]\d{4}"|\\u')
+
+_PLANS: dict[Any, Any] = {}
+
+
+def _plan(t: Any) -> Any:
+    """What to look at in a decoded-to-builtins payload: ``"dt"``, ``("list", plan)``,
+    ``("struct", ((json_name, plan), ...))`` or None when no date-time is inside."""
+    if isinstance(t, mi.DateTimeType):
+        return "dt"
+    if isinstance(t, mi.ListType):
+        sub = _plan(t.item_type)
+        return ("list", sub) if sub is not None else None
+    if isinstance(t, mi.UnionType):
+        subs = [p for p in (_plan(x) for x in t.types) if p is not None]
+        return subs[0] if subs else None
+    if isinstance(t, mi.StructType):
+        cls = t.cls
+        if cls not in _PLANS:
+            _PLANS[cls] = None  # cycle guard
+            fields = tuple((f.encode_name, p) for f in t.fields
+                           if (p := _plan(f.type)) is not None)
+            _PLANS[cls] = ("struct", fields) if fields else None
+        return _PLANS[cls]
+    return None
+
+
+def datetime_plan(struct_type: type) -> Any:
+    """The (cached) plan of a generated message type; None if it has no date-time."""
+    try:
+        return _PLANS[struct_type]
+    except KeyError:
+        return _plan(mi.type_info(struct_type))
+
+
+def bad_datetime(plan: Any, obj: Any, path: str = "$") -> str | None:
+    """The path of the first date-time string in ``obj`` that is not RFC 3339, else None."""
+    if plan == "dt":
+        if isinstance(obj, str) and RFC3339.fullmatch(obj) is None:
+            return path
+        return None
+    if plan[0] == "list":
+        if isinstance(obj, list):
+            for i, item in enumerate(obj):
+                if (bad := bad_datetime(plan[1], item, f"{path}[{i}]")) is not None:
+                    return bad
+        return None
+    if isinstance(obj, dict):
+        for name, sub in plan[1]:
+            if name in obj and (bad := bad_datetime(sub, obj[name], f"{path}.{name}")) is not None:
+                return bad
+    return None

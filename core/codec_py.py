@@ -14,11 +14,13 @@ from typing import Any
 
 import msgspec
 
+from .checks import DT_SUSPECT
 from .framing import CALL, Call, FrameError, PayloadError, Tables
 
 _ID = re.compile(rb'[^\x00-\x1f"\\]{1,144}')
 _ACTION = re.compile(rb"[A-Za-z0-9]{1,64}")
 _WS = b" \t\r\n"
+_DT_SUSPECT = DT_SUSPECT.search
 
 
 class Codec:
@@ -46,13 +48,20 @@ class Codec:
             dec = self._decoders.get(action)
             if dec is not None and action in self._inbound:
                 try:
-                    return Call(msg_id, action, dec.decode(payload))
+                    obj = dec.decode(payload)
                 except msgspec.ValidationError as exc:
                     if not self.tables.draft6 or "got `float`" not in str(exc):
                         err = self.tables.payload_error(exc)
                         return FrameError(msg_id, err.code, err.description, action, True, CALL)
                 except (msgspec.DecodeError, RecursionError):
                     pass  # maybe not the payload's fault (e.g. a fifth element): classify
+                else:
+                    if _DT_SUSPECT(payload) is not None:
+                        try:
+                            self.tables.check_datetimes(dec.type, payload)
+                        except PayloadError as err:
+                            return FrameError(msg_id, err.code, err.description, action, True, CALL)
+                    return Call(msg_id, action, obj)
         return self.tables.classify(data)
 
     @staticmethod

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from .checks import DT_SUSPECT, bad_datetime, datetime_plan
 from .directions import BOTH_WAYS, CHARGER_INITIATED
 from .messages import v16, v21, v201
 
@@ -164,13 +165,30 @@ class Tables:
         if dec is None:
             raise PayloadError(self.codes["not_implemented"], f"unknown action {action!r}", "not_implemented")
         try:
-            return dec.decode(raw)
+            out = dec.decode(raw)
         except msgspec.ValidationError as exc:
             if self.draft6 and "got `float`" in str(exc):
                 return self._decode_integral_floats(dec.type, raw, exc)
             raise self.payload_error(exc) from None
         except (msgspec.DecodeError, RecursionError) as exc:
             raise self.payload_error(exc) from None
+        if DT_SUSPECT.search(raw) is not None:
+            self.check_datetimes(dec.type, raw)
+        return out
+
+    def check_datetimes(self, typ: Any, raw: Any, obj: Any = None) -> None:
+        """Raise :class:`PayloadError` if a date-time field of a payload that msgspec
+        accepted uses an ISO 8601 spelling RFC 3339 forbids (``T`` replaced by a space,
+        ``+0100``). Only called when :data:`checks.DT_SUSPECT` matched the raw bytes."""
+        plan = datetime_plan(typ)
+        if plan is None:
+            return
+        if obj is None:
+            obj = msgspec.json.decode(raw)
+        bad = bad_datetime(plan, obj)
+        if bad is not None:
+            raise PayloadError(self.codes["property"],
+                               f"Invalid RFC3339 encoded datetime - at `{bad}`", "property")
 
     def _decode_integral_floats(self, typ: Any, raw: Any, exc: Exception) -> Any:
         """Draft-06 schemas (2.0.1, 2.1) count ``1.0`` as an integer; msgspec does not.
@@ -185,11 +203,13 @@ class Tables:
             return o
         try:
             obj = ints(msgspec.json.decode(raw))
-            return msgspec.convert(obj, typ, dec_hook=None)
+            out = msgspec.convert(obj, typ, dec_hook=None)
         except msgspec.ValidationError as exc2:
             raise self.payload_error(exc2) from None
         except Exception:
             raise self.payload_error(exc) from None
+        self.check_datetimes(typ, raw, obj)
+        return out
 
     def validate(self, action: str, kind: str, obj: Any) -> Any:
         """Validate a Python object (e.g. an API body) as a payload; returns the Struct."""
