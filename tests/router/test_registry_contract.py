@@ -1,0 +1,169 @@
+"""The Registry contract (router/registry.py docstring), run on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from chargeyard.router.registry import (
+    CallRejected,
+    CallTimeout,
+    LocalRegistry,
+    NotConnected,
+    PayloadInvalid,
+    Registry,
+)
+
+
+@pytest.fixture(params=["local", "redis"])
+def make(request):
+    """``await make()`` -> a started registry with a fake worker attached; stopped after."""
+    made: list[Registry] = []
+
+    async def factory(worker_id: str = "w1") -> Registry:
+        if request.param == "local":
+            reg: Registry = LocalRegistry(worker_id)
+        else:
+            from chargeyard.router.redis_registry import RedisRegistry
+
+            url = request.getfixturevalue("valkey").url
+            reg = RedisRegistry(url, worker_id=worker_id, lease_s=2.0)
+        reg.takeovers = []  # type: ignore[attr-defined]
+        reg.calls = []  # type: ignore[attr-defined]
+
+        async def executor(charger_id, action, payload, timeout):
+            reg.calls.append((charger_id, action, payload))  # type: ignore[attr-defined]
+            if action == "Reject":
+                raise CallRejected("NotSupported", "nope", {"why": 1})
+            if action == "Slow":
+                raise CallTimeout("charger silent")
+            if action == "Invalid":
+                raise PayloadInvalid("bad payload")
+            return {"status": "Accepted", "echo": payload}
+
+        reg.attach(worker_id, executor, lambda cid, e: reg.takeovers.append((cid, e)))  # type: ignore[attr-defined]
+        await reg.start()
+        made.append(reg)
+        return reg
+
+    if request.param == "redis":
+        request.getfixturevalue("flush")
+    factory.backend = request.param  # type: ignore[attr-defined]
+    yield factory
+    # registries are stopped inside each test's loop (see `stopping`)
+
+
+@contextlib.asynccontextmanager
+async def stopping(*regs: Registry):
+    try:
+        yield
+    finally:
+        for r in regs:
+            await r.stop()
+
+
+def test_claim_epochs_increase_and_owner(make, arun):
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            e1 = await reg.claim("CP-1", "ocpp1.6")
+            o = await reg.owner("CP-1")
+            assert o is not None and (o.worker_id, o.epoch, o.protocol) == ("w1", e1, "ocpp1.6")
+            e2 = await reg.claim("CP-1", "ocpp2.0.1")
+            assert e2 > e1
+            assert (await reg.owner("CP-1")).epoch == e2
+            assert await reg.owner("CP-unknown") is None
+
+    arun(body())
+
+
+def test_takeover_callback_on_reclaim(make, arun):
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            await reg.claim("CP-1", "ocpp1.6")
+            assert reg.takeovers == []
+            e2 = await reg.claim("CP-1", "ocpp1.6")
+            assert reg.takeovers == [("CP-1", e2)]
+
+    arun(body())
+
+
+def test_release_only_with_current_epoch(make, arun):
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            e1 = await reg.claim("CP-1")
+            e2 = await reg.claim("CP-1")
+            await reg.release("CP-1", e1)  # stale session closing late
+            assert (await reg.owner("CP-1")).epoch == e2
+            assert "CP-1" in await reg.connected()
+            await reg.release("CP-1", e2)
+            assert await reg.owner("CP-1") is None
+            assert "CP-1" not in await reg.connected()
+
+    arun(body())
+
+
+def test_connected_lists_live_chargers(make, arun):
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            ea = await reg.claim("A", "ocpp1.6")
+            await reg.claim("B", "ocpp2.0.1")
+            eb = await reg.claim("B", "ocpp2.0.1")
+            got = await reg.connected()
+            assert set(got) == {"A", "B"}
+            assert got["A"].epoch == ea and got["B"].epoch == eb
+            assert got["B"].protocol == "ocpp2.0.1" and got["A"].worker_id == "w1"
+
+    arun(body())
+
+
+def test_call_results_and_errors(make, arun):
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            with pytest.raises(NotConnected):
+                await reg.call("CP-1", "Reset", {"type": "Soft"}, 1.0)
+            await reg.claim("CP-1", "ocpp1.6")
+            assert await reg.call("CP-1", "Reset", {"type": "Soft"}, 1.0) == {
+                "status": "Accepted", "echo": {"type": "Soft"}}
+            with pytest.raises(CallRejected) as ei:
+                await reg.call("CP-1", "Reject", {}, 1.0)
+            assert ei.value.error_code == "NotSupported" and ei.value.description == "nope"
+            with pytest.raises(CallTimeout):
+                await reg.call("CP-1", "Slow", {}, 1.0)
+            with pytest.raises(PayloadInvalid):
+                await reg.call("CP-1", "Invalid", {}, 1.0)
+
+    arun(body())
+
+
+def test_publish_subscribe(make, arun):
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            got_one: list[dict] = []
+            got_all: list[dict] = []
+
+            async def consume(cid, sink, n):
+                async for ev in reg.subscribe(cid):
+                    sink.append(ev)
+                    if len(sink) == n:
+                        return
+
+            t1 = asyncio.create_task(consume("CP-1", got_one, 1))
+            t2 = asyncio.create_task(consume("*", got_all, 2))
+            await asyncio.sleep(0.2)  # let both subscriptions land
+            ev1 = {"id": "1", "type": "charger.status", "charger_id": "CP-1", "data": {"s": "A"}}
+            ev2 = {"id": "2", "type": "charger.status", "charger_id": "CP-2", "data": {"s": "B"}}
+            await reg.publish(ev1)
+            await reg.publish(ev2)
+            await asyncio.wait_for(asyncio.gather(t1, t2), 3)
+            assert got_one == [ev1]
+            assert got_all == [ev1, ev2]
+
+    arun(body())
