@@ -1,0 +1,74 @@
+"""``chargeyard`` command line: every flag is also a ``CHARGEYARD_*`` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+from .config import add_arguments, from_sources
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="chargeyard", description="OCPP central system")
+    ap.add_argument("--version", action="version", version=f"chargeyard {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, text in (("run", "one node: worker + operator API, embedded store"),
+                       ("worker", "a charger worker (cluster member)"),
+                       ("api", "an operator API node (cluster member)")):
+        p = sub.add_parser(name, help=text)
+        add_arguments(p)
+    p = sub.add_parser("cluster", help="a local cluster: valkey, nginx, N workers and the API")
+    p.add_argument("--workers", type=int, default=3)
+    add_arguments(p)
+    p = sub.add_parser("store", help="store maintenance")
+    p.add_argument("action", choices=["migrate"])
+    add_arguments(p, {"data_dir", "store", "scylla_hosts", "keyspace"})
+    sub.add_parser("bench", help="benchmarks (see bench/README.md)", add_help=False)
+    sub.add_parser("nginx-config", help="render the nginx config for a worker list", add_help=False)
+    for name in ("billing", "monitoring"):
+        sub.add_parser(name, help="Kafka consumer service (not built yet)")
+
+    if argv and argv[0] in ("bench", "nginx-config"):
+        if argv[0] == "bench":
+            from chargeyard.bench.cli import main as bench_main
+        else:
+            from .nginx_config import main as bench_main  # type: ignore[no-redef]
+        return bench_main(argv[1:]) or 0
+
+    args = ap.parse_args(argv)
+    from . import logs
+
+    settings = from_sources(args)
+    logs.setup(settings.log_level)
+    if args.cmd in ("run", "worker", "api"):
+        from .node import run
+
+        run(settings, worker=args.cmd in ("run", "worker"), api=args.cmd in ("run", "api"))
+        return 0
+    if args.cmd == "cluster":
+        from .cluster import main as cluster_main
+
+        return cluster_main(settings, args.workers)
+    if args.cmd == "store":
+        import asyncio
+
+        from .node import make_store
+
+        async def migrate() -> None:
+            import os
+
+            os.makedirs(settings.data_dir, exist_ok=True)
+            store = make_store(settings)
+            await store.open()
+            await store.close()
+        asyncio.run(migrate())
+        print("store migrated")
+        return 0
+    print(f"chargeyard {args.cmd}: not available in this version", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

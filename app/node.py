@@ -1,0 +1,138 @@
+"""Composes the parts into a running process: the only module that knows them all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+from .config import Settings
+
+log = logging.getLogger("chargeyard")
+
+
+def make_store(s: Settings) -> Any:
+    if s.store == "sqlite":
+        from .store_factory import sqlite_store
+
+        return sqlite_store(s)
+    if s.store == "scylla":
+        try:
+            from chargeyard.store.scylla import ScyllaStore  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise SystemExit(f"--store scylla is not available: {exc}") from None
+        return ScyllaStore(s.scylla_hosts.split(","), s.keyspace)
+    raise SystemExit(f"unknown --store {s.store!r} (sqlite or scylla)")
+
+
+def make_registry(s: Settings) -> Any:
+    if not s.redis_url:
+        from chargeyard.router.registry import LocalRegistry
+
+        return LocalRegistry(s.worker_id)
+    from chargeyard.router.redis_registry import RedisRegistry
+
+    return RedisRegistry(s.redis_url, worker_id=s.worker_id)
+
+
+def make_tokens(s: Settings) -> Any:
+    if s.redis_url and s.tokens_file:
+        from chargeyard.router.tokens import RedisTokens
+
+        return RedisTokens(s.redis_url, seed_file=s.tokens_file)
+    if s.tokens_file:
+        from chargeyard.router.tokens import FileTokens
+
+        return FileTokens(s.tokens_file)
+    return None
+
+
+class Node:
+    """A worker and/or the operator API in one process."""
+
+    def __init__(self, settings: Settings, worker: bool = True, api: bool = True) -> None:
+        self.settings = settings
+        self.with_worker = worker
+        self.with_api = api
+        self.store: Any = None
+        self.registry: Any = None
+        self.worker: Any = None
+        self.api: Any = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        from chargeyard.router.api import Api
+        from chargeyard.worker.server import Worker
+
+        s = self.settings
+        os.makedirs(s.data_dir, exist_ok=True)
+        self.store = make_store(s)
+        await self.store.open()
+        self.registry = make_registry(s)
+        await self.registry.start()
+        if self.with_worker:
+            self.worker = Worker(s, self.store, self.registry)
+            await self.worker.start()
+        if self.with_api:
+            tokens = make_tokens(s)
+            host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
+            if tokens is None:
+                log.warning("no API tokens configured (--tokens-file): the operator API listens on "
+                            "127.0.0.1 only, without authentication")
+            self.api = Api(s, self.store, self.registry, tokens,
+                           ready=lambda: self.worker is None or self.worker.ready,
+                           on_id_tag_change=self.worker.auth.forget if self.worker else None)
+            await self.api.start(host, s.http_port)
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        if self.api is not None:
+            await self.api.stop()
+        if self.registry is not None:
+            await self.registry.stop()
+        if self.store is not None:
+            await self.store.close()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        hits = [0]
+
+        def on_signal(sig: int) -> None:
+            hits[0] += 1
+            if hits[0] > 1:
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("signal %s: draining", signal.Signals(sig).name)
+            self._stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await self.start()
+        print(self.banner(), flush=True)
+        await self._stop.wait()
+        await self.stop()
+        log.info("stopped")
+
+    def banner(self) -> str:
+        s = self.settings
+        lines = []
+        if self.worker is not None:
+            lines.append(f"chargers: ws://{s.host}:{self.worker.port}/ocpp/{{charger_id}} "
+                         "(ocpp1.6, ocpp2.0.1, ocpp2.1)")
+        if self.api is not None:
+            lines.append(f"operator API: http://{'127.0.0.1' if self.api.tokens is None else s.host}:"
+                         f"{self.api.port}/api/v1 (metrics: /metrics)")
+        return "\n".join(lines)
+
+
+def run(settings: Settings, worker: bool = True, api: bool = True) -> None:
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    runner(Node(settings, worker, api).serve_forever())

@@ -1,0 +1,280 @@
+"""The operator API (JSON over HTTP, ``/api/v1``), plus /metrics, /healthz, /readyz.
+
+It reaches chargers only through the registry (``Registry.call``), reads state from
+the store, and streams live events from ``Registry.subscribe`` as Server-Sent Events.
+Errors are always ``{"error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+
+from ..store.base import Store
+from .openapi import OPENAPI
+from .registry import CallRejected, Registry, RegistryError
+
+log = logging.getLogger("chargeyard.api")
+
+FORWARD = Histogram("chargeyard_router_forward_duration_seconds",
+                    "Operator call: API request to charger answer", ["result"],
+                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+
+ID_TAG_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), default=str)
+
+
+def ok(obj: Any, status: int = 200) -> web.Response:
+    return web.json_response(obj, status=status, dumps=_dumps)
+
+
+class Api:
+    def __init__(self, settings: Any, store: Store, registry: Registry, tokens: Any = None,
+                 ready: Callable[[], bool] | None = None,
+                 on_id_tag_change: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.tokens = tokens
+        self._ready = ready or (lambda: True)
+        self._on_id_tag_change = on_id_tag_change
+        self.app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
+        r = self.app.router
+        r.add_get("/api/v1/openapi.json", self.openapi)
+        r.add_get("/api/v1/chargers", self.list_chargers)
+        r.add_get("/api/v1/chargers/{id}", self.get_charger)
+        r.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
+        r.add_get("/api/v1/chargers/{id}/events", self.events)
+        r.add_get("/api/v1/chargers/{id}/transactions/{tx}", self.get_transaction)
+        r.add_get("/api/v1/transactions", self.list_transactions)
+        r.add_put("/api/v1/id-tags/{tag}", self.put_id_tag)
+        r.add_delete("/api/v1/id-tags/{tag}", self.delete_id_tag)
+        r.add_get("/api/v1/id-tags/{tag}", self.get_id_tag)
+        r.add_get("/metrics", self.metrics)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/readyz", self.readyz)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("operator API on http://%s:%d/api/v1", host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- middlewares -------------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+            return error(exc.status, code, exc.reason)
+        except RegistryError as exc:
+            return error(exc.status, exc.code, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never a stack trace to the client
+            log.exception("API error on %s %s", request.method, request.path)
+            return error(500, "internal", type(exc).__name__)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        if self.tokens is None or not request.path.startswith("/api/v1") or request.path.endswith("openapi.json"):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if request.method == "GET":
+            scope = "read"
+        elif "/calls/" in request.path:
+            scope = "command"
+        else:
+            scope = "admin"
+        verdict = await self.tokens.authorize(token, scope, request.match_info.get("id"))
+        if verdict == "unauthenticated":
+            return error(401, "unauthenticated", "missing or unknown bearer token")
+        if verdict != "ok":
+            return error(403, "forbidden", f"token lacks scope {scope!r} for this resource")
+        return await handler(request)
+
+    # -- endpoints ---------------------------------------------------------------------
+    async def openapi(self, request: web.Request) -> web.Response:
+        return ok(OPENAPI)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return ok({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return ok({"ready": True})
+        return error(503, "not_ready", "draining or starting")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _connected(self) -> dict:
+        try:
+            return await self.registry.connected()
+        except RegistryError:
+            return {}
+
+    @staticmethod
+    def _charger_view(row: dict, owner: Any) -> dict:
+        return {"id": row["id"], "connected": owner is not None,
+                "protocol": (owner.protocol if owner is not None and owner.protocol else row.get("protocol")),
+                "vendor": row.get("vendor"), "model": row.get("model"), "last_seen": row.get("last_seen")}
+
+    async def list_chargers(self, request: web.Request) -> web.Response:
+        rows = {r["id"]: r for r in await self.store.list_chargers()}
+        owners = await self._connected()
+        for cid in owners:
+            rows.setdefault(cid, {"id": cid})
+        items = [self._charger_view(r, owners.get(cid)) for cid, r in sorted(rows.items())]
+        return ok({"items": items})
+
+    async def get_charger(self, request: web.Request) -> web.Response:
+        cid = request.match_info["id"]
+        row = await self.store.get_charger(cid)
+        try:
+            owner = await self.registry.owner(cid)
+        except RegistryError:
+            owner = None
+        if row is None and owner is None:
+            return error(404, "not_found", f"unknown charger {cid!r}")
+        row = row or {"id": cid, "connectors": []}
+        view = self._charger_view(row, owner)
+        view.update({k: row.get(k) for k in ("serial", "firmware", "last_boot")})
+        view["connectors"] = row.get("connectors", [])
+        if owner is not None:
+            view["worker_id"] = owner.worker_id
+        return ok(view)
+
+    async def call(self, request: web.Request) -> web.Response:
+        cid, action = request.match_info["id"], request.match_info["action"]
+        try:
+            payload = await request.json() if request.can_read_body else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(422, "payload_invalid", "body is not JSON")
+        if not isinstance(payload, dict):
+            return error(422, "payload_invalid", "an OCPP payload is a JSON object")
+        timeout = self.settings.call_timeout
+        if "timeout" in request.query:
+            try:
+                timeout = min(timeout, max(0.05, float(request.query["timeout"])))
+            except ValueError:
+                return error(400, "bad_request", "timeout must be a number of seconds")
+        t0 = time.perf_counter()
+        result = "ok"
+        try:
+            answer = await self.registry.call(cid, action, payload, timeout)
+        except CallRejected as exc:
+            result = "charger_error"
+            return ok({"error": {"code": exc.error_code, "description": exc.description,
+                                 "message": str(exc)}}, status=502)
+        except RegistryError as exc:
+            result = exc.code
+            raise
+        finally:
+            FORWARD.labels(result).observe(time.perf_counter() - t0)
+        return ok({"result": answer})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        cid = request.match_info["id"]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        await resp.write(b": subscribed\n\n")
+        stream = self.registry.subscribe(cid)
+        it = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(it.__anext__(), 15.0)
+                except asyncio.TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                except StopAsyncIteration:
+                    break
+                await resp.write(f"id: {ev.get('id', '')}\nevent: {ev.get('type', 'message')}\n"
+                                 f"data: {_dumps(ev)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    pass
+        return resp
+
+    async def list_transactions(self, request: web.Request) -> web.Response:
+        q = request.query
+        active = None
+        if "active" in q:
+            if q["active"].lower() not in ("true", "false", "1", "0"):
+                return error(400, "bad_request", "active is true or false")
+            active = q["active"].lower() in ("true", "1")
+        items = await self.store.list_transactions(q.get("charger_id") or None, active)
+        return ok({"items": items})
+
+    async def get_transaction(self, request: web.Request) -> web.Response:
+        tx = await self.store.get_transaction(request.match_info["id"], request.match_info["tx"])
+        if tx is None:
+            return error(404, "not_found", "unknown transaction")
+        return ok(tx)
+
+    async def put_id_tag(self, request: web.Request) -> web.Response:
+        tag = request.match_info["tag"]
+        if not 1 <= len(tag) <= 36:
+            return error(422, "invalid", "id tags are 1-36 characters")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(422, "invalid", "body is not JSON")
+        status = body.get("status") if isinstance(body, dict) else None
+        if status not in ID_TAG_STATUSES:
+            return error(422, "invalid", f"status must be one of {', '.join(ID_TAG_STATUSES)}")
+        await self.store.put_id_tag(tag, status)
+        if self._on_id_tag_change:
+            self._on_id_tag_change(tag)
+        return ok({"id_tag": tag, "status": status})
+
+    async def get_id_tag(self, request: web.Request) -> web.Response:
+        tag = request.match_info["tag"]
+        status = await self.store.get_id_tag(tag)
+        if status is None:
+            return error(404, "not_found", "unknown id tag")
+        return ok({"id_tag": tag, "status": status})
+
+    async def delete_id_tag(self, request: web.Request) -> web.Response:
+        tag = request.match_info["tag"]
+        if not await self.store.delete_id_tag(tag):
+            return error(404, "not_found", "unknown id tag")
+        if self._on_id_tag_change:
+            self._on_id_tag_change(tag)
+        return web.Response(status=204)

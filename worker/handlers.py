@@ -1,0 +1,366 @@
+"""Action handlers per OCPP version: ``handler(session, request) -> response``.
+
+A handler returns the response Struct when it can answer at once (Heartbeat,
+StatusNotification, notifications), or a future/coroutine when the answer must
+wait: transaction messages are answered only after their batch commit
+(ARCHITECTURE.md, durability rule), Authorize after the id-tag lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..core.directions import CHARGER_INITIATED
+from ..core.messages import v16, v21, v201
+from ..store import base as ops
+from . import metrics as m
+
+if TYPE_CHECKING:
+    from .server import Worker
+    from .session import Session
+
+log = logging.getLogger("chargeyard.worker")
+UTC = dt.timezone.utc
+ENERGY = "Energy.Active.Import.Register"
+
+Handler = Callable[["Session", Any], Any]
+
+# Answers to charger-initiated actions Chargeyard records nothing for (yet): schema-valid
+# and honest (no CA, no ISO 15118 backend, no smart-charging optimiser configured).
+DEFAULT_RESPONSES: dict[str, dict] = {
+    "DataTransfer": {"status": "UnknownVendorId"},
+    "SignCertificate": {"status": "Rejected"},
+    "Get15118EVCertificate": {"status": "Failed", "exiResponse": ""},
+    "GetCertificateStatus": {"status": "Failed"},
+    "NotifyEVChargingNeeds": {"status": "Rejected"},
+    "NotifyEVChargingSchedule": {"status": "Rejected"},
+    "OpenPeriodicEventStream": {"status": "Rejected"},
+    "PullDynamicScheduleUpdate": {"status": "Rejected"},
+    "GetCertificateChainStatus": {"certificateStatus": []},
+}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:
+    """A future resolved with ``response`` once every future in ``futs`` succeeded."""
+    if len(futs) == 1:
+        out = asyncio.get_running_loop().create_future()
+
+        def one(f: asyncio.Future) -> None:
+            if f.cancelled():
+                out.cancel()
+            elif f.exception() is not None:
+                out.set_exception(f.exception())  # type: ignore[arg-type]
+            else:
+                out.set_result(response)
+        futs[0].add_done_callback(one)
+        return out
+    out = asyncio.get_running_loop().create_future()
+    left = [len(futs)]
+
+    def done(f: asyncio.Future) -> None:
+        if out.done():
+            return
+        if f.cancelled() or f.exception() is not None:
+            out.set_exception(f.exception() or asyncio.CancelledError())
+            return
+        left[0] -= 1
+        if left[0] == 0:
+            out.set_result(response)
+    for f in futs:
+        f.add_done_callback(done)
+    if not futs:
+        out.set_result(response)
+    return out
+
+
+def energy_16(sampled: list) -> float | None:
+    """Wh from a 1.6 sampledValue list: ``Energy.Active.Import.Register`` (the default
+    measurand) in Wh or kWh, preferring the total over per-phase readings."""
+    best = None
+    for sv in sampled:
+        measurand = sv.measurand if sv.measurand is not msgspec.UNSET else ENERGY
+        if measurand != ENERGY:
+            continue
+        try:
+            value = float(sv.value)
+        except ValueError:
+            continue
+        if value != value or value in (float("inf"), float("-inf")):
+            continue
+        unit = sv.unit if sv.unit is not msgspec.UNSET else "Wh"
+        wh = value * 1000.0 if unit == "kWh" else value
+        if sv.phase is msgspec.UNSET:
+            return wh
+        if best is None:
+            best = wh
+    return best
+
+
+def energy_201(sampled: list) -> float | None:
+    """Wh from a 2.0.1/2.1 sampledValue list: value x 10^multiplier, kWh -> Wh."""
+    best = None
+    for sv in sampled:
+        measurand = sv.measurand if sv.measurand is not msgspec.UNSET else ENERGY
+        if measurand != ENERGY:
+            continue
+        unit, mult = "Wh", 0
+        uom = sv.unit_of_measure
+        if uom is not msgspec.UNSET:
+            if uom.unit is not msgspec.UNSET:
+                unit = uom.unit
+            if uom.multiplier is not msgspec.UNSET:
+                mult = uom.multiplier
+        if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
+            continue
+        wh = float(sv.value) * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0)
+        if sv.phase is msgspec.UNSET:
+            return wh
+        if best is None:
+            best = wh
+    return best
+
+
+class Common:
+    """What the handlers of every version share."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.settings = worker.settings
+        self.writer = worker.writer
+        self.auth = worker.auth
+        self.data_transfer: dict[str, Callable[[Session, Any], Any]] = worker.data_transfer
+
+    def boot_admitted(self) -> bool:
+        return self.w.boots_in_flight < self.settings.max_concurrent_boots
+
+    def pending_interval(self) -> int:
+        m.BOOTS_PENDING.inc()
+        base = self.settings.boot_retry_interval
+        return max(1, int(base * (0.5 + random.random())))
+
+    def boot(self, session: Session, vendor: str, model: str, serial: str, firmware: str,
+             make_response: Callable[[str, int], Any]) -> Any:
+        if not self.boot_admitted():
+            return make_response("Pending", self.pending_interval())
+        session.vendor, session.model = vendor, model
+        session.leniency = self.w.leniency.for_charger(session.charger_id, vendor, model)
+        self.w.boots_in_flight += 1
+        fut = self.writer.add(ops.UpsertCharger(session.charger_id, session.version, vendor, model,
+                                                serial, firmware, now()))
+
+        def booted(_: asyncio.Future) -> None:
+            self.w.boots_in_flight -= 1
+        fut.add_done_callback(booted)
+        self.w.emit(session, "charger.booted", {"vendor": vendor, "model": model, "firmware": firmware})
+        return after([fut], make_response("Accepted", self.settings.heartbeat_interval))
+
+    def seen(self, session: Session) -> None:
+        self.writer.add(ops.ChargerSeen(session.charger_id, now()))
+
+
+def handlers_16(worker: Worker) -> dict[str, Handler]:
+    c = Common(worker)
+    T = v16
+
+    def id_tag_info(status: str) -> Any:
+        return T.AuthorizeResponseIdTagInfo(status=status)
+
+    def BootNotification(s: Session, r: Any) -> Any:
+        return c.boot(s, r.charge_point_vendor, r.charge_point_model,
+                      r.charge_point_serial_number or r.charge_box_serial_number or "",
+                      r.firmware_version or "",
+                      lambda st, iv: T.BootNotificationResponse(status=st, current_time=now(), interval=iv))
+
+    def Heartbeat(s: Session, r: Any) -> Any:
+        c.seen(s)
+        return T.HeartbeatResponse(current_time=now())
+
+    async def Authorize(s: Session, r: Any) -> Any:
+        return T.AuthorizeResponse(id_tag_info=id_tag_info(await c.auth.status(r.id_tag)))
+
+    def StatusNotification(s: Session, r: Any) -> Any:
+        at = r.timestamp if r.timestamp is not msgspec.UNSET else now()
+        c.writer.add(ops.ConnectorStatus(s.charger_id, 0, r.connector_id, r.status, r.error_code, at,
+                                         r.info or ""))
+        worker.emit(s, "charger.status", {"connector_id": r.connector_id, "status": r.status,
+                                          "error_code": r.error_code, "at": at.isoformat()})
+        return T.StatusNotificationResponse()
+
+    async def StartTransaction(s: Session, r: Any) -> Any:
+        status = await c.auth.status(r.id_tag)
+        tx_new = await worker.tx_ids.next()
+        tx = await c.writer.add(ops.StartTransaction(
+            s.charger_id, str(tx_new), r.connector_id, r.id_tag, float(r.meter_start), r.timestamp,
+            r.reservation_id if r.reservation_id is not msgspec.UNSET else None))
+        worker.emit(s, "transaction.started", {"transaction_id": tx, "connector_id": r.connector_id,
+                                               "id_tag": r.id_tag, "meter_start_wh": float(r.meter_start),
+                                               "at": r.timestamp.isoformat()})
+        return T.StartTransactionResponse(id_tag_info=id_tag_info(status), transaction_id=int(tx))
+
+    def _samples(s: Session, tx: str, connector: int, meter_value: list) -> list:
+        futs, last = [], None
+        for mv in meter_value:
+            wh = energy_16(mv.sampled_value)
+            if wh is not None:
+                futs.append(c.writer.add(ops.MeterSample(s.charger_id, tx, mv.timestamp, wh, connector)))
+                last = (mv.timestamp, wh)
+        return futs, last
+
+    def MeterValues(s: Session, r: Any) -> Any:
+        tx = str(r.transaction_id) if r.transaction_id is not msgspec.UNSET else ""
+        futs, last = _samples(s, tx, r.connector_id, r.meter_value)
+        resp = T.MeterValuesResponse()
+        if not futs:
+            return resp
+        fut = after(futs, resp)
+        if last is not None:
+            data = {"transaction_id": tx, "connector_id": r.connector_id, "energy_wh": last[1],
+                    "at": last[0].isoformat()}
+            fut.add_done_callback(lambda f: f.exception() is None and worker.emit(s, "transaction.meter", data))
+        return fut
+
+    async def StopTransaction(s: Session, r: Any) -> Any:
+        tx = str(r.transaction_id)
+        futs = []
+        if r.transaction_data is not msgspec.UNSET:
+            futs, _ = _samples(s, tx, 0, r.transaction_data)
+        status = await c.auth.status(r.id_tag) if r.id_tag is not msgspec.UNSET else None
+        futs.append(c.writer.add(ops.StopTransaction(s.charger_id, tx, float(r.meter_stop), r.timestamp,
+                                                     r.reason or "", r.id_tag or "")))
+        await asyncio.gather(*futs)
+        worker.emit(s, "transaction.ended", {"transaction_id": tx, "meter_stop_wh": float(r.meter_stop),
+                                             "reason": r.reason or "", "at": r.timestamp.isoformat()})
+        if status is None:
+            return T.StopTransactionResponse()
+        return T.StopTransactionResponse(id_tag_info=id_tag_info(status))
+
+    def DataTransfer(s: Session, r: Any) -> Any:
+        h = c.data_transfer.get(r.vendor_id)
+        if h is None:
+            return T.DataTransferResponse(status="UnknownVendorId")
+        return h(s, r)
+
+    table: dict[str, Handler] = {
+        "BootNotification": BootNotification, "Heartbeat": Heartbeat, "Authorize": Authorize,
+        "StatusNotification": StatusNotification, "StartTransaction": StartTransaction,
+        "MeterValues": MeterValues, "StopTransaction": StopTransaction, "DataTransfer": DataTransfer,
+    }
+    return _complete("1.6", T, table)
+
+
+def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
+    """2.0.1 handlers; 2.1 reuses them with its own message types."""
+    c = Common(worker)
+    version = T.VERSION
+
+    def BootNotification(s: Session, r: Any) -> Any:
+        cs = r.charging_station
+        return c.boot(s, cs.vendor_name, cs.model, cs.serial_number or "", cs.firmware_version or "",
+                      lambda st, iv: T.BootNotificationResponse(status=st, current_time=now(), interval=iv))
+
+    def Heartbeat(s: Session, r: Any) -> Any:
+        c.seen(s)
+        return T.HeartbeatResponse(current_time=now())
+
+    def token_info(status: str) -> Any:
+        return T.IdTokenInfoType(status=status if status != "ConcurrentTx" else "ConcurrentTx")
+
+    async def Authorize(s: Session, r: Any) -> Any:
+        return T.AuthorizeResponse(id_token_info=token_info(await c.auth.status(r.id_token.id_token)))
+
+    def StatusNotification(s: Session, r: Any) -> Any:
+        c.writer.add(ops.ConnectorStatus(s.charger_id, r.evse_id, r.connector_id, r.connector_status, "",
+                                         r.timestamp))
+        worker.emit(s, "charger.status", {"evse_id": r.evse_id, "connector_id": r.connector_id,
+                                          "status": r.connector_status, "at": r.timestamp.isoformat()})
+        return T.StatusNotificationResponse()
+
+    def MeterValues(s: Session, r: Any) -> Any:
+        futs = []
+        for mv in r.meter_value:
+            wh = energy_201(mv.sampled_value)
+            if wh is not None:
+                futs.append(c.writer.add(ops.MeterSample(s.charger_id, "", mv.timestamp, wh, 0)))
+        resp = T.MeterValuesResponse()
+        return after(futs, resp) if futs else resp
+
+    def TransactionEvent(s: Session, r: Any) -> Any:
+        info = r.transaction_info
+        wh = None
+        if r.meter_value is not msgspec.UNSET:
+            for mv in r.meter_value:
+                e = energy_201(mv.sampled_value)
+                if e is not None:
+                    wh = e
+        evse_id = connector_id = 0
+        if r.evse is not msgspec.UNSET:
+            evse_id = r.evse.id
+            connector_id = r.evse.connector_id or 0
+        tag = r.id_token.id_token if r.id_token is not msgspec.UNSET else ""
+        op = ops.TransactionEvent(s.charger_id, info.transaction_id, r.seq_no, r.event_type, r.timestamp,
+                                  r.trigger_reason, tag, evse_id, connector_id, wh,
+                                  info.stopped_reason or "")
+        fut = c.writer.add(op)
+        kind = {"Started": "transaction.started", "Updated": "transaction.meter",
+                "Ended": "transaction.ended"}[r.event_type]
+        data = {"transaction_id": info.transaction_id, "seq_no": r.seq_no, "event_type": r.event_type,
+                "energy_wh": wh, "evse_id": evse_id, "at": r.timestamp.isoformat(),
+                "stop_reason": info.stopped_reason or ""}
+
+        def publish(f: asyncio.Future) -> None:
+            if not f.cancelled() and f.exception() is None and f.result():
+                worker.emit(s, kind, data)
+        fut.add_done_callback(publish)
+        if not tag:
+            return after([fut], T.TransactionEventResponse())
+
+        async def with_token() -> Any:
+            status = await c.auth.status(tag)
+            await fut
+            return T.TransactionEventResponse(id_token_info=token_info(status))
+        return with_token()
+
+    def DataTransfer(s: Session, r: Any) -> Any:
+        h = c.data_transfer.get(r.vendor_id)
+        if h is None:
+            return T.DataTransferResponse(status="UnknownVendorId")
+        return h(s, r)
+
+    table: dict[str, Handler] = {
+        "BootNotification": BootNotification, "Heartbeat": Heartbeat, "Authorize": Authorize,
+        "StatusNotification": StatusNotification, "MeterValues": MeterValues,
+        "TransactionEvent": TransactionEvent, "DataTransfer": DataTransfer,
+    }
+    if version == "2.1":
+        def VatNumberValidation(s: Session, r: Any) -> Any:
+            return T.VatNumberValidationResponse(vat_number=r.vat_number, status="Rejected")
+        table["VatNumberValidation"] = VatNumberValidation
+    return _complete(version, T, table)
+
+
+def _complete(version: str, T: Any, table: dict[str, Handler]) -> dict[str, Handler]:
+    """Give every other charger-initiated action a schema-valid default answer."""
+    for action in CHARGER_INITIATED[version]:
+        if action in table or action not in T.REQUESTS:
+            continue
+        if action not in T.RESPONSES:  # 2.1 SEND-only messages (NotifyPeriodicEventStream)
+            table[action] = lambda s, r: None
+            continue
+        response = msgspec.convert(DEFAULT_RESPONSES.get(action, {}), T.RESPONSES[action])
+        table[action] = (lambda resp: lambda s, r: resp)(response)
+    return table
+
+
+def all_handlers(worker: Worker) -> dict[str, dict[str, Handler]]:
+    return {"1.6": handlers_16(worker), "2.0.1": handlers_201(worker, v201), "2.1": handlers_201(worker, v21)}

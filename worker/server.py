@@ -1,0 +1,336 @@
+"""The worker: a picows WebSocket server holding one Session per charger.
+
+Lifecycle only (uvicorn's shape): start listening, admit handshakes, keep the
+session table, hand operator calls to sessions, drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import random
+import re
+import time
+import tomllib
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener,
+                    ws_create_server)
+
+from ..core import SUBPROTOCOLS, Codec
+from ..router.registry import NotConnected, Registry
+from ..store.base import Store
+from . import metrics as m
+from .batching import BatchWriter
+from .handlers import all_handlers, now
+from .session import Session
+
+log = logging.getLogger("chargeyard.worker")
+_PATH = re.compile(r"^/(?:ocpp/)?([^/?#]+)/?$")
+
+
+def parse_charger_id(path: bytes) -> str | None:
+    """``/ocpp/{id}`` or ``/{id}``, URL-decoded; 1-48 printable characters."""
+    try:
+        text = path.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    text = text.split("?", 1)[0]
+    mt = _PATH.match(text)
+    if mt is None:
+        return None
+    try:
+        cid = urllib.parse.unquote(mt.group(1), errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if not 1 <= len(cid) <= 48 or not cid.isprintable() or "/" in cid:
+        return None
+    return cid
+
+
+def choose_subprotocol(header: str | None) -> tuple[str, str] | None:
+    """The first OCPP subprotocol of the client's list that we speak."""
+    if not header:
+        return None
+    for p in header.split(","):
+        p = p.strip()
+        if p in SUBPROTOCOLS:
+            return p, SUBPROTOCOLS[p]
+    return None
+
+
+class Auth:
+    """Id-tag status with a short cache; unknown tags are Invalid unless configured."""
+
+    def __init__(self, store: Store, accept_unknown: bool, ttl: float = 5.0) -> None:
+        self.store = store
+        self.accept_unknown = accept_unknown
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    async def status(self, tag: str) -> str:
+        hit = self._cache.get(tag)
+        t = time.monotonic()
+        if hit is not None and hit[0] > t:
+            return hit[1]
+        status = await self.store.get_id_tag(tag)
+        if status is None:
+            status = "Accepted" if self.accept_unknown else "Invalid"
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[tag] = (t + self.ttl, status)
+        return status
+
+    def forget(self, tag: str) -> None:
+        self._cache.pop(tag, None)
+
+
+class TxIds:
+    """1.6 transaction ids, reserved from the store in blocks so workers never collide."""
+
+    def __init__(self, store: Store, block: int = 1000) -> None:
+        self.store = store
+        self.block = block
+        self._next = 0
+        self._last = -1
+        self._lock = asyncio.Lock()
+
+    async def next(self) -> int:
+        if self._next > self._last:
+            async with self._lock:
+                if self._next > self._last:
+                    self._next, self._last = await self.store.allocate_tx_ids(self.block)
+        n = self._next
+        self._next += 1
+        return n
+
+
+class Leniency:
+    """Per-model leniency profiles (TOML)::
+
+        [[profile]]
+        name = "acme-old-firmware"
+        vendor = "ACME"            # glob on BootNotification vendor (optional)
+        model = "AC22*"            # glob on model (optional)
+        charger_id = "ACME-*"      # glob on charger id (optional)
+        relax = ["unknown_fields", "numeric_strings", "enum_case", "naive_timestamps"]
+
+    The first matching profile wins; strict is the default.
+    """
+
+    RULES = frozenset({"unknown_fields", "numeric_strings", "enum_case", "missing_timestamps",
+                       "naive_timestamps"})
+
+    def __init__(self, profiles: list[dict] | None = None) -> None:
+        self.profiles = profiles or []
+        for p in self.profiles:
+            bad = set(p.get("relax", [])) - self.RULES
+            if bad:
+                raise ValueError(f"leniency profile {p.get('name')!r}: unknown rules {sorted(bad)}")
+
+    @classmethod
+    def from_file(cls, path: str) -> Leniency:
+        if not path:
+            return cls()
+        with open(path, "rb") as f:
+            return cls(tomllib.load(f).get("profile", []))
+
+    def for_charger(self, charger_id: str, vendor: str, model: str) -> frozenset[str]:
+        for p in self.profiles:
+            if "charger_id" in p and not fnmatch.fnmatchcase(charger_id, p["charger_id"]):
+                continue
+            if "vendor" in p and not fnmatch.fnmatchcase(vendor, p["vendor"]):
+                continue
+            if "model" in p and not fnmatch.fnmatchcase(model, p["model"]):
+                continue
+            return frozenset(p.get("relax", []))
+        return frozenset()
+
+
+class Worker:
+    def __init__(self, settings: Any, store: Store, registry: Registry,
+                 sinks: list[Callable[[dict], Any]] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.sinks = sinks or []
+        self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
+        self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
+                                  on_commit=self._on_commit)
+        self.auth = Auth(store, settings.accept_unknown_tags)
+        self.tx_ids = TxIds(store)
+        self.leniency = Leniency.from_file(settings.leniency_file)
+        self.data_transfer: dict[str, Callable] = {}
+        self.sessions: dict[str, Session] = {}
+        self.boots_in_flight = 0
+        self.ready = False
+        self.draining = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._hs_tokens = float(settings.handshake_rate)
+        self._hs_last = time.monotonic()
+        self._warned: dict[tuple[str, str], float] = {}
+        self.handlers = all_handlers(self)
+        self.port = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        await self.writer.start()
+        self.registry.attach(s.worker_id, self.execute_call, self.on_takeover)
+        self._server = await ws_create_server(
+            self._factory, s.host, s.ws_port,
+            max_frame_size=s.max_frame,
+            enable_auto_ping=s.ping_interval > 0,
+            auto_ping_idle_timeout=s.ping_interval or 20,
+            auto_ping_reply_timeout=max(1.0, s.idle_timeout - s.ping_interval) if s.ping_interval else 20,
+            read_buffer_init_size=s.ws_read_buffer,
+            websocket_handshake_timeout=10,
+            logger_name="chargeyard.ws",
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.ready = True
+        log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new chargers, flush batches, close chargers with 1001."""
+        if self.draining:
+            return
+        self.ready, self.draining = False, True
+        if self._server is not None:
+            self._server.close()
+        try:
+            await asyncio.wait_for(self.writer.flush(), self.settings.drain_timeout)
+        except asyncio.TimeoutError:
+            log.warning("drain: store flush did not finish in %.0f s", self.settings.drain_timeout)
+        for sess in list(self.sessions.values()):
+            sess.close(WSCloseCode.GOING_AWAY, "server draining", "drain")
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.sessions:
+            log.warning("drain: %d connections did not close in time", len(self.sessions))
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def stop(self) -> None:
+        await self.drain()
+        await self.writer.close()
+
+    def track(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def spawn(self, coro: Any) -> None:
+        self.track(asyncio.ensure_future(coro))
+
+    # -- handshakes ------------------------------------------------------------------
+    def _refuse(self, status: int, reason: str, body: str, headers: dict | None = None) -> Any:
+        m.WS_REFUSED.labels(reason).inc()
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_error_response(status, body.encode(), headers), None)
+
+    def _factory(self, request: WSUpgradeRequest) -> Any:
+        if self.draining:
+            return self._refuse(503, "draining", "draining, connect again", {"Retry-After": "5"})
+        cid = parse_charger_id(request.path)
+        if cid is None:
+            return self._refuse(400, "bad_id", "charger id must be 1-48 printable characters: /ocpp/{id}")
+        chosen = choose_subprotocol(request.headers.get("Sec-WebSocket-Protocol"))
+        if chosen is None:
+            return self._refuse(400, "no_subprotocol",
+                                "offer one of the subprotocols ocpp1.6, ocpp2.0.1, ocpp2.1")
+        now_t = time.monotonic()
+        rate = self.settings.handshake_rate
+        self._hs_tokens = min(rate, self._hs_tokens + (now_t - self._hs_last) * rate)
+        self._hs_last = now_t
+        if self._hs_tokens < 1.0:
+            return self._refuse(503, "overload", "too many connections at once, retry",
+                                {"Retry-After": str(random.randint(1, 10))})
+        self._hs_tokens -= 1.0
+        proto, version = chosen
+        session = Session(self, cid, proto, version)
+        return WSUpgradeResponseWithListener(
+            WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": proto}), session)
+
+    # -- session table -----------------------------------------------------------------
+    def session_opened(self, s: Session) -> None:
+        old = self.sessions.get(s.charger_id)
+        self.sessions[s.charger_id] = s
+        m.WS_CONNECTIONS.labels(s.protocol).inc()
+        if old is not None:
+            log.info("charger %s reconnected: closing its previous connection", s.charger_id)
+            old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
+        self.spawn(self._claim(s))
+        self.emit(s, "charger.connected", {"protocol": s.protocol})
+
+    async def _claim(self, s: Session) -> None:
+        try:
+            s.epoch = await self.registry.claim(s.charger_id, s.protocol)
+        except Exception as exc:  # registry down: keep serving, it re-registers later
+            log.warning("could not register %s: %r", s.charger_id, exc)
+
+    def session_closed(self, s: Session, reason: str) -> None:
+        m.WS_CONNECTIONS.labels(s.protocol).dec()
+        m.WS_CLOSED.labels(reason).inc()
+        if self.sessions.get(s.charger_id) is s:
+            del self.sessions[s.charger_id]
+            if s.epoch:
+                self.spawn(self._release(s.charger_id, s.epoch))
+            self.emit(s, "charger.disconnected", {"reason": reason})
+
+    async def _release(self, charger_id: str, epoch: int) -> None:
+        try:
+            await self.registry.release(charger_id, epoch)
+        except Exception as exc:
+            log.warning("could not release %s: %r", charger_id, exc)
+
+    def on_takeover(self, charger_id: str, new_epoch: int) -> None:
+        """Another worker now owns this charger: close our connection to it."""
+        s = self.sessions.get(charger_id)
+        if s is not None and (s.epoch == 0 or s.epoch < new_epoch):
+            s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
+
+    async def execute_call(self, charger_id: str, action: str, payload: dict, timeout: float) -> dict:
+        s = self.sessions.get(charger_id)
+        if s is None:
+            raise NotConnected(f"charger {charger_id!r} is not connected")
+        return await s.call(action, payload, timeout)
+
+    # -- events, logs ------------------------------------------------------------------
+    def emit(self, s: Session, kind: str, data: dict) -> None:
+        """Publish an event (never blocks a charger reply)."""
+        event = {"id": uuid.uuid4().hex, "type": kind, "source": f"chargeyard/{self.settings.worker_id}",
+                 "time": now().isoformat(), "charger_id": s.charger_id, "data": data}
+        self.spawn(self._publish(event))
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink failed")
+
+    async def _publish(self, event: dict) -> None:
+        try:
+            await self.registry.publish(event)
+        except Exception as exc:
+            log.debug("event not published: %r", exc)
+
+    def warn_once(self, s: Session, key: str, msg: str, *args: Any) -> None:
+        """Quirky chargers repeat themselves: one warning per charger and kind per 10 min."""
+        k = (s.charger_id, key)
+        t = time.monotonic()
+        if self._warned.get(k, 0.0) > t:
+            return
+        if len(self._warned) > 50_000:
+            self._warned.clear()
+        self._warned[k] = t + 600
+        log.warning(msg, *args)
+
+    def _on_commit(self, rows: int, seconds: float) -> None:
+        m.BATCH_ROWS.observe(rows)
+        m.BATCH_COMMIT.observe(seconds)
+        m.WRITE_QUEUE.set(self.writer.queue_depth)

@@ -1,0 +1,293 @@
+"""One charger connection: frames in, replies out, CSMS->charger calls.
+
+A frame's path: ``on_ws_frame`` -> ``Codec.decode`` (core) -> the version's
+handler (``handlers.py``) -> reply now, or when the handler's future resolves
+(transaction messages: after their batch commit, ``batching.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send
+from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
+from . import metrics as m
+
+if TYPE_CHECKING:
+    from .server import Worker
+
+log = logging.getLogger("chargeyard.worker")
+_ids = itertools.count(1)
+_FAIL_CODES = {"internal": "InternalError"}
+
+
+class Session(WSListener):
+    """The listener picows calls for one charger's WebSocket."""
+
+    def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
+        self.worker = worker
+        self.charger_id = charger_id
+        self.protocol = protocol
+        self.version = version
+        self.codec = worker.codecs[version]
+        self.tables = self.codec.tables
+        self.handlers = worker.handlers[version]
+        self.transport: WSTransport | None = None
+        self.epoch = 0
+        self.vendor = ""
+        self.model = ""
+        self.leniency: frozenset[str] = worker.leniency.for_charger(charger_id, "", "")
+        self.closed_reason: str | None = None
+        self.connected_at = time.time()
+        # CSMS -> charger calls: one in flight (OCPP-J), the rest wait their turn
+        self._pending: dict[str, tuple[str, asyncio.Future]] = {}
+        self._call_lock = asyncio.Lock()
+        self._queued = 0
+        # fragmented messages
+        self._frag: bytearray | None = None
+        # rate limit (token bucket)
+        self._tokens = float(worker.settings.rate_burst)
+        self._last = time.monotonic()
+        self._paused = False
+        self._warned: set[str] = set()
+
+    # -- picows callbacks ------------------------------------------------------------
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.worker.session_opened(self)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        reason = self.closed_reason
+        if reason is None:
+            hs = transport.close_handshake
+            if hs is not None and hs.sent is not None and hs.sent.code == WSCloseCode.MESSAGE_TOO_BIG:
+                reason = "too_big"
+            elif hs is not None and hs.recv is not None:
+                reason = "client"
+            else:
+                reason = "dropped"
+        for _, fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(NotConnected(f"charger {self.charger_id!r} disconnected"))
+        self._pending.clear()
+        self.worker.session_closed(self, reason)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        mt = frame.msg_type
+        if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
+            if frame.fin:
+                if self._frag is not None:  # a new message before the last one ended
+                    self._frag = None
+                self._on_message(frame.get_payload_as_bytes())
+            else:
+                self._frag = bytearray(frame.get_payload_as_memoryview())
+        elif mt == WSMsgType.CONTINUATION:
+            if self._frag is None:
+                return
+            self._frag += frame.get_payload_as_memoryview()
+            if len(self._frag) > self.worker.settings.max_frame:
+                self._frag = None
+                self.close(WSCloseCode.MESSAGE_TOO_BIG, "message too big", "too_big")
+                return
+            if frame.fin:
+                data, self._frag = bytes(self._frag), None
+                self._on_message(data)
+        elif mt == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    # -- inbound -----------------------------------------------------------------------
+    def _on_message(self, data: bytes) -> None:
+        self._rate_limit()
+        msg = self.codec.decode(data)
+        t = type(msg)
+        if t is Call:
+            m.MESSAGES.labels(self.protocol, "in", msg.action, "call").inc()
+            self._dispatch(msg)
+        elif t is CallResult:
+            self._on_reply(msg, None)
+        elif t is CallError:
+            self._on_reply(None, msg)
+        elif t is FrameError:
+            self._on_frame_error(msg, data)
+        elif t is Send:
+            m.MESSAGES.labels(self.protocol, "in", msg.action, "send").inc()
+            h = self.handlers.get(msg.action)
+            if h is not None:
+                try:
+                    h(self, msg.payload)
+                except Exception:
+                    log.exception("handler for SEND %s failed", msg.action)
+
+    def _dispatch(self, call: Call, relaxed: bool = False) -> None:
+        handler = self.handlers.get(call.action)
+        t0 = time.perf_counter()
+        if handler is None:  # a known inbound action without a handler: never happens (tested)
+            self.send_error(call.message_id, self.tables.codes["not_implemented"], "no handler")
+            return
+        try:
+            res = handler(self, call.payload)
+        except Exception as exc:  # a handler bug must not kill the connection
+            log.exception("handler %s failed for %s", call.action, self.charger_id)
+            self.send_error(call.message_id, self.tables.codes["internal"], type(exc).__name__)
+            return
+        if isinstance(res, msgspec.Struct):
+            self._send_result(call, res, t0)
+        elif asyncio.isfuture(res):
+            res.add_done_callback(lambda f: self._deferred(call, f, t0))
+        else:  # coroutine
+            task = asyncio.ensure_future(res)
+            self.worker.track(task)
+            task.add_done_callback(lambda f: self._deferred(call, f, t0))
+
+    def _deferred(self, call: Call, fut: asyncio.Future, t0: float) -> None:
+        if fut.cancelled():
+            self.send_error(call.message_id, self.tables.codes["internal"], "cancelled")
+            return
+        exc = fut.exception()
+        if exc is not None:
+            # nothing is acknowledged unless committed: the charger will retry
+            log.warning("reply to %s from %s failed: %r", call.action, self.charger_id, exc)
+            self.send_error(call.message_id, self.tables.codes["internal"], "storage unavailable")
+            return
+        self._send_result(call, fut.result(), t0)
+
+    def _send_result(self, call: Call, payload: Any, t0: float) -> None:
+        tr = self.transport
+        if tr is None or tr.is_disconnected:
+            return
+        tr.send(WSMsgType.TEXT, self.codec.encode_result(call.message_id, payload))
+        m.HANDLE.labels(call.action).observe(time.perf_counter() - t0)
+        m.MESSAGES.labels(self.protocol, "out", call.action, "result").inc()
+
+    def send_error(self, message_id: str, code: str, description: str = "") -> None:
+        tr = self.transport
+        if tr is None or tr.is_disconnected:
+            return
+        tr.send(WSMsgType.TEXT, self.codec.encode_error(message_id, code, description))
+        m.CALL_ERRORS.labels(self.protocol, code).inc()
+
+    def _on_frame_error(self, err: FrameError, data: bytes) -> None:
+        action = err.action if err.action in self.tables.requests else "_unknown"
+        m.MESSAGES.labels(self.protocol, "in", action, "invalid").inc()
+        if (self.leniency and err.message_type == 2 and err.action in self.tables.inbound
+                and err.code not in ("NotImplemented", "NotSupported")):
+            call = self._relax(err, data)
+            if call is not None:
+                self._dispatch(call, relaxed=True)
+                return
+        if err.reply:
+            self.worker.warn_once(self, f"bad frame {err.code}",
+                                  "%s sent an invalid message (%s): %s", self.charger_id, err.code,
+                                  err.description)
+            self.send_error(err.message_id, err.code, err.description)
+
+    def _relax(self, err: FrameError, data: bytes) -> Call | None:
+        from ..core.leniency import relax
+
+        try:
+            frame = msgspec.json.decode(data)
+            payload, used = relax(self.tables, err.action, msgspec.json.encode(frame[3]), self.leniency)
+        except (PayloadError, Exception):  # still invalid: answer with the strict error
+            return None
+        for rule in used:
+            m.LENIENCY.labels(rule).inc()
+            self.worker.warn_once(self, "lenient " + rule,
+                                  "relaxed rule %s for %s (%s %s) on %s", rule, self.charger_id,
+                                  self.vendor, self.model, err.action)
+        return Call(err.message_id, err.action, payload)
+
+    def _rate_limit(self) -> None:
+        s = self.worker.settings
+        now = time.monotonic()
+        self._tokens = min(float(s.rate_burst), self._tokens + (now - self._last) * s.rate_limit)
+        self._last = now
+        self._tokens -= 1.0
+        if self._tokens < 0 and not self._paused and self.transport is not None:
+            # Slow the sender down instead of dropping anything: stop reading its socket
+            # until it is back within its rate. Other chargers are unaffected.
+            self._paused = True
+            self.transport.underlying_transport.pause_reading()
+            asyncio.get_running_loop().call_later(-self._tokens / s.rate_limit, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        tr = self.transport
+        if tr is not None and not tr.is_disconnected:
+            tr.underlying_transport.resume_reading()
+
+    # -- outbound (CSMS -> charger) ----------------------------------------------------
+    def _on_reply(self, res: CallResult | None, err: CallError | None) -> None:
+        msg_id = res.message_id if res is not None else err.message_id  # type: ignore[union-attr]
+        entry = self._pending.pop(msg_id, None)
+        if entry is None:
+            self.worker.warn_once(self, "unexpected reply", "%s answered an unknown message id %r",
+                                  self.charger_id, msg_id)
+            return
+        action, fut = entry
+        if fut.done():
+            return
+        if res is not None:
+            m.MESSAGES.labels(self.protocol, "in", action, "result").inc()
+            try:
+                payload = self.codec.decode_result(action, res.payload)
+            except PayloadError as exc:
+                fut.set_exception(CallRejected(exc.code, f"invalid {action} response: {exc.description}"))
+                return
+            fut.set_result(msgspec.to_builtins(payload))
+        else:
+            m.MESSAGES.labels(self.protocol, "in", action, "error").inc()
+            fut.set_exception(CallRejected(err.code, err.description, err.details))  # type: ignore[union-attr]
+
+    async def call(self, action: str, payload: dict, timeout: float) -> dict:
+        """Send a CALL to the charger and wait for its answer (one in flight at a time)."""
+        if action not in self.tables.outbound:
+            raise PayloadInvalid(f"{action} is not a CSMS-initiated action of OCPP {self.version}")
+        try:
+            obj = self.tables.validate(action, "request", payload)
+        except PayloadError as exc:
+            raise PayloadInvalid(f"{exc.code}: {exc.description}") from None
+        if self._queued >= self.worker.settings.max_pending_calls:
+            raise CallTimeout(f"more than {self._queued} calls already queued for {self.charger_id}")
+        deadline = time.monotonic() + timeout
+        self._queued += 1
+        try:
+            try:
+                await asyncio.wait_for(self._call_lock.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise CallTimeout(f"{self.charger_id} is busy with earlier calls") from None
+            try:
+                tr = self.transport
+                if tr is None or tr.is_disconnected:
+                    raise NotConnected(f"charger {self.charger_id!r} is not connected")
+                msg_id = f"cy{next(_ids)}"
+                fut = asyncio.get_running_loop().create_future()
+                self._pending[msg_id] = (action, fut)
+                tr.send(WSMsgType.TEXT, self.codec.encode_call(msg_id, action, obj))
+                m.MESSAGES.labels(self.protocol, "out", action, "call").inc()
+                try:
+                    return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise CallTimeout(f"{self.charger_id} did not answer {action} in {timeout:g} s") from None
+                finally:
+                    self._pending.pop(msg_id, None)
+            finally:
+                self._call_lock.release()
+        finally:
+            self._queued -= 1
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self, code: WSCloseCode = WSCloseCode.OK, reason: str = "", why: str = "server") -> None:
+        tr = self.transport
+        if self.closed_reason is None:
+            self.closed_reason = why
+        if tr is not None and not tr.is_disconnected:
+            tr.send_close(code, reason.encode())
+            tr.disconnect()
