@@ -1,0 +1,191 @@
+"""Versioned schema for the SQLite store.
+
+Each migration is ``(version, sql)``; versions are consecutive from 1 and never edited
+once released (add a new one instead). :func:`migrate` applies the missing ones inside
+one ``BEGIN IMMEDIATE`` transaction and records each in ``schema_version``, so several
+processes opening the same file at once serialise on the write lock and the later ones
+find nothing to do.
+
+Storage conventions: timestamps are INTEGER microseconds since the Unix epoch (UTC),
+which sort and compare exactly; energies are REAL Wh.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE chargers (
+    charger_id  TEXT PRIMARY KEY,
+    protocol    TEXT NOT NULL DEFAULT '',
+    vendor      TEXT NOT NULL DEFAULT '',
+    model       TEXT NOT NULL DEFAULT '',
+    serial      TEXT NOT NULL DEFAULT '',
+    firmware    TEXT NOT NULL DEFAULT '',
+    last_seen   INTEGER,
+    last_boot   INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE connectors (
+    charger_id   TEXT NOT NULL,
+    evse_id      INTEGER NOT NULL,
+    connector_id INTEGER NOT NULL,
+    status       TEXT NOT NULL,
+    error_code   TEXT NOT NULL DEFAULT '',
+    info         TEXT NOT NULL DEFAULT '',
+    at           INTEGER NOT NULL,
+    PRIMARY KEY (charger_id, evse_id, connector_id)
+) WITHOUT ROWID;
+
+-- kind: 16 = OCPP 1.6 (Start/StopTransaction), 20 = 2.0.1/2.1 (TransactionEvent).
+-- start_reading_wh: meterStart (1.6) or the Started event's reading (2.0.1); without it the
+-- lowest reading seen stands in (energy registers only grow). The Stop/Ended reading is
+-- meter_stop_wh. meter_start_wh and energy_wh are derived, so they never disagree with
+-- the readings:  1.6 stopped: meter_stop - meter_start (the charger's own account);
+-- otherwise max(highest reading, meter_stop, meter_start) - meter_start.
+CREATE TABLE transactions (
+    charger_id       TEXT NOT NULL,
+    tx_id            TEXT NOT NULL,
+    kind             INTEGER NOT NULL,
+    connector_id     INTEGER NOT NULL DEFAULT 0,
+    evse_id          INTEGER NOT NULL DEFAULT 0,
+    id_tag           TEXT NOT NULL DEFAULT '',
+    stop_id_tag      TEXT NOT NULL DEFAULT '',
+    reservation_id   INTEGER,
+    start_reading_wh REAL,
+    min_reading_wh   REAL,
+    max_reading_wh   REAL,
+    meter_stop_wh    REAL,
+    last_reading_wh  REAL,
+    last_reading_at  INTEGER,
+    started_at       INTEGER,
+    stopped_at       INTEGER,
+    stop_reason      TEXT NOT NULL DEFAULT '',
+    meter_start_wh   REAL GENERATED ALWAYS AS (coalesce(start_reading_wh, min_reading_wh)) VIRTUAL,
+    energy_wh        REAL GENERATED ALWAYS AS (
+        CASE
+            WHEN coalesce(start_reading_wh, min_reading_wh) IS NULL THEN NULL
+            WHEN kind = 16 AND meter_stop_wh IS NOT NULL AND start_reading_wh IS NOT NULL
+                THEN meter_stop_wh - start_reading_wh
+            ELSE max(coalesce(max_reading_wh, min_reading_wh, start_reading_wh),
+                     coalesce(meter_stop_wh, start_reading_wh, min_reading_wh),
+                     coalesce(start_reading_wh, min_reading_wh))
+                 - coalesce(start_reading_wh, min_reading_wh)
+        END) VIRTUAL,
+    PRIMARY KEY (charger_id, tx_id)
+);
+CREATE INDEX transactions_started ON transactions (started_at);
+CREATE INDEX transactions_charger_started ON transactions (charger_id, started_at);
+CREATE INDEX transactions_open ON transactions (charger_id) WHERE stopped_at IS NULL;
+
+-- 1.6 StartTransaction idempotency key -> the transaction id first given for it.
+CREATE TABLE tx_starts (
+    charger_id     TEXT NOT NULL,
+    connector_id   INTEGER NOT NULL,
+    id_tag         TEXT NOT NULL,
+    meter_start_wh REAL NOT NULL,
+    started_at     INTEGER NOT NULL,
+    tx_id          TEXT NOT NULL,
+    PRIMARY KEY (charger_id, connector_id, id_tag, meter_start_wh, started_at)
+) WITHOUT ROWID;
+
+-- 2.0.1 TransactionEvent sequence numbers already applied.
+CREATE TABLE tx_event_seqs (
+    charger_id TEXT NOT NULL,
+    tx_id      TEXT NOT NULL,
+    seq_no     INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    trigger_reason TEXT NOT NULL DEFAULT '',
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (charger_id, tx_id, seq_no)
+) WITHOUT ROWID;
+
+-- Every energy reading, by the charger's timestamp (backlogs included), for the record.
+CREATE TABLE meter_samples (
+    charger_id   TEXT NOT NULL,
+    tx_id        TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    at           INTEGER NOT NULL,
+    energy_wh    REAL NOT NULL,
+    PRIMARY KEY (charger_id, tx_id, connector_id, at)
+) WITHOUT ROWID;
+
+-- Newest reading per connector (with or without a transaction).
+CREATE TABLE last_readings (
+    charger_id   TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    at           INTEGER NOT NULL,
+    energy_wh    REAL NOT NULL,
+    tx_id        TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (charger_id, connector_id)
+) WITHOUT ROWID;
+
+-- 1.6 transaction id blocks: next_id is the first id not yet handed out.
+CREATE TABLE tx_id_alloc (
+    name    TEXT PRIMARY KEY,
+    next_id INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO tx_id_alloc (name, next_id) VALUES ('ocpp16', 1);
+
+CREATE TABLE id_tags (
+    tag    TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    expiry INTEGER
+) WITHOUT ROWID;
+"""),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'").fetchone()
+    if row is None:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply missing migrations atomically; returns the versions applied (often none).
+    ``conn`` must be in autocommit mode (``isolation_level=None``)."""
+    assert [v for v, _ in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1)), "versions must be consecutive"
+    applied: list[int] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version ("
+                     "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
+        have = current_version(conn)
+        if have > LATEST:
+            raise RuntimeError(f"database schema version {have} is newer than this code ({LATEST})")
+        for version, sql in MIGRATIONS:
+            if version <= have:
+                continue
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                         (version, time.time_ns() // 1000))
+            applied.append(version)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration on statement boundaries (``executescript`` would COMMIT our
+    transaction, so each statement is executed on its own)."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

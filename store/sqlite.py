@@ -1,0 +1,474 @@
+"""SQLite backend: the embedded default, one file shared by every process of a node.
+
+* WAL journal, ``synchronous=FULL`` by default: a COMMIT returns only after the WAL is
+  written *and* fsynced, so a committed batch survives kill -9 and power loss
+  (``docs/adr/0002-reply-after-commit.md``). ``synchronous="NORMAL"`` keeps kill -9
+  safety (the WAL write has reached the kernel before COMMIT returns) but not power loss.
+* All blocking work runs on one dedicated thread (a single-thread executor) that owns the
+  connection; the event loop only awaits.
+* ``apply`` is one ``BEGIN IMMEDIATE … COMMIT``; runs of consecutive ops of the same bulk
+  type (MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger) go through
+  ``executemany`` on cached prepared statements.
+* Several processes may share the file: ``busy_timeout`` waits for the write lock, and
+  1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from . import migrations
+from .base import (ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
+                   StoreError, TransactionEvent, UpsertCharger)
+
+__all__ = ["SqliteStore"]
+
+TX_ID_MAX = 2**31 - 1  # positive signed 32-bit: what every 1.6 charger can hold
+
+_UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_US = dt.timedelta(microseconds=1)
+
+
+def _us(t: dt.datetime) -> int:
+    """Aware (or naive = UTC) datetime -> integer microseconds since the epoch."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_UTC)
+    return (t - _EPOCH) // _US
+
+
+def _iso(us: int | None) -> str | None:
+    """Microseconds -> ISO 8601 UTC with ``Z``; milliseconds, or microseconds when present."""
+    if us is None:
+        return None
+    t = _EPOCH + dt.timedelta(microseconds=us)
+    spec = "milliseconds" if t.microsecond % 1000 == 0 else "microseconds"
+    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+# -- statements (module constants: sqlite3's statement cache keys on the text) --------
+
+_UPSERT_CHARGER = """
+INSERT INTO chargers (charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+ON CONFLICT (charger_id) DO UPDATE SET
+    protocol = excluded.protocol, vendor = excluded.vendor, model = excluded.model,
+    serial = excluded.serial, firmware = excluded.firmware,
+    last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen),
+    last_boot = max(coalesce(last_boot, excluded.last_boot), excluded.last_boot)"""
+
+_CHARGER_SEEN = """
+INSERT INTO chargers (charger_id, last_seen) VALUES (?1, ?2)
+ON CONFLICT (charger_id) DO UPDATE SET
+    last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen)"""
+
+_CONNECTOR_STATUS = """
+INSERT INTO connectors (charger_id, evse_id, connector_id, status, error_code, info, at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (charger_id, evse_id, connector_id) DO UPDATE SET
+    status = excluded.status, error_code = excluded.error_code, info = excluded.info, at = excluded.at
+WHERE excluded.at >= connectors.at"""
+
+_SAMPLE_RAW = """
+INSERT INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT DO NOTHING"""
+
+_SAMPLE_LAST = """
+INSERT INTO last_readings (charger_id, connector_id, at, energy_wh, tx_id) VALUES (?1, ?3, ?4, ?5, ?2)
+ON CONFLICT (charger_id, connector_id) DO UPDATE SET
+    at = excluded.at, energy_wh = excluded.energy_wh, tx_id = excluded.tx_id
+WHERE excluded.at >= last_readings.at"""
+
+# ?1 charger, ?2 tx, ?3 lowest reading, ?4 highest, ?5 newest reading's time, ?6 its value
+_SAMPLE_TX = """
+UPDATE transactions SET
+    min_reading_wh = CASE WHEN ?3 IS NULL THEN min_reading_wh ELSE min(coalesce(min_reading_wh, ?3), ?3) END,
+    max_reading_wh = max(coalesce(max_reading_wh, ?4), ?4),
+    last_reading_wh = CASE WHEN last_reading_at IS NULL OR ?5 >= last_reading_at THEN ?6
+                      ELSE last_reading_wh END,
+    last_reading_at = max(coalesce(last_reading_at, ?5), ?5)
+WHERE charger_id = ?1 AND tx_id = ?2"""
+
+_TX_ENSURE = """
+INSERT INTO transactions (charger_id, tx_id, kind) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"""
+
+# a row created after samples for it were stored (out-of-order arrival) picks them up
+_TX_FOLD_SAMPLES = """
+UPDATE transactions SET
+    (min_reading_wh, max_reading_wh) =
+        (SELECT min(energy_wh), max(energy_wh) FROM meter_samples WHERE charger_id = ?1 AND tx_id = ?2),
+    (last_reading_at, last_reading_wh) =
+        (SELECT at, energy_wh FROM meter_samples WHERE charger_id = ?1 AND tx_id = ?2
+         ORDER BY at DESC LIMIT 1)
+WHERE charger_id = ?1 AND tx_id = ?2"""
+
+_START_KEY = """
+INSERT INTO tx_starts (charger_id, connector_id, id_tag, meter_start_wh, started_at, tx_id)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT DO UPDATE SET tx_id = tx_starts.tx_id
+RETURNING tx_id"""
+
+_START_TX = """
+UPDATE transactions SET connector_id = ?3, id_tag = ?4, start_reading_wh = ?5, started_at = ?6,
+    reservation_id = ?7
+WHERE charger_id = ?1 AND tx_id = ?2"""
+
+_STOP_OPEN = """
+UPDATE transactions SET meter_stop_wh = ?3, stopped_at = ?4, stop_reason = ?5, stop_id_tag = ?6
+WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
+
+_EVENT_SEQ = """
+INSERT INTO tx_event_seqs (charger_id, tx_id, seq_no, event_type, trigger_reason, at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING"""
+
+# ?1 charger ?2 tx ?3 at ?4 evse ?5 connector ?6 id_tag
+_EVENT_COMMON = """
+UPDATE transactions SET
+    evse_id = CASE WHEN ?4 != 0 THEN ?4 ELSE evse_id END,
+    connector_id = CASE WHEN ?5 != 0 THEN ?5 ELSE connector_id END,
+    id_tag = CASE WHEN ?6 != '' AND (?7 = 0 OR id_tag = '') THEN ?6 ELSE id_tag END,
+    stop_id_tag = CASE WHEN ?6 != '' AND ?7 = 1 THEN ?6 ELSE stop_id_tag END,
+    started_at = CASE WHEN ?7 = 0 THEN min(coalesce(started_at, ?3), ?3) ELSE started_at END
+WHERE charger_id = ?1 AND tx_id = ?2"""
+
+_EVENT_BEGIN_READING = """
+UPDATE transactions SET start_reading_wh = ?3 WHERE charger_id = ?1 AND tx_id = ?2"""
+
+_EVENT_END = """
+UPDATE transactions SET stopped_at = ?3, stop_reason = ?4, meter_stop_wh = ?5
+WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
+
+_TX_COLUMNS = ("charger_id, tx_id, connector_id, evse_id, id_tag, meter_start_wh, meter_stop_wh, energy_wh, "
+               "started_at, stopped_at, stop_reason, stop_id_tag, reservation_id, last_reading_wh, "
+               "last_reading_at")
+
+
+def _tx_dict(r: tuple) -> dict:
+    return {"charger_id": r[0], "tx_id": r[1], "connector_id": r[2], "evse_id": r[3], "id_tag": r[4],
+            "meter_start_wh": r[5], "meter_stop_wh": r[6], "energy_wh": r[7], "started_at": _iso(r[8]),
+            "stopped_at": _iso(r[9]), "stop_reason": r[10], "active": r[9] is None, "stop_id_tag": r[11],
+            "reservation_id": r[12], "last_reading_wh": r[13], "last_reading_at": _iso(r[14])}
+
+
+class SqliteStore(Store):
+    """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0)``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
+                 busy_timeout: float = 10.0) -> None:
+        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA (OFF would lose commits)")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._single: dict[type, Callable[[Any], Any]] = {
+            StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event}
+        self._bulk: dict[type, Callable[[list], None]] = {
+            MeterSample: self._samples, ChargerSeen: self._seen, ConnectorStatus: self._statuses,
+            UpsertCharger: self._chargers}
+
+    # -- plumbing --------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as e:
+            raise StoreError(f"sqlite: {e}") from e
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chargeyard-sqlite")
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False, cached_statements=256)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            deadline = time.monotonic() + self.busy_timeout
+            while True:  # the switch to WAL can report "locked" without calling the busy handler
+                try:
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL journal (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -32000")
+            conn.execute("PRAGMA journal_size_limit = 67108864")
+            migrations.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute("PRAGMA optimize")
+            finally:
+                conn.close()
+
+    async def schema_version(self) -> int:
+        return await self._run(lambda: migrations.current_version(self._db))
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open")
+        return self._conn
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def apply(self, ops: list[Op]) -> list[Any]:
+        if not ops:
+            return []
+        return await self._run(self._write, lambda conn: self._apply_ops(conn, ops))
+
+    def _apply_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
+        results: list[Any] = [None] * len(ops)
+        i, n = 0, len(ops)
+        while i < n:
+            t = type(ops[i])
+            bulk = self._bulk.get(t)
+            if bulk is not None:
+                j = i + 1
+                while j < n and type(ops[j]) is t:
+                    j += 1
+                bulk(ops[i:j])
+                i = j
+                continue
+            single = self._single.get(t)
+            if single is None:
+                raise StoreError(f"not a store operation: {t.__name__}")
+            results[i] = single(ops[i])
+            i += 1
+        return results
+
+    def _chargers(self, run: list[UpsertCharger]) -> None:
+        now = time.time_ns() // 1000
+        self._db.executemany(_UPSERT_CHARGER, [
+            (o.charger_id, o.protocol, o.vendor, o.model, o.serial, o.firmware,
+             _us(o.at) if o.at is not None else now) for o in run])
+
+    def _seen(self, run: list[ChargerSeen]) -> None:
+        self._db.executemany(_CHARGER_SEEN, [(o.charger_id, _us(o.at)) for o in run])
+
+    def _statuses(self, run: list[ConnectorStatus]) -> None:
+        self._db.executemany(_CONNECTOR_STATUS, [
+            (o.charger_id, o.evse_id, o.connector_id, o.status, o.error_code, o.info, _us(o.at)) for o in run])
+
+    def _samples(self, run: list[MeterSample]) -> None:
+        conn = self._db
+        rows = [(o.charger_id, o.tx_id, o.connector_id, _us(o.at), float(o.energy_wh)) for o in run]
+        conn.executemany(_SAMPLE_RAW, rows)
+        conn.executemany(_SAMPLE_LAST, rows)
+        # one UPDATE per transaction, not per sample: fold the run first
+        per_tx: dict[tuple[str, str], list] = {}
+        for c, tx, _, at, wh in rows:
+            if not tx:
+                continue
+            agg = per_tx.get((c, tx))
+            if agg is None:
+                per_tx[(c, tx)] = [c, tx, wh, wh, at, wh]
+            else:
+                if wh < agg[2]:
+                    agg[2] = wh
+                if wh > agg[3]:
+                    agg[3] = wh
+                if at >= agg[4]:
+                    agg[4], agg[5] = at, wh
+        if per_tx:
+            conn.executemany(_SAMPLE_TX, per_tx.values())
+
+    def _ensure_tx(self, charger_id: str, tx_id: str, kind: int) -> bool:
+        conn = self._db
+        created = conn.execute(_TX_ENSURE, (charger_id, tx_id, kind)).rowcount == 1
+        if created:
+            conn.execute(_TX_FOLD_SAMPLES, (charger_id, tx_id))
+        return created
+
+    def _start(self, o: StartTransaction) -> str:
+        conn = self._db
+        started = _us(o.started_at)
+        tx = conn.execute(_START_KEY, (o.charger_id, o.connector_id, o.id_tag, float(o.meter_start_wh),
+                                       started, o.tx_id)).fetchall()[0][0]
+        if tx == o.tx_id:
+            self._ensure_tx(o.charger_id, tx, 16)
+            conn.execute(_START_TX, (o.charger_id, tx, o.connector_id, o.id_tag, float(o.meter_start_wh),
+                                     started, o.reservation_id))
+        return tx
+
+    def _stop(self, o: StopTransaction) -> bool:
+        conn = self._db
+        args = (o.charger_id, o.tx_id, float(o.meter_stop_wh), _us(o.stopped_at), o.reason, o.id_tag)
+        if conn.execute(_STOP_OPEN, args).rowcount == 1:
+            return True
+        if self._ensure_tx(o.charger_id, o.tx_id, 16):  # unknown: recorded as a closed transaction
+            conn.execute(_STOP_OPEN, args)
+        return False
+
+    def _event(self, o: TransactionEvent) -> bool:
+        conn = self._db
+        at = _us(o.at)
+        if conn.execute(_EVENT_SEQ, (o.charger_id, o.tx_id, o.seq_no, o.event_type, o.trigger_reason,
+                                     at)).rowcount == 0:
+            return False
+        ended = o.event_type == "Ended"
+        self._ensure_tx(o.charger_id, o.tx_id, 20)
+        conn.execute(_EVENT_COMMON, (o.charger_id, o.tx_id, at, o.evse_id, o.connector_id, o.id_tag,
+                                     1 if ended else 0))
+        wh = None if o.energy_wh is None else float(o.energy_wh)
+        if wh is not None:
+            row = (o.charger_id, o.tx_id, o.connector_id, at, wh)
+            conn.execute(_SAMPLE_RAW, row)
+            conn.execute(_SAMPLE_LAST, row)
+            if o.event_type == "Started":
+                conn.execute(_EVENT_BEGIN_READING, (o.charger_id, o.tx_id, wh))
+            if ended:  # the closing reading counts as highest/newest, not as a start estimate
+                conn.execute(_SAMPLE_TX, (o.charger_id, o.tx_id, None, wh, at, wh))
+            else:
+                conn.execute(_SAMPLE_TX, (o.charger_id, o.tx_id, wh, wh, at, wh))
+        if ended:
+            conn.execute(_EVENT_END, (o.charger_id, o.tx_id, at, o.stop_reason, wh))
+        return True
+
+    async def allocate_tx_ids(self, count: int) -> tuple[int, int]:
+        if not 1 <= count <= TX_ID_MAX:
+            raise ValueError(f"count must be 1..{TX_ID_MAX}")
+        return await self._run(self._write, lambda conn: self._allocate(conn, count))
+
+    @staticmethod
+    def _allocate(conn: sqlite3.Connection, count: int) -> tuple[int, int]:
+        first = conn.execute("SELECT next_id FROM tx_id_alloc WHERE name = 'ocpp16'").fetchone()[0]
+        if first < 1 or first + count - 1 > TX_ID_MAX:
+            first = 1  # wrap: ids of 2^31 transactions ago are long closed
+        conn.execute("UPDATE tx_id_alloc SET next_id = ? WHERE name = 'ocpp16'", (first + count,))
+        return first, first + count - 1
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def get_charger(self, charger_id: str) -> dict | None:
+        return await self._run(self._get_charger, charger_id)
+
+    def _get_charger(self, charger_id: str) -> dict | None:
+        conn = self._db
+        row = conn.execute("SELECT charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot "
+                           "FROM chargers WHERE charger_id = ?", (charger_id,)).fetchone()
+        conns = conn.execute("SELECT evse_id, connector_id, status, error_code, info, at FROM connectors "
+                             "WHERE charger_id = ? ORDER BY evse_id, connector_id", (charger_id,)).fetchall()
+        if row is None and not conns:
+            return None
+        d = self._charger_dict(row) if row is not None else self._charger_dict(
+            (charger_id, "", "", "", "", "", None, None))
+        d["connectors"] = [{"evse_id": e, "connector_id": c, "status": s, "error_code": ec, "info": i,
+                            "at": _iso(at)} for e, c, s, ec, i, at in conns]
+        d["last_readings"] = [{"connector_id": c, "energy_wh": wh, "at": _iso(at), "tx_id": tx}
+                              for c, wh, at, tx in conn.execute(
+                                  "SELECT connector_id, energy_wh, at, tx_id FROM last_readings "
+                                  "WHERE charger_id = ? ORDER BY connector_id", (charger_id,))]
+        return d
+
+    @staticmethod
+    def _charger_dict(r: tuple) -> dict:
+        return {"id": r[0], "protocol": r[1], "vendor": r[2], "model": r[3], "serial": r[4], "firmware": r[5],
+                "last_seen": _iso(r[6]), "last_boot": _iso(r[7])}
+
+    async def list_chargers(self) -> list[dict]:
+        rows = await self._run(lambda: self._db.execute(
+            "SELECT charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot "
+            "FROM chargers ORDER BY charger_id").fetchall())
+        return [self._charger_dict(r) for r in rows]
+
+    async def list_transactions(self, charger_id: str | None = None, active: bool | None = None,
+                                limit: int = 1000) -> list[dict]:
+        where, args = [], []
+        if charger_id is not None:
+            where.append("charger_id = ?")
+            args.append(charger_id)
+        if active is not None:
+            where.append("stopped_at IS NULL" if active else "stopped_at IS NOT NULL")
+        sql = f"SELECT {_TX_COLUMNS} FROM transactions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC NULLS LAST, charger_id, tx_id LIMIT ?"
+        args.append(max(0, int(limit)))
+        rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
+        return [_tx_dict(r) for r in rows]
+
+    async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
+        row = await self._run(lambda: self._db.execute(
+            f"SELECT {_TX_COLUMNS} FROM transactions WHERE charger_id = ? AND tx_id = ?",
+            (charger_id, tx_id)).fetchone())
+        return None if row is None else _tx_dict(row)
+
+    async def list_meter_samples(self, charger_id: str, tx_id: str, limit: int = 10000) -> list[dict]:
+        rows = await self._run(lambda: self._db.execute(
+            "SELECT connector_id, at, energy_wh FROM meter_samples WHERE charger_id = ? AND tx_id = ? "
+            "ORDER BY at LIMIT ?", (charger_id, tx_id, limit)).fetchall())
+        return [{"connector_id": c, "at": _iso(at), "energy_wh": wh} for c, at, wh in rows]
+
+    # -- authorization list ----------------------------------------------------------
+
+    async def get_id_tag(self, tag: str) -> str | None:
+        row = await self._run(lambda: self._db.execute(
+            "SELECT status, expiry FROM id_tags WHERE tag = ?", (tag,)).fetchone())
+        if row is None:
+            return None
+        status, expiry = row
+        if expiry is not None and expiry < time.time_ns() // 1000 and status == "Accepted":
+            return "Expired"
+        return status
+
+    async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None:
+        args = (tag, status, None if expiry is None else _us(expiry))
+        await self._run(self._write, lambda conn: conn.execute(
+            "INSERT INTO id_tags (tag, status, expiry) VALUES (?, ?, ?) ON CONFLICT (tag) DO UPDATE SET "
+            "status = excluded.status, expiry = excluded.expiry", args))
+
+    async def delete_id_tag(self, tag: str) -> bool:
+        return await self._run(self._write, lambda conn: conn.execute(
+            "DELETE FROM id_tags WHERE tag = ?", (tag,)).rowcount > 0)
