@@ -22,7 +22,8 @@ import msgspec
 
 
 class UpsertCharger(msgspec.Struct, tag=True, frozen=True):
-    """BootNotification: identity of a charger (insert or update)."""
+    """BootNotification: identity of a charger (insert or update); ``at`` (default: the
+    commit time) raises last_seen and last_boot. Result: None."""
     charger_id: str
     protocol: str
     vendor: str
@@ -33,14 +34,16 @@ class UpsertCharger(msgspec.Struct, tag=True, frozen=True):
 
 
 class ChargerSeen(msgspec.Struct, tag=True, frozen=True):
-    """Heartbeat or any message: last_seen = max(last_seen, at)."""
+    """Heartbeat or any message: last_seen = max(last_seen, at); creates the charger if
+    it never booted here. Result: None."""
     charger_id: str
     at: dt.datetime
 
 
 class ConnectorStatus(msgspec.Struct, tag=True, frozen=True):
     """StatusNotification: last status of a connector (evse_id 0 for 1.6).
-    Kept only if ``at`` is not older than the stored one (offline backlogs arrive late)."""
+    Kept only if ``at`` is not older than the stored one (offline backlogs arrive late).
+    Result: None."""
     charger_id: str
     evse_id: int
     connector_id: int
@@ -77,7 +80,15 @@ class StopTransaction(msgspec.Struct, tag=True, frozen=True):
 class MeterSample(msgspec.Struct, tag=True, frozen=True):
     """An energy register reading for a transaction (MeterValues, or in a
     TransactionEvent). Raises the transaction's ``energy_wh`` to the reading minus
-    the start; samples without a transaction (tx_id "") are only kept as last reading."""
+    the start (never lowers it, whatever the arrival order); samples without a
+    transaction (tx_id "") are only kept as last reading. Every sample is also kept raw,
+    by the charger's timestamp (a replayed backlog is stored, not dropped); the newest one
+    by ``at`` per (charger, connector) is the last reading. A sample for a transaction the
+    store does not know yet is folded in when that transaction appears. Result: None.
+
+    Energy of a transaction: 1.6 stopped -> meter_stop - meter_start; otherwise
+    max(highest reading, meter_stop) - meter_start, where meter_start is meterStart (1.6)
+    or the Started event's reading (2.0.1), else the lowest reading seen."""
     charger_id: str
     tx_id: str
     at: dt.datetime
@@ -88,8 +99,9 @@ class MeterSample(msgspec.Struct, tag=True, frozen=True):
 class TransactionEvent(msgspec.Struct, tag=True, frozen=True):
     """2.0.1/2.1 TransactionEvent, applied once per (charger_id, tx_id, seq_no).
     Started creates, Updated updates, Ended closes; out-of-order or unknown ones are
-    recorded (an Ended for an unknown transaction creates it closed).
-    Result: True if applied, False if it was a repeat."""
+    recorded (an Ended for an unknown transaction creates it closed; an Updated after
+    Ended never reopens it; the first Ended wins). ``energy_wh`` is also stored as a
+    MeterSample. Result: True if applied, False if it was a repeat."""
     charger_id: str
     tx_id: str
     seq_no: int
@@ -107,7 +119,7 @@ Op = UpsertCharger | ChargerSeen | ConnectorStatus | StartTransaction | StopTran
 
 
 class StoreError(Exception):
-    pass
+    """Every backend failure surfaces as this (backend exception types never leak)."""
 
 
 class Store(ABC):
@@ -120,9 +132,18 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def __aenter__(self) -> "Store":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     @abstractmethod
     async def apply(self, ops: list[Op]) -> list[Any]:
-        """Commit all ``ops`` atomically, in order; one result per op (see each op)."""
+        """Commit all ``ops`` atomically, in order; one result per op (see each op).
+        Returns only once the batch is durable; on any failure nothing of it is applied
+        and :class:`StoreError` is raised."""
 
     @abstractmethod
     async def allocate_tx_ids(self, count: int) -> tuple[int, int]:
@@ -131,26 +152,36 @@ class Store(ABC):
         positive 32-bit integers."""
 
     # -- reads for the API ---------------------------------------------------------
+    # Plain dicts; datetimes as ISO 8601 UTC strings ending in "Z" (milliseconds, or
+    # microseconds when present), None when unknown.
     @abstractmethod
     async def get_charger(self, charger_id: str) -> dict | None:
         """{"id","protocol","vendor","model","serial","firmware","last_seen","last_boot",
-        "connectors":[{"evse_id","connector_id","status","error_code","at"}]}"""
+        "connectors":[{"evse_id","connector_id","status","error_code","info","at"}],
+        "last_readings":[{"connector_id","energy_wh","at","tx_id"}]}"""
 
     @abstractmethod
-    async def list_chargers(self) -> list[dict]: ...
+    async def list_chargers(self) -> list[dict]:
+        """Every charger, by id: the keys of :meth:`get_charger` without "connectors"
+        and "last_readings"."""
 
     @abstractmethod
     async def list_transactions(self, charger_id: str | None = None, active: bool | None = None,
-                                limit: int = 1000) -> list[dict]: ...
+                                limit: int = 1000) -> list[dict]:
+        """Newest ``started_at`` first (unknown starts last); items as :meth:`get_transaction`."""
 
     @abstractmethod
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
         """{"charger_id","tx_id","connector_id","evse_id","id_tag","meter_start_wh",
-        "meter_stop_wh","energy_wh","started_at","stopped_at","stop_reason","active"}"""
+        "meter_stop_wh","energy_wh","started_at","stopped_at","stop_reason","active",
+        "stop_id_tag","reservation_id","last_reading_wh","last_reading_at"}
+        ``meter_start_wh``/``energy_wh`` are None when no start reading is known (e.g. a
+        StopTransaction for a transaction this store never saw)."""
 
     # -- authorization list --------------------------------------------------------
     @abstractmethod
-    async def get_id_tag(self, tag: str) -> str | None: ...
+    async def get_id_tag(self, tag: str) -> str | None:
+        """The stored status; "Expired" for an Accepted tag past its expiry; None if unknown."""
 
     @abstractmethod
     async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None: ...
