@@ -14,17 +14,12 @@ log = logging.getLogger("chargeyard")
 
 
 def make_store(s: Settings) -> Any:
-    if s.store == "sqlite":
-        from .store_factory import sqlite_store
+    from chargeyard.store import make_store as build
 
-        return sqlite_store(s)
-    if s.store == "scylla":
-        try:
-            from chargeyard.store.scylla import ScyllaStore  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise SystemExit(f"--store scylla is not available: {exc}") from None
-        return ScyllaStore(s.scylla_hosts.split(","), s.keyspace)
-    raise SystemExit(f"unknown --store {s.store!r} (sqlite or scylla)")
+    try:
+        return build(s.store, data_dir=s.data_dir, scylla_hosts=s.scylla_hosts, keyspace=s.keyspace)
+    except (ValueError, ImportError) as exc:
+        raise SystemExit(f"--store {s.store}: {exc}") from None
 
 
 def make_registry(s: Settings) -> Any:
