@@ -1,0 +1,106 @@
+"""Render the nginx front for a cluster (``chargeyard nginx-config``).
+
+The template lives in ``nginx/chargeyard.conf.template``; ``render`` fills in the
+worker and API upstreams, the listen addresses and the run dir that holds every
+file nginx writes (pid, logs, temp), so it runs as any user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "chargeyard.conf.template"
+
+_ADDR = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}$|^unix:/\S+$")
+
+
+def _check_addr(addr: str) -> str:
+    if not _ADDR.match(addr):
+        raise ValueError(f"not a host:port upstream address: {addr!r}")
+    return addr
+
+
+def _listen(value: int | str) -> str:
+    """``9000`` or ``"127.0.0.1:9000"``."""
+    s = str(value)
+    if s.isdigit():
+        return s
+    return _check_addr(s)
+
+
+def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence[str],
+           listen_http: int | str, *, run_dir: str | os.PathLike = ".",
+           access_log: bool = False, daemon: bool = False, worker_processes: int | str = "auto",
+           worker_connections: int = 16384, ws_timeout: str = "3600s",
+           api_timeout: str = "60s", template: str | os.PathLike | None = None) -> str:
+    """The nginx configuration text.
+
+    ``workers``/``api_upstreams`` are ``host:port`` strings; ``listen_ws``/``listen_http``
+    a port or ``host:port``; ``run_dir`` gets pid, error log, temp dirs (and
+    ``access.log`` if ``access_log``).
+    """
+    if not workers:
+        raise ValueError("at least one worker upstream is needed")
+    if not api_upstreams:
+        raise ValueError("at least one API upstream is needed")
+    run = Path(run_dir).resolve()
+    text = Path(template or TEMPLATE).read_text()
+    values = {
+        "DAEMON": "on" if daemon else "off",
+        "WORKER_PROCESSES": str(worker_processes),
+        "WORKER_CONNECTIONS": str(int(worker_connections)),
+        "RUN_DIR": str(run),
+        "ACCESS_LOG": f"{run}/access.log" if access_log else "off",
+        "WORKER_SERVERS": "\n".join(
+            f"        server {_check_addr(w)} max_fails=1 fail_timeout=5s;" for w in workers),
+        "API_SERVERS": "\n".join(f"        server {_check_addr(a)};" for a in api_upstreams),
+        "LISTEN_WS": _listen(listen_ws),
+        "LISTEN_HTTP": _listen(listen_http),
+        "WS_TIMEOUT": ws_timeout,
+        "API_TIMEOUT": api_timeout,
+    }
+    for key, val in values.items():
+        text = text.replace(f"@@{key}@@", val)
+    left = re.findall(r"@@[A-Z_]+@@", text)
+    if left:
+        raise ValueError(f"template placeholders without a value: {sorted(set(left))}")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="chargeyard nginx-config",
+                                description="Print (or write) the nginx config for a cluster.")
+    p.add_argument("--worker", dest="workers", action="append", required=True,
+                   metavar="HOST:PORT", help="worker WebSocket upstream (repeat)")
+    p.add_argument("--api", dest="api", action="append", required=True,
+                   metavar="HOST:PORT", help="API node upstream (repeat)")
+    p.add_argument("--ws-port", default=os.environ.get("CHARGEYARD_WS_PORT", "9000"),
+                   help="listen for chargers (port or host:port)")
+    p.add_argument("--http-port", default=os.environ.get("CHARGEYARD_HTTP_PORT", "8080"),
+                   help="listen for the operator API (port or host:port)")
+    p.add_argument("--run-dir", default="./data/nginx", help="pid, logs and temp files")
+    p.add_argument("--access-log", action="store_true", help="write run-dir/access.log")
+    p.add_argument("--daemon", action="store_true", help="let nginx daemonize")
+    p.add_argument("--worker-processes", default="auto")
+    p.add_argument("--worker-connections", type=int, default=16384)
+    p.add_argument("--ws-timeout", default="3600s")
+    p.add_argument("-o", "--output", help="write here instead of stdout")
+    a = p.parse_args(argv)
+    text = render(a.workers, a.ws_port, a.api, a.http_port, run_dir=a.run_dir,
+                  access_log=a.access_log, daemon=a.daemon,
+                  worker_processes=a.worker_processes,
+                  worker_connections=a.worker_connections, ws_timeout=a.ws_timeout)
+    if a.output:
+        Path(a.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
