@@ -178,6 +178,11 @@ class Store(ABC):
         ``meter_start_wh``/``energy_wh`` are None when no start reading is known (e.g. a
         StopTransaction for a transaction this store never saw)."""
 
+    @abstractmethod
+    async def list_meter_samples(self, charger_id: str, tx_id: str, limit: int = 10000) -> list[dict]:
+        """The raw readings kept for the record, oldest first:
+        [{"connector_id","at","energy_wh"}]; tx_id "" for samples without a transaction."""
+
     # -- authorization list --------------------------------------------------------
     @abstractmethod
     async def get_id_tag(self, tag: str) -> str | None:
