@@ -263,7 +263,8 @@ class RedisRegistry(Registry):
                 continue
             epoch = int(val.split("|", 1)[0])
             await self._release(keys=[owner_key(cid)], args=[f"{w}:{epoch}"])
-            await self._r.hdel(chargers_key(w), cid)
+            if cid not in self._owned:  # not re-claimed while we awaited
+                await self._r.hdel(chargers_key(w), cid)
         for cid, epoch in list(self._pending_release.items()):
             await self._release(keys=[owner_key(cid)], args=[f"{w}:{epoch}"])
             self._pending_release.pop(cid, None)
