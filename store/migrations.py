@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from .base import StoreError
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE chargers (
@@ -158,7 +160,7 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
                      "version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)")
         have = current_version(conn)
         if have > LATEST:
-            raise RuntimeError(f"database schema version {have} is newer than this code ({LATEST})")
+            raise StoreError(f"database schema version {have} is newer than this code ({LATEST})")
         for version, sql in MIGRATIONS:
             if version <= have:
                 continue
