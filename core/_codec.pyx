@@ -143,7 +143,7 @@ cdef class Codec:
             if not self._draft6 or "got `float`" not in str(exc):
                 err = self.tables.payload_error(exc)
                 return FrameError(msg_id, err.code, err.description, action, True, CALL)
-        except (_DecodeError, RecursionError):
+        except (_DecodeError, RecursionError, UnicodeDecodeError):
             pass
         else:
             if _dt_suspect(p, i, end):

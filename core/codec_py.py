@@ -42,6 +42,8 @@ class Codec:
     # -- decoding --------------------------------------------------------------------
     def decode(self, data: bytes) -> Any:
         """One frame -> Call | CallResult | CallError | Send | FrameError. Never raises."""
+        if type(data) is not bytes:
+            data = bytes(data)  # memoryview / bytearray from the socket layer
         split = self._split_call(data)
         if split is not None:
             msg_id, action, payload = split
@@ -53,7 +55,7 @@ class Codec:
                     if not self.tables.draft6 or "got `float`" not in str(exc):
                         err = self.tables.payload_error(exc)
                         return FrameError(msg_id, err.code, err.description, action, True, CALL)
-                except (msgspec.DecodeError, RecursionError):
+                except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
                     pass  # maybe not the payload's fault (e.g. a fifth element): classify
                 else:
                     if _DT_SUSPECT(payload) is not None:

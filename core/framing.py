@@ -170,7 +170,7 @@ class Tables:
             if self.draft6 and "got `float`" in str(exc):
                 return self._decode_integral_floats(dec.type, raw, exc)
             raise self.payload_error(exc) from None
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise self.payload_error(exc) from None
         if DT_SUSPECT.search(raw) is not None:
             self.check_datetimes(dec.type, raw)
@@ -222,7 +222,7 @@ class Tables:
     # -- frames ----------------------------------------------------------------------
     def error(self, kind: str, description: str, message_id: str = UNREADABLE_ID,
               action: str | None = None, reply: bool = True, message_type: int | None = None) -> FrameError:
-        return FrameError(message_id, self.codes[kind], description, action, reply, message_type)
+        return FrameError(message_id, self.codes[kind], description[:255], action, reply, message_type)
 
     def classify(self, data: bytes | memoryview) -> Any:
         """The slow, complete path: any input to a frame or a typed FrameError. Never raises."""
@@ -232,6 +232,8 @@ class Tables:
             return self.error("frame", f"not a JSON text: {str(exc)[:200]}")
         except RecursionError:
             return self.error("frame", "JSON nested too deeply")
+        except UnicodeDecodeError:
+            return self.error("frame", "not a JSON text: invalid UTF-8")
         except Exception as exc:  # pragma: no cover - defensive: e.g. MemoryError on absurd input
             return self.error("frame", f"unreadable frame: {type(exc).__name__}")
         if not isinstance(frame, list) or not frame:
@@ -245,7 +247,8 @@ class Tables:
         is_call = mtype == CALL
         known = (CALL, CALLRESULT, CALLERROR) + ((CALLRESULTERROR, SEND) if self.version == "2.1" else ())
         if mtype not in known:
-            return self.error("message_type", f"message type {mtype} is not supported",
+            shown = mtype if -1_000_000 < mtype < 1_000_000 else "(out of range)"
+            return self.error("message_type", f"message type {shown} is not supported",
                               msg_id, reply=True, message_type=mtype)
         if not readable:
             why = "missing" if mid is None else ("not a string" if not isinstance(mid, str)
