@@ -296,3 +296,53 @@ def test_steady_state_writes_do_not_grow_with_chargers(fresh_valkey, arun, capsy
 def test_lease_key_and_owner_key_use_hash_tags():
     assert owner_key("CP:1") == "cy:{CP:1}:owner"
     assert lease_key("w1") == "cy:worker:{w1}"
+
+
+def test_multi_key_scripts_stay_in_one_slot():
+    """Redis Cluster: every script touches only keys of one hash slot."""
+    from redis.crc import key_slot
+
+    from chargeyard.router.redis_registry import epoch_key
+
+    for cid in ("CP-1", "weird:id{x}", "ÄÖ-42"):
+        assert key_slot(owner_key(cid).encode()) == key_slot(epoch_key(cid).encode())
+
+
+def test_events_cross_nodes_and_attach_after_start(valkey, flush, arun):
+    async def body():
+        front = await api(valkey.url)
+        late = RedisRegistry(valkey.url, lease_s=2.0)
+        await late.start()  # started as API-only, becomes a worker afterwards
+        calls = []
+
+        async def executor(cid, action, payload, timeout):
+            calls.append(action)
+            return {"ok": True}
+
+        late.attach("late", executor, lambda cid, e: None)
+        try:
+            await late.claim("CP-L")
+            deadline = time.monotonic() + 2
+            while True:  # its channels are subscribed in the background
+                try:
+                    assert await front.call("CP-L", "Reset", {}, 1.0) == {"ok": True}
+                    break
+                except NotConnected:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+            got = []
+
+            async def consume():
+                async for ev in front.subscribe("CP-L"):
+                    got.append(ev)
+                    return
+
+            t = asyncio.create_task(consume())
+            await asyncio.sleep(0.2)
+            await late.publish({"id": "e1", "type": "charger.connected", "charger_id": "CP-L"})
+            await asyncio.wait_for(t, 2)
+            assert got[0]["id"] == "e1"
+        finally:
+            await stop_all(late, front)
+
+    arun(body())
