@@ -1,0 +1,305 @@
+"""Group-commit writer: the worker's only way to the store.
+
+Shaped like aiokafka's message accumulator (``aiokafka/producer/message_accumulator.py``):
+``add(op)`` queues one store operation and returns a future that resolves with the op's
+result once the COMMIT that contains it has returned (or fails with the commit's
+exception). One sender task drains the queue:
+
+* idle -> the first op is committed at once, no linger;
+* while a commit runs, new ops queue up and all go into the next commit (up to
+  ``batch_max`` rows), so a busy writer commits large batches at the disk's pace;
+* when the writer is busy and the next batch is not full, it may wait for more rows,
+  but an op never waits longer than ``batch_ms`` after it was added for that reason.
+
+Back-pressure: at most ``max_queued`` ops are queued. Beyond that, ``add`` still returns
+a future at once (handlers are plain callbacks), but the op waits in a bounded admission
+line for room, in order; if none frees within ``add_timeout`` seconds (or the line itself
+holds ``max_queued`` ops) its future fails with :class:`WriterFull`, so memory stays bounded
+and the charger gets an error instead of a silent drop.
+
+Futures of failed ops have their exception marked as retrieved: fire-and-forget adds
+(Heartbeat, StatusNotification) do not spam "exception was never retrieved"; the
+writer logs each failed commit once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..store.base import Op, Store, StoreError
+
+__all__ = ["BatchWriter", "WriterClosed", "WriterFull"]
+
+log = logging.getLogger("chargeyard.worker.batching")
+
+OnCommit = Callable[[int, float], Any]  # (rows, seconds)
+
+
+class WriterFull(StoreError):
+    """The write queue stayed full for ``add_timeout`` seconds."""
+
+
+class WriterClosed(StoreError):
+    """``add`` after ``close()``, or the writer stopped before the op was committed."""
+
+
+class BatchWriter:
+    """``BatchWriter(store, batch_max=1000, batch_ms=2.0, metrics=None, *, on_commit=None,
+    max_queued=100_000, add_timeout=5.0)``.
+
+    ``metrics``/``on_commit``: called after every successful commit as
+    ``on_commit(rows, seconds)`` (``metrics`` may be that callable or an object with an
+    ``on_commit`` method); exceptions from it are logged, never raised.
+    """
+
+    def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
+                 on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0) -> None:
+        if batch_max < 1 or max_queued < batch_max:
+            raise ValueError("need 1 <= batch_max <= max_queued")
+        self.store = store
+        self.batch_max = batch_max
+        self.batch_s = max(0.0, batch_ms) / 1000.0
+        self.max_queued = max_queued
+        self.add_timeout = add_timeout
+        self._hooks: list[OnCommit] = []
+        if metrics is not None:
+            self._hooks.append(metrics if callable(metrics) else metrics.on_commit)
+        if on_commit is not None:
+            self._hooks.append(on_commit)
+        # items: (op, future, added_at, seq); seq strictly increasing in add order
+        self._queue: deque[tuple[Op, asyncio.Future, float, int]] = deque()
+        self._waiting: deque[tuple[Op, asyncio.Future, float, int]] = deque()  # admission line
+        self._inflight: list[tuple[Op, asyncio.Future, float, int]] = []
+        self._seq = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._filled: asyncio.Event | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._flush_waiters: list[tuple[int, asyncio.Future]] = []
+        self._closed = False
+        # counters for tests and /metrics
+        self.commits = 0
+        self.failed_commits = 0
+        self.rows_committed = 0
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Ops added and not yet committed or failed (queued, waiting for room, in flight)."""
+        return len(self._queue) + len(self._waiting) + len(self._inflight)
+
+    @property
+    def full(self) -> bool:
+        """True while new ops land in the admission line (callers may pause reading)."""
+        return len(self._queue) >= self.max_queued or bool(self._waiting)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the sender task on the running loop (``add`` also starts it lazily)."""
+        self._ensure_started()
+
+    def _ensure_started(self) -> None:
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._filled = asyncio.Event()
+        self._task = self._loop.create_task(self._run(), name="chargeyard-batch-writer")
+        if self._queue:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once every op added before this call is committed (or failed)."""
+        if self._seq == 0 or self._task is None or self._task.done():
+            return
+        target = self._seq
+        if self._lowest_pending() > target:
+            return
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._flush_waiters.append((target, fut))
+        self._filled.set()  # type: ignore[union-attr]  # no lingering on behalf of a flush
+        await fut
+
+    async def close(self) -> None:
+        """Refuse new ops, commit everything queued, stop the sender task."""
+        self._closed = True
+        if self._task is None:
+            self.fail_all(WriterClosed("writer closed before it was started"))
+            return
+        self._wake.set()  # type: ignore[union-attr]
+        self._filled.set()  # type: ignore[union-attr]
+        try:
+            await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            if not self._task.done():
+                raise
+        except Exception:
+            log.exception("batch writer task failed")
+        self.fail_all(WriterClosed("writer stopped"))
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Fail every op not yet handed to the store (queued or waiting for room)."""
+        items = list(self._queue) + list(self._waiting)
+        self._queue.clear()
+        self._waiting.clear()
+        self._fail(items, exc)
+        self._notify_flush()
+
+    # -- producing -----------------------------------------------------------------------
+
+    def add(self, op: Op) -> asyncio.Future:
+        """Queue ``op``; the future resolves with its result after its COMMIT."""
+        self._ensure_started()
+        loop = self._loop
+        fut = loop.create_future()  # type: ignore[union-attr]
+        if self._closed:
+            self._fail([(op, fut, 0.0, 0)], WriterClosed("writer is closed"))
+            return fut
+        self._seq += 1
+        item = (op, fut, loop.time(), self._seq)  # type: ignore[union-attr]
+        if len(self._queue) < self.max_queued and not self._waiting:
+            self._queue.append(item)
+            if not self._wake.is_set():  # type: ignore[union-attr]
+                self._wake.set()  # type: ignore[union-attr]
+            if len(self._queue) >= self.batch_max:
+                self._filled.set()  # type: ignore[union-attr]
+        elif len(self._waiting) < self.max_queued:
+            self._waiting.append(item)
+            if self._expiry is None:
+                self._expiry = loop.call_later(self.add_timeout, self._expire)  # type: ignore[union-attr]
+        else:
+            self._fail([item], WriterFull(f"write queue full ({self.queue_depth} ops)"))
+            self._notify_flush()
+        return fut
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._queue) < self.max_queued:
+            self._queue.append(self._waiting.popleft())
+        if not self._waiting and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _expire(self) -> None:
+        self._expiry = None
+        now = self._loop.time()  # type: ignore[union-attr]
+        expired = []
+        while self._waiting and now - self._waiting[0][2] >= self.add_timeout:
+            expired.append(self._waiting.popleft())
+        if expired:
+            log.warning("write queue full: %d ops refused after %.1f s", len(expired), self.add_timeout)
+            self._fail(expired, WriterFull(f"write queue full for {self.add_timeout} s"))
+            self._notify_flush()
+        if self._waiting:
+            delay = self._waiting[0][2] + self.add_timeout - now
+            self._expiry = self._loop.call_later(max(0.0, delay), self._expire)  # type: ignore[union-attr]
+
+    # -- the sender ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop, wake, filled = self._loop, self._wake, self._filled
+        assert loop is not None and wake is not None and filled is not None
+        busy = False
+        try:
+            while True:
+                if not self._queue:
+                    self._admit()
+                if not self._queue:
+                    busy = False
+                    if self._closed:
+                        return
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                if busy and self.batch_s > 0 and len(self._queue) < self.batch_max and not self._closed:
+                    delay = self._queue[0][2] + self.batch_s - loop.time()
+                    if delay > 0:
+                        filled.clear()
+                        try:
+                            async with asyncio.timeout(delay):
+                                await filled.wait()
+                        except TimeoutError:
+                            pass
+                n = min(len(self._queue), self.batch_max)
+                batch = [self._queue.popleft() for _ in range(n)]
+                self._admit()
+                await self._commit(batch)
+                busy = bool(self._queue)
+        finally:
+            # normal exit is close() with nothing left; otherwise (cancelled, crashed) nothing
+            # queued can be committed any more: fail it rather than leave callers hanging
+            self._closed = True
+            stopped = WriterClosed("writer stopped")
+            if self._inflight:
+                self._fail(self._inflight, stopped)
+                self._inflight = []
+            self.fail_all(stopped)
+
+    async def _commit(self, batch: list[tuple[Op, asyncio.Future, float, int]]) -> None:
+        self._inflight = batch
+        started = time.perf_counter()
+        try:
+            results = await self.store.apply([item[0] for item in batch])
+            if len(results) != len(batch):
+                raise StoreError(f"store returned {len(results)} results for {len(batch)} ops")
+        except Exception as exc:
+            self.failed_commits += 1
+            log.error("store commit of %d ops failed: %r", len(batch), exc)
+            self._inflight = []
+            self._fail(batch, exc)
+            self._notify_flush()
+            return
+        seconds = time.perf_counter() - started
+        self._inflight = []
+        for item, result in zip(batch, results):
+            fut = item[1]
+            if not fut.done():
+                fut.set_result(result)
+        self.commits += 1
+        self.rows_committed += len(batch)
+        self._notify_flush()
+        for hook in self._hooks:
+            try:
+                hook(len(batch), seconds)
+            except Exception:
+                log.exception("on_commit hook failed")
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _fail(items: Any, exc: BaseException) -> None:
+        for item in items:
+            fut = item[1]
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: an awaiting caller still gets it
+
+    def _lowest_pending(self) -> int:
+        for q in (self._inflight, self._queue, self._waiting):
+            if q:
+                return q[0][3]
+        return self._seq + 1
+
+    def _notify_flush(self) -> None:
+        if not self._flush_waiters:
+            return
+        low = self._lowest_pending()
+        keep = []
+        for target, fut in self._flush_waiters:
+            if low > target:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._flush_waiters = keep
