@@ -43,7 +43,6 @@ DEFAULT_RESPONSES: dict[str, dict] = {
     "NotifyEVChargingSchedule": {"status": "Rejected"},
     "OpenPeriodicEventStream": {"status": "Rejected"},
     "PullDynamicScheduleUpdate": {"status": "Rejected"},
-    "GetCertificateChainStatus": {"certificateStatus": []},
 }
 
 
@@ -156,7 +155,7 @@ class Common:
         session.vendor, session.model = vendor, model
         session.leniency = self.w.leniency.for_charger(session.charger_id, vendor, model)
         self.w.boots_in_flight += 1
-        fut = self.writer.add(ops.UpsertCharger(session.charger_id, session.version, vendor, model,
+        fut = self.writer.add(ops.UpsertCharger(session.charger_id, session.protocol, vendor, model,
                                                 serial, firmware, now()))
 
         def booted(_: asyncio.Future) -> None:
@@ -346,6 +345,14 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
         def VatNumberValidation(s: Session, r: Any) -> Any:
             return T.VatNumberValidationResponse(vat_number=r.vat_number, status="Rejected")
         table["VatNumberValidation"] = VatNumberValidation
+
+        def GetCertificateChainStatus(s: Session, r: Any) -> Any:
+            # no OCSP/CRL client configured: every requested status is "Failed"
+            return T.GetCertificateChainStatusResponse(certificate_status=[
+                T.CertificateStatusType(certificate_hash_data=q.certificate_hash_data, source=q.source,
+                                        status="Failed", next_update=now())
+                for q in r.certificate_status_requests])
+        table["GetCertificateChainStatus"] = GetCertificateChainStatus
     return _complete(version, T, table)
 
 

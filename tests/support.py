@@ -1,0 +1,124 @@
+"""Start real Chargeyard processes for tests (loopback only, bounded waits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class NodeProc:
+    """``chargeyard run`` in a subprocess; ``ws(cid)`` and ``api(path)`` give URLs."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict | None = None, cmd: str = "run") -> None:
+        self.data_dir = Path(data_dir)
+        self.args = list(args)
+        self.env = env or {}
+        self.cmd = cmd
+        self.ws_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> NodeProc:
+        env = dict(os.environ, **self.env)
+        argv = [sys.executable, "-m", "chargeyard.cli", self.cmd, "--host", "127.0.0.1",
+                "--ws-port", str(self.ws_port), "--http-port", str(self.http_port),
+                "--data-dir", str(self.data_dir), *self.args]
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("chargeyard exited:\n" + "\n".join(self.log[-40:]))
+            try:
+                status, _ = self.get("/readyz", timeout=1)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("chargeyard did not become ready:\n" + "\n".join(self.log[-40:]))
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line.rstrip())
+            if len(self.log) > 5000:
+                del self.log[:1000]
+
+    def ws(self, charger_id: str) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ocpp/{charger_id}"
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def request(self, method: str, path: str, body: object = None, timeout: float = 10,
+                headers: dict | None = None) -> tuple[int, object]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url(path), data=data, method=method, headers=headers or {})
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw = r.read()
+                status = r.status
+        except urllib.error.HTTPError as e:
+            raw, status = e.read(), e.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def get(self, path: str, **kw: object) -> tuple[int, object]:
+        return self.request("GET", path, **kw)  # type: ignore[arg-type]
+
+    def post(self, path: str, body: object = None, **kw: object) -> tuple[int, object]:
+        return self.request("POST", path, body if body is not None else {}, **kw)  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+async def api_call(base: str, method: str, path: str, body: object = None, timeout: float = 15,
+                   headers: dict | None = None) -> tuple[int, object]:
+    """The API from inside an event loop that also runs chargers (urllib would block it)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+        async with s.request(method, base + path, json=body, headers=headers) as r:
+            text = await r.text()
+            try:
+                return r.status, json.loads(text) if text else None
+            except ValueError:
+                return r.status, text
