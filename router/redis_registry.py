@@ -393,7 +393,9 @@ class RedisRegistry(Registry):
                 self._spawn(self._hdel_quiet(charger_id))
         if self._on_takeover is not None:
             try:
-                self._on_takeover(charger_id, new_epoch)
+                res = self._on_takeover(charger_id, new_epoch)
+                if asyncio.iscoroutine(res):
+                    self._spawn(res)
             except Exception:
                 log.exception("on_takeover failed for %s", charger_id)
 
@@ -450,7 +452,6 @@ class RedisRegistry(Registry):
             self._healthy = False
             return epoch
         self._last_epoch = max(self._last_epoch, epoch)
-        prev = self._owned.get(charger_id)
         self._owned[charger_id] = (epoch, protocol)
         self._pending_release.pop(charger_id, None)
         try:
@@ -458,22 +459,15 @@ class RedisRegistry(Registry):
         except _DOWN:
             self._dirty = True
         old_worker = _split_owner(old)[0] if old else None
-        if old_worker == w or (old_worker is None and prev is not None):
-            self._lose_local(charger_id, epoch)  # a reconnect to this very worker
-        elif old_worker is not None:
+        # A reconnect to this very worker is the worker's own business (it replaces
+        # the session itself); only another worker is told.
+        if old_worker is not None and old_worker != w:
             try:
                 await self._r.publish(control_channel(old_worker), json.dumps(
                     {"type": "takeover", "charger_id": charger_id, "epoch": epoch, "by": w}))
             except _DOWN:
                 pass  # the old owner's own re-assert will find the newer epoch
         return epoch
-
-    def _lose_local(self, charger_id: str, new_epoch: int) -> None:
-        if self._on_takeover is not None:
-            try:
-                self._on_takeover(charger_id, new_epoch)
-            except Exception:
-                log.exception("on_takeover failed for %s", charger_id)
 
     async def release(self, charger_id: str, epoch: int) -> None:
         w = self.worker_id

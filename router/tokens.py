@@ -109,6 +109,15 @@ def _parse_grants(data: Mapping) -> dict[str, Grant]:
     return out
 
 
+def _load_file(path: Path) -> dict[str, Grant]:
+    """A JSON or TOML (by suffix) tokens file -> token hash -> Grant."""
+    raw = path.read_bytes()
+    data = tomllib.loads(raw.decode()) if path.suffix.lower() == ".toml" else json.loads(raw)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a table of tokens")
+    return _parse_grants(data)
+
+
 class FileTokens(TokenStore):
     """Tokens from a JSON or TOML file (by suffix), re-read when it changes (checked
     at most every ``reload_s``)."""
@@ -127,12 +136,7 @@ class FileTokens(TokenStore):
             return -1
 
     def _load(self) -> dict[str, Grant]:
-        raw = self.path.read_bytes()
-        if self.path.suffix.lower() == ".toml":
-            data = tomllib.loads(raw.decode())
-        else:
-            data = json.loads(raw)
-        return _parse_grants(data)
+        return _load_file(self.path)
 
     def _maybe_reload(self) -> None:
         now = time.monotonic()
@@ -159,7 +163,8 @@ class RedisTokens(TokenStore):
     default) so a revoke is seen by every node at once; ``cache_s`` <= 1 s caps the
     delay if the read rate matters more."""
 
-    def __init__(self, url: str, cache_s: float = 0.0, *, op_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, cache_s: float = 0.0, *, seed_file: str | Path | None = None,
+                 op_timeout: float = 1.0) -> None:
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
         from redis.exceptions import RedisError
@@ -174,6 +179,33 @@ class RedisTokens(TokenStore):
                                           socket_connect_timeout=op_timeout / 2,
                                           socket_timeout=op_timeout)
         self._cache: dict[str, tuple[float, Grant | None]] = {}
+        # a tokens file (FileTokens format) copied into Redis before the first check;
+        # only tokens missing from Redis are written, so edits made in Redis stay
+        self._seed: dict[str, Grant] | None = _load_file(Path(seed_file)) if seed_file else None
+        self._seed_lock = asyncio.Lock()
+
+    async def seed(self, grants: Mapping[str, Grant]) -> int:
+        """Write grants (token hash -> Grant) that Redis does not have yet."""
+        n = 0
+        for h, g in grants.items():
+            key = f"cy:token:{{{h}}}"
+            if await self._r.hsetnx(key, "scopes", ",".join(sorted(g.scopes))):
+                await self._r.hset(key, "chargers", json.dumps(list(g.chargers)))
+                n += 1
+        return n
+
+    async def _ensure_seeded(self) -> None:
+        if self._seed is None:
+            return
+        async with self._seed_lock:
+            if self._seed is None:
+                return
+            try:
+                n = await self.seed(self._seed)
+            except (self._redis_error, OSError, asyncio.TimeoutError) as exc:
+                raise RegistryUnavailable(f"token store unavailable: {exc}") from exc
+            log.info("seeded %d API tokens into redis", n)
+            self._seed = None
 
     async def add(self, token: str, scopes: Iterable[str], chargers: Iterable[str] = ()) -> None:
         s = _check_scopes(scopes)
@@ -186,6 +218,7 @@ class RedisTokens(TokenStore):
         return bool(await self._r.delete(token_key(token)))
 
     async def grant(self, token: str) -> Grant | None:
+        await self._ensure_seeded()
         h = token_hash(token)
         if self.cache_s:
             hit = self._cache.get(h)

@@ -120,3 +120,20 @@ def test_redis_tokens_cache_bounded_and_outage(fresh_valkey, arun):
             await cached.close()
 
     arun(body())
+
+
+def test_redis_tokens_seeded_from_file(valkey, flush, tmp_path, arun):
+    p = tmp_path / "tokens.json"
+    p.write_text(json.dumps({"tokens": GRANTS}))
+
+    async def body():
+        node = RedisTokens(valkey.url, seed_file=p)
+        try:
+            await _matrix(node)
+            assert await node.revoke("reader") is True
+            assert await node.authorize("reader", "read") == "unauthenticated"
+            assert await node.authorize("boss", "admin") == "ok"
+        finally:
+            await node.close()
+
+    arun(body())
