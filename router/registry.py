@@ -141,7 +141,7 @@ class LocalRegistry(Registry):
         epoch = next(self._epochs)
         old = self._owners.get(charger_id)
         self._owners[charger_id] = Owner(self.worker_id, epoch, protocol)
-        if old is not None and self._on_takeover is not None:
+        if old is not None and old.worker_id != self.worker_id and self._on_takeover is not None:
             self._on_takeover(charger_id, epoch)
         return epoch
 

@@ -41,7 +41,8 @@ class NodeProc:
                 "--data-dir", str(self.data_dir), *self.args]
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,10 +93,18 @@ class NodeProc:
     def post(self, path: str, body: object = None, **kw: object) -> tuple[int, object]:
         return self.request("POST", path, body if body is not None else {}, **kw)  # type: ignore[arg-type]
 
+    def _reap(self) -> None:
+        assert self.proc is not None
+        self._pump_thread.join(5)
+        if self.proc.stdout is not None and not self._pump_thread.is_alive():
+            self.proc.stdout.close()
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        if self.proc is not None:
+            self._reap()
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
@@ -107,6 +116,7 @@ class NodeProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._reap()
         return self.proc.returncode
 
 

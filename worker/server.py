@@ -292,7 +292,7 @@ class Worker:
     def on_takeover(self, charger_id: str, new_epoch: int) -> None:
         """Another worker now owns this charger: close our connection to it."""
         s = self.sessions.get(charger_id)
-        if s is not None and (s.epoch == 0 or s.epoch < new_epoch):
+        if s is not None and 0 < s.epoch < new_epoch:  # epoch 0: our own claim is still pending
             s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
     async def execute_call(self, charger_id: str, action: str, payload: dict, timeout: float) -> dict:

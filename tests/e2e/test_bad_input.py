@@ -20,11 +20,11 @@ def run(coro, timeout: float = 60):
 CASES_16 = [
     ("garbage", ["-1", "FormationViolation"]),
     ('[2,"t1","Heartbeat",{', ["-1", "FormationViolation"]),                     # truncated
-    (b'[2,"t2","Heartbeat",{"x":"\xff\xfe"}]', ["-1", "FormationViolation"]),    # invalid UTF-8 (binary frame)
+    (b'[2,"t2","DataTransfer",{"vendorId":"\xff\xfe"}]', ["-1", "FormationViolation"]),    # invalid UTF-8 (binary frame)
     ('[2,"t3","DataTransfer",{"vendorId":"\\ud800"}]', None),                   # lone surrogate: decodes or typed error
     ("[" * 30000 + "]" * 30000, ["-1", "FormationViolation"]),                   # deep nesting
     ('[2,"t5","StartTransaction",{"connectorId":1e999,"idTag":"a","meterStart":1,"timestamp":"2024-01-01T00:00:00Z"}]',
-     ["t5", "TypeConstraintViolation"]),                                           # huge number
+     ["t5", "PropertyConstraintViolation"]),                                       # huge number: out of range
     ('[2,"t6","StartTransaction",{"connectorId":NaN,"idTag":"a","meterStart":1,"timestamp":"2024-01-01T00:00:00Z"}]',
      ["-1", "FormationViolation"]),
     ('[2,"t7","Heartbeat",{},{}]', ["t7", "FormationViolation"]),                 # arity
