@@ -400,16 +400,15 @@ class SqliteStore(Store):
                            "FROM chargers WHERE charger_id = ?", (charger_id,)).fetchone()
         conns = conn.execute("SELECT evse_id, connector_id, status, error_code, info, at FROM connectors "
                              "WHERE charger_id = ? ORDER BY evse_id, connector_id", (charger_id,)).fetchall()
-        if row is None and not conns:
+        readings = conn.execute("SELECT connector_id, energy_wh, at, tx_id FROM last_readings "
+                                "WHERE charger_id = ? ORDER BY connector_id", (charger_id,)).fetchall()
+        if row is None and not conns and not readings:
             return None
-        d = self._charger_dict(row) if row is not None else self._charger_dict(
-            (charger_id, "", "", "", "", "", None, None))
+        d = self._charger_dict(row if row is not None else (charger_id, "", "", "", "", "", None, None))
         d["connectors"] = [{"evse_id": e, "connector_id": c, "status": s, "error_code": ec, "info": i,
                             "at": _iso(at)} for e, c, s, ec, i, at in conns]
         d["last_readings"] = [{"connector_id": c, "energy_wh": wh, "at": _iso(at), "tx_id": tx}
-                              for c, wh, at, tx in conn.execute(
-                                  "SELECT connector_id, energy_wh, at, tx_id FROM last_readings "
-                                  "WHERE charger_id = ? ORDER BY connector_id", (charger_id,))]
+                              for c, wh, at, tx in readings]
         return d
 
     @staticmethod

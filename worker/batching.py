@@ -97,7 +97,7 @@ class BatchWriter:
 
     @property
     def full(self) -> bool:
-        """True while new ops land in the admission line (callers may pause reading)."""
+        """True while a new op would wait for room (callers may pause reading sockets)."""
         return len(self._queue) >= self.max_queued or bool(self._waiting)
 
     @property
