@@ -1,0 +1,311 @@
+"""The standard comparison and single-profile runs, as plain functions.
+
+``compare`` puts the three servers through the same load with the same pinning, one
+after the other: closed loop at the standard size, an offered-load sweep relative to
+each server's own measured capacity, a reconnect storm, a connection sweep, and idle
+memory on a fresh server process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+from . import runner
+from .runner import GenPool, TargetFailed, start_server
+
+
+def load_profile(name_or_path: str) -> dict:
+    if os.path.exists(name_or_path):
+        with open(name_or_path, "rb") as f:
+            return tomllib.load(f)
+    ref = resources.files("chargeyard.bench") / "profiles" / f"{name_or_path}.toml"
+    if not ref.is_file():
+        names = sorted(p.name[:-5] for p in (resources.files("chargeyard.bench") / "profiles")
+                       .iterdir() if p.name.endswith(".toml"))
+        raise SystemExit(f"unknown profile {name_or_path!r}; known: {', '.join(names)}")
+    return tomllib.loads(ref.read_text())
+
+
+def gen_config(profile: dict) -> dict:
+    keys = ("protocol", "start_transactions", "action", "sampled_values",
+            "heartbeat_interval_s", "reconnect", "connect_concurrency", "read_buffer")
+    cfg = {k: profile[k] for k in keys if k in profile}
+    cfg.setdefault("setup_timeout_s", 300)
+    return cfg
+
+
+@dataclass
+class Options:
+    targets: list[str] = field(default_factory=lambda: ["echo", "ocpp-baseline", "chargeyard"])
+    chargeyard_cmd: str | None = None
+    chargers: int = 1000
+    warmup_s: float = 2.0
+    duration_s: float = 10.0
+    sweep_fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    sweep_duration_s: float = 5.0
+    conn_levels: list[int] = field(default_factory=lambda: [100, 1000, 4000])
+    conn_duration_s: float = 4.0
+    memory_levels: list[int] = field(default_factory=lambda: [1000, 10000, 50000])
+    storm: bool = True
+    storm_timeout_s: float = 60.0
+    server_cpus: str | None = "0"
+    gen_cpus: str | None = "1"
+    gen_procs: int = 1
+    ready_timeout_s: float = 30.0
+    protocol: str = "ocpp1.6"
+
+
+def _gen_cores(cpus: str | None) -> int:
+    if not cpus:
+        return os.cpu_count() or 1
+    n = 0
+    for part in cpus.split(","):
+        a, _, b = part.partition("-")
+        n += (int(b) - int(a) + 1) if b else 1
+    return n
+
+
+def meta(o: Options) -> dict:
+    import picows
+    try:
+        import websockets
+        ws_version = websockets.__version__
+    except ImportError:
+        ws_version = None
+    return {
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release(),
+        "python": sys.version.split()[0], "picows": getattr(picows, "__version__", None),
+        "websockets": ws_version, "rlimit_nofile_hard": runner.nofile_hard(),
+        "loadavg_at_start": os.getloadavg(),
+        "pinning": {"server": runner.taskset_prefix(o.server_cpus) and o.server_cpus,
+                    "generator": runner.taskset_prefix(o.gen_cpus) and o.gen_cpus},
+        "options": asdict(o),
+    }
+
+
+def _log(msg: str):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
+    cap = runner.nofile_hard() - 256
+    levels = sorted({min(level, cap) for level in o.memory_levels})
+    out = {"levels": [], "cap": cap,
+           "capped": any(level > cap for level in o.memory_levels),
+           "note": (f"connections capped at {cap} by RLIMIT_NOFILE hard limit "
+                    f"{runner.nofile_hard()} of the server process")
+           if any(level > cap for level in o.memory_levels) else None}
+    idle = load_profile("idle")
+    cfg = dict(gen_config(idle), protocol=o.protocol, start_transactions=False,
+               action="Heartbeat", connect_concurrency=200)
+    srv = start_server(name, spec, o.server_cpus, logdir, o.ready_timeout_s)
+    pools: list[GenPool] = []
+    try:
+        time.sleep(0.5)
+        rss0 = srv.rss()
+        out["rss_empty_bytes"] = rss0
+        cur, ip = 0, 10
+        for level in levels:
+            add = level - cur
+            if add <= 0:
+                continue
+            pool = GenPool(srv.url, add, cfg, o.gen_procs, o.gen_cpus, logdir,
+                           prefix=f"mem{level}", ip_base=ip)
+            ip += len(pool.workers)
+            pools.append(pool)
+            ready = pool.wait_ready(timeout=600)
+            cur += ready["connected"]
+            time.sleep(1.0)
+            rss = srv.rss()
+            row = {"requested": level, "conns": cur, "failed": ready["failed"],
+                   "setup_s": ready["setup_s"], "rss_bytes": rss, "rss_delta_bytes": rss - rss0,
+                   "kib_per_conn": (rss - rss0) / cur / 1024 if cur else None}
+            out["levels"].append(row)
+            _log(f"  {name} memory: {cur} conns, {row['kib_per_conn']:.1f} KiB/conn")
+            if ready["failed"]:
+                out["note"] = (out["note"] or "") + f" {ready['failed']} connects failed at {level};"
+                break
+    finally:
+        for pool in pools:
+            pool.close()
+        srv.stop()
+    return out
+
+
+def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
+    res: dict = {"label": spec["label"], "role": spec["role"], "available": False}
+    burst = load_profile("burst")
+    cfg = dict(gen_config(burst), protocol=o.protocol)
+    cores = _gen_cores(o.gen_cpus)
+    _log(f"{name}: starting")
+    try:
+        srv = start_server(name, spec, o.server_cpus, logdir, o.ready_timeout_s)
+    except TargetFailed as exc:
+        res["unavailable"] = str(exc)
+        _log(f"{name}: UNAVAILABLE: {exc}")
+        return res
+    res["available"] = True
+    res["connections"] = []
+    try:
+        pool = GenPool(srv.url, o.chargers, cfg, o.gen_procs, o.gen_cpus, logdir, prefix="main")
+        try:
+            res["setup"] = pool.wait_ready(timeout=600)
+            _log(f"{name}: {res['setup']['connected']} chargers ready "
+                 f"in {res['setup']['setup_s']:.1f}s")
+            closed = runner.measure_closed(srv, pool, o.warmup_s, o.duration_s, cores)
+            closed["chargers"] = res["setup"]["connected"]
+            res["closed"] = closed
+            _log(f"{name}: closed loop {closed['msgs_per_s']:.0f} msg/s, "
+                 f"{closed['cpu_us_per_msg'] or 0:.1f} us/msg, bottleneck {closed['bottleneck']}")
+            cap = closed["msgs_per_s"]
+            res["sweep"] = []
+            for frac in o.sweep_fractions:
+                if cap <= 0:
+                    break
+                r = runner.measure_open(srv, pool, frac * cap, min(1.0, o.warmup_s),
+                                        o.sweep_duration_s, cores)
+                r["fraction"] = frac
+                res["sweep"].append(r)
+                _log(f"{name}: offered {frac:.0%} = {frac * cap:.0f}/s -> "
+                     f"{r['msgs_per_s']:.0f}/s p99 {r['p99_ms'] or 0:.2f} ms")
+            if o.storm:
+                res["storm"] = runner.measure_storm(srv, pool, o.storm_timeout_s)
+                _log(f"{name}: storm of {res['storm']['chargers']} absorbed in "
+                     f"{res['storm']['absorb_s']} s")
+        finally:
+            pool.close()
+        for level in o.conn_levels:
+            if level == o.chargers:
+                res["connections"].append({"conns": closed["chargers"], **{
+                    k: closed[k] for k in ("msgs_per_s", "cpu_us_per_msg", "p50_ms", "p99_ms",
+                                           "bottleneck")}})
+                continue
+            p = GenPool(srv.url, level, cfg, o.gen_procs, o.gen_cpus, logdir, prefix=f"c{level}")
+            try:
+                ready = p.wait_ready(timeout=600)
+                r = runner.measure_closed(srv, p, min(1.0, o.warmup_s), o.conn_duration_s, cores)
+                res["connections"].append({"conns": ready["connected"], **{
+                    k: r[k] for k in ("msgs_per_s", "cpu_us_per_msg", "p50_ms", "p99_ms",
+                                      "bottleneck")}})
+                _log(f"{name}: {level} conns closed loop {r['msgs_per_s']:.0f} msg/s")
+            finally:
+                p.close()
+    except Exception as exc:  # keep the other servers' results
+        res["error"] = f"{type(exc).__name__}: {exc}"
+        _log(f"{name}: ERROR {res['error']}")
+    finally:
+        srv.stop()
+    res["connections"].sort(key=lambda r: r["conns"])
+    if o.memory_levels:
+        try:
+            res["memory"] = memory_phase(name, spec, o, logdir)
+        except Exception as exc:
+            res["memory"] = {"error": f"{type(exc).__name__}: {exc}", "levels": []}
+            _log(f"{name}: memory ERROR {res['memory']['error']}")
+    return res
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
+
+
+def summarize(results: dict) -> None:
+    """Top-level figures: per server, and Chargeyard against baseline and ceiling."""
+    by_role = {s["role"]: (n, s) for n, s in results["servers"].items()}
+    results["msgs_per_s"] = {n: s.get("closed", {}).get("msgs_per_s")
+                             for n, s in results["servers"].items()}
+    results["cpu_us_per_msg"] = {n: s.get("closed", {}).get("cpu_us_per_msg")
+                                 for n, s in results["servers"].items()}
+    cy = by_role.get("chargeyard", (None, {}))[1].get("closed", {})
+    base = by_role.get("baseline", (None, {}))[1].get("closed", {})
+    ceil = by_role.get("ceiling", (None, {}))[1].get("closed", {})
+    results["ratio_vs_baseline"] = _ratio(cy.get("msgs_per_s"), base.get("msgs_per_s"))
+    results["ratio_vs_ceiling"] = _ratio(cy.get("msgs_per_s"), ceil.get("msgs_per_s"))
+    # CPU per message, Chargeyard / other (lower is better; target <= 1/30 and <= 1.6)
+    results["cpu_ratio_vs_baseline"] = _ratio(cy.get("cpu_us_per_msg"), base.get("cpu_us_per_msg"))
+    results["cpu_ratio_vs_ceiling"] = _ratio(cy.get("cpu_us_per_msg"), ceil.get("cpu_us_per_msg"))
+
+    cy_srv = by_role.get("chargeyard", (None, {}))[1]
+    p99_half = next((r["p99_ms"] for r in cy_srv.get("sweep", []) if r.get("fraction") == 0.5), None)
+    mem = [lv for lv in cy_srv.get("memory", {}).get("levels", [])]
+    mem_top = mem[-1] if mem else {}
+    r_base = results["ratio_vs_baseline"]
+    r_cpu = results["cpu_ratio_vs_baseline"]
+    results["targets"] = {
+        "msgs_per_s_vs_baseline >= 30x": _verdict(r_base, r_base is not None and r_base >= 30),
+        "cpu_per_msg_vs_baseline >= 30x better": _verdict(
+            1 / r_cpu if r_cpu else None, r_cpu is not None and r_cpu <= 1 / 30),
+        "cpu_per_msg <= 1.6x ceiling": _verdict(
+            results["cpu_ratio_vs_ceiling"],
+            results["cpu_ratio_vs_ceiling"] is not None and results["cpu_ratio_vs_ceiling"] <= 1.6),
+        "p99 <= 5 ms at 50% capacity": _verdict(p99_half, p99_half is not None and p99_half <= 5),
+        "idle memory <= 12 KiB/conn at 50k": _verdict(
+            mem_top.get("kib_per_conn"),
+            mem_top.get("kib_per_conn") is not None and mem_top["kib_per_conn"] <= 12,
+            f"at {mem_top.get('conns')} connections" if mem_top else None),
+    }
+
+
+def _verdict(value, met: bool, note: str | None = None) -> dict:
+    return {"measured": value, "met": bool(met) if value is not None else None, "note": note}
+
+
+def compare(o: Options, logdir: str) -> dict:
+    results = {"kind": "compare", "meta": meta(o), "servers": {}}
+    for t in o.targets:
+        name, spec = runner.resolve_target(t, o.chargeyard_cmd)
+        results["servers"][name] = bench_target(name, spec, o, logdir)
+    summarize(results)
+    return results
+
+
+def run_profile(profile: dict, target: str, o: Options, logdir: str) -> dict:
+    """One fleet profile against one server."""
+    name, spec = runner.resolve_target(target, o.chargeyard_cmd)
+    chargers = int(profile.get("chargers", o.chargers))
+    res = {"kind": "run", "profile": profile, "meta": meta(o), "target": name,
+           "servers": {name: {"label": spec["label"], "role": spec["role"]}}}
+    out = res["servers"][name]
+    srv = start_server(name, spec, o.server_cpus, logdir, o.ready_timeout_s)
+    out["available"] = True
+    cores = _gen_cores(o.gen_cpus)
+    try:
+        time.sleep(0.3)
+        rss0 = srv.rss()
+        pool = GenPool(srv.url, chargers, gen_config(profile), o.gen_procs, o.gen_cpus, logdir,
+                       prefix=profile.get("name", "run"))
+        try:
+            out["setup"] = pool.wait_ready(timeout=600)
+            time.sleep(0.5)
+            rss1 = srv.rss()
+            out["rss_per_conn_kib"] = (rss1 - rss0) / max(1, out["setup"]["connected"]) / 1024
+            mode = profile.get("mode", "closed")
+            warm, dur = float(profile.get("warmup_s", 2)), float(profile.get("duration_s", 10))
+            if mode == "closed":
+                out["closed"] = runner.measure_closed(srv, pool, warm, dur, cores)
+            elif mode in ("interval", "idle"):
+                out[mode] = runner.measure_periodic(
+                    srv, pool, mode, float(profile.get("interval_s", 10)),
+                    float(profile.get("heartbeat_interval_s", 300)), warm, dur, cores)
+            elif mode == "storm":
+                out["storm"] = runner.measure_storm(srv, pool,
+                                                    float(profile.get("storm_timeout_s", 60)))
+            else:
+                raise SystemExit(f"unknown mode {mode!r}")
+        finally:
+            pool.close()
+    finally:
+        srv.stop()
+    return res
+
+
+def gen_procs_for(chargers: int, requested: int) -> int:
+    return max(requested, math.ceil(chargers / runner.MAX_CONNS_PER_GEN))

@@ -1,0 +1,58 @@
+"""The benchmark suite at toy size: it must complete and write a well-formed report.
+
+Never a speed threshold here: numbers on a shared CI machine mean nothing. Chargeyard
+is included when `chargeyard run` starts; if it does not, the report says why and the
+test prints it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("picows")
+pytest.importorskip("matplotlib")
+
+
+def test_smoke_comparison_writes_a_report(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chargeyard.bench.cli", "smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    latest = out / "latest"
+    assert latest.is_symlink() and latest.is_dir()
+    results = json.loads((latest / "results.json").read_text())
+    report = (latest / "report.md").read_text()
+
+    servers = results["servers"]
+    assert {"echo", "ocpp-baseline", "chargeyard"} <= set(servers)
+    for name in ("echo", "ocpp-baseline"):
+        s = servers[name]
+        assert s["available"], s.get("unavailable")
+        assert s["closed"]["msgs"] > 0
+        assert s["closed"]["cpu_us_per_msg"] > 0
+        assert s["closed"]["p99_ms"] is not None
+        assert s["memory"]["levels"], s["memory"]
+        assert s["storm"]["complete"]
+    cy = servers["chargeyard"]
+    if cy["available"]:
+        assert cy["closed"]["msgs"] > 0
+        assert results["ratio_vs_baseline"] is not None
+        assert results["ratio_vs_ceiling"] is not None
+    else:
+        print("chargeyard skipped in smoke:", cy["unavailable"])
+    for key in ("ratio_vs_baseline", "ratio_vs_ceiling", "cpu_us_per_msg", "targets", "capacity"):
+        assert key in results
+    assert set(results["cpu_us_per_msg"]) >= {"echo", "ocpp-baseline", "chargeyard"}
+
+    assert report.startswith("# Chargeyard benchmark")
+    assert "| messages/s (closed loop) |" in report
+    assert "server CPU µs / message" in report
+    for png in ("load.png", "connections.png", "memory.png"):
+        data = (latest / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert not os.path.exists(out / "latest.tmp")
