@@ -77,7 +77,7 @@ CREATE TABLE transactions (
                  - coalesce(start_reading_wh, min_reading_wh)
         END) VIRTUAL,
     PRIMARY KEY (charger_id, tx_id)
-);
+) WITHOUT ROWID;
 CREATE INDEX transactions_started ON transactions (started_at);
 CREATE INDEX transactions_charger_started ON transactions (charger_id, started_at);
 CREATE INDEX transactions_open ON transactions (charger_id) WHERE stopped_at IS NULL;
@@ -114,7 +114,8 @@ CREATE TABLE meter_samples (
     PRIMARY KEY (charger_id, tx_id, connector_id, at)
 ) WITHOUT ROWID;
 
--- Newest reading per connector (with or without a transaction).
+-- Newest reading per connector of samples without a transaction (a transaction keeps its
+-- own last reading; reads merge both).
 CREATE TABLE last_readings (
     charger_id   TEXT NOT NULL,
     connector_id INTEGER NOT NULL,

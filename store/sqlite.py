@@ -145,6 +145,17 @@ _EVENT_END = """
 UPDATE transactions SET stopped_at = ?3, stop_reason = ?4, meter_stop_wh = ?5
 WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
 
+# newest reading per connector: samples without a transaction, and each transaction's own
+_LAST_READINGS = """
+SELECT connector_id, energy_wh, at, tx_id FROM (
+    SELECT connector_id, energy_wh, at, tx_id,
+           row_number() OVER (PARTITION BY connector_id ORDER BY at DESC, tx_id DESC) AS rn
+    FROM (SELECT connector_id, energy_wh, at, tx_id FROM last_readings WHERE charger_id = ?1
+          UNION ALL
+          SELECT connector_id, last_reading_wh, last_reading_at, tx_id FROM transactions
+          WHERE charger_id = ?1 AND last_reading_at IS NOT NULL))
+WHERE rn = 1 ORDER BY connector_id"""
+
 _TX_COLUMNS = ("charger_id, tx_id, connector_id, evse_id, id_tag, meter_start_wh, meter_stop_wh, energy_wh, "
                "started_at, stopped_at, stop_reason, stop_id_tag, reservation_id, last_reading_wh, "
                "last_reading_at")
@@ -305,7 +316,9 @@ class SqliteStore(Store):
         conn = self._db
         rows = [(o.charger_id, o.tx_id, o.connector_id, _us(o.at), float(o.energy_wh)) for o in run]
         conn.executemany(_SAMPLE_RAW, rows)
-        conn.executemany(_SAMPLE_LAST, rows)
+        idle = [r for r in rows if not r[1]]
+        if idle:
+            conn.executemany(_SAMPLE_LAST, idle)
         # one UPDATE per transaction, not per sample: fold the run first
         per_tx: dict[tuple[str, str], list] = {}
         for c, tx, _, at, wh in rows:
@@ -365,7 +378,6 @@ class SqliteStore(Store):
         if wh is not None:
             row = (o.charger_id, o.tx_id, o.connector_id, at, wh)
             conn.execute(_SAMPLE_RAW, row)
-            conn.execute(_SAMPLE_LAST, row)
             if o.event_type == "Started":
                 conn.execute(_EVENT_BEGIN_READING, (o.charger_id, o.tx_id, wh))
             if ended:  # the closing reading counts as highest/newest, not as a start estimate
@@ -400,8 +412,7 @@ class SqliteStore(Store):
                            "FROM chargers WHERE charger_id = ?", (charger_id,)).fetchone()
         conns = conn.execute("SELECT evse_id, connector_id, status, error_code, info, at FROM connectors "
                              "WHERE charger_id = ? ORDER BY evse_id, connector_id", (charger_id,)).fetchall()
-        readings = conn.execute("SELECT connector_id, energy_wh, at, tx_id FROM last_readings "
-                                "WHERE charger_id = ? ORDER BY connector_id", (charger_id,)).fetchall()
+        readings = conn.execute(_LAST_READINGS, (charger_id,)).fetchall()
         if row is None and not conns and not readings:
             return None
         d = self._charger_dict(row if row is not None else (charger_id, "", "", "", "", "", None, None))
