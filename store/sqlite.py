@@ -193,8 +193,12 @@ class SqliteStore(Store):
             raise StoreError("store is not open")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except StoreError:
+            raise
         except sqlite3.Error as e:
             raise StoreError(f"sqlite: {e}") from e
+        except (TypeError, ValueError, OverflowError) as e:  # an op the schema cannot hold
+            raise StoreError(f"sqlite: bad operation: {e!r}") from e
 
     async def open(self) -> None:
         if self._executor is not None:
