@@ -123,17 +123,24 @@ return 0
 """
 
 # Re-assert an ownership held in memory after Redis lost it (restart, failover).
-# ARGV: worker_id, epoch. Returns 1 if we own it again, 0 if someone newer does.
+# ARGV: worker_id, epoch. Returns {1, previous owner} if we own it (again), {0}
+# if someone newer does. A previous owner with an older epoch (both claimed while
+# Redis was away) is told to let go, as on claim.
 _REASSERT = """
 local mine = ARGV[1] .. ':' .. ARGV[2]
 local want = tonumber(ARGV[2])
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local owner = redis.call('GET', KEYS[1])
-if owner == mine then return 1 end
-if cur > want then return 0 end
+if owner == mine then return {1, false} end
+if cur > want then return {0, false} end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], mine)
-return 1
+return {1, owner}
+"""
+
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
@@ -154,22 +161,29 @@ class RedisRegistry(Registry):
     """
 
     def __init__(self, url: str, worker_id: str | None = None, lease_s: float = 10.0,
-                 *, connect_timeout: float = 0.5, op_timeout: float = 1.0) -> None:
+                 *, connect_timeout: float = 0.5, op_timeout: float = 1.0,
+                 max_connections: int = 64) -> None:
         self.url = url
         self.worker_id = worker_id  # type: ignore[assignment]
         self.lease_s = float(lease_s)
         self.node_id = uuid.uuid4().hex[:12]  # this process incarnation
         self._executor = None
         self._on_takeover = None
-        self._r = aioredis.Redis.from_url(
-            url, decode_responses=True, retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=connect_timeout, socket_timeout=op_timeout,
-            health_check_interval=0,
-        )
+        opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 0),
+                    socket_connect_timeout=connect_timeout, socket_timeout=op_timeout,
+                    health_check_interval=0)
+        # Commands share a bounded pool: a reconnect storm of thousands of chargers
+        # queues for connections instead of opening thousands. When Redis is down
+        # connections fail at once, so the wait stays short.
+        self._r = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=5.0, **opts))
+        # pub/sub holds a connection each (listener, one per subscribe()): own pool
+        self._ps = aioredis.Redis.from_url(url, **opts)
         self._claim = self._r.register_script(_CLAIM)
         self._release = self._r.register_script(_RELEASE)
         self._fence = self._r.register_script(_FENCE)
         self._reassert = self._r.register_script(_REASSERT)
+        self._drop_lease = self._r.register_script(_DROP_LEASE)
         # what this process owns: charger -> (epoch, protocol); the source of truth
         # for re-registration after a Redis outage
         self._owned: dict[str, tuple[int, str]] = {}
@@ -221,14 +235,16 @@ class RedisRegistry(Registry):
                     await t
         if self.worker_id and self._started:
             with contextlib.suppress(*_DOWN):
-                # a stopping process owns nothing any more
-                await self._r.delete(lease_key(self.worker_id))
+                # a stopping process owns nothing any more (unless another process
+                # with our worker id holds the lease now)
+                await self._drop_lease(keys=[lease_key(self.worker_id)], args=[self.node_id])
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(RegistryUnavailable("registry stopped"))
         self._pending.clear()
         self._started = False
         await self._r.aclose()
+        await self._ps.aclose()
 
     @property
     def healthy(self) -> bool:
@@ -278,11 +294,15 @@ class RedisRegistry(Registry):
                                          args=[w, epoch], client=p)
                 oks = await p.execute()
             async with self._r.pipeline(transaction=False) as p:
-                for (cid, (epoch, proto)), ok in zip(chunk, oks):
+                for (cid, (epoch, proto)), (ok, prev) in zip(chunk, oks):
                     if self._owned.get(cid, (None,))[0] != epoch:
                         continue  # changed while we awaited
                     if ok:
                         p.hset(chargers_key(w), cid, f"{epoch}|{proto}")
+                        old_worker = _split_owner(prev)[0] if prev else None
+                        if old_worker is not None and old_worker != w:
+                            p.publish(control_channel(old_worker), json.dumps(
+                                {"type": "takeover", "charger_id": cid, "epoch": epoch, "by": w}))
                     else:
                         lost.append((cid, epoch))
                 await p.execute()
@@ -326,7 +346,7 @@ class RedisRegistry(Registry):
 
     async def _listen_loop(self) -> None:
         while True:
-            ps = self._r.pubsub()
+            ps = self._ps.pubsub()
             try:
                 chans = self._channels()
                 await ps.subscribe(*chans)
@@ -604,7 +624,7 @@ class RedisRegistry(Registry):
     async def subscribe(self, charger_id: str) -> AsyncIterator[dict]:  # type: ignore[override]
         """Events of one charger (``"*"``: all). Ends when the registry stops;
         raises RegistryUnavailable if Redis goes away."""
-        ps = self._r.pubsub(ignore_subscribe_messages=True)
+        ps = self._ps.pubsub(ignore_subscribe_messages=True)
         try:
             try:
                 await ps.subscribe(events_channel(charger_id))

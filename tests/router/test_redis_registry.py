@@ -268,7 +268,7 @@ async def _commands_per_s(r: aioredis.Redis, seconds: float) -> float:
 
 
 def test_steady_state_writes_do_not_grow_with_chargers(fresh_valkey, arun, capsys):
-    lease, window = 0.6, 3.0  # lease/3 = 0.2 s: ~5 renewals per second per worker
+    lease, window = 0.6, 2.0  # lease/3 = 0.2 s: ~5 renewals per second per worker
 
     async def body():
         r = aioredis.Redis.from_url(fresh_valkey.url, decode_responses=True)
@@ -344,5 +344,41 @@ def test_events_cross_nodes_and_attach_after_start(valkey, flush, arun):
             assert got[0]["id"] == "e1"
         finally:
             await stop_all(late, front)
+
+    arun(body())
+
+
+def test_same_charger_claimed_on_two_workers_during_outage(fresh_valkey, arun):
+    """Both claims got provisional epochs while Redis was down: once it is back the
+    later one owns the charger and the earlier worker is told to let go."""
+
+    async def body():
+        a = await worker(fresh_valkey.url, "wa", lease_s=1.5)
+        b = await worker(fresh_valkey.url, "wb", lease_s=1.5)
+        try:
+            await asyncio.to_thread(fresh_valkey.kill)
+            ea = await a.claim("CP-Z")
+            await asyncio.sleep(0.01)
+            eb = await b.claim("CP-Z")
+            assert eb > ea
+            await asyncio.to_thread(fresh_valkey.restart)
+            await asyncio.wait_for(a.took.wait(), 1.5)
+            assert a.takeovers[0][:2] == ("CP-Z", eb)
+            assert b.takeovers == []
+
+            async def owner_is_b():
+                try:
+                    o = await b.owner("CP-Z")
+                except RegistryUnavailable:
+                    return False
+                return o is not None and (o.worker_id, o.epoch) == ("wb", eb)
+
+            deadline = time.monotonic() + 1.5
+            while not await owner_is_b():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert "CP-Z" not in a._owned
+        finally:
+            await stop_all(a, b)
 
     arun(body())
