@@ -36,7 +36,7 @@ def _listen(value: int | str) -> str:
 def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence[str],
            listen_http: int | str, *, run_dir: str | os.PathLike = ".",
            access_log: bool = False, daemon: bool = False, worker_processes: int | str = "auto",
-           worker_connections: int = 16384, ws_timeout: str = "3600s",
+           worker_connections: int = 65536, ws_timeout: str = "3600s",
            api_timeout: str = "60s", template: str | os.PathLike | None = None) -> str:
     """The nginx configuration text.
 
@@ -54,6 +54,7 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
         "DAEMON": "on" if daemon else "off",
         "WORKER_PROCESSES": str(worker_processes),
         "WORKER_CONNECTIONS": str(int(worker_connections)),
+        "RLIMIT_NOFILE": str(2 * int(worker_connections) + 1024),
         "RUN_DIR": str(run),
         "ACCESS_LOG": f"{run}/access.log" if access_log else "off",
         "WORKER_SERVERS": "\n".join(
@@ -87,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--access-log", action="store_true", help="write run-dir/access.log")
     p.add_argument("--daemon", action="store_true", help="let nginx daemonize")
     p.add_argument("--worker-processes", default="auto")
-    p.add_argument("--worker-connections", type=int, default=16384)
+    p.add_argument("--worker-connections", type=int, default=65536,
+                   help="per nginx worker process; each charger uses two")
     p.add_argument("--ws-timeout", default="3600s")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     a = p.parse_args(argv)
