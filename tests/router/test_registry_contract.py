@@ -17,6 +17,24 @@ from chargeyard.router.registry import (
 )
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def arun(request):
+    """The contract holds on both event loops the product runs on."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        runner = uvloop.run
+    else:
+        runner = asyncio.run
+
+    def run(coro, timeout: float = 20.0):
+        async def bounded():
+            return await asyncio.wait_for(coro, timeout)
+
+        return runner(bounded())
+
+    return run
+
+
 @pytest.fixture(params=["local", "redis"])
 def make(request):
     """``await make()`` -> a started registry with a fake worker attached; stopped after."""
