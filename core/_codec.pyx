@@ -7,11 +7,13 @@ Struct, and one msgspec encode of the reply. Anything the scan does not
 recognise goes to ``Tables.classify``, shared with the pure twin.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memchr, memcmp
 
 import msgspec
 
+from .checks import datetime_plan
 from .framing import CALL, Call, FrameError, PayloadError, Tables
 
 cdef object _ValidationError = msgspec.ValidationError
@@ -28,22 +30,50 @@ cdef inline bint _is_digit(char c) noexcept nogil:
     return c >= b'0' and c <= b'9'
 
 
+cdef inline bint _hhmm_before(const char* p, Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    """``dd:dd`` or ``dd:dd.d+`` ends at ``p[j]``."""
+    cdef Py_ssize_t m = j
+    while m >= i and _is_digit(p[m]):
+        m -= 1
+    if m >= i and m < j and p[m] == b'.':
+        j = m - 1
+    return (j - 4 >= i and _is_digit(p[j]) and _is_digit(p[j - 1]) and p[j - 2] == b':'
+            and _is_digit(p[j - 3]) and _is_digit(p[j - 4]))
+
+
 cdef bint _dt_suspect(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    """C twin of ``checks.DT_SUSPECT``: digit-space-digit, ``[+-]dddd"`` or ``\\u``."""
-    cdef Py_ssize_t k
-    cdef char c
-    for k in range(i, n):
-        c = p[k]
-        if c == b' ':
-            if k > i and k + 1 < n and _is_digit(p[k - 1]) and _is_digit(p[k + 1]):
+    """C twin of ``checks.dt_suspect``: ``\\u``, digit-space-digit or ``hh:mm[.f][+-]hhmm"``
+    in ``p[i:n]``. memchr hops between the few candidates instead of a byte loop."""
+    cdef const char* s = p + i
+    cdef const char* e = p + n
+    cdef const char* q = s
+    cdef int k
+    cdef char sign
+    while q < e:
+        q = <const char*>memchr(q, b'\\', e - q)
+        if q == NULL:
+            break
+        if q + 1 < e and q[1] == b'u':
+            return True
+        q += 2
+    q = s
+    while q < e:
+        q = <const char*>memchr(q, b' ', e - q)
+        if q == NULL:
+            break
+        if q > s and q + 1 < e and _is_digit(q[-1]) and _is_digit(q[1]):
+            return True
+        q += 1
+    for sign in (b'+', b'-'):
+        q = s
+        while q < e:
+            q = <const char*>memchr(q, sign, e - q)
+            if q == NULL:
+                break
+            if (q + 5 < e and q[5] == b'"' and _is_digit(q[1]) and _is_digit(q[2])
+                    and _is_digit(q[3]) and _is_digit(q[4]) and _hhmm_before(p, i, (q - p) - 1)):
                 return True
-        elif c == b'"':
-            if (k - 5 >= i and (p[k - 5] == b'+' or p[k - 5] == b'-') and _is_digit(p[k - 4])
-                    and _is_digit(p[k - 3]) and _is_digit(p[k - 2]) and _is_digit(p[k - 1])):
-                return True
-        elif c == b'\\':
-            if k + 1 < n and p[k + 1] == b'u':
-                return True
+            q += 1
     return False
 
 
@@ -52,9 +82,10 @@ cdef class Codec:
 
     cdef readonly object tables
     cdef readonly str version
-    cdef dict _decoders
+    cdef list _by_len
     cdef object _inbound
     cdef object _enc
+    cdef object _encode
     cdef bint _draft6
 
     impl = "cython"
@@ -62,9 +93,16 @@ cdef class Codec:
     def __init__(self, str version, str role="csms"):
         self.tables = Tables(version, role)
         self.version = version
-        self._decoders = self.tables.request_decoders
         self._inbound = self.tables.inbound
+        # accepted actions by name length: (name bytes, name, bound decode, Struct type, has a
+        # date-time field); found with a memcmp, without building and hashing a str per frame
+        self._by_len = [[] for _ in range(65)]
+        for a, d in self.tables.request_decoders.items():
+            if a in self._inbound and len(a) <= 64:
+                self._by_len[len(a)].append(
+                    (a.encode(), a, d.decode, d.type, datetime_plan(d.type) is not None))
         self._enc = msgspec.json.Encoder()
+        self._encode = self._enc.encode
         self._draft6 = self.tables.draft6
 
     def decode(self, data):
@@ -126,19 +164,23 @@ cdef class Codec:
             end -= 1
         if end <= i or p[end] != b']':
             return self.tables.classify(b)
+        entry = None
+        for cand in <list>self._by_len[a1 - a0]:
+            if memcmp(PyBytes_AS_STRING(<bytes>(<tuple>cand)[0]), p + a0, a1 - a0) == 0:
+                entry = cand
+                break
+        if entry is None:  # unknown action or not accepted in this direction
+            return self.tables.classify(b)
         try:
             msg_id = PyUnicode_DecodeUTF8(p + id0, id1 - id0, NULL)
         except UnicodeDecodeError:
             return self.tables.classify(b)
-        if len(msg_id) > 36:
+        if id1 - id0 > 36 and len(msg_id) > 36:
             return self.tables.classify(b)
-        action = PyUnicode_DecodeUTF8(p + a0, a1 - a0, NULL)
-        dec = self._decoders.get(action)
-        if dec is None or action not in self._inbound:
-            return self.tables.classify(b)
-        payload = b[i:end]
+        _, action, decode, typ, has_dt = <tuple>entry
+        payload = PyBytes_FromStringAndSize(p + i, end - i)
         try:
-            obj = dec.decode(payload)
+            obj = decode(payload)
         except _ValidationError as exc:
             if not self._draft6 or "got `float`" not in str(exc):
                 err = self.tables.payload_error(exc)
@@ -146,9 +188,9 @@ cdef class Codec:
         except (_DecodeError, RecursionError, UnicodeDecodeError):
             pass
         else:
-            if _dt_suspect(p, i, end):
+            if has_dt and _dt_suspect(p, i, end):
                 try:
-                    self.tables.check_datetimes(dec.type, payload)
+                    self.tables.check_datetimes(typ, payload)
                 except PayloadError as err:
                     return FrameError(msg_id, err.code, err.description, action, True, CALL)
             return Call(msg_id, action, obj)
@@ -159,7 +201,7 @@ cdef class Codec:
         return self.tables.decode_payload(action, "response", payload)
 
     def encode_result(self, str message_id, payload):
-        return self._enc.encode((3, message_id, payload))
+        return self._encode((3, message_id, payload))
 
     def encode_call(self, str message_id, str action, payload):
         return self._enc.encode((2, message_id, action, payload))

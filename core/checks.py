@@ -39,8 +39,9 @@ def multiple_of(value: float, step: float, name: str) -> None:
 # ``jsonschema`` with ``rfc3339-validator``) rejects: a space between date and time and
 # an offset without a colon (``+0100``). Rejecting them must not cost the hot path, so
 # the codecs first look at the raw payload bytes for anything that *could* be such a
-# spelling (:data:`DT_SUSPECT`; a superset: a digit, a space, a digit -- impossible
-# outside a string in valid JSON --, a colon-less offset before a closing quote, or a
+# spelling (:func:`dt_suspect`; a superset: a digit, a space, a digit -- impossible
+# outside a string in valid JSON --, a time followed by a colon-less offset and a closing
+# quote, or a
 # ``\u`` escape that could spell either) and only then walk the payload's date-time
 # fields with the exact pattern (:func:`bad_datetime`).
 
@@ -49,7 +50,35 @@ def multiple_of(value: float, step: float, name: str) -> None:
 RFC3339 = re.compile(
     r"\d{4}-(?:0[1-9]|1[0-2])-\d{2}[Tt](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?"
     r"(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII)
-DT_SUSPECT = re.compile(rb'\d \d|[+-]\d{4}"|\\u')
+_SPACE = re.compile(rb"\d \d")
+
+
+def _hhmm_before(b: bytes, j: int) -> bool:
+    """``dd:dd`` or ``dd:dd.d+`` ends at ``b[j]``."""
+    m = j
+    while m >= 0 and 48 <= b[m] <= 57:
+        m -= 1
+    if 0 <= m < j and b[m] == 46:  # '.'
+        j = m - 1
+    return j >= 4 and b[j - 4:j - 2].isdigit() and b[j - 2] == 58 and b[j - 1:j + 1].isdigit()
+
+
+def dt_suspect(b: bytes) -> bool:
+    """True if the raw payload *could* hold a date-time spelling msgspec accepts but RFC
+    3339 does not (``\\d \\d``, ``hh:mm[.f][+-]hhmm"`` or a ``\\u`` escape). Built from
+    ``bytes.find`` (memchr) because a regular expression over the payload costs more than
+    the decode; the C twin is ``_codec._dt_suspect``."""
+    if b.find(b"\\") >= 0 and b.find(b"\\u") >= 0:
+        return True
+    if b.find(b" ") >= 0 and _SPACE.search(b) is not None:
+        return True
+    for sign in (b"+", b"-"):
+        k = b.find(sign)
+        while k >= 0:
+            if b[k + 5:k + 6] == b'"' and b[k + 1:k + 5].isdigit() and _hhmm_before(b, k - 1):
+                return True
+            k = b.find(sign, k + 1)
+    return False
 
 _PLANS: dict[Any, Any] = {}
 

@@ -1,8 +1,9 @@
 """Pure-Python twin of ``_codec.pyx``: same API, same answers, used when the
 extension is absent or ``CHARGEYARD_PURE=1``.
 
-Fast path: a compact, well-formed ``[2,"id","Action",{...}]`` is split without a
-generic JSON parse and its payload decoded straight into the action's Struct.
+Fast path: a well-formed ``[2,"id","Action",{...}]`` (whitespace allowed between
+tokens, as in the C scan) is split without a generic JSON parse and its payload
+decoded straight into the action's Struct.
 Everything else goes to :meth:`Tables.classify`, the one place that decides how
 bad input is answered.
 """
@@ -14,13 +15,13 @@ from typing import Any
 
 import msgspec
 
-from .checks import DT_SUSPECT
+from .checks import datetime_plan, dt_suspect
 from .framing import CALL, Call, FrameError, PayloadError, Tables
 
-_ID = re.compile(rb'[^\x00-\x1f"\\]{1,144}')
-_ACTION = re.compile(rb"[A-Za-z0-9]{1,64}")
+_HEAD = re.compile(
+    rb'[ \t\r\n]*\[[ \t\r\n]*2[ \t\r\n]*,[ \t\r\n]*"([^\x00-\x1f"\\]{1,144})"'
+    rb'[ \t\r\n]*,[ \t\r\n]*"([A-Za-z0-9]{1,64})"[ \t\r\n]*,').match
 _WS = b" \t\r\n"
-_DT_SUSPECT = DT_SUSPECT.search
 
 
 class Codec:
@@ -35,8 +36,10 @@ class Codec:
     def __init__(self, version: str, role: str = "csms") -> None:
         self.tables = Tables(version, role)
         self.version = version
-        self._decoders = self.tables.request_decoders
         self._inbound = self.tables.inbound
+        # action -> (bound decode, Struct type, has a date-time field): one lookup per frame
+        self._decoders = {a: (d.decode, d.type, datetime_plan(d.type) is not None)
+                          for a, d in self.tables.request_decoders.items() if a in self._inbound}
         self._enc = msgspec.json.Encoder()
 
     # -- decoding --------------------------------------------------------------------
@@ -47,10 +50,11 @@ class Codec:
         split = self._split_call(data)
         if split is not None:
             msg_id, action, payload = split
-            dec = self._decoders.get(action)
-            if dec is not None and action in self._inbound:
+            entry = self._decoders.get(action)
+            if entry is not None:
+                decode, typ, has_dt = entry
                 try:
-                    obj = dec.decode(payload)
+                    obj = decode(payload)
                 except msgspec.ValidationError as exc:
                     if not self.tables.draft6 or "got `float`" not in str(exc):
                         err = self.tables.payload_error(exc)
@@ -58,9 +62,9 @@ class Codec:
                 except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
                     pass  # maybe not the payload's fault (e.g. a fifth element): classify
                 else:
-                    if _DT_SUSPECT(payload) is not None:
+                    if has_dt and dt_suspect(payload):
                         try:
-                            self.tables.check_datetimes(dec.type, payload)
+                            self.tables.check_datetimes(typ, payload)
                         except PayloadError as err:
                             return FrameError(msg_id, err.code, err.description, action, True, CALL)
                     return Call(msg_id, action, obj)
@@ -68,26 +72,22 @@ class Codec:
 
     @staticmethod
     def _split_call(data: bytes) -> tuple[str, str, bytes] | None:
-        if data[:4] != b'[2,"':
+        """``[2,"id","Action",`` (JSON whitespace allowed between tokens, like the C scan)
+        and a closing ``]``: (id, action, payload bytes), else None."""
+        m = _HEAD(data)
+        if m is None:
             return None
-        q = data.find(b'"', 4)
-        if q < 0 or not _ID.fullmatch(data, 4, q):
-            return None
-        if data[q + 1:q + 3] != b',"':
-            return None
-        q2 = data.find(b'"', q + 3)
-        if q2 < 0 or not _ACTION.fullmatch(data, q + 3, q2) or data[q2 + 1:q2 + 2] != b",":
-            return None
+        start = m.end()
         end = len(data.rstrip(_WS)) - 1
-        if end <= q2 + 2 or data[end] != 0x5D:  # ']'
+        if end <= start or data[end] != 0x5D:  # ']'
             return None
         try:
-            msg_id = data[4:q].decode()
+            msg_id = m.group(1).decode()
         except UnicodeDecodeError:
             return None
         if len(msg_id) > 36:
             return None
-        return msg_id, data[q + 3:q2].decode(), data[q2 + 2:end]
+        return msg_id, m.group(2).decode(), data[start:end]
 
     def decode_result(self, action: str, payload: Any) -> Any:
         """Validate the payload of a CALLRESULT to our ``action``; raises PayloadError."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from .checks import DT_SUSPECT, bad_datetime, datetime_plan
+from .checks import bad_datetime, datetime_plan, dt_suspect
 from .directions import BOTH_WAYS, CHARGER_INITIATED
 from .messages import v16, v21, v201
 
@@ -172,14 +172,15 @@ class Tables:
             raise self.payload_error(exc) from None
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise self.payload_error(exc) from None
-        if DT_SUSPECT.search(raw) is not None:
-            self.check_datetimes(dec.type, raw)
+        if datetime_plan(dec.type) is not None:
+            if dt_suspect(raw if type(raw) is bytes else bytes(raw)):
+                self.check_datetimes(dec.type, raw)
         return out
 
     def check_datetimes(self, typ: Any, raw: Any, obj: Any = None) -> None:
         """Raise :class:`PayloadError` if a date-time field of a payload that msgspec
         accepted uses an ISO 8601 spelling RFC 3339 forbids (``T`` replaced by a space,
-        ``+0100``). Only called when :data:`checks.DT_SUSPECT` matched the raw bytes."""
+        ``+0100``). Only called when :func:`checks.dt_suspect` says the raw bytes might hold one."""
         plan = datetime_plan(typ)
         if plan is None:
             return
