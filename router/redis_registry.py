@@ -271,6 +271,7 @@ class RedisRegistry(Registry):
     async def _resync(self) -> None:
         """Re-assert everything held in memory and flush releases that failed."""
         w = self.worker_id
+        self._dirty = False  # a claim failing meanwhile sets it again; so does an error here
         await self._r.sadd(WORKERS_KEY, w)
         # forget records of a previous incarnation that we do not hold any more
         stale = await self._r.hgetall(chargers_key(w))
@@ -306,7 +307,6 @@ class RedisRegistry(Registry):
                     else:
                         lost.append((cid, epoch))
                 await p.execute()
-        self._dirty = False
         for cid, _ in lost:  # someone newer claimed it while Redis could not tell us
             cur = await self._r.get(epoch_key(cid))
             self._lose(cid, int(cur or 0))
@@ -357,7 +357,10 @@ class RedisRegistry(Registry):
                         continue
                     kind = msg.get("type")
                     if kind == "message":
-                        self._dispatch(msg["channel"], msg["data"])
+                        try:
+                            self._dispatch(msg["channel"], msg["data"])
+                        except Exception:  # one bad message must not stop the listener
+                            log.exception("bad message on %s", msg.get("channel"))
                     elif kind == "subscribe" and waiting:
                         waiting.discard(msg["channel"])
                         if not waiting:  # listening on every channel: safe to serve
@@ -387,6 +390,8 @@ class RedisRegistry(Registry):
         try:
             msg = json.loads(data)
         except ValueError:
+            msg = None
+        if not isinstance(msg, dict):
             log.warning("bad message on %s", channel)
             return
         if channel == reply_channel(self.node_id):
@@ -397,7 +402,10 @@ class RedisRegistry(Registry):
             if msg.get("type") == "takeover":
                 self._lose(msg["charger_id"], int(msg["epoch"]))
         elif self.worker_id and channel == calls_channel(self.worker_id):
-            self._spawn(self._serve_call(msg))
+            if isinstance(msg.get("reply_to"), str) and "action" in msg:
+                self._spawn(self._serve_call(msg))
+            else:
+                log.warning("forwarded call without reply_to/action ignored")
 
     def _spawn(self, coro) -> None:
         t = asyncio.create_task(coro)

@@ -382,3 +382,23 @@ def test_same_charger_claimed_on_two_workers_during_outage(fresh_valkey, arun):
             await stop_all(a, b)
 
     arun(body())
+
+
+def test_garbage_on_worker_channels_is_survived(valkey, flush, arun):
+    async def body():
+        a, front = await worker(valkey.url, "wa"), await api(valkey.url)
+        try:
+            await a.claim("CP-G")
+            r = aioredis.Redis.from_url(valkey.url)
+            from chargeyard.router.redis_registry import calls_channel, control_channel
+
+            for ch in (calls_channel("wa"), control_channel("wa")):
+                for junk in ("not json", "{}", '{"type": "takeover"}', "[1,2]"):
+                    await r.publish(ch, junk)
+            await r.aclose()
+            await asyncio.sleep(0.1)
+            assert (await front.call("CP-G", "Reset", {}, 2.0))["served_by"] == "wa"
+        finally:
+            await stop_all(a, front)
+
+    arun(body())
