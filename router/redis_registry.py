@@ -467,9 +467,11 @@ class RedisRegistry(Registry):
             raise RuntimeError("claim needs a worker_id (attach first)")
         w = self.worker_id
         try:
+            if not self._healthy and self._started:
+                raise RegistryUnavailable("redis down")  # do not queue behind a dead server
             epoch, old = await self._claim(keys=[owner_key(charger_id), epoch_key(charger_id)], args=[w])
             epoch = int(epoch)
-        except _DOWN:
+        except (*_DOWN, RegistryUnavailable):
             # Redis down: hand out a provisional epoch (same clock floor as the
             # script) and register it when Redis is back; the charger is served.
             epoch = max(_now_ms(), self._last_epoch + 1)
@@ -504,10 +506,12 @@ class RedisRegistry(Registry):
         if mine:
             del self._owned[charger_id]
         try:
+            if not self._healthy and self._started:
+                raise RegistryUnavailable("redis down")
             await self._release(keys=[owner_key(charger_id)], args=[f"{w}:{epoch}"])
             if mine and charger_id not in self._owned:
                 await self._r.hdel(chargers_key(w), charger_id)
-        except _DOWN:
+        except (*_DOWN, RegistryUnavailable):
             if mine:
                 self._pending_release[charger_id] = epoch
                 self._dirty = True
@@ -618,6 +622,8 @@ class RedisRegistry(Registry):
 
     async def publish(self, event: dict) -> None:
         """Best effort, never raises: a charger reply must not wait on Redis."""
+        if not self._healthy and self._started:
+            return  # dropped while Redis is down: live events are best effort
         data = json.dumps(event, default=str)
         try:
             async with self._r.pipeline(transaction=False) as p:
