@@ -22,6 +22,32 @@ def valkey(tmp_path_factory):
     proc.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster_mode(tmp_path_factory):
+    """A one-node valkey in cluster mode owning all 16384 slots: any script or
+    MULTI touching keys of two slots fails with CROSSSLOT, as on a real cluster."""
+    import time
+
+    import redis
+
+    try:
+        proc = procs.start_valkey(tmp_path_factory.mktemp("valkey-cluster"),
+                                  extra=["--cluster-enabled", "yes",
+                                         "--cluster-config-file", "nodes.conf"])
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    proc.url = f"redis://127.0.0.1:{proc.port}/0"
+    r = redis.Redis.from_url(proc.url, decode_responses=True)
+    r.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+    deadline = time.monotonic() + 10
+    while "cluster_state:ok" not in r.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline, "cluster did not become ok"
+        time.sleep(0.05)
+    r.close()
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
 def fresh_valkey(tmp_path):
     """A private valkey-server the test may kill and restart (same port)."""

@@ -35,7 +35,7 @@ def arun(request):
     return run
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", "redis", "redis-cluster-mode"])
 def make(request):
     """``await make()`` -> a started registry with a fake worker attached; stopped after."""
     made: list[Registry] = []
@@ -46,7 +46,8 @@ def make(request):
         else:
             from chargeyard.router.redis_registry import RedisRegistry
 
-            url = request.getfixturevalue("valkey").url
+            server = "valkey" if request.param == "redis" else "valkey_cluster_mode"
+            url = request.getfixturevalue(server).url
             reg = RedisRegistry(url, worker_id=worker_id, lease_s=2.0)
         reg.takeovers = []  # type: ignore[attr-defined]
         reg.calls = []  # type: ignore[attr-defined]
@@ -68,6 +69,12 @@ def make(request):
 
     if request.param == "redis":
         request.getfixturevalue("flush")
+    elif request.param == "redis-cluster-mode":
+        import redis
+
+        r = redis.Redis.from_url(request.getfixturevalue("valkey_cluster_mode").url)
+        r.flushall()
+        r.close()
     factory.backend = request.param  # type: ignore[attr-defined]
     yield factory
     # registries are stopped inside each test's loop (see `stopping`)
