@@ -29,8 +29,7 @@ from chargeyard.core import Call, CallResult, FrameError, PayloadError, Send, Ta
 from chargeyard.core.directions import CHARGER_INITIATED
 from chargeyard.core.framing import MODULES
 
-from .conftest import IMPLS  # noqa: F401  (documentation: both codecs are used below)
-
+TOTALS = {"versions": 0, "payloads": 0, "disagreements": 0}
 N_VALID = 200
 N_INVALID = 200
 SCHEMAS = Path(__import__("chargeyard.core", fromlist=["x"]).__file__).parent / "schemas"
@@ -367,4 +366,9 @@ def test_differential(version: str, rng, capsys) -> None:
               f"{counts['valid'] + counts['invalid']} payloads ({counts['valid']} valid, "
               f"{counts['invalid']} invalid), {counts['generator_misses']} generator misses, "
               f"{len(problems)} disagreements, {elapsed:.1f}s, {rng!r}")
+        TOTALS["versions"] += 1
+        TOTALS["payloads"] += counts["valid"] + counts["invalid"]
+        TOTALS["disagreements"] += len(problems)
+        print(f"[differential total] {TOTALS['versions']} versions so far: {TOTALS['payloads']} payloads, "
+              f"{TOTALS['disagreements']} disagreements")
     assert not problems, f"{len(problems)} disagreements with {rng!r}:\n" + "\n".join(problems[:25])
