@@ -43,21 +43,54 @@ def _status_event_bytes() -> int:
     return _event_bytes(frames.status16("Charging")[1], "charger.status")
 
 
+def util_curve(server: dict) -> list[tuple[float, float]]:
+    """(messages/s, server core utilisation) points measured on one core, rate-sorted.
+
+    Includes the low-rate metering point and the open-loop sweep, so fixed costs
+    (small commits, timers) are priced in where a real fleet runs, not only at saturation.
+    """
+    pts = [(0.0, 0.0)]
+    for r in [server.get("metering") or {}] + list(server.get("sweep", [])) + \
+            [server.get("closed") or {}]:
+        if r.get("msgs_per_s") and r.get("server_util") is not None:
+            pts.append((r["msgs_per_s"], r["server_util"]))
+    pts.sort()
+    # keep it monotonic: utilisation never falls as the rate rises
+    out, top = [], 0.0
+    for rate, util in pts:
+        top = max(top, util)
+        out.append((rate, top))
+    return out
+
+
+def util_at(curve: list[tuple[float, float]], rate: float) -> float:
+    for (r0, u0), (r1, u1) in zip(curve, curve[1:]):
+        if rate <= r1:
+            return u0 + (u1 - u0) * (rate - r0) / (r1 - r0) if r1 > r0 else u1
+    r1, u1 = curve[-1]
+    return u1 * rate / r1 if r1 else float("inf")  # beyond saturation: linear
+
+
 def per_core_inputs(results: dict) -> dict:
     servers = results.get("servers", {})
     order = sorted(servers.items(), key=lambda kv: kv[1].get("role") != "chargeyard")
     for name, s in order:
         closed = s.get("closed") or {}
         if closed.get("cpu_us_per_msg"):
-            mem = (s.get("memory") or {}).get("levels") or []
+            memory = s.get("memory") or {}
+            mem = memory.get("levels") or []
             storm = s.get("storm") or {}
             half = next((r for r in s.get("sweep", []) if r.get("fraction") == 0.5), {})
-            batch = (half.get("db_batch_rows") or closed.get("db_batch_rows") or {}).get("mean")
+            batch = ((s.get("metering") or {}).get("db_batch_rows") or half.get("db_batch_rows")
+                     or closed.get("db_batch_rows") or {}).get("mean")
             return {
                 "source": name, "source_role": s.get("role"),
                 "cpu_us_per_msg": closed["cpu_us_per_msg"],
+                "cpu_us_per_msg_metering": (s.get("metering") or {}).get("cpu_us_per_msg"),
+                "util_curve": util_curve(s),
                 "kib_per_conn": mem[-1]["kib_per_conn"] if mem else 32.0,
                 "kib_per_conn_measured": bool(mem),
+                "idle_cpu_us_per_conn_s": memory.get("idle_cpu_us_per_conn_s") or 0.0,
                 "cpu_us_per_reconnect": storm.get("cpu_us_per_reconnect") or 1000.0,
                 "rows_per_batch": batch,
             }
@@ -76,11 +109,30 @@ def fleet_rates(profile: dict) -> dict:
             "storm_target_s": float(f.get("storm_absorb_target_s", 60))}
 
 
+def worker_util(conns: int, r: dict, inp: dict) -> float:
+    """Core utilisation of one worker holding `conns` chargers of this profile."""
+    return (util_at(inp["util_curve"], conns * r["msgs"])
+            + conns * inp["idle_cpu_us_per_conn_s"] / 1e6
+            + conns * r["reconnect"] * inp["cpu_us_per_reconnect"] / 1e6)
+
+
+def cpu_bound_conns(r: dict, inp: dict) -> int:
+    lo, hi = 0, MAX_CONNS_PER_WORKER
+    if worker_util(hi, r, inp) <= CPU_TARGET:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if worker_util(mid, r, inp) <= CPU_TARGET:
+            lo = mid
+        else:
+            hi = mid
+    return max(1, lo)
+
+
 def table(results: dict, profiles: dict[str, dict]) -> dict:
     inp = per_core_inputs(results)
     if not inp:
         return {"error": "no server with a CPU-per-message figure"}
-    cpu = inp["cpu_us_per_msg"] / 1e6
     recon_cpu = inp["cpu_us_per_reconnect"] / 1e6
     mem_bound = int(MEM_FOR_CONNS / (inp["kib_per_conn"] * 1024))
     meter_ev, status_ev = _meter_event_bytes(), _status_event_bytes()
@@ -90,9 +142,7 @@ def table(results: dict, profiles: dict[str, dict]) -> dict:
         if prof is None:
             continue
         r = fleet_rates(prof)
-        core_per_charger = r["msgs"] * cpu + r["reconnect"] * recon_cpu
-        cpu_bound = int(CPU_TARGET / core_per_charger) if core_per_charger else MAX_CONNS_PER_WORKER
-        conns = max(1, min(cpu_bound, mem_bound, MAX_CONNS_PER_WORKER))
+        conns = max(1, min(cpu_bound_conns(r, inp), mem_bound, MAX_CONNS_PER_WORKER))
         per_worker[pname] = conns
         for n in FLEETS:
             workers = max(MIN_WORKERS, math.ceil(n / conns))
@@ -122,11 +172,15 @@ def table(results: dict, profiles: dict[str, dict]) -> dict:
                 "cpu_target": CPU_TARGET, "mem_for_conns_bytes": MEM_FOR_CONNS,
                 "max_conns_per_worker": MAX_CONNS_PER_WORKER, "min_workers": MIN_WORKERS,
                 "worker": "one pod = one core, one worker process",
-                "heartbeat_cost": "a Heartbeat is costed like a MeterValues (upper bound)",
+                "cpu_model": "core utilisation interpolated between the measured (rate, "
+                             "utilisation) points (metering, sweep, closed loop) + idle "
+                             "CPU per connection + reconnect cost; heartbeats priced like "
+                             "MeterValues (upper bound)",
                 "redis": f"lease renew every {LEASE_RENEW_S:.1f}s per worker; "
                          f"{REDIS_OPS_PER_CONNECT} ops per connect, "
                          f"{REDIS_OPS_PER_DISCONNECT} per disconnect",
-                "store": "one row per MeterValues and per StatusNotification",
+                "store": "one row per MeterValues and per StatusNotification; commits = "
+                         "rows / rows per commit measured in the metering phase",
                 "kafka": f"producer payload only (x replication factor at the brokers); "
                          f"meter event {meter_ev} B, status event {status_ev} B",
                 "hpa": "min(conns/worker for idle, metering) minus 20 % headroom",

@@ -24,8 +24,8 @@ from dataclasses import fields
 from . import capacity, report, suite
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DEFAULT_HPA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "k8s", "hpa.yaml")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_HPA = os.path.join(REPO, "k8s", "hpa.yaml")
 
 
 def _floats(s: str) -> list[float]:
@@ -39,7 +39,8 @@ def _ints(s: str) -> list[int]:
 def smoke_options() -> suite.Options:
     return suite.Options(chargers=50, warmup_s=0.3, duration_s=1.0, sweep_fractions=[0.5],
                          sweep_duration_s=1.0, conn_levels=[50], conn_duration_s=1.0,
-                         memory_levels=[200], storm_timeout_s=15.0, ready_timeout_s=10.0)
+                         memory_levels=[200], storm_timeout_s=15.0, ready_timeout_s=10.0,
+                         idle_cpu_s=0.5)
 
 
 def _add_common(p: argparse.ArgumentParser):
@@ -132,8 +133,7 @@ def cmd_run(args) -> int:
 def _write_hpa(cap: dict, source: str, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        f.write(capacity.hpa_yaml(cap, os.path.relpath(source, os.path.dirname(
-            os.path.abspath(path)) + "/..")))
+        f.write(capacity.hpa_yaml(cap, os.path.relpath(os.path.realpath(source), REPO)))
     print(f"wrote {path} (target {cap['hpa_target_conns_per_worker']} connections per worker)",
           file=sys.stderr)
 

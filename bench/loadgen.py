@@ -297,6 +297,9 @@ class Generator:
                 return True
             except Exception as exc:  # connection refused, handshake timeout, reset, ...
                 key = type(exc).__name__
+                status = getattr(getattr(exc, "response", None), "status", None)
+                if status is not None:
+                    key += f":{int(status)}"
                 self.connect_errors[key] = self.connect_errors.get(key, 0) + 1
                 ch.waiter = None
                 ch.mid = None

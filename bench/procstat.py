@@ -61,3 +61,29 @@ def rss_bytes(pid: int, tree: bool = True) -> int:
         except (OSError, ValueError, IndexError):
             pass
     return total
+
+
+def cpu_busy_seconds(cpus: list[int]) -> dict[int, float]:
+    """Busy (non-idle, non-iowait) seconds per CPU since boot, from /proc/stat."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            n = int(name[3:])
+            if n in cpus:
+                v = [int(x) for x in vals]
+                out[n] = (sum(v[:8]) - v[3] - v[4]) / TICK
+    return out
+
+
+def parse_cpus(spec: str | None) -> list[int]:
+    """taskset-style list ("0", "1-3", "0,2") to CPU numbers; all CPUs when empty."""
+    if not spec:
+        return sorted(os.sched_getaffinity(0))
+    cpus = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        cpus.extend(range(int(a), int(b) + 1) if b else [int(a)])
+    return cpus

@@ -52,7 +52,7 @@ def markdown(results: dict) -> str:
                  f"start {', '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}. Server pinned "
                  f"to CPU {m['pinning']['server'] or 'none'}, generator to CPU "
                  f"{m['pinning']['generator'] or 'none'}. Load: {o['chargers']} chargers, "
-                 f"{o['protocol']} MeterValues with 4 sampled values, closed loop "
+                 f"{o['protocol']} {'MeterValues' if o['protocol'] == 'ocpp1.6' else 'TransactionEvent(Updated)'} with 4 sampled values, closed loop "
                  f"({o['duration_s']:g} s after {o['warmup_s']:g} s warm-up).")
     lines.append("")
     head = "| | " + " | ".join(s["label"] for _, s in servers) + " |"
@@ -71,7 +71,9 @@ def markdown(results: dict) -> str:
     row("server CPU µs / message", closed("cpu_us_per_msg", "{:.1f}"))
     row("server core utilisation", closed("server_util", "{:.0%}"))
     row("generator core utilisation", closed("gen_util", "{:.0%}"))
+    row("generator CPU µs / message", closed("gen_cpu_us_per_msg", "{:.1f}"))
     row("bottleneck", closed("bottleneck", "{}"))
+    row("others' load on the pinned cores", closed("foreign_load", "{:.0%} of a core"))
     row("closed-loop p50 / p99 (ms)", lambda s: unavailable(s) or
         f"{_f((s.get('closed') or {}).get('p50_ms'), '{:.2f}')} / "
         f"{_f((s.get('closed') or {}).get('p99_ms'), '{:.2f}')}")
@@ -85,6 +87,15 @@ def markdown(results: dict) -> str:
         return (f"{_f(r['p50_ms'], '{:.2f}')} / {_f(r['p99_ms'], '{:.2f}')} / "
                 f"{_f(r['p999_ms'], '{:.2f}')} @ {r['offered_per_s']:,.0f}/s")
     row("p50 / p99 / p99.9 ms at 50 % capacity", at_half)
+
+    def metering(s):
+        r = s.get("metering")
+        if not r:
+            return unavailable(s) or "—"
+        return (f"{r['msgs_per_s']:,.0f}/s: {_f(r['cpu_us_per_msg'], '{:.0f}')} µs/msg, "
+                f"p99 {_f(r['p99_ms'], '{:.2f}')} ms")
+    row("metering (each charger every "
+        f"{o.get('metering_interval_s', 1):g} s)", metering)
 
     def mem(s):
         lv = (s.get("memory") or {}).get("levels") or []
@@ -128,13 +139,15 @@ def markdown(results: dict) -> str:
     sweep_rows = [(s["label"], r) for _, s in servers for r in s.get("sweep", [])]
     if sweep_rows:
         lines += ["## Offered load sweep (open loop, relative to each server's capacity)", "",
-                  "| server | offered/s | achieved/s | CPU µs/msg | p50 ms | p99 ms | p99.9 ms |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| server | offered/s | achieved/s | CPU µs/msg | p50 ms | p99 ms | p99.9 ms "
+                  "| server / generator core | others' load |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for label, r in sweep_rows:
             lines.append(f"| {label} | {r['offered_per_s']:,.0f} ({r['fraction']:.0%}) | "
                          f"{r['msgs_per_s']:,.0f} | {_f(r['cpu_us_per_msg'], '{:.1f}')} | "
                          f"{_f(r['p50_ms'], '{:.2f}')} | {_f(r['p99_ms'], '{:.2f}')} | "
-                         f"{_f(r['p999_ms'], '{:.2f}')} |")
+                         f"{_f(r['p999_ms'], '{:.2f}')} | {r['server_util']:.0%} / "
+                         f"{r['gen_util']:.0%} | {_f(r.get('foreign_load'), '{:.0%}')} |")
         lines.append("")
 
     conn_rows = [(s["label"], r) for _, s in servers for r in s.get("connections", [])]
@@ -153,7 +166,10 @@ def markdown(results: dict) -> str:
         inp = cap["inputs"]
         lines += ["## Capacity (per one-core worker, from this run)", "",
                   f"From **{inp['source']}** ({inp['source_role']}): "
-                  f"{inp['cpu_us_per_msg']:.1f} µs/message, {inp['kib_per_conn']:.1f} KiB/idle "
+                  f"{inp['cpu_us_per_msg']:.1f} µs/message at saturation, "
+                  f"{_f(inp.get('cpu_us_per_msg_metering'), '{:.0f}')} µs/message in the "
+                  f"metering phase, {_f(inp.get('idle_cpu_us_per_conn_s'), '{:.2f}')} µs/s per "
+                  f"idle connection, {inp['kib_per_conn']:.1f} KiB/idle "
                   f"connection{'' if inp['kib_per_conn_measured'] else ' (assumed)'}, "
                   f"{inp['cpu_us_per_reconnect']:.0f} µs/reconnect, rows per commit "
                   f"{_f(inp['rows_per_batch'], '{:.1f}')}. "

@@ -197,12 +197,14 @@ class GenPool:
     """Generator worker processes sharing one set of chargers."""
 
     def __init__(self, url: str, chargers: int, cfg: dict, procs: int, cpus: str | None,
-                 logdir: str, prefix: str, ip_base: int = 10):
+                 logdir: str, prefix: str, ip_base: int = 10, server_cpus: str | None = None):
         procs = max(procs, math.ceil(chargers / MAX_CONNS_PER_GEN))
         procs = max(1, min(procs, chargers))
         self.workers: list[subprocess.Popen] = []
         self.q: queue.Queue = queue.Queue()
         self.chargers = chargers
+        self.watch_cpus = sorted(set(procstat.parse_cpus(cpus)) | set(
+            procstat.parse_cpus(server_cpus))) if cpus or server_cpus else []
         os.makedirs(logdir, exist_ok=True)
         first = 0
         for k in range(procs):
@@ -352,8 +354,10 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
         p.stdin.flush()
     _sleep_until(start)
     cpu0, m0 = srv.cpu(), srv.metrics()
+    busy0 = procstat.cpu_busy_seconds(pool.watch_cpus)
     _sleep_until(end)
     cpu1, m1 = srv.cpu(), srv.metrics()
+    busy1 = procstat.cpu_busy_seconds(pool.watch_cpus)
     res = merge(pool._collect(duration + warmup + 30))
     n = res["count"]
     pct = hist_percentiles(res["hist"])
@@ -364,11 +368,16 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
         "server_cpu_s": cpu1 - cpu0,
         "cpu_us_per_msg": (cpu1 - cpu0) * 1e6 / n if n else None,
         "server_util": server_util, "gen_util": gen_util,
+        "gen_cpu_us_per_msg": res["cpu_s"] * 1e6 / n if n else None,
         "p50_ms": pct[0.5], "p99_ms": pct[0.99], "p999_ms": pct[0.999],
         "errors": res["errors"], "error_sample": res["error_sample"],
         "unmatched": res["unmatched"], "skipped": res["skipped"], "late": res["late"],
         "sent": res["sent"],
     }
+    # CPU used on the pinned cores by anything else (other jobs on a shared machine)
+    busy = sum(busy1.get(c, 0) - busy0.get(c, 0) for c in busy0) / duration
+    out["foreign_load"] = max(0.0, busy - server_util - res["cpu_s"] / duration) \
+        if busy0 else None
     out["bottleneck"] = ("server" if server_util >= 0.85 else
                          "generator" if gen_util >= 0.85 else "neither")
     batch = histogram_delta(m0, m1, "chargeyard_db_batch_rows")

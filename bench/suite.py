@@ -53,6 +53,8 @@ class Options:
     conn_levels: list[int] = field(default_factory=lambda: [100, 1000, 4000])
     conn_duration_s: float = 4.0
     memory_levels: list[int] = field(default_factory=lambda: [1000, 10000, 50000])
+    metering_interval_s: float = 1.0
+    idle_cpu_s: float = 3.0
     storm: bool = True
     storm_timeout_s: float = 60.0
     server_cpus: str | None = "0"
@@ -133,6 +135,12 @@ def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
             if ready["failed"]:
                 out["note"] = (out["note"] or "") + f" {ready['failed']} connects failed at {level};"
                 break
+        if cur and o.idle_cpu_s > 0:
+            # what idle connections cost in CPU (pings, timers), no messages sent
+            c0 = srv.cpu()
+            time.sleep(o.idle_cpu_s)
+            out["idle_cpu_us_per_conn_s"] = (srv.cpu() - c0) * 1e6 / o.idle_cpu_s / cur
+            out["idle_cpu_conns"] = cur
     finally:
         for pool in pools:
             pool.close()
@@ -155,7 +163,7 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
     res["available"] = True
     res["connections"] = []
     try:
-        pool = GenPool(srv.url, o.chargers, cfg, o.gen_procs, o.gen_cpus, logdir, prefix="main")
+        pool = GenPool(srv.url, o.chargers, cfg, o.gen_procs, o.gen_cpus, logdir, prefix="main", server_cpus=o.server_cpus)
         try:
             res["setup"] = pool.wait_ready(timeout=600)
             _log(f"{name}: {res['setup']['connected']} chargers ready "
@@ -176,6 +184,15 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                 res["sweep"].append(r)
                 _log(f"{name}: offered {frac:.0%} = {frac * cap:.0f}/s -> "
                      f"{r['msgs_per_s']:.0f}/s p99 {r['p99_ms'] or 0:.2f} ms")
+            if o.metering_interval_s > 0:
+                # the fleet's shape at a low rate: each charger every interval, own phase
+                r = runner.measure_periodic(srv, pool, "interval", o.metering_interval_s, 0,
+                                            min(1.0, o.warmup_s), o.sweep_duration_s, cores)
+                r["interval_s"] = o.metering_interval_s
+                res["metering"] = r
+                _log(f"{name}: metering every {o.metering_interval_s:g}s -> "
+                     f"{r['msgs_per_s']:.0f}/s, {r['cpu_us_per_msg'] or 0:.0f} us/msg, "
+                     f"p99 {r['p99_ms'] or 0:.2f} ms")
             if o.storm:
                 res["storm"] = runner.measure_storm(srv, pool, o.storm_timeout_s)
                 _log(f"{name}: storm of {res['storm']['chargers']} absorbed in "
@@ -188,7 +205,7 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                     k: closed[k] for k in ("msgs_per_s", "cpu_us_per_msg", "p50_ms", "p99_ms",
                                            "bottleneck")}})
                 continue
-            p = GenPool(srv.url, level, cfg, o.gen_procs, o.gen_cpus, logdir, prefix=f"c{level}")
+            p = GenPool(srv.url, level, cfg, o.gen_procs, o.gen_cpus, logdir, prefix=f"c{level}", server_cpus=o.server_cpus)
             try:
                 ready = p.wait_ready(timeout=600)
                 r = runner.measure_closed(srv, p, min(1.0, o.warmup_s), o.conn_duration_s, cores)
@@ -281,7 +298,7 @@ def run_profile(profile: dict, target: str, o: Options, logdir: str) -> dict:
         time.sleep(0.3)
         rss0 = srv.rss()
         pool = GenPool(srv.url, chargers, gen_config(profile), o.gen_procs, o.gen_cpus, logdir,
-                       prefix=profile.get("name", "run"))
+                       prefix=profile.get("name", "run"), server_cpus=o.server_cpus)
         try:
             out["setup"] = pool.wait_ready(timeout=600)
             time.sleep(0.5)
