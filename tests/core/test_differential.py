@@ -159,7 +159,7 @@ class Gen:
         if lo_i is None or lo_i <= 0:
             cands += [0]
         if hi_i is None:
-            cands += [2**31 - 1, 2**53]
+            cands += [2**31 - 1, 2**53, 2**64 + 1, 10**30]
         return rng.choice(cands)
 
     def number(self, s: dict) -> float | int:
