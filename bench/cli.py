@@ -37,10 +37,10 @@ def _ints(s: str) -> list[int]:
 
 
 def smoke_options() -> suite.Options:
-    return suite.Options(chargers=50, warmup_s=0.3, duration_s=1.0, sweep_fractions=[0.5],
-                         sweep_duration_s=1.0, conn_levels=[50], conn_duration_s=1.0,
-                         memory_levels=[200], storm_timeout_s=15.0, ready_timeout_s=10.0,
-                         idle_cpu_s=0.5)
+    return suite.Options(chargers=50, warmup_s=0.2, duration_s=0.8, sweep_fractions=[0.5],
+                         sweep_duration_s=0.7, conn_levels=[50], conn_duration_s=0.7,
+                         metering_interval_s=0.5, memory_levels=[200], storm_timeout_s=15.0,
+                         storm_at_memory_top=False, ready_timeout_s=10.0, idle_cpu_s=0.3)
 
 
 def _add_common(p: argparse.ArgumentParser):
@@ -133,7 +133,10 @@ def cmd_run(args) -> int:
 def _write_hpa(cap: dict, source: str, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        f.write(capacity.hpa_yaml(cap, os.path.relpath(os.path.realpath(source), REPO)))
+        storm_t = suite.load_profile("reconnect-storm").get("fleet", {}).get(
+            "storm_absorb_target_s", 60)
+        f.write(capacity.hpa_yaml(cap, os.path.relpath(os.path.realpath(source), REPO),
+                                  storm_t))
     print(f"wrote {path} (target {cap['hpa_target_conns_per_worker']} connections per worker)",
           file=sys.stderr)
 

@@ -90,8 +90,8 @@ class Charger(WSListener):
         self.seq_hole = False
         self.seq = 1
         self.built = -1e9
-        self.timer = None
-        self.hb_timer = None
+        self.timers: dict = {}
+        self.flip = False
 
     # -- picows callbacks
     def on_ws_connected(self, transport):
@@ -413,25 +413,24 @@ class Generator:
                 if what == "hot":
                     self.send_hot(ch)
                 else:
+                    if what == "hb":
+                        action, payload = "Heartbeat", {}
+                    else:  # a status change: Charging <-> SuspendedEV, Available <-> Preparing
+                        ch.flip = not ch.flip
+                        st = ("SuspendedEV" if ch.flip else "Charging") if ch.tx_id else \
+                            ("Preparing" if ch.flip else "Available")
+                        action, payload = frames.status(self.protocol, st)
                     ch.n += 1
                     mid = b"%d" % ch.n
                     ch.mid, ch.sent_at = mid, monotonic()
                     self.sent += 1
                     self.outstanding += 1
-                    ch.t.send(TEXT, frames.call("Heartbeat", {}, mid))
+                    ch.t.send(TEXT, frames.call(action, payload, mid))
             else:
                 self.late += 1
-            handle = self.loop.call_later(period, fire)
-            if what == "hot":
-                ch.timer = handle
-            else:
-                ch.hb_timer = handle
+            ch.timers[what] = self.loop.call_later(period, fire)
         # random phase so chargers do not fire in lockstep
-        handle = self.loop.call_later(random.random() * period, fire)
-        if what == "hot":
-            ch.timer = handle
-        else:
-            ch.hb_timer = handle
+        ch.timers[what] = self.loop.call_later(random.random() * period, fire)
 
     async def run_periodic(self, c: dict, mode: str) -> dict:
         self.reset_counters()
@@ -440,21 +439,23 @@ class Generator:
         self.mode = mode
         interval = float(c.get("interval_s", 10))
         hb = float(c.get("heartbeat_interval_s", self.hb_interval))
+        status_every = float(c.get("status_interval_s", 0))
         for ch in self.chargers:
             if mode == "interval":
                 self._schedule_periodic(ch, interval, "hot")
             if hb > 0:
                 self._schedule_periodic(ch, hb, "hb")
+            if status_every > 0:
+                self._schedule_periodic(ch, status_every, "status")
         await self._wait_until(self.start)
         cpu0, wall0 = _cpu_s(), monotonic()
         await self._wait_until(self.end)
         res = self._result(mode, cpu0, wall0)
         self.mode = "setup"
         for ch in self.chargers:
-            for h in (ch.timer, ch.hb_timer):
-                if h is not None:
-                    h.cancel()
-            ch.timer = ch.hb_timer = None
+            for h in ch.timers.values():
+                h.cancel()
+            ch.timers.clear()
         await self._drain()
         return res
 

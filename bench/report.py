@@ -105,12 +105,16 @@ def markdown(results: dict) -> str:
     row("idle memory KiB / conn", mem)
 
     def storm(s):
-        st = s.get("storm")
-        if not st:
-            return unavailable(s) or "—"
-        if not st["complete"]:
-            return f"incomplete: {st['reconnected']}/{st['chargers']}"
-        return f"{st['absorb_s']:.2f} s for {st['chargers']:,}"
+        parts = []
+        for st in (s.get("storm"), (s.get("memory") or {}).get("storm")):
+            if not st:
+                continue
+            if not st["complete"]:
+                parts.append(f"incomplete after {o.get('storm_timeout_s', 60):g} s: "
+                             f"{st['reconnected']:,}/{st['chargers']:,}")
+            else:
+                parts.append(f"{st['absorb_s']:.2f} s for {st['chargers']:,}")
+        return unavailable(s) or "; ".join(parts) or "—"
     row("reconnect storm absorbed in", storm)
 
     def batch(s):
@@ -171,7 +175,9 @@ def markdown(results: dict) -> str:
                   f"metering phase, {_f(inp.get('idle_cpu_us_per_conn_s'), '{:.2f}')} µs/s per "
                   f"idle connection, {inp['kib_per_conn']:.1f} KiB/idle "
                   f"connection{'' if inp['kib_per_conn_measured'] else ' (assumed)'}, "
-                  f"{inp['cpu_us_per_reconnect']:.0f} µs/reconnect, rows per commit "
+                  f"{inp['cpu_us_per_reconnect']:.0f} µs/reconnect, "
+                  f"{_f(inp.get('reconnects_per_s'), '{:,.0f}')} reconnects/s in a storm of "
+                  f"{_f(inp.get('storm_chargers'), '{:,}')}, rows per commit "
                   f"{_f(inp['rows_per_batch'], '{:.1f}')}. "
                   f"**HPA target: {cap['hpa_target_conns_per_worker']:,} connections per "
                   f"worker** (k8s/hpa.yaml).", "",
@@ -210,10 +216,10 @@ def markdown(results: dict) -> str:
         mem = s.get("memory") or {}
         if mem.get("note"):
             notes.append(f"- {s['label']}: {mem['note']}")
-        st = s.get("storm") or {}
-        if st.get("connect_errors"):
-            notes.append(f"- {s['label']} storm: connect errors {st['connect_errors']} "
-                         "(retried with back-off)")
+        for st in (s.get("storm") or {}, mem.get("storm") or {}):
+            if st.get("connect_errors"):
+                notes.append(f"- {s['label']} storm of {st['chargers']:,}: connect errors "
+                             f"{st['connect_errors']} (retried with back-off)")
     if notes:
         lines += ["## Notes", ""] + notes + [""]
     lines += ["Plots: `load.png` (throughput and p99 vs offered load), `connections.png` "

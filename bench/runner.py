@@ -198,23 +198,30 @@ class GenPool:
 
     def __init__(self, url: str, chargers: int, cfg: dict, procs: int, cpus: str | None,
                  logdir: str, prefix: str, ip_base: int = 10, server_cpus: str | None = None):
-        procs = max(procs, math.ceil(chargers / MAX_CONNS_PER_GEN))
-        procs = max(1, min(procs, chargers))
         self.workers: list[subprocess.Popen] = []
         self.q: queue.Queue = queue.Queue()
-        self.chargers = chargers
+        self.url, self.cpus, self.logdir, self.ip_next = url, cpus, logdir, ip_base
+        self.chargers = 0
         self.watch_cpus = sorted(set(procstat.parse_cpus(cpus)) | set(
             procstat.parse_cpus(server_cpus))) if cpus or server_cpus else []
         os.makedirs(logdir, exist_ok=True)
-        first = 0
-        for k in range(procs):
-            count = chargers // procs + (1 if k < chargers % procs else 0)
-            wcfg = dict(cfg, url=url, first=first, count=count, prefix=prefix,
-                        local_ip=f"127.0.0.{ip_base + k}")
+        self.pending = self.add(chargers, cfg, procs, prefix)
+
+    def add(self, chargers: int, cfg: dict, procs: int, prefix: str) -> list[int]:
+        """Start more workers (each on its own source address); returns their indices."""
+        procs = max(procs, math.ceil(chargers / MAX_CONNS_PER_GEN))
+        procs = max(1, min(procs, chargers))
+        first, new = 0, []
+        for i in range(procs):
+            k = len(self.workers)
+            count = chargers // procs + (1 if i < chargers % procs else 0)
+            wcfg = dict(cfg, url=self.url, first=first, count=count, prefix=prefix,
+                        local_ip=f"127.0.0.{self.ip_next}")
+            self.ip_next += 1
             first += count
-            err = open(os.path.join(logdir, f"gen-{prefix}-{k}.log"), "ab")
+            err = open(os.path.join(self.logdir, f"gen-{prefix}-{i}.log"), "ab")
             p = subprocess.Popen(
-                taskset_prefix(cpus) + [sys.executable, "-m", "chargeyard.bench.loadgen"],
+                taskset_prefix(self.cpus) + [sys.executable, "-m", "chargeyard.bench.loadgen"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                 start_new_session=True)
             err.close()
@@ -222,6 +229,10 @@ class GenPool:
             p.stdin.flush()
             threading.Thread(target=self._read, args=(k, p), daemon=True).start()
             self.workers.append(p)
+            new.append(k)
+        self.chargers += chargers
+        self.pending = new
+        return new
 
     def _read(self, k: int, p: subprocess.Popen):
         for line in p.stdout:
@@ -231,13 +242,14 @@ class GenPool:
                 pass
         self.q.put((k, {"event": "exit"}))
 
-    def _collect(self, timeout: float) -> list[dict]:
+    def _collect(self, timeout: float, only: list[int] | None = None) -> list[dict]:
         got: dict[int, dict] = {}
+        want = set(range(len(self.workers)) if only is None else only)
         deadline = time.monotonic() + timeout
-        while len(got) < len(self.workers):
+        while len(got) < len(want):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"generator: {len(got)}/{len(self.workers)} answered")
+                raise TimeoutError(f"generator: {len(got)}/{len(want)} answered")
             try:
                 k, msg = self.q.get(timeout=left)
             except queue.Empty:
@@ -248,7 +260,8 @@ class GenPool:
         return [got[k] for k in sorted(got)]
 
     def wait_ready(self, timeout: float) -> dict:
-        msgs = self._collect(timeout)
+        """Wait for the workers started last (by __init__ or add) to report ready."""
+        msgs = self._collect(timeout, self.pending)
         errs: dict[str, int] = {}
         for m in msgs:
             for key, v in m.get("connect_errors", {}).items():
@@ -398,8 +411,9 @@ def measure_open(srv, pool, rate, warmup, duration, gen_cores) -> dict:
 
 
 def measure_periodic(srv, pool, mode, interval_s, heartbeat_s, warmup, duration,
-                     gen_cores) -> dict:
-    cmd = {"cmd": mode, "interval_s": interval_s, "heartbeat_interval_s": heartbeat_s}
+                     gen_cores, status_interval_s: float = 0.0) -> dict:
+    cmd = {"cmd": mode, "interval_s": interval_s, "heartbeat_interval_s": heartbeat_s,
+           "status_interval_s": status_interval_s}
     return _window(srv, pool, cmd, warmup, duration, gen_cores)
 
 

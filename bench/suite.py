@@ -56,6 +56,7 @@ class Options:
     metering_interval_s: float = 1.0
     idle_cpu_s: float = 3.0
     storm: bool = True
+    storm_at_memory_top: bool = True
     storm_timeout_s: float = 60.0
     server_cpus: str | None = "0"
     gen_cpus: str | None = "1"
@@ -107,22 +108,24 @@ def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
            if any(level > cap for level in o.memory_levels) else None}
     idle = load_profile("idle")
     cfg = dict(gen_config(idle), protocol=o.protocol, start_transactions=False,
-               action="Heartbeat", connect_concurrency=200)
+               action="Heartbeat", connect_concurrency=200,
+               reconnect=load_profile("reconnect-storm")["reconnect"])
     srv = start_server(name, spec, o.server_cpus, logdir, o.ready_timeout_s)
-    pools: list[GenPool] = []
+    pool: GenPool | None = None
     try:
         time.sleep(0.5)
         rss0 = srv.rss()
         out["rss_empty_bytes"] = rss0
-        cur, ip = 0, 10
+        cur = 0
         for level in levels:
             add = level - cur
             if add <= 0:
                 continue
-            pool = GenPool(srv.url, add, cfg, o.gen_procs, o.gen_cpus, logdir,
-                           prefix=f"mem{level}", ip_base=ip)
-            ip += len(pool.workers)
-            pools.append(pool)
+            if pool is None:
+                pool = GenPool(srv.url, add, cfg, o.gen_procs, o.gen_cpus, logdir,
+                               prefix=f"mem{level}", server_cpus=o.server_cpus)
+            else:
+                pool.add(add, cfg, o.gen_procs, prefix=f"mem{level}")
             ready = pool.wait_ready(timeout=600)
             cur += ready["connected"]
             time.sleep(1.0)
@@ -141,8 +144,13 @@ def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
             time.sleep(o.idle_cpu_s)
             out["idle_cpu_us_per_conn_s"] = (srv.cpu() - c0) * 1e6 / o.idle_cpu_s / cur
             out["idle_cpu_conns"] = cur
+        if cur and o.storm_at_memory_top:
+            storm = runner.measure_storm(srv, pool, o.storm_timeout_s)
+            out["storm"] = storm
+            _log(f"  {name} storm of {storm['chargers']}: absorbed in {storm['absorb_s']} s "
+                 f"({storm['reconnected']} back)")
     finally:
-        for pool in pools:
+        if pool is not None:
             pool.close()
         srv.stop()
     return out
@@ -151,7 +159,8 @@ def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
 def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
     res: dict = {"label": spec["label"], "role": spec["role"], "available": False}
     burst = load_profile("burst")
-    cfg = dict(gen_config(burst), protocol=o.protocol)
+    cfg = dict(gen_config(burst), protocol=o.protocol,
+               reconnect=load_profile("reconnect-storm")["reconnect"])
     cores = _gen_cores(o.gen_cpus)
     _log(f"{name}: starting")
     try:
@@ -311,7 +320,8 @@ def run_profile(profile: dict, target: str, o: Options, logdir: str) -> dict:
             elif mode in ("interval", "idle"):
                 out[mode] = runner.measure_periodic(
                     srv, pool, mode, float(profile.get("interval_s", 10)),
-                    float(profile.get("heartbeat_interval_s", 300)), warm, dur, cores)
+                    float(profile.get("heartbeat_interval_s", 300)), warm, dur, cores,
+                    float(profile.get("status_interval_s", 0)))
             elif mode == "storm":
                 out["storm"] = runner.measure_storm(srv, pool,
                                                     float(profile.get("storm_timeout_s", 60)))
