@@ -46,6 +46,18 @@ DEFAULT_RESPONSES: dict[str, dict] = {
 }
 
 
+I64 = 2**63 - 1
+
+
+def i64(n: int) -> int:
+    """Schema-valid integers can be arbitrarily large; the store keeps 64-bit ones."""
+    return n if -I64 <= n <= I64 else (I64 if n > 0 else -I64)
+
+
+def finite(x: float) -> float | None:
+    return x if x == x and x not in (float("inf"), float("-inf")) else None
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(UTC)
 
@@ -92,13 +104,15 @@ def energy_16(sampled: list) -> float | None:
         if measurand != ENERGY:
             continue
         try:
-            value = float(sv.value)
+            value = finite(float(sv.value))
         except ValueError:
             continue
-        if value != value or value in (float("inf"), float("-inf")):
+        if value is None:
             continue
         unit = sv.unit if sv.unit is not msgspec.UNSET else "Wh"
-        wh = value * 1000.0 if unit == "kWh" else value
+        wh = finite(value * 1000.0 if unit == "kWh" else value)
+        if wh is None:
+            continue
         if sv.phase is msgspec.UNSET:
             return wh
         if best is None:
@@ -122,7 +136,9 @@ def energy_201(sampled: list) -> float | None:
                 mult = uom.multiplier
         if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
             continue
-        wh = float(sv.value) * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0)
+        wh = finite(float(sv.value) * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0))
+        if wh is None:
+            continue
         if sv.phase is msgspec.UNSET:
             return wh
         if best is None:
@@ -190,7 +206,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
 
     def StatusNotification(s: Session, r: Any) -> Any:
         at = r.timestamp if r.timestamp is not msgspec.UNSET else now()
-        c.writer.add(ops.ConnectorStatus(s.charger_id, 0, r.connector_id, r.status, r.error_code, at,
+        c.writer.add(ops.ConnectorStatus(s.charger_id, 0, i64(r.connector_id), r.status, r.error_code, at,
                                          r.info or ""))
         worker.emit(s, "charger.status", {"connector_id": r.connector_id, "status": r.status,
                                           "error_code": r.error_code, "at": at.isoformat()})
@@ -200,8 +216,8 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         status = await c.auth.status(r.id_tag)
         tx_new = await worker.tx_ids.next()
         tx = await c.writer.add(ops.StartTransaction(
-            s.charger_id, str(tx_new), r.connector_id, r.id_tag, float(r.meter_start), r.timestamp,
-            r.reservation_id if r.reservation_id is not msgspec.UNSET else None))
+            s.charger_id, str(tx_new), i64(r.connector_id), r.id_tag, float(r.meter_start), r.timestamp,
+            i64(r.reservation_id) if r.reservation_id is not msgspec.UNSET else None))
         worker.emit(s, "transaction.started", {"transaction_id": tx, "connector_id": r.connector_id,
                                                "id_tag": r.id_tag, "meter_start_wh": float(r.meter_start),
                                                "at": r.timestamp.isoformat()})
@@ -212,7 +228,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         for mv in meter_value:
             wh = energy_16(mv.sampled_value)
             if wh is not None:
-                futs.append(c.writer.add(ops.MeterSample(s.charger_id, tx, mv.timestamp, wh, connector)))
+                futs.append(c.writer.add(ops.MeterSample(s.charger_id, tx, mv.timestamp, wh, i64(connector))))
                 last = (mv.timestamp, wh)
         return futs, last
 
@@ -279,7 +295,7 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
         return T.AuthorizeResponse(id_token_info=token_info(await c.auth.status(r.id_token.id_token)))
 
     def StatusNotification(s: Session, r: Any) -> Any:
-        c.writer.add(ops.ConnectorStatus(s.charger_id, r.evse_id, r.connector_id, r.connector_status, "",
+        c.writer.add(ops.ConnectorStatus(s.charger_id, i64(r.evse_id), i64(r.connector_id), r.connector_status, "",
                                          r.timestamp))
         worker.emit(s, "charger.status", {"evse_id": r.evse_id, "connector_id": r.connector_id,
                                           "status": r.connector_status, "at": r.timestamp.isoformat()})
@@ -304,10 +320,10 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
                     wh = e
         evse_id = connector_id = 0
         if r.evse is not msgspec.UNSET:
-            evse_id = r.evse.id
-            connector_id = r.evse.connector_id or 0
+            evse_id = i64(r.evse.id)
+            connector_id = i64(r.evse.connector_id or 0)
         tag = r.id_token.id_token if r.id_token is not msgspec.UNSET else ""
-        op = ops.TransactionEvent(s.charger_id, info.transaction_id, r.seq_no, r.event_type, r.timestamp,
+        op = ops.TransactionEvent(s.charger_id, info.transaction_id, i64(r.seq_no), r.event_type, r.timestamp,
                                   r.trigger_reason, tag, evse_id, connector_id, wh,
                                   info.stopped_reason or "")
         fut = c.writer.add(op)

@@ -31,3 +31,4 @@ _KNOWN: dict[tuple[str, str], bool] = {}
 def action_label(protocol: str, action: str | None, known: frozenset[str] | dict) -> str:
     """Unknown actions are counted as ``_unknown`` so labels stay bounded."""
     return action if action is not None and action in known else "_unknown"
+BUILD_INFO = Gauge("chargeyard_build_info", "Build information (value 1)", ["version", "codec"])

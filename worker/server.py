@@ -21,6 +21,7 @@ from typing import Any
 from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener,
                     ws_create_server)
 
+from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec
 from ..router.registry import NotConnected, Registry
 from ..store.base import Store
@@ -61,6 +62,15 @@ def choose_subprotocol(header: str | None) -> tuple[str, str] | None:
         if p in SUBPROTOCOLS:
             return p, SUBPROTOCOLS[p]
     return None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("chargeyard")
+    except Exception:
+        return "unknown"
 
 
 class Auth:
@@ -180,19 +190,24 @@ class Worker:
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
+        ping = max(1.0, s.ping_interval or 20.0)
         await self.writer.start()
         self.registry.attach(s.worker_id, self.execute_call, self.on_takeover)
         self._server = await ws_create_server(
             self._factory, s.host, s.ws_port,
             max_frame_size=s.max_frame,
+            # ping after ping_interval of silence, close if no pong by idle_timeout. picows
+            # drops every connection when the reply timeout exceeds the idle timeout, and
+            # misfires below 1 s: clamp to what it handles.
             enable_auto_ping=s.ping_interval > 0,
-            auto_ping_idle_timeout=s.ping_interval or 20,
-            auto_ping_reply_timeout=max(1.0, s.idle_timeout - s.ping_interval) if s.ping_interval else 20,
+            auto_ping_idle_timeout=ping,
+            auto_ping_reply_timeout=min(ping, max(1.0, s.idle_timeout - ping)),
             read_buffer_init_size=s.ws_read_buffer,
             websocket_handshake_timeout=10,
             logger_name="chargeyard.ws",
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
         self.ready = True
         log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -55,7 +56,7 @@ class Session(WSListener):
         # rate limit (token bucket)
         self._tokens = float(worker.settings.rate_burst)
         self._last = time.monotonic()
-        self._paused = False
+        self._backlog: deque[bytes] | None = None
         self._warned: set[str] = set()
 
     # -- picows callbacks ------------------------------------------------------------
@@ -105,7 +106,49 @@ class Session(WSListener):
 
     # -- inbound -----------------------------------------------------------------------
     def _on_message(self, data: bytes) -> None:
-        self._rate_limit()
+        if self._backlog is not None:  # throttled: keep the order, process later
+            self._backlog.append(data)
+            return
+        if not self._take_token():
+            # Over its rate: slow the sender down instead of dropping anything. Messages
+            # already received wait here in order; its socket is not read until it is
+            # back within its rate. Other chargers are unaffected.
+            self._backlog = deque([data])
+            if self.transport is not None:
+                self.transport.underlying_transport.pause_reading()
+            self._schedule_drain()
+            return
+        self._process(data)
+
+    def _take_token(self) -> bool:
+        s = self.worker.settings
+        now = time.monotonic()
+        self._tokens = min(float(s.rate_burst), self._tokens + (now - self._last) * s.rate_limit)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _schedule_drain(self) -> None:
+        delay = (1.0 - self._tokens) / self.worker.settings.rate_limit
+        asyncio.get_running_loop().call_later(max(0.0, delay), self._drain)
+
+    def _drain(self) -> None:
+        backlog = self._backlog
+        tr = self.transport
+        if backlog is None or tr is None or tr.is_disconnected:
+            self._backlog = None
+            return
+        while backlog and self._take_token():
+            self._process(backlog.popleft())
+        if backlog:
+            self._schedule_drain()
+        else:
+            self._backlog = None
+            tr.underlying_transport.resume_reading()
+
+    def _process(self, data: bytes) -> None:
         msg = self.codec.decode(data)
         t = type(msg)
         if t is Call:
@@ -203,25 +246,6 @@ class Session(WSListener):
                                   "relaxed rule %s for %s (%s %s) on %s", rule, self.charger_id,
                                   self.vendor, self.model, err.action)
         return Call(err.message_id, err.action, payload)
-
-    def _rate_limit(self) -> None:
-        s = self.worker.settings
-        now = time.monotonic()
-        self._tokens = min(float(s.rate_burst), self._tokens + (now - self._last) * s.rate_limit)
-        self._last = now
-        self._tokens -= 1.0
-        if self._tokens < 0 and not self._paused and self.transport is not None:
-            # Slow the sender down instead of dropping anything: stop reading its socket
-            # until it is back within its rate. Other chargers are unaffected.
-            self._paused = True
-            self.transport.underlying_transport.pause_reading()
-            asyncio.get_running_loop().call_later(-self._tokens / s.rate_limit, self._resume)
-
-    def _resume(self) -> None:
-        self._paused = False
-        tr = self.transport
-        if tr is not None and not tr.is_disconnected:
-            tr.underlying_transport.resume_reading()
 
     # -- outbound (CSMS -> charger) ----------------------------------------------------
     def _on_reply(self, res: CallResult | None, err: CallError | None) -> None:
