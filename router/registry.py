@@ -117,6 +117,10 @@ class Registry(ABC):
     def healthy(self) -> bool:
         return True
 
+    def wants_events(self, charger_id: str) -> bool:
+        """False when nobody could receive an event for this charger (lets workers skip them)."""
+        return True
+
 
 class LocalRegistry(Registry):
     """The single-node registry: a dict, a counter and in-process queues."""
@@ -161,7 +165,13 @@ class LocalRegistry(Registry):
             raise NotConnected(f"charger {charger_id!r} is not connected")
         return await self._executor(charger_id, action, payload, timeout)
 
+    def wants_events(self, charger_id: str) -> bool:
+        return charger_id in self._subs or "*" in self._subs
+
     async def publish(self, event: dict) -> None:
+        self.publish_nowait(event)
+
+    def publish_nowait(self, event: dict) -> None:
         for key in (event.get("charger_id"), "*"):
             for q in self._subs.get(key, ()):  # type: ignore[arg-type]
                 if q.qsize() < 1000:  # a slow subscriber loses events, never blocks a charger

@@ -62,6 +62,16 @@ def now() -> dt.datetime:
     return dt.datetime.now(UTC)
 
 
+class Reply:
+    """Answer ``response`` once ``future`` (a store write) has committed."""
+
+    __slots__ = ("future", "response")
+
+    def __init__(self, future: asyncio.Future, response: Any) -> None:
+        self.future = future
+        self.response = response
+
+
 def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:
     """A future resolved with ``response`` once every future in ``futs`` succeeded."""
     if len(futs) == 1:
@@ -187,6 +197,7 @@ class Common:
 def handlers_16(worker: Worker) -> dict[str, Handler]:
     c = Common(worker)
     T = v16
+    METER_VALUES_16 = T.MeterValuesResponse()
 
     def id_tag_info(status: str) -> Any:
         return T.AuthorizeResponseIdTagInfo(status=status)
@@ -235,15 +246,16 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
     def MeterValues(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id) if r.transaction_id is not msgspec.UNSET else ""
         futs, last = _samples(s, tx, r.connector_id, r.meter_value)
-        resp = T.MeterValuesResponse()
         if not futs:
-            return resp
-        fut = after(futs, resp)
-        if last is not None:
-            data = {"transaction_id": tx, "connector_id": r.connector_id, "energy_wh": last[1],
-                    "at": last[0].isoformat()}
-            fut.add_done_callback(lambda f: f.exception() is None and worker.emit(s, "transaction.meter", data))
-        return fut
+            return METER_VALUES_16
+        fut = futs[0] if len(futs) == 1 else after(futs, None)
+        if last is not None and worker.wants_events(s.charger_id):
+            def publish(f: asyncio.Future) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    worker.emit(s, "transaction.meter", {"transaction_id": tx, "connector_id": r.connector_id,
+                                                         "energy_wh": last[1], "at": last[0].isoformat()})
+            fut.add_done_callback(publish)
+        return Reply(fut, METER_VALUES_16)
 
     async def StopTransaction(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id)
@@ -278,6 +290,7 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
     """2.0.1 handlers; 2.1 reuses them with its own message types."""
     c = Common(worker)
     version = T.VERSION
+    TX_EVENT_EMPTY = T.TransactionEventResponse()
 
     def BootNotification(s: Session, r: Any) -> Any:
         cs = r.charging_station
@@ -327,18 +340,19 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
                                   r.trigger_reason, tag, evse_id, connector_id, wh,
                                   info.stopped_reason or "")
         fut = c.writer.add(op)
-        kind = {"Started": "transaction.started", "Updated": "transaction.meter",
-                "Ended": "transaction.ended"}[r.event_type]
-        data = {"transaction_id": info.transaction_id, "seq_no": r.seq_no, "event_type": r.event_type,
-                "energy_wh": wh, "evse_id": evse_id, "at": r.timestamp.isoformat(),
-                "stop_reason": info.stopped_reason or ""}
+        if worker.wants_events(s.charger_id):
+            kind = {"Started": "transaction.started", "Updated": "transaction.meter",
+                    "Ended": "transaction.ended"}[r.event_type]
 
-        def publish(f: asyncio.Future) -> None:
-            if not f.cancelled() and f.exception() is None and f.result():
-                worker.emit(s, kind, data)
-        fut.add_done_callback(publish)
+            def publish(f: asyncio.Future) -> None:
+                if not f.cancelled() and f.exception() is None and f.result():
+                    worker.emit(s, kind, {
+                        "transaction_id": info.transaction_id, "seq_no": r.seq_no, "event_type": r.event_type,
+                        "energy_wh": wh, "evse_id": evse_id, "at": r.timestamp.isoformat(),
+                        "stop_reason": info.stopped_reason or ""})
+            fut.add_done_callback(publish)
         if not tag:
-            return after([fut], T.TransactionEventResponse())
+            return Reply(fut, TX_EVENT_EMPTY)
 
         async def with_token() -> Any:
             status = await c.auth.status(tag)

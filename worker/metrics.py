@@ -32,3 +32,24 @@ def action_label(protocol: str, action: str | None, known: frozenset[str] | dict
     """Unknown actions are counted as ``_unknown`` so labels stay bounded."""
     return action if action is not None and action in known else "_unknown"
 BUILD_INFO = Gauge("chargeyard_build_info", "Build information (value 1)", ["version", "codec"])
+
+
+class Children:
+    """``metric.labels(...)`` costs microseconds; the hot path looks children up here."""
+
+    __slots__ = ("metric", "cache")
+
+    def __init__(self, metric: object) -> None:
+        self.metric = metric
+        self.cache: dict[tuple, object] = {}
+
+    def __call__(self, *labels: str):  # type: ignore[no-untyped-def]
+        child = self.cache.get(labels)
+        if child is None:
+            child = self.cache[labels] = self.metric.labels(*labels)  # type: ignore[attr-defined]
+        return child
+
+
+messages = Children(MESSAGES)
+handle = Children(HANDLE)
+call_errors = Children(CALL_ERRORS)

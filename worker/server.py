@@ -184,6 +184,9 @@ class Worker:
         self._hs_tokens = float(settings.handshake_rate)
         self._hs_last = time.monotonic()
         self._warned: dict[tuple[str, str], float] = {}
+        self._event_seq = 0
+        self._event_prefix = uuid.uuid4().hex[:12] + "-"
+        self._source = f"chargeyard/{settings.worker_id}"
         self.handlers = all_handlers(self)
         self.port = 0
 
@@ -317,11 +320,22 @@ class Worker:
         return await s.call(action, payload, timeout)
 
     # -- events, logs ------------------------------------------------------------------
+    def wants_events(self, charger_id: str) -> bool:
+        """Whether anyone listens: per-message events are not even built otherwise."""
+        return bool(self.sinks) or self.registry.wants_events(charger_id)
+
     def emit(self, s: Session, kind: str, data: dict) -> None:
         """Publish an event (never blocks a charger reply)."""
-        event = {"id": uuid.uuid4().hex, "type": kind, "source": f"chargeyard/{self.settings.worker_id}",
+        if not self.wants_events(s.charger_id):
+            return
+        self._event_seq += 1
+        event = {"id": f"{self._event_prefix}{self._event_seq:x}", "type": kind, "source": self._source,
                  "time": now().isoformat(), "charger_id": s.charger_id, "data": data}
-        self.spawn(self._publish(event))
+        publish_nowait = getattr(self.registry, "publish_nowait", None)
+        if publish_nowait is not None:
+            publish_nowait(event)
+        else:
+            self.spawn(self._publish(event))
         for sink in self.sinks:
             try:
                 sink(event)

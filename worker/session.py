@@ -20,6 +20,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
 from . import metrics as m
+from .handlers import Reply
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -152,7 +153,7 @@ class Session(WSListener):
         msg = self.codec.decode(data)
         t = type(msg)
         if t is Call:
-            m.MESSAGES.labels(self.protocol, "in", msg.action, "call").inc()
+            m.messages(self.protocol, "in", msg.action, "call").inc()
             self._dispatch(msg)
         elif t is CallResult:
             self._on_reply(msg, None)
@@ -161,7 +162,7 @@ class Session(WSListener):
         elif t is FrameError:
             self._on_frame_error(msg, data)
         elif t is Send:
-            m.MESSAGES.labels(self.protocol, "in", msg.action, "send").inc()
+            m.messages(self.protocol, "in", msg.action, "send").inc()
             h = self.handlers.get(msg.action)
             if h is not None:
                 try:
@@ -181,7 +182,9 @@ class Session(WSListener):
             log.exception("handler %s failed for %s", call.action, self.charger_id)
             self.send_error(call.message_id, self.tables.codes["internal"], type(exc).__name__)
             return
-        if isinstance(res, msgspec.Struct):
+        if type(res) is Reply:
+            res.future.add_done_callback(lambda f: self._deferred(call, f, t0, res.response))
+        elif isinstance(res, msgspec.Struct):
             self._send_result(call, res, t0)
         elif asyncio.isfuture(res):
             res.add_done_callback(lambda f: self._deferred(call, f, t0))
@@ -190,7 +193,7 @@ class Session(WSListener):
             self.worker.track(task)
             task.add_done_callback(lambda f: self._deferred(call, f, t0))
 
-    def _deferred(self, call: Call, fut: asyncio.Future, t0: float) -> None:
+    def _deferred(self, call: Call, fut: asyncio.Future, t0: float, response: Any = None) -> None:
         if fut.cancelled():
             self.send_error(call.message_id, self.tables.codes["internal"], "cancelled")
             return
@@ -200,26 +203,26 @@ class Session(WSListener):
             log.warning("reply to %s from %s failed: %r", call.action, self.charger_id, exc)
             self.send_error(call.message_id, self.tables.codes["internal"], "storage unavailable")
             return
-        self._send_result(call, fut.result(), t0)
+        self._send_result(call, fut.result() if response is None else response, t0)
 
     def _send_result(self, call: Call, payload: Any, t0: float) -> None:
         tr = self.transport
         if tr is None or tr.is_disconnected:
             return
         tr.send(WSMsgType.TEXT, self.codec.encode_result(call.message_id, payload))
-        m.HANDLE.labels(call.action).observe(time.perf_counter() - t0)
-        m.MESSAGES.labels(self.protocol, "out", call.action, "result").inc()
+        m.handle(call.action).observe(time.perf_counter() - t0)
+        m.messages(self.protocol, "out", call.action, "result").inc()
 
     def send_error(self, message_id: str, code: str, description: str = "") -> None:
         tr = self.transport
         if tr is None or tr.is_disconnected:
             return
         tr.send(WSMsgType.TEXT, self.codec.encode_error(message_id, code, description))
-        m.CALL_ERRORS.labels(self.protocol, code).inc()
+        m.call_errors(self.protocol, code).inc()
 
     def _on_frame_error(self, err: FrameError, data: bytes) -> None:
         action = err.action if err.action in self.tables.requests else "_unknown"
-        m.MESSAGES.labels(self.protocol, "in", action, "invalid").inc()
+        m.messages(self.protocol, "in", action, "invalid").inc()
         if (self.leniency and err.message_type == 2 and err.action in self.tables.inbound
                 and err.code not in ("NotImplemented", "NotSupported")):
             call = self._relax(err, data)
@@ -259,7 +262,7 @@ class Session(WSListener):
         if fut.done():
             return
         if res is not None:
-            m.MESSAGES.labels(self.protocol, "in", action, "result").inc()
+            m.messages(self.protocol, "in", action, "result").inc()
             try:
                 payload = self.codec.decode_result(action, res.payload)
             except PayloadError as exc:
@@ -267,7 +270,7 @@ class Session(WSListener):
                 return
             fut.set_result(msgspec.to_builtins(payload))
         else:
-            m.MESSAGES.labels(self.protocol, "in", action, "error").inc()
+            m.messages(self.protocol, "in", action, "error").inc()
             fut.set_exception(CallRejected(err.code, err.description, err.details))  # type: ignore[union-attr]
 
     async def call(self, action: str, payload: dict, timeout: float) -> dict:
@@ -295,7 +298,7 @@ class Session(WSListener):
                 fut = asyncio.get_running_loop().create_future()
                 self._pending[msg_id] = (action, fut)
                 tr.send(WSMsgType.TEXT, self.codec.encode_call(msg_id, action, obj))
-                m.MESSAGES.labels(self.protocol, "out", action, "call").inc()
+                m.messages(self.protocol, "out", action, "call").inc()
                 try:
                     return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
