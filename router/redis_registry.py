@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -37,7 +38,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from .registry import (
@@ -54,7 +55,7 @@ log = logging.getLogger("chargeyard.router.redis")
 
 # Network-level failures of Redis (RedisError covers ConnectionError/TimeoutError
 # of redis-py; OSError covers a refused socket surfacing before redis-py wraps it).
-_DOWN = (RedisError, OSError, asyncio.TimeoutError)
+_DOWN = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def owner_key(charger_id: str) -> str:
@@ -153,6 +154,59 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Bounded:
+    """RedisCluster raises MaxConnectionsError instead of waiting for a free
+    connection: bound the commands in flight here so bursts queue."""
+
+    def __init__(self, client: Any, limit: int) -> None:
+        self._c = client
+        self._sem = asyncio.Semaphore(limit)
+
+    def register_script(self, script: str) -> Any:
+        from redis.commands.core import AsyncScript
+
+        return AsyncScript(self, script)  # its EVALSHAs go through the bound too
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._c, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            res = attr(*args, **kw)
+            return self._run(res) if inspect.isawaitable(res) else res
+        return call
+
+    async def _run(self, aw: Any) -> Any:
+        async with self._sem:
+            return await aw
+
+
+class _Concurrent:
+    """Pipeline stand-in for Redis Cluster (keys of many slots, keyless PUBLISH):
+    records the calls, then runs them concurrently and returns results in order."""
+
+    def __init__(self, client: Any) -> None:
+        self._c = client
+        self._ops: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any, **kw: Any) -> _Concurrent:
+            self._ops.append((name, args, kw))
+            return self
+        return record
+
+    async def execute(self) -> list:
+        ops, self._ops = self._ops, []
+        return list(await asyncio.gather(*(getattr(self._c, n)(*a, **kw) for n, a, kw in ops)))
+
+    async def __aenter__(self) -> _Concurrent:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+
 class RedisRegistry(Registry):
     """Registry over Redis (or Valkey). One instance per process.
 
@@ -172,13 +226,21 @@ class RedisRegistry(Registry):
         opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 0),
                     socket_connect_timeout=connect_timeout, socket_timeout=op_timeout,
                     health_check_interval=0)
-        # Commands share a bounded pool: a reconnect storm of thousands of chargers
-        # queues for connections instead of opening thousands. When Redis is down
-        # connections fail at once, so the wait stays short.
-        self._r = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=5.0, **opts))
-        # pub/sub holds a connection each (listener, one per subscribe()): own pool
-        self._ps = aioredis.Redis.from_url(url, **opts)
+        # ``redis+cluster://host:port`` (any node) selects the Redis Cluster client
+        self.cluster = url.split("://", 1)[0].endswith("+cluster")
+        if self.cluster:
+            plain = url.replace("+cluster://", "://", 1)
+            self._r = _Bounded(aioredis.RedisCluster.from_url(
+                plain, max_connections=max_connections, **opts), max_connections)
+            self._ps = self._r  # ClusterPubSub opens its own node connection
+        else:
+            # Commands share a bounded pool: a reconnect storm of thousands of
+            # chargers queues for connections instead of opening thousands. When
+            # Redis is down connections fail at once, so the wait stays short.
+            self._r = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=5.0, **opts))
+            # pub/sub holds a connection each (listener, one per subscribe()): own pool
+            self._ps = aioredis.Redis.from_url(url, **opts)
         self._claim = self._r.register_script(_CLAIM)
         self._release = self._r.register_script(_RELEASE)
         self._fence = self._r.register_script(_FENCE)
@@ -244,11 +306,16 @@ class RedisRegistry(Registry):
         self._pending.clear()
         self._started = False
         await self._r.aclose()
-        await self._ps.aclose()
+        if self._ps is not self._r:
+            await self._ps.aclose()
 
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    def _pipe(self) -> Any:
+        """A non-transactional pipeline; on Redis Cluster the same calls, concurrent."""
+        return _Concurrent(self._r) if self.cluster else self._r.pipeline(transaction=False)
 
     # -- lease and re-registration -------------------------------------------------
 
@@ -289,12 +356,17 @@ class RedisRegistry(Registry):
         items = list(self._owned.items())
         for i in range(0, len(items), 500):  # pipelined: 1000 chargers in a few RTTs
             chunk = items[i:i + 500]
-            async with self._r.pipeline(transaction=False) as p:
-                for cid, (epoch, _) in chunk:
-                    await self._reassert(keys=[owner_key(cid), epoch_key(cid)],
-                                         args=[w, epoch], client=p)
-                oks = await p.execute()
-            async with self._r.pipeline(transaction=False) as p:
+            if self.cluster:  # keys of many slots: no script pipelining
+                oks = await asyncio.gather(*(
+                    self._reassert(keys=[owner_key(cid), epoch_key(cid)], args=[w, epoch])
+                    for cid, (epoch, _) in chunk))
+            else:
+                async with self._r.pipeline(transaction=False) as p:
+                    for cid, (epoch, _) in chunk:
+                        await self._reassert(keys=[owner_key(cid), epoch_key(cid)],
+                                             args=[w, epoch], client=p)
+                    oks = await p.execute()
+            async with self._pipe() as p:
                 for (cid, (epoch, proto)), (ok, prev) in zip(chunk, oks):
                     if self._owned.get(cid, (None,))[0] != epoch:
                         continue  # changed while we awaited
@@ -529,7 +601,7 @@ class RedisRegistry(Registry):
             if value is None:
                 return None
             w, epoch = _split_owner(value)
-            async with self._r.pipeline(transaction=False) as p:
+            async with self._pipe() as p:
                 p.exists(lease_key(w))
                 p.hget(chargers_key(w), charger_id)
                 alive, rec = await p.execute()
@@ -545,7 +617,7 @@ class RedisRegistry(Registry):
             workers = sorted(await self._r.smembers(WORKERS_KEY))
             if not workers:
                 return {}
-            async with self._r.pipeline(transaction=False) as p:
+            async with self._pipe() as p:
                 for w in workers:
                     p.exists(lease_key(w))
                 alive = await p.execute()
@@ -559,7 +631,7 @@ class RedisRegistry(Registry):
             out: dict[str, Owner] = {}
             for i in range(0, len(cands), 1000):
                 chunk = cands[i:i + 1000]
-                async with self._r.pipeline(transaction=False) as p:
+                async with self._pipe() as p:
                     for cid, *_ in chunk:
                         p.get(owner_key(cid))
                     owners = await p.execute()
@@ -595,7 +667,7 @@ class RedisRegistry(Registry):
                 n = await self._r.publish(calls_channel(own.worker_id), json.dumps(msg))
             except _DOWN as exc:
                 raise RegistryUnavailable(str(exc)) from exc
-            if n == 0:
+            if n == 0 and not self.cluster:  # cluster PUBLISH counts one node only
                 raise NotConnected(f"owner {own.worker_id} of {charger_id!r} is not listening")
             try:
                 reply = await asyncio.wait_for(fut, timeout)
@@ -626,7 +698,7 @@ class RedisRegistry(Registry):
             return  # dropped while Redis is down: live events are best effort
         data = json.dumps(event, default=str)
         try:
-            async with self._r.pipeline(transaction=False) as p:
+            async with self._pipe() as p:
                 cid = event.get("charger_id")
                 if cid:
                     p.publish(events_channel(cid), data)

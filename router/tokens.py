@@ -167,17 +167,20 @@ class RedisTokens(TokenStore):
                  op_timeout: float = 1.0) -> None:
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
         from redis.retry import Retry
 
-        self._redis_error = RedisError
+        self._redis_error = (RedisError, RedisClusterException)
 
         if not 0 <= cache_s <= 1.0:
             raise ValueError("cache_s must be within [0, 1] seconds")
         self.cache_s = cache_s
-        self._r = aioredis.Redis.from_url(url, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                                          socket_connect_timeout=op_timeout / 2,
-                                          socket_timeout=op_timeout)
+        opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 0),
+                    socket_connect_timeout=op_timeout / 2, socket_timeout=op_timeout)
+        if url.split("://", 1)[0].endswith("+cluster"):  # as RedisRegistry
+            self._r = aioredis.RedisCluster.from_url(url.replace("+cluster://", "://", 1), **opts)
+        else:
+            self._r = aioredis.Redis.from_url(url, **opts)
         self._cache: dict[str, tuple[float, Grant | None]] = {}
         # a tokens file (FileTokens format) copied into Redis before the first check;
         # only tokens missing from Redis are written, so edits made in Redis stay
@@ -202,7 +205,7 @@ class RedisTokens(TokenStore):
                 return
             try:
                 n = await self.seed(self._seed)
-            except (self._redis_error, OSError, asyncio.TimeoutError) as exc:
+            except (*self._redis_error, OSError, asyncio.TimeoutError) as exc:
                 raise RegistryUnavailable(f"token store unavailable: {exc}") from exc
             log.info("seeded %d API tokens into redis", n)
             self._seed = None
@@ -226,7 +229,7 @@ class RedisTokens(TokenStore):
                 return hit[1]
         try:
             rec = await self._r.hgetall(f"cy:token:{{{h}}}")
-        except (self._redis_error, OSError, asyncio.TimeoutError) as exc:
+        except (*self._redis_error, OSError, asyncio.TimeoutError) as exc:
             raise RegistryUnavailable(f"token store unavailable: {exc}") from exc
         g = None
         if rec:

@@ -33,7 +33,9 @@ def valkey_cluster_mode(tmp_path_factory):
     try:
         proc = procs.start_valkey(tmp_path_factory.mktemp("valkey-cluster"),
                                   extra=["--cluster-enabled", "yes",
-                                         "--cluster-config-file", "nodes.conf"])
+                                         "--cluster-config-file", "nodes.conf",
+                                         # the default bus port is port+10000: may not exist
+                                         "--cluster-port", str(procs.free_port())])
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     proc.url = f"redis://127.0.0.1:{proc.port}/0"
@@ -46,6 +48,60 @@ def valkey_cluster_mode(tmp_path_factory):
     r.close()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory):
+    """A real three-shard valkey cluster (no replicas); ``.url`` is
+    ``redis+cluster://`` for RedisRegistry, ``.ports`` its nodes."""
+    import time
+
+    import redis
+
+    base = tmp_path_factory.mktemp("valkey-3")
+    nodes, bus = [], []
+    try:
+        for i in range(3):
+            bus.append(procs.free_port())  # the default, port+10000, may not exist
+            nodes.append(procs.start_valkey(base / f"n{i}", extra=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(bus[-1]), "--cluster-node-timeout", "2000"]))
+        clients = [redis.Redis(port=n.port, decode_responses=True) for n in nodes]
+        bounds = [(0, 5460), (5461, 10922), (10923, 16383)]
+        for c, (lo, hi) in zip(clients, bounds):
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", str(lo), str(hi))
+        for n, b in zip(nodes[1:], bus[1:]):
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", str(n.port), str(b))
+        deadline = time.monotonic() + 20
+        while not all("cluster_state:ok" in c.execute_command("CLUSTER", "INFO") and
+                      len(c.execute_command("CLUSTER", "SLOTS")) == 3 for c in clients):
+            assert time.monotonic() < deadline, "cluster did not form"
+            time.sleep(0.05)
+        for c in clients:
+            c.close()
+    except FileNotFoundError as exc:
+        for n in nodes:
+            n.stop()
+        pytest.skip(str(exc))
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        raise
+
+    class Cluster:
+        ports = [n.port for n in nodes]
+        url = f"redis+cluster://127.0.0.1:{nodes[0].port}/0"
+
+        @staticmethod
+        def flushall() -> None:
+            for port in Cluster.ports:
+                r = redis.Redis(port=port)
+                r.flushall()
+                r.close()
+
+    yield Cluster
+    for n in nodes:
+        n.stop()
 
 
 @pytest.fixture

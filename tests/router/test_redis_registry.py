@@ -12,6 +12,17 @@ from chargeyard.router.redis_registry import RedisRegistry, lease_key, owner_key
 from chargeyard.router.registry import CallTimeout, NotConnected, RegistryUnavailable
 
 
+@pytest.fixture(params=["single", "cluster"])
+def srv(request):
+    """One valkey, or a three-shard valkey cluster; emptied for the test."""
+    if request.param == "single":
+        request.getfixturevalue("flush")
+        return request.getfixturevalue("valkey")
+    c = request.getfixturevalue("valkey_cluster")
+    c.flushall()
+    return c
+
+
 async def worker(url: str, worker_id: str, lease_s: float = 2.0, delay: float = 0.0):
     """A RedisRegistry with a fake worker: records takeovers, answers calls."""
     reg = RedisRegistry(url, worker_id=worker_id, lease_s=lease_s)
@@ -43,9 +54,9 @@ async def stop_all(*regs):
         await r.stop()
 
 
-def test_takeover_across_workers_within_1s(valkey, flush, arun):
+def test_takeover_across_workers_within_1s(srv, arun):
     async def body():
-        a, b = await worker(valkey.url, "wa"), await worker(valkey.url, "wb")
+        a, b = await worker(srv.url, "wa"), await worker(srv.url, "wb")
         try:
             ea = await a.claim("CP-7", "ocpp1.6")
             t0 = time.monotonic()
@@ -66,9 +77,9 @@ def test_takeover_across_workers_within_1s(valkey, flush, arun):
     arun(body())
 
 
-def test_forwarding_between_nodes(valkey, flush, arun):
+def test_forwarding_between_nodes(srv, arun):
     async def body():
-        a, b, front = await worker(valkey.url, "wa"), await worker(valkey.url, "wb"), await api(valkey.url)
+        a, b, front = await worker(srv.url, "wa"), await worker(srv.url, "wb"), await api(srv.url)
         try:
             await a.claim("CP-A")
             await b.claim("CP-B")
@@ -90,9 +101,9 @@ def test_forwarding_between_nodes(valkey, flush, arun):
     arun(body())
 
 
-def test_forwarded_call_times_out(valkey, flush, arun):
+def test_forwarded_call_times_out(srv, arun):
     async def body():
-        slow, front = await worker(valkey.url, "slow", delay=5.0), await api(valkey.url)
+        slow, front = await worker(srv.url, "slow", delay=5.0), await api(srv.url)
         try:
             await slow.claim("CP-S")
             t0 = time.monotonic()
@@ -105,9 +116,9 @@ def test_forwarded_call_times_out(valkey, flush, arun):
     arun(body())
 
 
-def test_call_to_dead_owner_is_not_connected(valkey, flush, arun):
+def test_call_to_dead_owner_is_not_connected(srv, arun):
     async def body():
-        a, front = await worker(valkey.url, "wa"), await api(valkey.url)
+        a, front = await worker(srv.url, "wa"), await api(srv.url)
         await a.claim("CP-A")
         await a.stop()  # deletes its lease: its chargers are offline at once
         try:
@@ -121,9 +132,9 @@ def test_call_to_dead_owner_is_not_connected(valkey, flush, arun):
     arun(body())
 
 
-def test_stale_epoch_fenced(valkey, flush, arun):
+def test_stale_epoch_fenced(srv, arun):
     async def body():
-        a, b = await worker(valkey.url, "wa"), await worker(valkey.url, "wb")
+        a, b = await worker(srv.url, "wa"), await worker(srv.url, "wb")
         try:
             ea = await a.claim("CP-F")
             assert await a.check_fence("CP-F", ea) is True
@@ -138,9 +149,9 @@ def test_stale_epoch_fenced(valkey, flush, arun):
     arun(body())
 
 
-def test_lease_expiry_makes_owner_none(valkey, flush, arun):
+def test_lease_expiry_makes_owner_none(srv, arun):
     async def body():
-        a, front = await worker(valkey.url, "wa", lease_s=1.0), await api(valkey.url)
+        a, front = await worker(srv.url, "wa", lease_s=1.0), await api(srv.url)
         try:
             await a.claim("CP-L")
             assert (await front.owner("CP-L")).worker_id == "wa"
@@ -156,13 +167,13 @@ def test_lease_expiry_makes_owner_none(valkey, flush, arun):
     arun(body())
 
 
-def test_restarted_worker_drops_previous_incarnation(valkey, flush, arun):
+def test_restarted_worker_drops_previous_incarnation(srv, arun):
     async def body():
-        a = await worker(valkey.url, "wa")
+        a = await worker(srv.url, "wa")
         await a.claim("CP-old")
         a._lease_task.cancel()  # crash: nothing cleaned up
         await a._r.aclose()
-        a2 = await worker(valkey.url, "wa")  # same worker id comes back, owns nothing
+        a2 = await worker(srv.url, "wa")  # same worker id comes back, owns nothing
         try:
             assert await a2.owner("CP-old") is None
             assert await a2.connected() == {}
@@ -308,10 +319,10 @@ def test_multi_key_scripts_stay_in_one_slot():
         assert key_slot(owner_key(cid).encode()) == key_slot(epoch_key(cid).encode())
 
 
-def test_events_cross_nodes_and_attach_after_start(valkey, flush, arun):
+def test_events_cross_nodes_and_attach_after_start(srv, arun):
     async def body():
-        front = await api(valkey.url)
-        late = RedisRegistry(valkey.url, lease_s=2.0)
+        front = await api(srv.url)
+        late = RedisRegistry(srv.url, lease_s=2.0)
         await late.start()  # started as API-only, becomes a worker afterwards
         calls = []
 
@@ -322,6 +333,10 @@ def test_events_cross_nodes_and_attach_after_start(valkey, flush, arun):
         late.attach("late", executor, lambda cid, e: None)
         try:
             await late.claim("CP-L")
+            for _ in range(100):  # its channels are subscribed in the background
+                if late._subscribed:
+                    break
+                await asyncio.sleep(0.02)
             deadline = time.monotonic() + 2
             while True:  # its channels are subscribed in the background
                 try:
@@ -400,5 +415,22 @@ def test_garbage_on_worker_channels_is_survived(valkey, flush, arun):
             assert (await front.call("CP-G", "Reset", {}, 2.0))["served_by"] == "wa"
         finally:
             await stop_all(a, front)
+
+    arun(body())
+
+
+def test_claim_burst_queues_instead_of_failing(srv, arun):
+    """500 chargers connecting at once: every claim reaches Redis (no provisional
+    epochs, no connection errors), the pool bounds the connections."""
+
+    async def body():
+        a = await worker(srv.url, "wa")
+        try:
+            epochs = await asyncio.gather(*(a.claim(f"CP-{i}", "ocpp1.6") for i in range(500)))
+            assert a.healthy and not a._dirty
+            got = await a.connected()
+            assert len(got) == 500 and all(got[f"CP-{i}"].epoch == e for i, e in enumerate(epochs))
+        finally:
+            await a.stop()
 
     arun(body())

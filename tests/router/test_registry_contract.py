@@ -35,7 +35,7 @@ def arun(request):
     return run
 
 
-@pytest.fixture(params=["local", "redis", "redis-cluster-mode"])
+@pytest.fixture(params=["local", "redis", "redis-cluster-mode", "redis-cluster"])
 def make(request):
     """``await make()`` -> a started registry with a fake worker attached; stopped after."""
     made: list[Registry] = []
@@ -46,7 +46,8 @@ def make(request):
         else:
             from chargeyard.router.redis_registry import RedisRegistry
 
-            server = "valkey" if request.param == "redis" else "valkey_cluster_mode"
+            server = {"redis": "valkey", "redis-cluster-mode": "valkey_cluster_mode",
+                      "redis-cluster": "valkey_cluster"}[request.param]
             url = request.getfixturevalue(server).url
             reg = RedisRegistry(url, worker_id=worker_id, lease_s=2.0)
         reg.takeovers = []  # type: ignore[attr-defined]
@@ -75,6 +76,8 @@ def make(request):
         r = redis.Redis.from_url(request.getfixturevalue("valkey_cluster_mode").url)
         r.flushall()
         r.close()
+    elif request.param == "redis-cluster":
+        request.getfixturevalue("valkey_cluster").flushall()
     factory.backend = request.param  # type: ignore[attr-defined]
     yield factory
     # registries are stopped inside each test's loop (see `stopping`)
