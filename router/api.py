@@ -65,6 +65,8 @@ class Api:
         r.add_put("/api/v1/id-tags/{tag}", self.put_id_tag)
         r.add_delete("/api/v1/id-tags/{tag}", self.delete_id_tag)
         r.add_get("/api/v1/id-tags/{tag}", self.get_id_tag)
+        r.add_put("/api/v1/tokens/{token}", self.put_token)
+        r.add_delete("/api/v1/tokens/{token}", self.delete_token)
         r.add_get("/metrics", self.metrics)
         r.add_get("/healthz", self.healthz)
         r.add_get("/readyz", self.readyz)
@@ -270,6 +272,32 @@ class Api:
         if status is None:
             return error(404, "not_found", "unknown id tag")
         return ok({"id_tag": tag, "status": status})
+
+    async def put_token(self, request: web.Request) -> web.Response:
+        """Admin: create or replace a token ({"scopes": [...], "chargers": [globs]})."""
+        add = getattr(self.tokens, "add", None)
+        if add is None:
+            return error(409, "read_only", "tokens come from a file here; edit the file")
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(422, "invalid", "body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("scopes"), list):
+            return error(422, "invalid", 'body is {"scopes": ["read"|"command"|"admin", ...], "chargers": [...]}')
+        try:
+            await add(request.match_info["token"], body["scopes"], body.get("chargers", []))
+        except ValueError as exc:
+            return error(422, "invalid", str(exc))
+        return ok({"scopes": body["scopes"], "chargers": body.get("chargers", [])})
+
+    async def delete_token(self, request: web.Request) -> web.Response:
+        """Admin: revoke a token on every node at once (tokens in Redis)."""
+        revoke = getattr(self.tokens, "revoke", None)
+        if revoke is None:
+            return error(409, "read_only", "tokens come from a file here; edit the file")
+        if not await revoke(request.match_info["token"]):
+            return error(404, "not_found", "unknown token")
+        return web.Response(status=204)
 
     async def delete_id_tag(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
