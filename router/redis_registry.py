@@ -230,8 +230,9 @@ class RedisRegistry(Registry):
         self.cluster = url.split("://", 1)[0].endswith("+cluster")
         if self.cluster:
             plain = url.replace("+cluster://", "://", 1)
+            # per-node pools get headroom over the bound for pub/sub connections
             self._r = _Bounded(aioredis.RedisCluster.from_url(
-                plain, max_connections=max_connections, **opts), max_connections)
+                plain, max_connections=max_connections + 64, **opts), max_connections)
             self._ps = self._r  # ClusterPubSub opens its own node connection
         else:
             # Commands share a bounded pool: a reconnect storm of thousands of
