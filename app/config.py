@@ -30,8 +30,8 @@ class Settings:
     accept_unknown_tags: bool = False
     # limits and tuning
     max_frame: int = 64 * 1024
-    rate_limit: float = 50.0          # messages/s per connection (sustained)
-    rate_burst: int = 200             # messages a connection may send at once
+    rate_limit: float = 200.0         # messages/s per connection (sustained)
+    rate_burst: int = 400             # messages a connection may send at once
     max_pending_calls: int = 100      # CSMS->charger calls queued per charger
     call_timeout: float = 30.0        # seconds an operator call waits for the charger
     ping_interval: float = 900.0      # WebSocket ping after this long idle (0: off)
