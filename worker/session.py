@@ -50,7 +50,7 @@ class Session(WSListener):
         self.connected_at = time.time()
         # CSMS -> charger calls: one in flight (OCPP-J), the rest wait their turn
         self._pending: dict[str, tuple[str, asyncio.Future]] = {}
-        self._call_lock = asyncio.Lock()
+        self._call_lock: asyncio.Lock | None = None  # created on the first operator call
         self._queued = 0
         # fragmented messages
         self._frag: bytearray | None = None
@@ -58,7 +58,6 @@ class Session(WSListener):
         self._tokens = float(worker.settings.rate_burst)
         self._last = time.monotonic()
         self._backlog: deque[bytes] | None = None
-        self._warned: set[str] = set()
 
     # -- picows callbacks ------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -284,6 +283,8 @@ class Session(WSListener):
         if self._queued >= self.worker.settings.max_pending_calls:
             raise CallTimeout(f"more than {self._queued} calls already queued for {self.charger_id}")
         deadline = time.monotonic() + timeout
+        if self._call_lock is None:
+            self._call_lock = asyncio.Lock()
         self._queued += 1
         try:
             try:
