@@ -17,9 +17,25 @@ line for room, in order; if none frees within ``add_timeout`` seconds (or the li
 holds ``max_queued`` ops) its future fails with :class:`WriterFull`, so memory stays bounded
 and the charger gets an error instead of a silent drop.
 
+Failure isolation: a store commits a batch all-or-nothing, so one op it rejects (a value
+the schema cannot hold, a bug in one handler) would fail every other charger's message
+in that batch. A failed commit of several ops is therefore retried split in halves,
+depth first and left half first (bisection), so the ops still commit in add order and
+only an op that fails *on its own* gets an exception; every other op is committed and
+its future resolved by the sub-commit that contains it. With k bad ops in a batch of n
+that costs about k*log2(n) extra commits. A store that is down must not turn into n
+single-op commits: isolation gives up and fails the rest of the batch with the last
+error when
+
+* ``ceil(log2 n) + 4`` commits in a row fail with no success in between (a working store
+  reaches a success after one descent to a bad op; only a run of more than three adjacent
+  bad ops looks like an outage), or
+* more than ``isolate_s`` seconds have passed since the batch failed, or the failed batch
+  commit itself took longer than that (timeouts mean "unavailable", not "bad op").
+
 Futures of failed ops have their exception marked as retrieved: fire-and-forget adds
 (Heartbeat, StatusNotification) do not spam "exception was never retrieved"; the
-writer logs each failed commit once.
+writer logs each failed batch once and each op rejected on its own once.
 """
 
 from __future__ import annotations
@@ -50,7 +66,10 @@ class WriterClosed(StoreError):
 
 class BatchWriter:
     """``BatchWriter(store, batch_max=1000, batch_ms=2.0, metrics=None, *, on_commit=None,
-    max_queued=100_000, add_timeout=5.0)``.
+    max_queued=100_000, add_timeout=5.0, isolate_s=1.0)``.
+
+    ``isolate_s``: time budget for isolating the failing ops of a failed batch (0 turns
+    isolation off: a failed commit fails its whole batch).
 
     ``metrics``/``on_commit``: called after every successful commit as
     ``on_commit(rows, seconds)`` (``metrics`` may be that callable or an object with an
@@ -58,7 +77,8 @@ class BatchWriter:
     """
 
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
-                 on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0) -> None:
+                 on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
+                 isolate_s: float = 1.0) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
@@ -66,6 +86,7 @@ class BatchWriter:
         self.batch_s = max(0.0, batch_ms) / 1000.0
         self.max_queued = max_queued
         self.add_timeout = add_timeout
+        self.isolate_s = max(0.0, isolate_s)
         self._hooks: list[OnCommit] = []
         if metrics is not None:
             self._hooks.append(metrics if callable(metrics) else metrics.on_commit)
@@ -85,8 +106,10 @@ class BatchWriter:
         self._closed = False
         # counters for tests and /metrics
         self.commits = 0
-        self.failed_commits = 0
+        self.failed_commits = 0  # every store commit that raised, retries included
         self.rows_committed = 0
+        self.rejected_ops = 0  # ops that failed on their own (isolated from their batch)
+        self.isolations = 0  # failed batches retried in parts
 
     # -- state -------------------------------------------------------------------------
 
@@ -250,30 +273,91 @@ class BatchWriter:
         self._inflight = batch
         started = time.perf_counter()
         try:
-            results = await self.store.apply([item[0] for item in batch])
-            if len(results) != len(batch):
-                raise StoreError(f"store returned {len(results)} results for {len(batch)} ops")
+            results = await self._apply(batch)
         except Exception as exc:
+            took = time.perf_counter() - started
             self.failed_commits += 1
-            log.error("store commit of %d ops failed: %r", len(batch), exc)
+            if len(batch) == 1 or self.isolate_s <= 0 or took > self.isolate_s:
+                log.error("store commit of %d ops failed: %r", len(batch), exc)
+                self._fail(batch, exc)
+                if len(batch) == 1:
+                    self.rejected_ops += 1
+            else:
+                log.error("store commit of %d ops failed: %r; retrying in parts to isolate the failing ops",
+                          len(batch), exc)
+                await self._isolate(batch, exc)
             self._inflight = []
-            self._fail(batch, exc)
             self._notify_flush()
             return
-        seconds = time.perf_counter() - started
         self._inflight = []
-        for item, result in zip(batch, results):
+        self._resolve(batch, results, time.perf_counter() - started)
+        self._notify_flush()
+
+    async def _apply(self, items: list[tuple[Op, asyncio.Future, float, int]]) -> list[Any]:
+        results = await self.store.apply([item[0] for item in items])
+        if len(results) != len(items):
+            raise StoreError(f"store returned {len(results)} results for {len(items)} ops")
+        return results
+
+    def _resolve(self, items: list[tuple[Op, asyncio.Future, float, int]], results: list[Any],
+                 seconds: float) -> None:
+        for item, result in zip(items, results):
             fut = item[1]
             if not fut.done():
                 fut.set_result(result)
         self.commits += 1
-        self.rows_committed += len(batch)
-        self._notify_flush()
+        self.rows_committed += len(items)
         for hook in self._hooks:
             try:
-                hook(len(batch), seconds)
+                hook(len(items), seconds)
             except Exception:
                 log.exception("on_commit hook failed")
+
+    async def _isolate(self, batch: list[tuple[Op, asyncio.Future, float, int]], exc: Exception) -> None:
+        """Bisect a failed batch (all-or-nothing, so nothing of it is applied): commit its
+        parts depth first, left before right (add order), until each failing op stands
+        alone. Gives up on an apparently dead store (see the module docstring)."""
+        self.isolations += 1
+        deadline = time.perf_counter() + self.isolate_s
+        max_streak = (len(batch) - 1).bit_length() + 4  # ceil(log2 n) + 4
+        streak = 1  # failed commits since the last success, the whole batch included
+        rejected = probes = 0
+        last = exc
+        mid = len(batch) // 2
+        stack = [batch[mid:], batch[:mid]]  # popped from the end: left half first
+        while stack:
+            if streak > max_streak or time.perf_counter() > deadline:
+                rest = [item for part in reversed(stack) for item in part]
+                why = (f"{streak} commits failed in a row" if streak > max_streak
+                       else f"isolation took over {self.isolate_s} s")
+                log.error("store looks unavailable (%s): failing the %d remaining ops of the batch: %r",
+                          why, len(rest), last)
+                self._fail(rest, last)
+                break
+            part = stack.pop()
+            probes += 1
+            started = time.perf_counter()
+            try:
+                results = await self._apply(part)
+            except Exception as e:
+                self.failed_commits += 1
+                streak += 1
+                last = e
+                if len(part) == 1:
+                    op = part[0][0]
+                    log.warning("store rejected %s of %s on its own: %r", type(op).__name__,
+                                getattr(op, "charger_id", "?"), e)
+                    self._fail(part, e)
+                    rejected += 1
+                else:
+                    mid = len(part) // 2
+                    stack.append(part[mid:])
+                    stack.append(part[:mid])
+                continue
+            streak = 0
+            self._resolve(part, results, time.perf_counter() - started)
+        self.rejected_ops += rejected
+        log.warning("isolated %d failing op(s) of a batch of %d in %d retries", rejected, len(batch), probes)
 
     # -- helpers ---------------------------------------------------------------------------
 

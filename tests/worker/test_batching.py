@@ -1,5 +1,5 @@
 """BatchWriter against a real SqliteStore: group commit, reply-after-commit, idle latency,
-failures, back-pressure, flush/close. Every test runs on asyncio and on uvloop."""
+failures and their isolation, back-pressure, flush/close. Every test runs on asyncio and on uvloop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from chargeyard.store.base import ChargerSeen, MeterSample, StartTransaction, StopTransaction, StoreError
+from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
+                                   StoreError)
 from chargeyard.store.sqlite import SqliteStore
 from chargeyard.worker.batching import BatchWriter, WriterClosed, WriterFull
 
@@ -155,7 +156,7 @@ def test_failed_commit_fails_its_futures_and_writer_recovers(tmp_path, run):
     async def main():
         store = await _open(tmp_path)
         rec = Recording(store)
-        w = BatchWriter(rec)
+        w = BatchWriter(rec, isolate_s=0)  # no isolation: a failed commit fails its whole batch
         await w.start()
         rec.fail_next = 1
         futs = [w.add(StartTransaction("CP1", str(i), 1, "T", float(i), T0)) for i in range(5)]
@@ -170,6 +171,200 @@ def test_failed_commit_fails_its_futures_and_writer_recovers(tmp_path, run):
         await w.close()
         await store.close()
     run(main())
+
+
+def test_transient_commit_failure_is_retried_in_parts(tmp_path, run):
+    async def main():
+        store = await _open(tmp_path)
+        rec = Recording(store)
+        w = BatchWriter(rec)
+        await w.start()
+        rec.fail_next = 1  # the batch fails once; its halves commit
+        futs = [w.add(StartTransaction("CP1", str(i), 1, "T", float(i), T0)) for i in range(6)]
+        assert await asyncio.gather(*futs) == [str(i) for i in range(6)]
+        assert rec.batches == [3, 3] and w.failed_commits == 1 and w.rejected_ops == 0
+        await w.close()
+        await store.close()
+    run(main())
+
+
+# -- failure isolation: one bad op must not fail the other chargers' messages ----------
+
+MAGIC = 666.25  # never one of the ordinary readings (integers)
+
+
+class RejectingStore(SqliteStore):
+    """The real SqliteStore, which also refuses (all-or-nothing, like a constraint) any
+    batch holding a MeterSample whose reading is MAGIC; records what it committed."""
+
+    def __init__(self, path, **kw) -> None:
+        super().__init__(path, **kw)
+        self.calls = 0
+        self.applied: list = []
+
+    async def apply(self, ops):
+        self.calls += 1
+        if any(type(o) is MeterSample and o.energy_wh == MAGIC for o in ops):
+            raise StoreError("sqlite: CHECK constraint failed: magic reading")
+        results = await super().apply(ops)
+        self.applied.extend(ops)
+        return results
+
+
+def _ops(n: int, bad: set[int]) -> list:
+    """n ops over 7 chargers: readings, plus a status per op with the same timestamp so
+    the last one applied wins (shows the order the store saw)."""
+    ops = []
+    for i in range(n):
+        if i in bad:
+            ops.append(MeterSample(f"CP{i % 7}", "", T0 + dt.timedelta(seconds=i), MAGIC, 1))
+        elif i % 2:
+            ops.append(ConnectorStatus(f"CP{i % 7}", 0, 1, f"S{i}", "NoError", T0))
+        else:
+            ops.append(MeterSample(f"CP{i % 7}", "", T0 + dt.timedelta(seconds=i), float(i), 1))
+    return ops
+
+
+@pytest.mark.parametrize("bad", [{0}, {537}, {999}, {0, 1, 2}, {100, 101, 700}, set(range(0, 1000, 50))],
+                         ids=["first", "middle", "last", "adjacent", "spread", "twenty"])
+def test_rejected_op_fails_alone_and_the_rest_commit_in_order(tmp_path, run, bad):
+    async def main():
+        store = RejectingStore(tmp_path / "r.db")
+        await store.open()
+        w = BatchWriter(store, batch_max=1000)
+        await w.start()
+        ops = _ops(1000, bad)
+        futs = [w.add(op) for op in ops]  # all queued before the sender runs: one batch
+        results = await asyncio.gather(*futs, return_exceptions=True)
+        failed = {i for i, r in enumerate(results) if isinstance(r, Exception)}
+        assert failed == bad
+        assert all(isinstance(results[i], StoreError) and "magic" in str(results[i]) for i in bad)
+        assert all(results[i] is None for i in range(1000) if i not in bad)
+        # everything else was committed, in add order
+        assert store.applied == [op for i, op in enumerate(ops) if i not in bad]
+        assert w.rejected_ops == len(bad) and w.rows_committed == 1000 - len(bad)
+        # cost: about log2(n) commits per bad op, not n
+        assert store.calls <= 1 + len(bad) * 2 * 10 + 2, store.calls
+        for c in range(7):
+            charger = await store.get_charger(f"CP{c}")
+            last = max(i for i in range(c, 1000, 7) if i % 2 and i not in bad)
+            assert charger["connectors"][0]["status"] == f"S{last}"
+        # ops added during the isolation commit after it, and the writer carries on
+        assert await w.add(ChargerSeen("CP1", T0)) is None
+        await w.close()
+        await store.close()
+    run(main())
+
+
+def test_op_the_schema_cannot_hold_fails_alone(tmp_path, run):
+    async def main():  # no wrapper at all: SQLite itself refuses these
+        store = await _open(tmp_path)
+        w = BatchWriter(store)
+        await w.start()
+        await w.add(StartTransaction("CP1", "1", 1, "T", 0.0, T0))
+        ops = [MeterSample("CP1", "1", T0 + dt.timedelta(seconds=i), float(i), 1) for i in range(1, 201)]
+        ops[50] = MeterSample("CP1", "1", T0 + dt.timedelta(seconds=51), float("nan"), 1)  # NOT NULL
+        ops[120] = MeterSample("CP2", "", T0, 1.0, 2**63)  # beyond INTEGER
+        results = await asyncio.gather(*(w.add(op) for op in ops), return_exceptions=True)
+        assert [i for i, r in enumerate(results) if isinstance(r, StoreError)] == [50, 120]
+        assert len(await store.list_meter_samples("CP1", "1")) == 198  # 200 less the two bad ones
+        assert (await store.get_transaction("CP1", "1"))["energy_wh"] == 200.0
+        await w.close()
+        await store.close()
+    run(main())
+
+
+def test_closed_store_fails_the_whole_batch_promptly(tmp_path, run):
+    async def main():
+        store = RejectingStore(tmp_path / "c.db")
+        await store.open()
+        await store.close()  # every commit now fails: "store is not open"
+        w = BatchWriter(store, batch_max=1000)
+        await w.start()
+        t = time.perf_counter()
+        results = await asyncio.gather(*(w.add(op) for op in _ops(1000, set())), return_exceptions=True)
+        took = time.perf_counter() - t
+        assert all(isinstance(r, StoreError) and "not open" in str(r) for r in results)
+        assert store.calls <= 10 + 5 + 1, store.calls  # ceil(log2 1000) + 4 failures, then give up
+        assert took < 0.5, took
+        # the next batch is not retried forever either
+        more = await asyncio.gather(*(w.add(op) for op in _ops(300, set())), return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in more)
+        await w.close()
+    run(main())
+
+
+class SlowFailingStore(RejectingStore):
+    """Every commit fails after ``delay`` seconds (a cluster timing out)."""
+
+    delay = 0.05
+
+    async def apply(self, ops):
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        raise StoreError("timed out")
+
+
+def test_slow_failing_store_is_bounded_by_isolate_s(tmp_path, run):
+    async def main():
+        store = SlowFailingStore(tmp_path / "s.db")
+        w = BatchWriter(store, batch_max=1000, isolate_s=0.2)
+        await w.start()
+        t = time.perf_counter()
+        results = await asyncio.gather(*(w.add(op) for op in _ops(1000, set())), return_exceptions=True)
+        took = time.perf_counter() - t
+        assert all(isinstance(r, StoreError) for r in results)
+        assert took < 0.2 + 0.05 * 3 + 0.3, took  # the budget, the batch, one probe, slack
+        assert store.calls <= 6, store.calls
+        # a batch whose own commit took longer than isolate_s is not retried at all
+        store.delay = 0.25
+        store.calls = 0
+        results = await asyncio.gather(*(w.add(op) for op in _ops(100, set())), return_exceptions=True)
+        assert all(isinstance(r, StoreError) for r in results) and store.calls == 1
+        await w.close()
+    run(main())
+
+
+@pytest.mark.slow
+def test_isolation_cost_on_1000_meter_samples(tmp_path, run):
+    """What one bad op (a NaN reading SQLite refuses mid-transaction) costs a batch of
+    1000 MeterSample, against a clean batch (-s to see the figures)."""
+    rounds = 5
+
+    async def main():
+        store = await _open(tmp_path, "p.db")
+        calls = 0
+        real_apply = store.apply
+
+        async def counting(ops):
+            nonlocal calls
+            calls += 1
+            return await real_apply(ops)
+        store.apply = counting  # type: ignore[method-assign]
+        w = BatchWriter(store, batch_max=1000)
+        await w.start()
+        await w.add(StartTransaction("CP0", "1", 1, "T", 0.0, T0))
+        out: dict[str, list[tuple[float, int]]] = {"clean": [], "one bad op": []}
+        k = 0
+        for _ in range(rounds):
+            for label, bad in (("clean", -1), ("one bad op", 500)):
+                k += 1
+                ops = [MeterSample(f"CP{i % 50}", "1" if i % 50 == 0 else "", T0 + dt.timedelta(seconds=k * 2000 + i),
+                                   float("nan") if i == bad else float(i), 1) for i in range(1000)]
+                before = calls
+                t = time.perf_counter()
+                results = await asyncio.gather(*(w.add(op) for op in ops), return_exceptions=True)
+                out[label].append((time.perf_counter() - t, calls - before))
+                assert sum(isinstance(r, Exception) for r in results) == (bad >= 0)
+        await w.close()
+        await store.close()
+        return out
+    out = run(main())
+    for label, rows in out.items():
+        print(f"\n1000 MeterSample, {label}: median {statistics.median(r[0] for r in rows) * 1000:.1f} ms "
+              f"(max {max(r[0] for r in rows) * 1000:.1f}), {rows[0][1]} store commits")
+    assert all(r[1] == 1 for r in out["clean"])
+    assert all(r[1] <= 2 * 10 + 1 for r in out["one bad op"])
 
 
 def test_close_flushes_and_refuses_new_ops(tmp_path, run):
