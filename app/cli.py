@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("run", "worker", "api"):
         from .node import run
 
-        run(settings, worker=args.cmd in ("run", "worker"), api=args.cmd in ("run", "api"))
+        # every node serves the operator API, /metrics and the probes on --http-port
+        run(settings, worker=args.cmd in ("run", "worker"), api=True)
         return 0
     if args.cmd == "cluster":
         from .cluster import main as cluster_main
