@@ -27,6 +27,7 @@ import math
 import os
 import random
 import resource
+import socket
 import sys
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from . import frames
 
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 TEXT = WSMsgType.TEXT
 CLOSE = WSMsgType.CLOSE
 monotonic = time.monotonic
@@ -119,6 +121,8 @@ class Charger(WSListener):
             self.gen.on_other(self, data)
 
     def on_ws_disconnected(self, transport):
+        if transport is not self.t:  # a late callback from a connection we already dropped
+            return
         self.t = None
         self.gen.on_disconnected(self)
 
@@ -256,6 +260,8 @@ class Generator:
         return task
 
     async def request(self, ch: Charger, action: str, payload: dict) -> bytes:
+        if ch.t is None:
+            raise ConnectionError("closed by the server")
         ch.n += 1
         mid = b"%d" % ch.n
         fut = self.loop.create_future()
@@ -263,12 +269,25 @@ class Generator:
         ch.t.send(TEXT, frames.call(action, payload, mid))
         return await asyncio.wait_for(fut, self.req_timeout)
 
+    def new_socket(self, _url) -> socket.socket:
+        """A socket bound to this worker's source address; picows connects it.
+
+        Passing a socket (not host/port) skips getaddrinfo in the executor, which
+        otherwise dominates the generator's cost in a reconnect storm.
+        """
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.local_ip:
+            # choose the port at connect() time, per destination, not at bind()
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((self.local_ip, 0))
+        return s
+
     async def connect(self, ch: Charger, first_delay: float = 0.0, deadline: float = 0.0,
                       sem: asyncio.Semaphore | None = None) -> bool:
         attempt = 0
         if first_delay > 0:
             await asyncio.sleep(first_delay)
-        kwargs = {"local_addr": (self.local_ip, 0)} if self.local_ip else {}
         while not self.stopping:
             try:
                 if sem is not None:
@@ -279,7 +298,7 @@ class Generator:
                         extra_headers={"Sec-WebSocket-Protocol": self.protocol},
                         websocket_handshake_timeout=self.hs_timeout,
                         read_buffer_init_size=self.read_buffer,
-                        max_frame_size=1 << 20, **kwargs)
+                        max_frame_size=1 << 20, socket_factory=self.new_socket)
                     await self.request(ch, *frames.boot(self.protocol))
                     await self.request(ch, *frames.status(self.protocol,
                                                           "Charging" if ch.tx_id else "Available"))
@@ -304,7 +323,8 @@ class Generator:
                 ch.waiter = None
                 ch.mid = None
                 if ch.t is not None:
-                    ch.t.disconnect(graceful=False)
+                    t, ch.t = ch.t, None
+                    t.disconnect(graceful=False)
                 delay = min(self.bo_max, self.bo_initial * 2 ** attempt) * \
                     (1 + self.bo_jitter * random.random())
                 attempt += 1

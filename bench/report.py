@@ -217,6 +217,10 @@ def markdown(results: dict) -> str:
         if mem.get("note"):
             notes.append(f"- {s['label']}: {mem['note']}")
         for st in (s.get("storm") or {}, mem.get("storm") or {}):
+            if (st.get("gen_util") or 0) >= 0.85:
+                notes.append(f"- {s['label']} storm of {st['chargers']:,}: the generator's core "
+                             f"was {st['gen_util']:.0%} busy, so the absorb time is an upper "
+                             f"bound for this server.")
             if st.get("connect_errors"):
                 notes.append(f"- {s['label']} storm of {st['chargers']:,}: connect errors "
                              f"{st['connect_errors']} (retried with back-off)")

@@ -427,12 +427,18 @@ def measure_storm(srv, pool, timeout: float) -> dict:
     done = [r["storm_done_at"] for r in res]
     complete = all(d is not None for d in done)
     absorb = (max(done) - at) if complete else None
+    elapsed = max(r["wall_s"] for r in res)
+    gen_cpu = sum(r["cpu_s"] for r in res)
     errs: dict[str, int] = {}
     for r in res:
         for k, v in r.get("connect_errors", {}).items():
             errs[k] = errs.get(k, 0) + v
     return {"chargers": target, "reconnected": ready, "complete": complete,
-            "absorb_s": absorb, "reconnects_per_s": target / absorb if absorb else None,
+            "absorb_s": absorb,
+            # when incomplete: what came back within the timeout, per second
+            "reconnects_per_s": (target / absorb if absorb else ready / elapsed
+                                 if elapsed else None),
+            "gen_util": gen_cpu / elapsed if elapsed else None,
             "server_cpu_s": cpu1 - cpu0,
             "cpu_us_per_reconnect": (cpu1 - cpu0) * 1e6 / max(1, ready),
             "connect_errors": errs}
