@@ -2,9 +2,11 @@
 
 valkey-server (unless ``--redis-url``), N ``chargeyard worker`` processes, one
 ``chargeyard api`` and nginx in front (ADR 0003): chargers use ``--ws-port``, the
-operator API ``--http-port``, exactly as with ``chargeyard run``. Everything else
-the processes write lives under ``<data-dir>/cluster``. Ctrl-C (or SIGTERM) stops
-it in order: nginx, workers (they drain), the API, valkey.
+operator API ``--http-port``, exactly as with ``chargeyard run``; nginx spreads API
+requests over every node (each worker serves the API too). A worker or the API
+node that dies is restarted after a second with the same worker id and ports.
+Everything else the processes write lives under ``<data-dir>/cluster``. Ctrl-C (or
+SIGTERM) stops it in order: nginx, workers (they drain), the API, valkey.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import fields
+import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +43,24 @@ def child_env(settings: Settings, base: dict[str, str] | None = None) -> dict[st
     return env
 
 
+@dataclass
+class _NodeSpec:
+    """What a node is started with: kept so a restart reuses the same id and ports."""
+    cmd: str
+    name: str
+    ws_port: int
+    http_port: int
+    worker_id: str = ""
+
+
 class Cluster:
-    """Start/stop the processes; usable from tests (``with Cluster(...) as c``)."""
+    """Start/stop the processes; usable from tests (``with Cluster(...) as c``).
+
+    A worker (or the API node) that dies is started again after ``restart_delay``
+    seconds with the same worker id and ports (``None``: no supervision)."""
 
     def __init__(self, settings: Settings, workers: int = 3, *, python: str = sys.executable,
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, restart_delay: float | None = 1.0) -> None:
         if workers < 1:
             raise ValueError("--workers must be at least 1")
         self.settings = settings
@@ -57,17 +73,30 @@ class Cluster:
         self.workers: list[procs.Proc] = []
         self.api: procs.Proc | None = None
         self.nginx: procs.Proc | None = None
+        self.specs: list[_NodeSpec] = []
+        self.api_spec: _NodeSpec | None = None
+        self.restart_delay = restart_delay
+        self.restarts: list[tuple[str, float]] = []  # (name, monotonic time) per restart
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
 
-    def _node(self, cmd: str, name: str, ws_port: int, http_port: int, wait_port: int,
-              worker_id: str | None = None) -> procs.Proc:
-        argv = [self.python, "-m", "chargeyard.cli", cmd, "--host", "127.0.0.1",
-                "--ws-port", str(ws_port), "--http-port", str(http_port),
+    def _node(self, spec: _NodeSpec) -> procs.Proc:
+        argv = [self.python, "-m", "chargeyard.cli", spec.cmd, "--host", "127.0.0.1",
+                "--ws-port", str(spec.ws_port), "--http-port", str(spec.http_port),
                 "--redis-url", self.redis_url]
-        if worker_id:
-            argv += ["--worker-id", worker_id]
-        return procs.start_process(argv, name=name, port=wait_port, env=child_env(self.settings),
-                                   log_path=self.run_dir / f"{name}.log",
+        if spec.worker_id:
+            argv += ["--worker-id", spec.worker_id]
+        wait = spec.ws_port if spec.cmd == "worker" else spec.http_port
+        proc = procs.start_process(argv, name=spec.name, port=wait, env=child_env(self.settings),
+                                   log_path=self.run_dir / f"{spec.name}.log",
                                    timeout=self.start_timeout)
+        try:  # every node serves the operator API: wait for that listener too
+            procs.wait_port("127.0.0.1", spec.http_port, self.start_timeout, proc.popen)
+        except BaseException as exc:
+            proc.stop(1.0)
+            raise RuntimeError(f"{spec.name} did not start: {exc}\n{proc.log_tail()}") from exc
+        return proc
 
     def start(self) -> Cluster:
         s = self.settings
@@ -77,26 +106,84 @@ class Cluster:
                 self.valkey = procs.start_valkey(self.run_dir / "valkey")
                 self.redis_url = f"redis://127.0.0.1:{self.valkey.port}/0"
             for i in range(1, self.n_workers + 1):
-                ws = procs.free_port()
-                self.workers.append(self._node("worker", f"worker-{i}", ws, procs.free_port(), ws,
-                                               worker_id=f"w{i}"))
-            api_port = procs.free_port()
-            self.api = self._node("api", "api", procs.free_port(), api_port, api_port)
+                spec = _NodeSpec("worker", f"worker-{i}", procs.free_port(), procs.free_port(), f"w{i}")
+                self.specs.append(spec)
+                self.workers.append(self._node(spec))
+            self.api_spec = _NodeSpec("api", "api", procs.free_port(), procs.free_port())
+            self.api = self._node(self.api_spec)
             conf = self.run_dir / "nginx.conf"
+            # chargers: hashed over the workers; the API: any node (workers serve it too)
+            api_upstreams = [f"127.0.0.1:{sp.http_port}" for sp in (*self.specs, self.api_spec)]
             conf.write_text(nginx_config.render(
-                [f"127.0.0.1:{w.port}" for w in self.workers], f"{s.host}:{s.ws_port}",
-                [f"127.0.0.1:{api_port}"], f"{s.host}:{s.http_port}",
+                [f"127.0.0.1:{sp.ws_port}" for sp in self.specs], f"{s.host}:{s.ws_port}",
+                api_upstreams, f"{s.host}:{s.http_port}",
                 run_dir=self.run_dir / "nginx", worker_connections=4096))
             self.nginx = procs.start_nginx(conf, self.run_dir / "nginx", s.ws_port, s.host)
         except BaseException:
             self.stop()
             raise
+        if self.restart_delay is not None:
+            self._supervisor = threading.Thread(target=self._supervise, name="cluster-supervisor",
+                                                daemon=True)
+            self._supervisor.start()
         return self
+
+    # -- supervision: a node that dies is started again with the same id and ports --
+
+    def _supervise(self) -> None:
+        died: dict[str, float] = {}  # name -> when it was seen dead
+        while not self._stopping.wait(0.1):
+            slots = [(i, self.specs[i], w) for i, w in enumerate(self.workers)]
+            if self.api is not None and self.api_spec is not None:
+                slots.append((-1, self.api_spec, self.api))
+            for i, spec, proc in slots:
+                if proc.running:
+                    continue
+                now = time.monotonic()
+                if spec.name not in died:
+                    died[spec.name] = now
+                    log.warning("%s (pid %d) exited with %s; restarting in %.1fs (same id and ports)",
+                                spec.name, proc.pid, proc.popen.returncode, self.restart_delay)
+                    continue
+                if now - died[spec.name] < self.restart_delay:
+                    continue
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        new = self._node(spec)
+                    except (RuntimeError, TimeoutError, OSError) as exc:
+                        log.error("restarting %s failed: %s; trying again", spec.name, exc)
+                        died[spec.name] = time.monotonic()
+                        continue
+                    if i >= 0:
+                        self.workers[i] = new
+                    else:
+                        self.api = new
+                del died[spec.name]
+                self.restarts.append((spec.name, time.monotonic()))
+                log.warning("%s restarted (pid %d, worker id %s, ws %d, http %d)", spec.name, new.pid,
+                            spec.worker_id or "-", spec.ws_port, spec.http_port)
+
+    def restart_valkey(self) -> procs.Proc:
+        """Start the cluster's own valkey again on the same port (after it died)."""
+        if self.valkey is None:
+            raise RuntimeError("valkey is external (--redis-url)")
+        self.valkey.kill()
+        self.valkey = procs.start_valkey(self.run_dir / "valkey", port=self.valkey.port)
+        return self.valkey
 
     def children(self) -> list[procs.Proc]:
         return [p for p in (self.nginx, *self.workers, self.api, self.valkey) if p is not None]
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(self.start_timeout + 10)
+        with self._lock:
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         grace = self.settings.drain_timeout + 5
         for p in [self.nginx]:
             if p is not None:
@@ -115,7 +202,8 @@ class Cluster:
         s = self.settings
         lines = [f"chargers: ws://{s.host}:{s.ws_port}/ocpp/{{charger_id}} -> "
                  f"{len(self.workers)} workers (nginx, hash on charger id)",
-                 f"operator API: http://{s.host}:{s.http_port}/api/v1 (metrics: /metrics)",
+                 f"operator API: http://{s.host}:{s.http_port}/api/v1 (metrics: /metrics) -> "
+                 f"{len(self.workers) + 1} nodes (every worker, and the API node)",
                  f"registry: {self.redis_url}",
                  f"logs: {self.run_dir}"]
         return "\n".join(lines)
@@ -147,7 +235,9 @@ def main(settings: Settings, workers: int = 3) -> int:
     print(cluster.banner(), flush=True)
     try:
         while not stop.wait(0.5):
-            dead = [p for p in cluster.children() if not p.running]
+            # workers and the API node are restarted by the supervisor; nginx or
+            # valkey gone means the cluster cannot work: stop everything
+            dead = [p for p in (cluster.nginx, cluster.valkey) if p is not None and not p.running]
             if dead:
                 reason[0] = ", ".join(f"{p.name} exited ({p.popen.returncode})" for p in dead)
                 log.error("cluster: %s; stopping (see %s)", reason[0], cluster.run_dir)

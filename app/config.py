@@ -42,6 +42,7 @@ class Settings:
     batch_ms: float = 2.0
     batch_max: int = 1000
     drain_timeout: float = 10.0
+    lease: float = 10.0               # seconds a worker's registry lease lives without renewal
     leniency_file: str = ""
     log_level: str = "info"
     api_host: str = ""                # default: --host when tokens are configured, else 127.0.0.1
@@ -65,6 +66,7 @@ HELP = {
     "tokens_file": "JSON file of API bearer tokens and their scopes",
     "accept_unknown_tags": "authorize id tags that are not in the list",
     "max_frame": "largest accepted WebSocket message in bytes (bigger: close 1009)",
+    "lease": "seconds a worker's ownership lease lives in Redis (renewed every lease/3)",
     "leniency_file": "TOML file of per-model leniency profiles",
 }
 

@@ -1,6 +1,7 @@
 """Render the nginx front for a cluster (``chargeyard nginx-config``).
 
-The template lives in ``nginx/chargeyard.conf.template``; ``render`` fills in the
+The template lives in ``nginx/chargeyard.conf.template`` and ships in the wheel as
+package data of ``chargeyard.nginx``; ``render`` fills in the
 worker and API upstreams, the listen addresses and the run dir that holds every
 file nginx writes (pid, logs, temp), so it runs as any user.
 """
@@ -14,7 +15,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / "chargeyard.conf.template"
+_NAME = "chargeyard.conf.template"
+# the source tree (editable installs map only the packages they knew at install time)
+_SOURCE_TEMPLATE = Path(__file__).resolve().parent.parent / "nginx" / _NAME
+
+
+def default_template() -> Path:
+    """The packaged template (``chargeyard.nginx``), else the one in the source tree."""
+    try:
+        from importlib.resources import files
+
+        res = files("chargeyard.nginx") / _NAME
+        if res.is_file():
+            return Path(str(res))
+    except (ModuleNotFoundError, TypeError, NotADirectoryError):
+        pass
+    if _SOURCE_TEMPLATE.is_file():
+        return _SOURCE_TEMPLATE
+    raise FileNotFoundError(f"nginx template {_NAME} not found (broken install?)")
+
+
+TEMPLATE = _SOURCE_TEMPLATE  # kept for callers that read the path; render() uses default_template()
 
 _ADDR = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):\d{1,5}$|^unix:/\S+$")
 
@@ -49,7 +70,7 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
     if not api_upstreams:
         raise ValueError("at least one API upstream is needed")
     run = Path(run_dir).resolve()
-    text = Path(template or TEMPLATE).read_text()
+    text = Path(template or default_template()).read_text()
     values = {
         "DAEMON": "on" if daemon else "off",
         "WORKER_PROCESSES": str(worker_processes),
@@ -59,7 +80,9 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
         "ACCESS_LOG": f"{run}/access.log" if access_log else "off",
         "WORKER_SERVERS": "\n".join(
             f"        server {_check_addr(w)} max_fails=1 fail_timeout=5s;" for w in workers),
-        "API_SERVERS": "\n".join(f"        server {_check_addr(a)};" for a in api_upstreams),
+        # every node serves the API: one that is down is skipped for a few seconds
+        "API_SERVERS": "\n".join(
+            f"        server {_check_addr(a)} max_fails=1 fail_timeout=2s;" for a in api_upstreams),
         "LISTEN_WS": _listen(listen_ws),
         "LISTEN_HTTP": _listen(listen_http),
         "WS_TIMEOUT": ws_timeout,

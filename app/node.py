@@ -29,7 +29,9 @@ def make_registry(s: Settings) -> Any:
         return LocalRegistry(s.worker_id)
     from chargeyard.router.redis_registry import RedisRegistry
 
-    return RedisRegistry(s.redis_url, worker_id=s.worker_id)
+    if not s.lease > 0:
+        raise SystemExit(f"--lease must be a positive number of seconds, not {s.lease}")
+    return RedisRegistry(s.redis_url, worker_id=s.worker_id, lease_s=s.lease)
 
 
 def make_tokens(s: Settings) -> Any:

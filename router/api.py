@@ -120,6 +120,7 @@ class Api:
             return error(401, "unauthenticated", "missing or unknown bearer token")
         if verdict != "ok":
             return error(403, "forbidden", f"token lacks scope {scope!r} for this resource")
+        request["token"] = token  # list endpoints filter by the token's charger ACL
         return await handler(request)
 
     # -- endpoints ---------------------------------------------------------------------
@@ -155,8 +156,20 @@ class Api:
         owners = await self._connected()
         for cid in owners:
             rows.setdefault(cid, {"id": cid})
-        items = [self._charger_view(r, owners.get(cid)) for cid, r in sorted(rows.items())]
+        covers = await self._acl(request)
+        items = [self._charger_view(r, owners.get(cid)) for cid, r in sorted(rows.items())
+                 if covers is None or covers(cid)]
         return ok({"items": items})
+
+    async def _acl(self, request: web.Request) -> Callable[[str], bool] | None:
+        """The token's ``Grant.covers`` when it has a charger ACL, else None (all)."""
+        token = request.get("token")
+        if self.tokens is None or not token:
+            return None
+        grant = await self.tokens.grant(token)
+        if grant is None or not grant.chargers:
+            return None
+        return grant.covers
 
     async def get_charger(self, request: web.Request) -> web.Response:
         cid = request.match_info["id"]

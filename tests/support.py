@@ -132,3 +132,73 @@ async def api_call(base: str, method: str, path: str, body: object = None, timeo
                 return r.status, json.loads(text) if text else None
             except ValueError:
                 return r.status, text
+
+
+class ClusterProc(NodeProc):
+    """``chargeyard cluster`` (valkey, N workers, the API node, nginx) run from the test
+    process, with NodeProc's interface: ``ws(cid)`` and ``url(path)`` go through nginx.
+    ``workers``/``api`` are the nodes (``chargeyard.procs.Proc``); ``node_url(i, path)``
+    addresses one node's own HTTP port directly (0..N-1: workers, N: the API node)."""
+
+    def __init__(self, data_dir: Path, workers: int = 3, *, restart_delay: float | None = 1.0,
+                 **settings: object) -> None:
+        super().__init__(data_dir)
+        self.n_workers = workers
+        self.restart_delay = restart_delay
+        self.settings_kw = settings
+        self.cluster = None
+
+    def start(self, timeout: float = 60.0) -> ClusterProc:
+        from chargeyard import procs
+        from chargeyard.cluster import Cluster
+        from chargeyard.config import Settings
+
+        procs.find_valkey_server()  # FileNotFoundError: the caller decides to skip
+        procs.find_nginx()
+        s = Settings(data_dir=str(self.data_dir), ws_port=self.ws_port, http_port=self.http_port,
+                     **self.settings_kw)  # type: ignore[arg-type]
+        self.cluster = Cluster(s, workers=self.n_workers, start_timeout=timeout,
+                               restart_delay=self.restart_delay)
+        self.cluster.start()
+        deadline = time.monotonic() + timeout
+        while True:  # nginx up and every node ready behind it
+            try:
+                if all(self.node_get(i, "/readyz", timeout=2)[0] == 200 for i in range(self.n_workers + 1)):
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("cluster did not become ready")
+            time.sleep(0.1)
+
+    @property
+    def workers(self) -> list:
+        return self.cluster.workers
+
+    @property
+    def api(self):
+        return self.cluster.api
+
+    def node_ports(self) -> list[int]:
+        """Every node's HTTP port: the workers', then the API node's."""
+        c = self.cluster
+        return [sp.http_port for sp in c.specs] + [c.api_spec.http_port]
+
+    def node_url(self, i: int, path: str) -> str:
+        return f"http://127.0.0.1:{self.node_ports()[i]}{path}"
+
+    def node_get(self, i: int, path: str, timeout: float = 10) -> tuple[int, object]:
+        try:
+            with urllib.request.urlopen(self.node_url(i, path), timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, None
+
+    def kill(self) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        return 0

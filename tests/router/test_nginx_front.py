@@ -19,7 +19,7 @@ def test_render_fills_everything(tmp_path):
     assert "@@" not in text
     assert "hash $charger_id consistent;" in text
     assert "server 10.0.0.1:9000" in text and "server 10.0.0.2:9000" in text
-    assert "server 10.0.1.1:8080;" in text
+    assert "server 10.0.1.1:8080 " in text
     assert f"pid {tmp_path.resolve()}/nginx.pid;" in text
     assert "access_log off;" in text and "proxy_read_timeout 3600s;" in text
     with pytest.raises(ValueError):

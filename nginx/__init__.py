@@ -1,0 +1,1 @@
+"""The nginx front template, shipped as package data (``chargeyard nginx-config``)."""
