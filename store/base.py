@@ -141,7 +141,9 @@ class Store(ABC):
 
     @abstractmethod
     async def apply(self, ops: list[Op]) -> list[Any]:
-        """Commit all ``ops`` atomically, in order; one result per op (see each op).
+        """Commit all ``ops`` in order; one result per op (see each op). SQLite commits the
+        batch atomically; backends that cannot (ScyllaDB) rely on every op being idempotent,
+        so a retried batch converges to the same state.
         Returns only once the batch is durable; on any failure nothing of it is applied
         and :class:`StoreError` is raised."""
 
