@@ -73,19 +73,8 @@ class Reply:
 
 
 def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:
-    """A future resolved with ``response`` once every future in ``futs`` succeeded."""
-    if len(futs) == 1:
-        out = asyncio.get_running_loop().create_future()
-
-        def one(f: asyncio.Future) -> None:
-            if f.cancelled():
-                out.cancel()
-            elif f.exception() is not None:
-                out.set_exception(f.exception())  # type: ignore[arg-type]
-            else:
-                out.set_result(response)
-        futs[0].add_done_callback(one)
-        return out
+    """A future resolved with ``response`` once every future in ``futs`` succeeded
+    (for the rare message that needs several store writes; one write: :class:`Reply`)."""
     out = asyncio.get_running_loop().create_future()
     left = [len(futs)]
 
@@ -188,7 +177,7 @@ class Common:
             self.w.boots_in_flight -= 1
         fut.add_done_callback(booted)
         self.w.emit(session, "charger.booted", {"vendor": vendor, "model": model, "firmware": firmware})
-        return after([fut], make_response("Accepted", self.settings.heartbeat_interval))
+        return Reply(fut, make_response("Accepted", self.settings.heartbeat_interval))
 
     def seen(self, session: Session) -> None:
         self.writer.add(ops.ChargerSeen(session.charger_id, now()))
@@ -321,7 +310,9 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
             if wh is not None:
                 futs.append(c.writer.add(ops.MeterSample(s.charger_id, "", mv.timestamp, wh, 0)))
         resp = T.MeterValuesResponse()
-        return after(futs, resp) if futs else resp
+        if not futs:
+            return resp
+        return Reply(futs[0], resp) if len(futs) == 1 else after(futs, resp)
 
     def TransactionEvent(s: Session, r: Any) -> Any:
         info = r.transaction_info

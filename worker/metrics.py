@@ -25,12 +25,6 @@ LENIENCY = Counter("chargeyard_leniency_relaxed_total", "Validation rules relaxe
 BOOTS_PENDING = Counter("chargeyard_boot_pending_total", "BootNotifications answered Pending (overload)")
 EVENTS_SPOOLED = Gauge("chargeyard_events_spooled", "Events waiting in the local spool for the bus")
 
-_KNOWN: dict[tuple[str, str], bool] = {}
-
-
-def action_label(protocol: str, action: str | None, known: frozenset[str] | dict) -> str:
-    """Unknown actions are counted as ``_unknown`` so labels stay bounded."""
-    return action if action is not None and action in known else "_unknown"
 BUILD_INFO = Gauge("chargeyard_build_info", "Build information (value 1)", ["version", "codec"])
 
 
