@@ -48,6 +48,15 @@ BUILTIN_TARGETS = {
 }
 
 
+def _die_with_parent():  # runs in the child before exec
+    """Servers and generators get SIGTERM if the coordinator dies (even by SIGKILL)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,7 +162,8 @@ def start_server(name: str, spec: dict, cpus: str | None, logdir: str,
     log.flush()
     try:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     except OSError as exc:
         tmp.cleanup()
         raise TargetFailed(f"{name}: cannot start {argv[0]!r}: {exc}") from exc
@@ -223,7 +233,7 @@ class GenPool:
             p = subprocess.Popen(
                 taskset_prefix(self.cpus) + [sys.executable, "-m", "chargeyard.bench.loadgen"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=_die_with_parent)
             err.close()
             p.stdin.write(json.dumps(wcfg) + "\n")
             p.stdin.flush()
