@@ -39,6 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from .registry import (
@@ -223,7 +224,7 @@ class RedisRegistry(Registry):
         self.node_id = uuid.uuid4().hex[:12]  # this process incarnation
         self._executor = None
         self._on_takeover = None
-        opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 0),
+        opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                     socket_connect_timeout=connect_timeout, socket_timeout=op_timeout,
                     health_check_interval=0)
         # ``redis+cluster://host:port`` (any node) selects the Redis Cluster client

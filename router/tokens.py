@@ -168,6 +168,7 @@ class RedisTokens(TokenStore):
         import redis.asyncio as aioredis
         from redis.backoff import NoBackoff
         from redis.exceptions import RedisClusterException, RedisError
+        from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.retry import Retry
 
         self._redis_error = (RedisError, RedisClusterException)
@@ -175,7 +176,7 @@ class RedisTokens(TokenStore):
         if not 0 <= cache_s <= 1.0:
             raise ValueError("cache_s must be within [0, 1] seconds")
         self.cache_s = cache_s
-        opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 0),
+        opts = dict(decode_responses=True, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                     socket_connect_timeout=op_timeout / 2, socket_timeout=op_timeout)
         if url.split("://", 1)[0].endswith("+cluster"):  # as RedisRegistry
             self._r = aioredis.RedisCluster.from_url(url.replace("+cluster://", "://", 1), **opts)
