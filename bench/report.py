@@ -207,6 +207,13 @@ def markdown(results: dict) -> str:
                          f"CPU µs/message still holds (server CPU time / messages).")
         if c.get("errors"):
             notes.append(f"- {s['label']}: {c['errors']} CALLERRORs, e.g. `{c.get('error_sample')}`")
+        noisy = [r for r in [c] + list(s.get("sweep", [])) + [s.get("metering") or {}]
+                 if (r.get("foreign_load") or 0) >= 0.2]
+        if noisy:
+            worst = max(r["foreign_load"] for r in noisy)
+            notes.append(f"- {s['label']}: other processes used up to {worst:.0%} of a core on "
+                         f"the pinned CPUs during {len(noisy)} measurement(s); latencies there "
+                         f"are inflated by the neighbours — rerun on a quiet machine.")
         for r in s.get("sweep", []):
             if r.get("skipped", 0) > 0.01 * r["offered_per_s"] * r["duration_s"]:
                 notes.append(f"- {s['label']}: at {r['fraction']:.0%} offered load "
