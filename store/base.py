@@ -18,6 +18,29 @@ from typing import Any
 
 import msgspec
 
+# -- time values, as every backend stores them (integer microseconds since the epoch) ----
+
+_UTC = dt.timezone.utc
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+_US = dt.timedelta(microseconds=1)
+
+
+def to_us(t: dt.datetime) -> int:
+    """Aware (or naive = UTC) datetime -> integer microseconds since the epoch."""
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_UTC)
+    return (t - _EPOCH) // _US
+
+
+def from_us(us: int | None) -> str | None:
+    """Microseconds -> ISO 8601 UTC with ``Z``; milliseconds, or microseconds when present."""
+    if us is None:
+        return None
+    t = _EPOCH + dt.timedelta(microseconds=us)
+    spec = "milliseconds" if t.microsecond % 1000 == 0 else "microseconds"
+    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
 # -- operations (what a batch is made of) -------------------------------------------
 
 

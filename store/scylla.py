@@ -41,16 +41,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .base import (ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
+from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
 
 __all__ = ["ScyllaStore", "MIGRATIONS", "LATEST", "migration_statements"]
 
 TX_ID_MAX = 2**31 - 1
 _I64 = 2**63 - 1
-_UTC = dt.timezone.utc
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
-_US = dt.timedelta(microseconds=1)
 _KEYSPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 _BATCH_ROWS = 64  # statements per UNLOGGED batch (far below batch_size_fail_threshold)
 
@@ -190,18 +187,7 @@ _Q = {
 
 # -- values ------------------------------------------------------------------------------
 
-def _us(t: dt.datetime) -> int:
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=_UTC)
-    return (t - _EPOCH) // _US
-
-
-def _iso(us: int | None) -> str | None:
-    if us is None:
-        return None
-    t = _EPOCH + dt.timedelta(microseconds=us)
-    spec = "milliseconds" if t.microsecond % 1000 == 0 else "microseconds"
-    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+_us, _iso = to_us, from_us
 
 
 def _check_int(name: str, v: Any) -> None:

@@ -25,32 +25,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import migrations
-from .base import (ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
+from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
 
 __all__ = ["SqliteStore"]
 
 TX_ID_MAX = 2**31 - 1  # positive signed 32-bit: what every 1.6 charger can hold
 
-_UTC = dt.timezone.utc
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
-_US = dt.timedelta(microseconds=1)
 
 
-def _us(t: dt.datetime) -> int:
-    """Aware (or naive = UTC) datetime -> integer microseconds since the epoch."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=_UTC)
-    return (t - _EPOCH) // _US
-
-
-def _iso(us: int | None) -> str | None:
-    """Microseconds -> ISO 8601 UTC with ``Z``; milliseconds, or microseconds when present."""
-    if us is None:
-        return None
-    t = _EPOCH + dt.timedelta(microseconds=us)
-    spec = "milliseconds" if t.microsecond % 1000 == 0 else "microseconds"
-    return t.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+_us, _iso = to_us, from_us
 
 
 # -- statements (module constants: sqlite3's statement cache keys on the text) --------

@@ -179,6 +179,15 @@ class Common:
         self.w.emit(session, "charger.booted", {"vendor": vendor, "model": model, "firmware": firmware})
         return Reply(fut, make_response("Accepted", self.settings.heartbeat_interval))
 
+    def data_transfer_handler(self, T: Any) -> Handler:
+        """DataTransfer goes to the handler registered for its vendorId, else UnknownVendorId."""
+        unknown = T.DataTransferResponse(status="UnknownVendorId")
+
+        def DataTransfer(s: Session, r: Any) -> Any:
+            h = self.data_transfer.get(r.vendor_id)
+            return unknown if h is None else h(s, r)
+        return DataTransfer
+
     def seen(self, session: Session) -> None:
         self.writer.add(ops.ChargerSeen(session.charger_id, now()))
 
@@ -261,11 +270,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
             return T.StopTransactionResponse()
         return T.StopTransactionResponse(id_tag_info=id_tag_info(status))
 
-    def DataTransfer(s: Session, r: Any) -> Any:
-        h = c.data_transfer.get(r.vendor_id)
-        if h is None:
-            return T.DataTransferResponse(status="UnknownVendorId")
-        return h(s, r)
+    DataTransfer = c.data_transfer_handler(T)
 
     table: dict[str, Handler] = {
         "BootNotification": BootNotification, "Heartbeat": Heartbeat, "Authorize": Authorize,
@@ -351,11 +356,7 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
             return T.TransactionEventResponse(id_token_info=token_info(status))
         return with_token()
 
-    def DataTransfer(s: Session, r: Any) -> Any:
-        h = c.data_transfer.get(r.vendor_id)
-        if h is None:
-            return T.DataTransferResponse(status="UnknownVendorId")
-        return h(s, r)
+    DataTransfer = c.data_transfer_handler(T)
 
     table: dict[str, Handler] = {
         "BootNotification": BootNotification, "Heartbeat": Heartbeat, "Authorize": Authorize,
