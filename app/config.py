@@ -36,7 +36,7 @@ class Settings:
     call_timeout: float = 30.0        # seconds an operator call waits for the charger
     ping_interval: float = 900.0      # WebSocket ping after this long idle (0: off)
     idle_timeout: float = 1800.0      # close a connection whose ping is not answered by then
-    handshake_rate: float = 500.0     # accepted WebSocket handshakes per second
+    handshake_rate: float = 2000.0    # accepted WebSocket handshakes per second
     max_concurrent_boots: int = 200   # BootNotifications in flight before answering Pending
     boot_retry_interval: int = 60     # base of the jittered Pending retry interval (s)
     batch_ms: float = 2.0

@@ -33,6 +33,10 @@ _FAIL_CODES = {"internal": "InternalError"}
 class Session(WSListener):
     """The listener picows calls for one charger's WebSocket."""
 
+    __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
+                 "epoch", "vendor", "model", "leniency", "closed_reason", "connected_at", "_pending",
+                 "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog")
+
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
         self.worker = worker
         self.charger_id = charger_id
