@@ -156,7 +156,7 @@ class Session(WSListener):
         msg = self.codec.decode(data)
         t = type(msg)
         if t is Call:
-            m.messages(self.protocol, "in", msg.action, "call").inc()
+            m.messages(self.protocol, "in", msg.action, "call")
             self._dispatch(msg)
         elif t is CallResult:
             self._on_reply(msg, None)
@@ -165,7 +165,7 @@ class Session(WSListener):
         elif t is FrameError:
             self._on_frame_error(msg, data)
         elif t is Send:
-            m.messages(self.protocol, "in", msg.action, "send").inc()
+            m.messages(self.protocol, "in", msg.action, "send")
             h = self.handlers.get(msg.action)
             if h is not None:
                 try:
@@ -213,8 +213,8 @@ class Session(WSListener):
         if tr is None or tr.is_disconnected:
             return
         tr.send(WSMsgType.TEXT, self.codec.encode_result(call.message_id, payload))
-        m.handle(call.action).observe(time.perf_counter() - t0)
-        m.messages(self.protocol, "out", call.action, "result").inc()
+        m.handle(call.action, time.perf_counter() - t0)
+        m.messages(self.protocol, "out", call.action, "result")
 
     def send_error(self, message_id: str, code: str, description: str = "") -> None:
         tr = self.transport
@@ -225,7 +225,7 @@ class Session(WSListener):
 
     def _on_frame_error(self, err: FrameError, data: bytes) -> None:
         action = err.action if err.action in self.tables.requests else "_unknown"
-        m.messages(self.protocol, "in", action, "invalid").inc()
+        m.messages(self.protocol, "in", action, "invalid")
         if (self.leniency and err.message_type == 2 and err.action in self.tables.inbound
                 and err.code not in ("NotImplemented", "NotSupported")):
             call = self._relax(err, data)
@@ -265,7 +265,7 @@ class Session(WSListener):
         if fut.done():
             return
         if res is not None:
-            m.messages(self.protocol, "in", action, "result").inc()
+            m.messages(self.protocol, "in", action, "result")
             try:
                 payload = self.codec.decode_result(action, res.payload)
             except PayloadError as exc:
@@ -273,7 +273,7 @@ class Session(WSListener):
                 return
             fut.set_result(msgspec.to_builtins(payload))
         else:
-            m.messages(self.protocol, "in", action, "error").inc()
+            m.messages(self.protocol, "in", action, "error")
             fut.set_exception(CallRejected(err.code, err.description, err.details))  # type: ignore[union-attr]
 
     async def call(self, action: str, payload: dict, timeout: float) -> dict:
@@ -303,7 +303,7 @@ class Session(WSListener):
                 fut = asyncio.get_running_loop().create_future()
                 self._pending[msg_id] = (action, fut)
                 tr.send(WSMsgType.TEXT, self.codec.encode_call(msg_id, action, obj))
-                m.messages(self.protocol, "out", action, "call").inc()
+                m.messages(self.protocol, "out", action, "call")
                 try:
                     return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
