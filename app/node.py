@@ -46,6 +46,19 @@ def make_tokens(s: Settings) -> Any:
     return None
 
 
+def tune_gc() -> None:
+    """The per-message path allocates many short-lived container objects; with the
+    default thresholds the cyclic GC ran every few hundred messages and walked every
+    live session (perf: ~14 % of a saturated worker). Freeze what start-up built and
+    collect the young generation less often; reference counting still frees almost
+    everything at once."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 class Node:
     """A worker and/or the operator API in one process."""
 
@@ -108,6 +121,7 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         await self.start()
+        tune_gc()
         print(self.banner(), flush=True)
         await self._stop.wait()
         await self.stop()
