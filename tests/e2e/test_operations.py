@@ -97,6 +97,11 @@ def test_one_operator_call_in_flight_per_charger(node):
 
 
 def test_metrics_and_health(node):
+    async def unknown_action():
+        async with websockets.connect(node.ws("metrics-1"), subprotocols=["ocpp1.6"]) as ws:
+            assert (await rpc(ws, '[2,"u","NoSuchAction",{}]'))[2] == "NotImplemented"
+
+    run(unknown_action())
     status, _ = node.get("/healthz")
     assert status == 200
     status, _ = node.get("/readyz")
@@ -108,7 +113,9 @@ def test_metrics_and_health(node):
                  "chargeyard_db_batch_commit_duration_seconds", "chargeyard_db_write_queue_depth",
                  "chargeyard_router_forward_duration_seconds", "chargeyard_build_info"):
         assert name in text, name
-    assert 'action="_unknown"' in text or "chargeyard_ocpp_messages_total" in text
+    # unknown actions are one bounded label value, never the charger's text
+    assert 'action="_unknown"' in text and "NoSuchAction" not in text
+    assert 'chargeyard_ocpp_call_errors_total{code="NotImplemented",protocol="ocpp1.6"}' in text
     status, body = node.get("/api/v1/openapi.json")
     assert status == 200 and body["openapi"].startswith("3.") and "/chargers/{id}/calls/{action}" in body["paths"]
     status, body = node.get("/api/v1/nope")
