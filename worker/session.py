@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .server import Worker
 
 log = logging.getLogger("chargeyard.worker")
+_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
 _ids = itertools.count(1)
 _FAIL_CODES = {"internal": "InternalError"}
 
@@ -35,7 +36,7 @@ class Session(WSListener):
 
     __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
                  "epoch", "vendor", "model", "leniency", "closed_reason", "connected_at", "_pending",
-                 "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog")
+                 "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst")
 
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
         self.worker = worker
@@ -59,7 +60,9 @@ class Session(WSListener):
         # fragmented messages
         self._frag: bytearray | None = None
         # rate limit (token bucket)
-        self._tokens = float(worker.settings.rate_burst)
+        self._rate = worker.settings.rate_limit
+        self._burst = float(worker.settings.rate_burst)
+        self._tokens = self._burst
         self._last = time.monotonic()
         self._backlog: deque[bytes] | None = None
 
@@ -86,14 +89,12 @@ class Session(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         mt = frame.msg_type
-        if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
-            if frame.fin:
-                if self._frag is not None:  # a new message before the last one ended
-                    self._frag = None
-                self._on_message(frame.get_payload_as_bytes())
-            else:
-                self._frag = bytearray(frame.get_payload_as_memoryview())
-        elif mt == WSMsgType.CONTINUATION:
+        if (mt is _TEXT or mt is _BINARY) and frame.fin:  # the common case: one whole message
+            self._frag = None  # (a new message before a fragmented one ended drops the fragments)
+            self._on_message(frame.get_payload_as_bytes())
+        elif mt is _TEXT or mt is _BINARY:
+            self._frag = bytearray(frame.get_payload_as_memoryview())
+        elif mt is WSMsgType.CONTINUATION:
             if self._frag is None:
                 return
             self._frag += frame.get_payload_as_memoryview()
@@ -104,16 +105,17 @@ class Session(WSListener):
             if frame.fin:
                 data, self._frag = bytes(self._frag), None
                 self._on_message(data)
-        elif mt == WSMsgType.CLOSE:
+        elif mt is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
 
     # -- inbound -----------------------------------------------------------------------
     def _on_message(self, data: bytes) -> None:
-        if self._backlog is not None:  # throttled: keep the order, process later
+        if self._backlog is None and self._take_token():
+            self._process(data)
+        elif self._backlog is not None:  # throttled: keep the order, process later
             self._backlog.append(data)
-            return
-        if not self._take_token():
+        else:
             # Over its rate: slow the sender down instead of dropping anything. Messages
             # already received wait here in order; its socket is not read until it is
             # back within its rate. Other chargers are unaffected.
@@ -121,21 +123,19 @@ class Session(WSListener):
             if self.transport is not None:
                 self.transport.underlying_transport.pause_reading()
             self._schedule_drain()
-            return
-        self._process(data)
 
     def _take_token(self) -> bool:
-        s = self.worker.settings
         now = time.monotonic()
-        self._tokens = min(float(s.rate_burst), self._tokens + (now - self._last) * s.rate_limit)
+        tokens = self._tokens + (now - self._last) * self._rate
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if tokens >= 1.0:
+            self._tokens = (tokens if tokens < self._burst else self._burst) - 1.0
             return True
+        self._tokens = tokens
         return False
 
     def _schedule_drain(self) -> None:
-        delay = (1.0 - self._tokens) / self.worker.settings.rate_limit
+        delay = (1.0 - self._tokens) / self._rate
         asyncio.get_running_loop().call_later(max(0.0, delay), self._drain)
 
     def _drain(self) -> None:
@@ -173,7 +173,7 @@ class Session(WSListener):
                 except Exception:
                     log.exception("handler for SEND %s failed", msg.action)
 
-    def _dispatch(self, call: Call, relaxed: bool = False) -> None:
+    def _dispatch(self, call: Call) -> None:
         handler = self.handlers.get(call.action)
         t0 = time.perf_counter()
         if handler is None:  # a known inbound action without a handler: never happens (tested)
@@ -230,7 +230,7 @@ class Session(WSListener):
                 and err.code not in ("NotImplemented", "NotSupported")):
             call = self._relax(err, data)
             if call is not None:
-                self._dispatch(call, relaxed=True)
+                self._dispatch(call)
                 return
         if err.reply:
             self.worker.warn_once(self, f"bad frame {err.code}",
