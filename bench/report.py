@@ -246,55 +246,41 @@ def plots(results: dict, outdir: str) -> list[str]:
     written = []
     servers = [(n, s) for n, s in _servers(results) if s.get("available")]
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    def throughput_and_p99(name: str, series: list, xlabel: str, titles: tuple[str, str]) -> None:
+        """Two log-log panels, messages/s and p99 against x, one line per server."""
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for label, pts in series:
+            x = [r["x"] for r in pts]
+            a1.plot(x, [r["msgs_per_s"] for r in pts], "o-", label=label)
+            a2.plot(x, [r["p99_ms"] or float("nan") for r in pts], "o-", label=label)
+        for ax, ttl, yl in ((a1, titles[0], "messages/s"), (a2, titles[1], "p99 (ms)")):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(ttl)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(yl)
+            ax.grid(True, which="both", alpha=0.3)
+        a1.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    load, conns = [], []
     for _, s in servers:
-        pts = sorted(s.get("sweep", []), key=lambda r: r["offered_per_s"])
+        pts = [dict(r, x=r["offered_per_s"]) for r in sorted(s.get("sweep", []), key=lambda r: r["offered_per_s"])]
         c = s.get("closed")
         if c:
-            pts = pts + [{"offered_per_s": c["msgs_per_s"], "msgs_per_s": c["msgs_per_s"],
-                          "p99_ms": c["p99_ms"]}]
-        if not pts:
-            continue
-        x = [r["offered_per_s"] for r in pts]
-        a1.plot(x, [r["msgs_per_s"] for r in pts], "o-", label=s["label"])
-        a2.plot(x, [r["p99_ms"] or float("nan") for r in pts], "o-", label=s["label"])
-    for ax, ttl, yl in ((a1, "Throughput vs offered load", "messages/s"),
-                        (a2, "p99 latency vs offered load", "p99 (ms)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(ttl)
-        ax.set_xlabel("offered messages/s (last point: closed loop)")
-        ax.set_ylabel(yl)
-        ax.grid(True, which="both", alpha=0.3)
-    a1.legend(fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(outdir, "load.png")
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    written.append(p)
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for _, s in servers:
-        pts = s.get("connections", [])
-        if not pts:
-            continue
-        x = [r["conns"] for r in pts]
-        a1.plot(x, [r["msgs_per_s"] for r in pts], "o-", label=s["label"])
-        a2.plot(x, [r["p99_ms"] or float("nan") for r in pts], "o-", label=s["label"])
-    for ax, ttl, yl in ((a1, "Throughput vs connections (closed loop)", "messages/s"),
-                        (a2, "p99 latency vs connections (closed loop)", "p99 (ms)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(ttl)
-        ax.set_xlabel("connections")
-        ax.set_ylabel(yl)
-        ax.grid(True, which="both", alpha=0.3)
-    a1.legend(fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(outdir, "connections.png")
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    written.append(p)
+            pts.append({"x": c["msgs_per_s"], "msgs_per_s": c["msgs_per_s"], "p99_ms": c["p99_ms"]})
+        if pts:
+            load.append((s["label"], pts))
+        if s.get("connections"):
+            conns.append((s["label"], [dict(r, x=r["conns"]) for r in s["connections"]]))
+    throughput_and_p99("load.png", load, "offered messages/s (last point: closed loop)",
+                       ("Throughput vs offered load", "p99 latency vs offered load"))
+    throughput_and_p99("connections.png", conns, "connections",
+                       ("Throughput vs connections (closed loop)", "p99 latency vs connections (closed loop)"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for _, s in servers:
