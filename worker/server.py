@@ -208,6 +208,9 @@ class Worker:
             read_buffer_init_size=s.ws_read_buffer,
             websocket_handshake_timeout=10,
             logger_name="chargeyard.ws",
+            # uvloop's own TCP transport: same CPU per message as picows' default
+            # (aiofastnet) here, 11.8 instead of 17.0 KiB per idle connection at 15k
+            use_aiofastnet=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
