@@ -39,7 +39,7 @@ class Settings:
     handshake_rate: float = 2000.0    # accepted WebSocket handshakes per second
     max_concurrent_boots: int = 200   # BootNotifications in flight before answering Pending
     boot_retry_interval: int = 60     # base of the jittered Pending retry interval (s)
-    batch_ms: float = 2.0
+    batch_ms: float = 0.5             # most extra wait for a fuller batch when busy (ms)
     batch_max: int = 1000
     drain_timeout: float = 10.0
     lease: float = 10.0               # seconds a worker's registry lease lives without renewal
