@@ -108,7 +108,7 @@ class PayloadError(Exception):
         self.kind = kind
 
 
-def kind_of_validation_error(msg: str, draft6: bool = False) -> str:
+def kind_of_validation_error(msg: str) -> str:
     """Map a msgspec validation message onto our failure kinds."""
     if msg.startswith("Object missing required field"):
         return "occurrence"
@@ -149,7 +149,7 @@ class Tables:
     # -- payloads --------------------------------------------------------------------
     def payload_error(self, exc: Exception, kind_hint: str | None = None) -> PayloadError:
         if isinstance(exc, msgspec.ValidationError):
-            kind = kind_of_validation_error(str(exc), self.draft6)
+            kind = kind_of_validation_error(str(exc))
         elif isinstance(exc, RecursionError):
             kind, exc = "format", Exception("payload nested too deeply")
         else:  # DecodeError: the payload is not JSON

@@ -94,22 +94,14 @@ def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:
     return out
 
 
-def energy_16(sampled: list) -> float | None:
-    """Wh from a 1.6 sampledValue list: ``Energy.Active.Import.Register`` (the default
-    measurand) in Wh or kWh, preferring the total over per-phase readings."""
+def _energy(sampled: list, wh_of: Callable[[Any], float | None]) -> float | None:
+    """The ``Energy.Active.Import.Register`` reading (the default measurand) of a
+    sampledValue list in Wh, preferring the total over per-phase readings."""
     best = None
     for sv in sampled:
-        measurand = sv.measurand if sv.measurand is not msgspec.UNSET else ENERGY
-        if measurand != ENERGY:
+        if (sv.measurand if sv.measurand is not msgspec.UNSET else ENERGY) != ENERGY:
             continue
-        try:
-            value = finite(float(sv.value))
-        except ValueError:
-            continue
-        if value is None:
-            continue
-        unit = sv.unit if sv.unit is not msgspec.UNSET else "Wh"
-        wh = finite(value * 1000.0 if unit == "kWh" else value)
+        wh = wh_of(sv)
         if wh is None:
             continue
         if sv.phase is msgspec.UNSET:
@@ -117,32 +109,37 @@ def energy_16(sampled: list) -> float | None:
         if best is None:
             best = wh
     return best
+
+
+def _wh_16(sv: Any) -> float | None:
+    """1.6: a decimal string in Wh (the default) or kWh."""
+    try:
+        value = float(sv.value)
+    except ValueError:
+        return None
+    return finite(value * 1000.0 if sv.unit == "kWh" else value)
+
+
+def _wh_201(sv: Any) -> float | None:
+    """2.0.1/2.1: value x 10^multiplier in Wh (the default) or kWh."""
+    unit, mult = "Wh", 0
+    uom = sv.unit_of_measure
+    if uom is not msgspec.UNSET:
+        if uom.unit is not msgspec.UNSET:
+            unit = uom.unit
+        if uom.multiplier is not msgspec.UNSET:
+            mult = uom.multiplier
+    if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
+        return None
+    return finite(sv.value * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0))
+
+
+def energy_16(sampled: list) -> float | None:
+    return _energy(sampled, _wh_16)
 
 
 def energy_201(sampled: list) -> float | None:
-    """Wh from a 2.0.1/2.1 sampledValue list: value x 10^multiplier, kWh -> Wh."""
-    best = None
-    for sv in sampled:
-        measurand = sv.measurand if sv.measurand is not msgspec.UNSET else ENERGY
-        if measurand != ENERGY:
-            continue
-        unit, mult = "Wh", 0
-        uom = sv.unit_of_measure
-        if uom is not msgspec.UNSET:
-            if uom.unit is not msgspec.UNSET:
-                unit = uom.unit
-            if uom.multiplier is not msgspec.UNSET:
-                mult = uom.multiplier
-        if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
-            continue
-        wh = finite(float(sv.value) * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0))
-        if wh is None:
-            continue
-        if sv.phase is msgspec.UNSET:
-            return wh
-        if best is None:
-            best = wh
-    return best
+    return _energy(sampled, _wh_201)
 
 
 class Common:

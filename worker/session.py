@@ -35,7 +35,7 @@ class Session(WSListener):
     """The listener picows calls for one charger's WebSocket."""
 
     __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
-                 "epoch", "vendor", "model", "leniency", "closed_reason", "connected_at", "_pending",
+                 "epoch", "vendor", "model", "leniency", "closed_reason", "_pending",
                  "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst")
 
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
@@ -52,7 +52,6 @@ class Session(WSListener):
         self.model = ""
         self.leniency: frozenset[str] = worker.leniency.for_charger(charger_id, "", "")
         self.closed_reason: str | None = None
-        self.connected_at = time.time()
         # CSMS -> charger calls: one in flight (OCPP-J), the rest wait their turn
         self._pending: dict[str, tuple[str, asyncio.Future]] = {}
         self._call_lock: asyncio.Lock | None = None  # created on the first operator call

@@ -151,3 +151,14 @@ def arun():
         return asyncio.run(bounded())
 
     return run
+
+
+@pytest.fixture(params=["single", "cluster"])
+def srv(request):
+    """One valkey, or a three-shard valkey cluster; emptied for the test."""
+    if request.param == "single":
+        request.getfixturevalue("flush")
+        return request.getfixturevalue("valkey")
+    c = request.getfixturevalue("valkey_cluster")
+    c.flushall()
+    return c

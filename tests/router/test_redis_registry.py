@@ -12,17 +12,6 @@ from chargeyard.router.redis_registry import RedisRegistry, lease_key, owner_key
 from chargeyard.router.registry import CallTimeout, NotConnected, RegistryUnavailable
 
 
-@pytest.fixture(params=["single", "cluster"])
-def srv(request):
-    """One valkey, or a three-shard valkey cluster; emptied for the test."""
-    if request.param == "single":
-        request.getfixturevalue("flush")
-        return request.getfixturevalue("valkey")
-    c = request.getfixturevalue("valkey_cluster")
-    c.flushall()
-    return c
-
-
 async def worker(url: str, worker_id: str, lease_s: float = 2.0, delay: float = 0.0):
     """A RedisRegistry with a fake worker: records takeovers, answers calls."""
     reg = RedisRegistry(url, worker_id=worker_id, lease_s=lease_s)

@@ -79,16 +79,6 @@ def test_file_tokens_reload_and_bad_files(tmp_path, arun):
         FileTokens(bad)
 
 
-@pytest.fixture(params=["single", "cluster"])
-def srv(request):
-    if request.param == "single":
-        request.getfixturevalue("flush")
-        return request.getfixturevalue("valkey")
-    c = request.getfixturevalue("valkey_cluster")
-    c.flushall()
-    return c
-
-
 def test_redis_tokens_revoke_seen_by_every_node(srv, arun):
     async def body():
         admin, node2 = RedisTokens(srv.url), RedisTokens(srv.url)
