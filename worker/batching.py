@@ -3,7 +3,9 @@
 Shaped like aiokafka's message accumulator (``aiokafka/producer/message_accumulator.py``):
 ``add(op)`` queues one store operation and returns a future that resolves with the op's
 result once the COMMIT that contains it has returned (or fails with the commit's
-exception). One sender task drains the queue:
+exception); ``add_reply(op, target, ...)`` does the same without a future, calling
+``target.committed(...)`` / ``target.commit_failed(...)`` (a charger's reply) directly
+from the commit. One sender task drains the queue:
 
 * idle -> the first op is committed at once, no linger;
 * while a commit runs, new ops queue up and all go into the next commit (up to
@@ -54,6 +56,8 @@ __all__ = ["BatchWriter", "WriterClosed", "WriterFull"]
 log = logging.getLogger("chargeyard.worker.batching")
 
 OnCommit = Callable[[int, float], Any]  # (rows, seconds)
+# (op, future or None, added_at, seq, reply or None); reply = (target, message_id, action, response, t0)
+_Item = tuple
 
 
 class WriterFull(StoreError):
@@ -92,10 +96,10 @@ class BatchWriter:
             self._hooks.append(metrics if callable(metrics) else metrics.on_commit)
         if on_commit is not None:
             self._hooks.append(on_commit)
-        # items: (op, future, added_at, seq); seq strictly increasing in add order
-        self._queue: deque[tuple[Op, asyncio.Future, float, int]] = deque()
-        self._waiting: deque[tuple[Op, asyncio.Future, float, int]] = deque()  # admission line
-        self._inflight: list[tuple[Op, asyncio.Future, float, int]] = []
+        # items (_Item): seq strictly increasing in add order
+        self._queue: deque[_Item] = deque()
+        self._waiting: deque[_Item] = deque()  # admission line
+        self._inflight: list[_Item] = []
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -185,13 +189,25 @@ class BatchWriter:
     def add(self, op: Op) -> asyncio.Future:
         """Queue ``op``; the future resolves with its result after its COMMIT."""
         self._ensure_started()
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._add(op, fut, None)
+        return fut
+
+    def add_reply(self, op: Op, target: Any, message_id: str, action: str, response: Any, t0: float) -> None:
+        """Queue ``op`` and, instead of resolving a future, call
+        ``target.committed(message_id, action, response, t0)`` right after its COMMIT
+        (``target.commit_failed(message_id, action, exc)`` if it fails). The hot path of a
+        charger message: no future, no callback handle, no closure per message."""
+        self._ensure_started()
+        self._add(op, None, (target, message_id, action, response, t0))
+
+    def _add(self, op: Op, fut: asyncio.Future | None, reply: tuple | None) -> None:
         loop = self._loop
-        fut = loop.create_future()  # type: ignore[union-attr]
         if self._closed:
-            self._fail([(op, fut, 0.0, 0)], WriterClosed("writer is closed"))
-            return fut
+            self._fail([(op, fut, 0.0, 0, reply)], WriterClosed("writer is closed"))
+            return
         self._seq += 1
-        item = (op, fut, loop.time(), self._seq)  # type: ignore[union-attr]
+        item = (op, fut, loop.time(), self._seq, reply)  # type: ignore[union-attr]
         if len(self._queue) < self.max_queued and not self._waiting:
             self._queue.append(item)
             if not self._wake.is_set():  # type: ignore[union-attr]
@@ -205,7 +221,6 @@ class BatchWriter:
         else:
             self._fail([item], WriterFull(f"write queue full ({self.queue_depth} ops)"))
             self._notify_flush()
-        return fut
 
     def _admit(self) -> None:
         while self._waiting and len(self._queue) < self.max_queued:
@@ -269,7 +284,7 @@ class BatchWriter:
                 self._inflight = []
             self.fail_all(stopped)
 
-    async def _commit(self, batch: list[tuple[Op, asyncio.Future, float, int]]) -> None:
+    async def _commit(self, batch: list[_Item]) -> None:
         self._inflight = batch
         started = time.perf_counter()
         try:
@@ -293,17 +308,23 @@ class BatchWriter:
         self._resolve(batch, results, time.perf_counter() - started)
         self._notify_flush()
 
-    async def _apply(self, items: list[tuple[Op, asyncio.Future, float, int]]) -> list[Any]:
+    async def _apply(self, items: list[_Item]) -> list[Any]:
         results = await self.store.apply([item[0] for item in items])
         if len(results) != len(items):
             raise StoreError(f"store returned {len(results)} results for {len(items)} ops")
         return results
 
-    def _resolve(self, items: list[tuple[Op, asyncio.Future, float, int]], results: list[Any],
+    def _resolve(self, items: list[_Item], results: list[Any],
                  seconds: float) -> None:
         for item, result in zip(items, results):
             fut = item[1]
-            if not fut.done():
+            if fut is None:
+                r = item[4]
+                try:
+                    r[0].committed(r[1], r[2], r[3], r[4])
+                except Exception:
+                    log.exception("reply after commit failed")
+            elif not fut.done():
                 fut.set_result(result)
         self.commits += 1
         self.rows_committed += len(items)
@@ -313,7 +334,7 @@ class BatchWriter:
             except Exception:
                 log.exception("on_commit hook failed")
 
-    async def _isolate(self, batch: list[tuple[Op, asyncio.Future, float, int]], exc: Exception) -> None:
+    async def _isolate(self, batch: list[_Item], exc: Exception) -> None:
         """Bisect a failed batch (all-or-nothing, so nothing of it is applied): commit its
         parts depth first, left before right (add order), until each failing op stands
         alone. Gives up on an apparently dead store (see the module docstring)."""
@@ -365,7 +386,13 @@ class BatchWriter:
     def _fail(items: Any, exc: BaseException) -> None:
         for item in items:
             fut = item[1]
-            if not fut.done():
+            if fut is None:
+                r = item[4]
+                try:
+                    r[0].commit_failed(r[1], r[2], exc)
+                except Exception:
+                    log.exception("error reply after a failed commit failed")
+            elif not fut.done():
                 fut.set_exception(exc)
                 fut.exception()  # mark retrieved: an awaiting caller still gets it
 

@@ -72,6 +72,18 @@ class Reply:
         self.response = response
 
 
+class Commit:
+    """Answer ``response`` once ``op`` (one store write) has committed. The writer sends
+    the reply from the commit itself (``BatchWriter.add_reply``): the cheapest way to
+    answer, for handlers that need nothing else done after the commit."""
+
+    __slots__ = ("op", "response")
+
+    def __init__(self, op: Any, response: Any) -> None:
+        self.op = op
+        self.response = response
+
+
 def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:
     """A future resolved with ``response`` once every future in ``futs`` succeeded
     (for the rare message that needs several store writes; one write: :class:`Reply`)."""
@@ -230,21 +242,26 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         return T.StartTransactionResponse(id_tag_info=id_tag_info(status), transaction_id=int(tx))
 
     def _samples(s: Session, tx: str, connector: int, meter_value: list) -> list:
-        futs, last = [], None
+        samples = []
         for mv in meter_value:
             wh = energy_16(mv.sampled_value)
             if wh is not None:
-                futs.append(c.writer.add(ops.MeterSample(s.charger_id, tx, mv.timestamp, wh, i64(connector))))
-                last = (mv.timestamp, wh)
-        return futs, last
+                samples.append(ops.MeterSample(s.charger_id, tx, mv.timestamp, wh, i64(connector)))
+        return samples
 
     def MeterValues(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id) if r.transaction_id is not msgspec.UNSET else ""
-        futs, last = _samples(s, tx, r.connector_id, r.meter_value)
-        if not futs:
+        samples = _samples(s, tx, r.connector_id, r.meter_value)
+        if not samples:
             return METER_VALUES_16
+        wants = worker.wants_events(s.charger_id)
+        if len(samples) == 1 and not wants:
+            return Commit(samples[0], METER_VALUES_16)
+        futs = [c.writer.add(op) for op in samples]
         fut = futs[0] if len(futs) == 1 else after(futs, None)
-        if last is not None and worker.wants_events(s.charger_id):
+        if wants:
+            last = (samples[-1].at, samples[-1].energy_wh)
+
             def publish(f: asyncio.Future) -> None:
                 if not f.cancelled() and f.exception() is None:
                     worker.emit(s, "transaction.meter", {"transaction_id": tx, "connector_id": r.connector_id,
@@ -256,7 +273,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         tx = str(r.transaction_id)
         futs = []
         if r.transaction_data is not msgspec.UNSET:
-            futs, _ = _samples(s, tx, 0, r.transaction_data)
+            futs = [c.writer.add(op) for op in _samples(s, tx, 0, r.transaction_data)]
         status = await c.auth.status(r.id_tag) if r.id_tag is not msgspec.UNSET else None
         futs.append(c.writer.add(ops.StopTransaction(s.charger_id, tx, float(r.meter_stop), r.timestamp,
                                                      r.reason or "", r.id_tag or "")))
@@ -282,6 +299,7 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
     c = Common(worker)
     version = T.VERSION
     TX_EVENT_EMPTY = T.TransactionEventResponse()
+    METER_VALUES = T.MeterValuesResponse()
 
     def BootNotification(s: Session, r: Any) -> Any:
         cs = r.charging_station
@@ -306,15 +324,16 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
         return T.StatusNotificationResponse()
 
     def MeterValues(s: Session, r: Any) -> Any:
-        futs = []
+        samples = []
         for mv in r.meter_value:
             wh = energy_201(mv.sampled_value)
             if wh is not None:
-                futs.append(c.writer.add(ops.MeterSample(s.charger_id, "", mv.timestamp, wh, 0)))
-        resp = T.MeterValuesResponse()
-        if not futs:
-            return resp
-        return Reply(futs[0], resp) if len(futs) == 1 else after(futs, resp)
+                samples.append(ops.MeterSample(s.charger_id, "", mv.timestamp, wh, 0))
+        if not samples:
+            return METER_VALUES
+        if len(samples) == 1:
+            return Commit(samples[0], METER_VALUES)
+        return after([c.writer.add(op) for op in samples], METER_VALUES)
 
     def TransactionEvent(s: Session, r: Any) -> Any:
         info = r.transaction_info
@@ -332,8 +351,11 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
         op = ops.TransactionEvent(s.charger_id, info.transaction_id, i64(r.seq_no), r.event_type, r.timestamp,
                                   r.trigger_reason, tag, evse_id, connector_id, wh,
                                   info.stopped_reason or "")
+        wants = worker.wants_events(s.charger_id)
+        if not tag and not wants:
+            return Commit(op, TX_EVENT_EMPTY)
         fut = c.writer.add(op)
-        if worker.wants_events(s.charger_id):
+        if wants:
             kind = {"Started": "transaction.started", "Updated": "transaction.meter",
                     "Ended": "transaction.ended"}[r.event_type]
 

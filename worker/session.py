@@ -20,13 +20,15 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
 from . import metrics as m
-from .handlers import Reply
+from .handlers import Commit, Reply
 
 if TYPE_CHECKING:
     from .server import Worker
 
 log = logging.getLogger("chargeyard.worker")
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
+_perf_counter, _monotonic = time.perf_counter, time.monotonic
+_handle, _messages = m.handle, m.messages
 _ids = itertools.count(1)
 _FAIL_CODES = {"internal": "InternalError"}
 
@@ -36,7 +38,8 @@ class Session(WSListener):
 
     __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
                  "epoch", "vendor", "model", "leniency", "closed_reason", "_pending",
-                 "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst")
+                 "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst",
+                 "writer")
 
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
         self.worker = worker
@@ -46,6 +49,7 @@ class Session(WSListener):
         self.codec = worker.codecs[version]
         self.tables = self.codec.tables
         self.handlers = worker.handlers[version]
+        self.writer = worker.writer
         self.transport: WSTransport | None = None
         self.epoch = 0
         self.vendor = ""
@@ -184,10 +188,13 @@ class Session(WSListener):
             log.exception("handler %s failed for %s", call.action, self.charger_id)
             self.send_error(call.message_id, self.tables.codes["internal"], type(exc).__name__)
             return
-        if type(res) is Reply:
+        rt = type(res)
+        if rt is Commit:
+            self.writer.add_reply(res.op, self, call.message_id, call.action, res.response, t0)
+        elif rt is Reply:
             res.future.add_done_callback(lambda f: self._deferred(call, f, t0, res.response))
         elif isinstance(res, msgspec.Struct):
-            self._send_result(call, res, t0)
+            self.committed(call.message_id, call.action, res, t0)
         elif asyncio.isfuture(res):
             res.add_done_callback(lambda f: self._deferred(call, f, t0))
         else:  # coroutine
@@ -201,19 +208,23 @@ class Session(WSListener):
             return
         exc = fut.exception()
         if exc is not None:
-            # nothing is acknowledged unless committed: the charger will retry
-            log.warning("reply to %s from %s failed: %r", call.action, self.charger_id, exc)
-            self.send_error(call.message_id, self.tables.codes["internal"], "storage unavailable")
+            self.commit_failed(call.message_id, call.action, exc)
             return
-        self._send_result(call, fut.result() if response is None else response, t0)
+        self.committed(call.message_id, call.action, fut.result() if response is None else response, t0)
 
-    def _send_result(self, call: Call, payload: Any, t0: float) -> None:
+    def committed(self, message_id: str, action: str, payload: Any, t0: float) -> None:
+        """Send the CALLRESULT (called by the writer right after a ``Commit``'s COMMIT)."""
         tr = self.transport
         if tr is None or tr.is_disconnected:
             return
-        tr.send(WSMsgType.TEXT, self.codec.encode_result(call.message_id, payload))
-        m.handle(call.action, time.perf_counter() - t0)
-        m.messages(self.protocol, "out", call.action, "result")
+        tr.send(_TEXT, self.codec.encode_result(message_id, payload))
+        _handle(action, _perf_counter() - t0)
+        _messages(self.protocol, "out", action, "result")
+
+    def commit_failed(self, message_id: str, action: str, exc: BaseException) -> None:
+        # nothing is acknowledged unless committed: the charger will retry
+        log.warning("reply to %s from %s failed: %r", action, self.charger_id, exc)
+        self.send_error(message_id, self.tables.codes["internal"], "storage unavailable")
 
     def send_error(self, message_id: str, code: str, description: str = "") -> None:
         tr = self.transport

@@ -447,3 +447,49 @@ def test_admission_line_moves_in_order_when_room_frees(tmp_path, run):
         await w.close()
         await store.close()
     run(main())
+
+
+class ReplyTarget:
+    """What a Session is to ``add_reply``: records the calls the writer makes."""
+
+    def __init__(self, store=None) -> None:
+        self.store = store
+        self.calls: list[tuple] = []
+
+    def committed(self, message_id, action, response, t0):
+        if self.store is not None:  # the reply is sent only once the op is committed
+            assert any(op.energy_wh == float(message_id) for op in self.store.applied)
+        self.calls.append(("ok", message_id, action, response, t0))
+
+    def commit_failed(self, message_id, action, exc):
+        self.calls.append(("failed", message_id, action, type(exc).__name__))
+
+
+def test_add_reply_calls_its_target_after_commit_and_isolates_like_add(tmp_path, run):
+    async def main():
+        store = RejectingStore(tmp_path / "r.db")
+        await store.open()
+        w = BatchWriter(store, batch_max=1000)
+        await w.start()
+        target = ReplyTarget(store)
+        futs = []
+        for i in range(1, 301):
+            op = MeterSample("CP1", "", T0 + dt.timedelta(seconds=i), MAGIC if i == 151 else float(i), 1)
+            if i % 3:
+                w.add_reply(op, target, str(i) if i != 151 else str(MAGIC), "MeterValues", "resp", 0.5)
+            else:
+                futs.append(w.add(op))
+        assert target.calls == []  # nothing answered before its commit
+        await asyncio.gather(*futs)
+        await w.flush()
+        ok = [c for c in target.calls if c[0] == "ok"]
+        assert [c[1] for c in ok] == [str(i) for i in range(1, 301) if i % 3 and i != 151]  # add order
+        assert all(c[2:] == ("MeterValues", "resp", 0.5) for c in ok)
+        assert [c for c in target.calls if c[0] == "failed"] == [("failed", str(MAGIC), "MeterValues",
+                                                                 "StoreError")]
+        await w.close()
+        late = ReplyTarget()
+        w.add_reply(ChargerSeen("CP1", T0), late, "x", "Heartbeat", None, 0.0)
+        assert late.calls == [("failed", "x", "Heartbeat", "WriterClosed")]
+        await store.close()
+    run(main())
