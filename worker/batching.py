@@ -56,7 +56,8 @@ __all__ = ["BatchWriter", "WriterClosed", "WriterFull"]
 log = logging.getLogger("chargeyard.worker.batching")
 
 OnCommit = Callable[[int, float], Any]  # (rows, seconds)
-# (op, future or None, added_at, seq, reply or None); reply = (target, message_id, action, response, t0)
+# add: (op, future, added_at, seq); add_reply: (op, None, added_at, seq, target, message_id, action,
+# response, t0)
 _Item = tuple
 
 
@@ -108,6 +109,7 @@ class BatchWriter:
         self._expiry: asyncio.TimerHandle | None = None
         self._flush_waiters: list[tuple[int, asyncio.Future]] = []
         self._closed = False
+        self._idle = False  # the sender waits for work: the next add wakes it
         # counters for tests and /metrics
         self.commits = 0
         self.failed_commits = 0  # every store commit that raised, retries included
@@ -190,7 +192,11 @@ class BatchWriter:
         """Queue ``op``; the future resolves with its result after its COMMIT."""
         self._ensure_started()
         fut = self._loop.create_future()  # type: ignore[union-attr]
-        self._add(op, fut, None)
+        if self._closed:
+            self._fail([(op, fut, 0.0, 0)], WriterClosed("writer is closed"))
+        else:
+            self._seq += 1
+            self._enqueue((op, fut, self._loop.time(), self._seq))  # type: ignore[union-attr]
         return fut
 
     def add_reply(self, op: Op, target: Any, message_id: str, action: str, response: Any, t0: float) -> None:
@@ -198,26 +204,28 @@ class BatchWriter:
         ``target.committed(message_id, action, response, t0)`` right after its COMMIT
         (``target.commit_failed(message_id, action, exc)`` if it fails). The hot path of a
         charger message: no future, no callback handle, no closure per message."""
-        self._ensure_started()
-        self._add(op, None, (target, message_id, action, response, t0))
-
-    def _add(self, op: Op, fut: asyncio.Future | None, reply: tuple | None) -> None:
-        loop = self._loop
+        if self._task is None:
+            self._ensure_started()
         if self._closed:
-            self._fail([(op, fut, 0.0, 0, reply)], WriterClosed("writer is closed"))
-            return
-        self._seq += 1
-        item = (op, fut, loop.time(), self._seq, reply)  # type: ignore[union-attr]
+            self._fail([(op, None, 0.0, 0, target, message_id, action, response, t0)],
+                       WriterClosed("writer is closed"))
+        else:
+            self._seq += 1
+            self._enqueue((op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
+                           target, message_id, action, response, t0))
+
+    def _enqueue(self, item: _Item) -> None:
         if len(self._queue) < self.max_queued and not self._waiting:
             self._queue.append(item)
-            if not self._wake.is_set():  # type: ignore[union-attr]
+            if self._idle:
+                self._idle = False
                 self._wake.set()  # type: ignore[union-attr]
             if len(self._queue) >= self.batch_max:
                 self._filled.set()  # type: ignore[union-attr]
         elif len(self._waiting) < self.max_queued:
             self._waiting.append(item)
             if self._expiry is None:
-                self._expiry = loop.call_later(self.add_timeout, self._expire)  # type: ignore[union-attr]
+                self._expiry = self._loop.call_later(self.add_timeout, self._expire)  # type: ignore[union-attr]
         else:
             self._fail([item], WriterFull(f"write queue full ({self.queue_depth} ops)"))
             self._notify_flush()
@@ -258,7 +266,9 @@ class BatchWriter:
                     if self._closed:
                         return
                     wake.clear()
+                    self._idle = True
                     await wake.wait()
+                    self._idle = False
                     continue
                 if busy and self.batch_s > 0 and len(self._queue) < self.batch_max and not self._closed:
                     delay = self._queue[0][2] + self.batch_s - loop.time()
@@ -319,9 +329,8 @@ class BatchWriter:
         for item, result in zip(items, results):
             fut = item[1]
             if fut is None:
-                r = item[4]
                 try:
-                    r[0].committed(r[1], r[2], r[3], r[4])
+                    item[4].committed(item[5], item[6], item[7], item[8])
                 except Exception:
                     log.exception("reply after commit failed")
             elif not fut.done():
@@ -387,9 +396,8 @@ class BatchWriter:
         for item in items:
             fut = item[1]
             if fut is None:
-                r = item[4]
                 try:
-                    r[0].commit_failed(r[1], r[2], exc)
+                    item[4].commit_failed(item[5], item[6], exc)
                 except Exception:
                     log.exception("error reply after a failed commit failed")
             elif not fut.done():

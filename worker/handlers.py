@@ -47,6 +47,7 @@ DEFAULT_RESPONSES: dict[str, dict] = {
 
 
 I64 = 2**63 - 1
+UNSET = msgspec.UNSET
 
 
 def i64(n: int) -> int:
@@ -55,7 +56,7 @@ def i64(n: int) -> int:
 
 
 def finite(x: float) -> float | None:
-    return x if x == x and x not in (float("inf"), float("-inf")) else None
+    return x if x - x == 0.0 else None  # inf - inf and nan - nan are nan
 
 
 def now() -> dt.datetime:
@@ -111,12 +112,13 @@ def _energy(sampled: list, wh_of: Callable[[Any], float | None]) -> float | None
     sampledValue list in Wh, preferring the total over per-phase readings."""
     best = None
     for sv in sampled:
-        if (sv.measurand if sv.measurand is not msgspec.UNSET else ENERGY) != ENERGY:
+        measurand = sv.measurand
+        if measurand is not UNSET and measurand != ENERGY:
             continue
         wh = wh_of(sv)
         if wh is None:
             continue
-        if sv.phase is msgspec.UNSET:
+        if sv.phase is UNSET:
             return wh
         if best is None:
             best = wh

@@ -54,11 +54,19 @@ class _Messages:
     """chargeyard_ocpp_messages_total{protocol,direction,action,type}"""
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str, str, str], int] = {}
+        self.counts: dict[tuple[str, str, str], dict[str, int]] = {}  # (protocol, direction, type) -> action -> n
+
+    def by_action(self, protocol: str, direction: str, kind: str) -> dict[str, int]:
+        """The action -> count dict of one (protocol, direction, type): the hot path keeps
+        it and counts with ``d[action] = d.get(action, 0) + 1`` (no call, no key tuple)."""
+        d = self.counts.get((protocol, direction, kind))
+        if d is None:
+            d = self.counts[(protocol, direction, kind)] = {}
+        return d
 
     def __call__(self, protocol: str, direction: str, action: str, kind: str) -> None:
-        key = (protocol, direction, action, kind)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        d = self.by_action(protocol, direction, kind)
+        d[action] = d.get(action, 0) + 1
 
 
 class _Handle:
@@ -85,8 +93,9 @@ class _Collector:
     def collect(self):  # type: ignore[no-untyped-def]
         fam = CounterMetricFamily("chargeyard_ocpp_messages", "OCPP messages",
                                   labels=["protocol", "direction", "action", "type"])
-        for key, n in list(messages.counts.items()):
-            fam.add_metric(list(key), n)
+        for (protocol, direction, kind), d in list(messages.counts.items()):
+            for action, n in list(d.items()):
+                fam.add_metric([protocol, direction, action, kind], n)
         yield fam
         hist = HistogramMetricFamily("chargeyard_ocpp_handle_duration_seconds",
                                      "Time from a charger CALL to its reply (includes the durable batch wait)",

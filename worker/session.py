@@ -27,8 +27,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chargeyard.worker")
 _TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
-_perf_counter, _monotonic = time.perf_counter, time.monotonic
-_handle, _messages = m.handle, m.messages
+_monotonic = time.monotonic
+_handle = m.handle
+_COUNTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+
+
+def _counters(protocol: str) -> tuple[dict[str, int], dict[str, int]]:
+    """The per-action counters of the hot path: (CALLs in, CALLRESULTs out)."""
+    c = _COUNTS.get(protocol)
+    if c is None:
+        c = _COUNTS[protocol] = (m.messages.by_action(protocol, "in", "call"),
+                                 m.messages.by_action(protocol, "out", "result"))
+    return c
 _ids = itertools.count(1)
 _FAIL_CODES = {"internal": "InternalError"}
 
@@ -39,7 +49,7 @@ class Session(WSListener):
     __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
                  "epoch", "vendor", "model", "leniency", "closed_reason", "_pending",
                  "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst",
-                 "writer")
+                 "writer", "_counts")
 
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
         self.worker = worker
@@ -50,6 +60,7 @@ class Session(WSListener):
         self.tables = self.codec.tables
         self.handlers = worker.handlers[version]
         self.writer = worker.writer
+        self._counts = _counters(protocol)
         self.transport: WSTransport | None = None
         self.epoch = 0
         self.vendor = ""
@@ -94,7 +105,11 @@ class Session(WSListener):
         mt = frame.msg_type
         if (mt is _TEXT or mt is _BINARY) and frame.fin:  # the common case: one whole message
             self._frag = None  # (a new message before a fragmented one ended drops the fragments)
-            self._on_message(frame.get_payload_as_bytes())
+            data = frame.get_payload_as_bytes()
+            if self._backlog is None and self._take_token():
+                self._process(data)
+            else:
+                self._throttle(data)
         elif mt is _TEXT or mt is _BINARY:
             self._frag = bytearray(frame.get_payload_as_memoryview())
         elif mt is WSMsgType.CONTINUATION:
@@ -116,7 +131,11 @@ class Session(WSListener):
     def _on_message(self, data: bytes) -> None:
         if self._backlog is None and self._take_token():
             self._process(data)
-        elif self._backlog is not None:  # throttled: keep the order, process later
+        else:
+            self._throttle(data)
+
+    def _throttle(self, data: bytes) -> None:
+        if self._backlog is not None:  # throttled: keep the order, process later
             self._backlog.append(data)
         else:
             # Over its rate: slow the sender down instead of dropping anything. Messages
@@ -128,7 +147,7 @@ class Session(WSListener):
             self._schedule_drain()
 
     def _take_token(self) -> bool:
-        now = time.monotonic()
+        now = _monotonic()
         tokens = self._tokens + (now - self._last) * self._rate
         self._last = now
         if tokens >= 1.0:
@@ -159,7 +178,8 @@ class Session(WSListener):
         msg = self.codec.decode(data)
         t = type(msg)
         if t is Call:
-            m.messages(self.protocol, "in", msg.action, "call")
+            counts, action = self._counts[0], msg.action
+            counts[action] = counts.get(action, 0) + 1
             self._dispatch(msg)
         elif t is CallResult:
             self._on_reply(msg, None)
@@ -178,7 +198,7 @@ class Session(WSListener):
 
     def _dispatch(self, call: Call) -> None:
         handler = self.handlers.get(call.action)
-        t0 = time.perf_counter()
+        t0 = self._last  # when the frame was taken in (monotonic)
         if handler is None:  # a known inbound action without a handler: never happens (tested)
             self.send_error(call.message_id, self.tables.codes["not_implemented"], "no handler")
             return
@@ -218,8 +238,9 @@ class Session(WSListener):
         if tr is None or tr.is_disconnected:
             return
         tr.send(_TEXT, self.codec.encode_result(message_id, payload))
-        _handle(action, _perf_counter() - t0)
-        _messages(self.protocol, "out", action, "result")
+        _handle(action, _monotonic() - t0)
+        counts = self._counts[1]
+        counts[action] = counts.get(action, 0) + 1
 
     def commit_failed(self, message_id: str, action: str, exc: BaseException) -> None:
         # nothing is acknowledged unless committed: the charger will retry
