@@ -100,6 +100,8 @@ def test_metrics_and_health(node):
     async def unknown_action():
         async with websockets.connect(node.ws("metrics-1"), subprotocols=["ocpp1.6"]) as ws:
             assert (await rpc(ws, '[2,"u","NoSuchAction",{}]'))[2] == "NotImplemented"
+            for i in range(3):
+                assert (await rpc(ws, f'[2,"h{i}","Heartbeat",{{}}]'))[0] == 3
 
     run(unknown_action())
     status, _ = node.get("/healthz")
@@ -115,6 +117,10 @@ def test_metrics_and_health(node):
         assert name in text, name
     # unknown actions are one bounded label value, never the charger's text
     assert 'action="_unknown"' in text and "NoSuchAction" not in text
+    for direction, kind in (("in", "call"), ("out", "result")):
+        assert (f'chargeyard_ocpp_messages_total{{action="Heartbeat",direction="{direction}",'
+                f'protocol="ocpp1.6",type="{kind}"}} 3.0') in text
+    assert 'chargeyard_ocpp_handle_duration_seconds_count{action="Heartbeat"} 3.0' in text
     assert 'chargeyard_ocpp_call_errors_total{code="NotImplemented",protocol="ocpp1.6"}' in text
     status, body = node.get("/api/v1/openapi.json")
     assert status == 200 and body["openapi"].startswith("3.") and "/chargers/{id}/calls/{action}" in body["paths"]
