@@ -49,7 +49,7 @@ class Session(WSListener):
     __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
                  "epoch", "vendor", "model", "leniency", "closed_reason", "_pending",
                  "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst",
-                 "writer", "_counts")
+                 "writer", "_counts", "_alive", "_ping_at")
 
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
         self.worker = worker
@@ -79,6 +79,9 @@ class Session(WSListener):
         self._tokens = self._burst
         self._last = time.monotonic()
         self._backlog: deque[bytes] | None = None
+        # keepalive (Worker._keepalive): last pong, and when the unanswered ping was sent
+        self._alive = self._last
+        self._ping_at = 0.0
 
     # -- picows callbacks ------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -123,6 +126,9 @@ class Session(WSListener):
             if frame.fin:
                 data, self._frag = bytes(self._frag), None
                 self._on_message(data)
+        elif mt is WSMsgType.PONG:
+            self._alive = _monotonic()
+            self._ping_at = 0.0
         elif mt is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
@@ -347,6 +353,25 @@ class Session(WSListener):
             self._queued -= 1
 
     # -- lifecycle -------------------------------------------------------------------
+    def keepalive(self, now: float, ping_after: float, reply_timeout: float) -> None:
+        """Ping after ``ping_after`` s without a message or pong; close (1001) when a ping
+        stays unanswered, and no message came, for ``reply_timeout`` s."""
+        tr = self.transport
+        if tr is None or tr.is_disconnected:
+            return
+        if self._ping_at:
+            if self._last < self._ping_at and now - self._ping_at >= reply_timeout:
+                self.closed_reason = "idle"
+                tr.send_close(WSCloseCode.GOING_AWAY, b"no pong")
+                tr.disconnect(graceful=False)  # a dead peer never acks: do not wait for it
+                return
+            if self._last < self._ping_at:
+                return
+            self._ping_at = 0.0  # a message since the ping: alive
+        if now - max(self._last, self._alive) >= ping_after:
+            tr.send_ping()
+            self._ping_at = now
+
     def close(self, code: WSCloseCode = WSCloseCode.OK, reason: str = "", why: str = "server") -> None:
         tr = self.transport
         if self.closed_reason is None:

@@ -96,6 +96,19 @@ def test_one_operator_call_in_flight_per_charger(node):
     run(scenario())
 
 
+HEARTBEAT_SERIES = ['chargeyard_ocpp_messages_total{action="Heartbeat",direction="in",protocol="ocpp1.6",type="call"}',
+                    'chargeyard_ocpp_messages_total{action="Heartbeat",direction="out",protocol="ocpp1.6",'
+                    'type="result"}',
+                    'chargeyard_ocpp_handle_duration_seconds_count{action="Heartbeat"}']
+
+
+def _series(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_metrics_and_health(node):
     async def unknown_action():
         async with websockets.connect(node.ws("metrics-1"), subprotocols=["ocpp1.6"]) as ws:
@@ -103,6 +116,7 @@ def test_metrics_and_health(node):
             for i in range(3):
                 assert (await rpc(ws, f'[2,"h{i}","Heartbeat",{{}}]'))[0] == 3
 
+    before = node.request("GET", "/metrics")[1]
     run(unknown_action())
     status, _ = node.get("/healthz")
     assert status == 200
@@ -117,10 +131,8 @@ def test_metrics_and_health(node):
         assert name in text, name
     # unknown actions are one bounded label value, never the charger's text
     assert 'action="_unknown"' in text and "NoSuchAction" not in text
-    for direction, kind in (("in", "call"), ("out", "result")):
-        assert (f'chargeyard_ocpp_messages_total{{action="Heartbeat",direction="{direction}",'
-                f'protocol="ocpp1.6",type="{kind}"}} 3.0') in text
-    assert 'chargeyard_ocpp_handle_duration_seconds_count{action="Heartbeat"} 3.0' in text
+    for name in HEARTBEAT_SERIES:  # counted per message, in and out, and timed
+        assert _series(text, name) - _series(before, name) == 3.0, name
     assert 'chargeyard_ocpp_call_errors_total{code="NotImplemented",protocol="ocpp1.6"}' in text
     status, body = node.get("/api/v1/openapi.json")
     assert status == 200 and body["openapi"].startswith("3.") and "/chargers/{id}/calls/{action}" in body["paths"]
@@ -209,6 +221,20 @@ def test_rate_limit_slows_a_flooding_charger_without_dropping(tmp_path):
     assert ids == [f"f{i}" for i in range(60)]  # all answered, in order, none dropped
     assert elapsed >= 0.7, elapsed  # 50 beyond the burst at 50/s take about a second
     assert calm_latency < 0.5
+
+
+def test_charger_answering_pings_stays_connected(tmp_path):
+    n = NodeProc(tmp_path, "--ping-interval", "1", "--idle-timeout", "2").start()
+
+    async def scenario():
+        # websockets answers pings itself; it sends none (ping_interval=None) and no message
+        async with websockets.connect(n.ws("pong-1"), subprotocols=["ocpp1.6"], ping_interval=None) as ws:
+            await asyncio.sleep(4.5)  # idle for over twice the idle timeout
+            assert (await rpc(ws, '[2,"h","Heartbeat",{}]'))[0] == 3
+    try:
+        run(scenario())
+    finally:
+        n.stop()
 
 
 def test_idle_connection_is_pinged_and_closed(tmp_path):
