@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test test-pure bench bench-codec cluster clean generate
 
-$(STAMP): pyproject.toml setup.py core/_codec.pyx
+$(STAMP): pyproject.toml setup.py core/_codec.pyx worker/_listener.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,cluster,bench]'
@@ -21,10 +21,11 @@ run: install
 cluster: install
 	$(VENV)/bin/chargeyard cluster --workers 3
 
-# The suite runs twice for the codec: compiled (required) and pure-Python twin.
+# The suite runs with the compiled codec and listener (required), then the parts that
+# exercise them again with their pure-Python twins.
 test: install
 	CHARGEYARD_REQUIRE_EXT=1 $(PY) -m pytest -q -p no:cacheprovider
-	CHARGEYARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/core
+	CHARGEYARD_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/core tests/worker tests/e2e
 
 bench-codec: install
 	taskset -c 1 $(PY) -m chargeyard.bench.codec
@@ -36,4 +37,4 @@ generate: install
 	$(PY) core/codegen.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info core/_codec.c core/_codec*.so
+	rm -rf $(VENV) build *.egg-info core/_codec.c core/_codec*.so worker/_listener.c worker/_listener*.so

@@ -1,6 +1,7 @@
-"""Builds the Cython codec; everything else is in pyproject.toml.
+"""Builds the Cython codec and the worker's per-message listener; everything else is in
+pyproject.toml.
 
-Set CHARGEYARD_NO_EXT=1 to install without compiling (the pure-Python twin is used).
+Set CHARGEYARD_NO_EXT=1 to install without compiling (the pure-Python twins are used).
 """
 
 import os
@@ -13,7 +14,9 @@ if os.environ.get("CHARGEYARD_NO_EXT") != "1":
     from setuptools import Extension
 
     ext_modules = cythonize(
-        [Extension("chargeyard.core._codec", ["core/_codec.pyx"])],
+        [Extension("chargeyard.core._codec", ["core/_codec.pyx"]),
+         # cimports picows' extension types: build against the exact picows it runs with
+         Extension("chargeyard.worker._listener", ["worker/_listener.pyx"])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )
 

@@ -1,8 +1,9 @@
 """One charger connection: frames in, replies out, CSMS->charger calls.
 
 A frame's path: ``on_ws_frame`` -> ``Codec.decode`` (core) -> the version's
-handler (``handlers.py``) -> reply now, or when the handler's future resolves
-(transaction messages: after their batch commit, ``batching.py``).
+handler (``handlers.py``) -> reply now, or after the batch commit of its write
+(``batching.py``). That per-message path is the base class (``listener.py``, compiled
+from ``_listener.pyx`` when built); this class has everything else.
 """
 
 from __future__ import annotations
@@ -15,21 +16,22 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode, WSMsgType, WSTransport
 
 from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
 from . import metrics as m
-from .handlers import Commit, Reply
+from .handlers import Reply
+from .listener import select
 
 if TYPE_CHECKING:
     from .server import Worker
 
 log = logging.getLogger("chargeyard.worker")
-_TEXT, _BINARY = WSMsgType.TEXT, WSMsgType.BINARY
-_monotonic = time.monotonic
-_handle = m.handle
+_ids = itertools.count(1)
 _COUNTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+Listener = select()
+LISTENER_IMPL: str = Listener.impl
 
 
 def _counters(protocol: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -39,17 +41,13 @@ def _counters(protocol: str) -> tuple[dict[str, int], dict[str, int]]:
         c = _COUNTS[protocol] = (m.messages.by_action(protocol, "in", "call"),
                                  m.messages.by_action(protocol, "out", "result"))
     return c
-_ids = itertools.count(1)
-_FAIL_CODES = {"internal": "InternalError"}
 
 
-class Session(WSListener):
+class Session(Listener):  # type: ignore[misc,valid-type]
     """The listener picows calls for one charger's WebSocket."""
 
-    __slots__ = ("worker", "charger_id", "protocol", "version", "codec", "tables", "handlers", "transport",
-                 "epoch", "vendor", "model", "leniency", "closed_reason", "_pending",
-                 "_call_lock", "_queued", "_frag", "_tokens", "_last", "_backlog", "_rate", "_burst",
-                 "writer", "_counts", "_alive", "_ping_at")
+    __slots__ = ("worker", "charger_id", "protocol", "version", "tables", "epoch", "vendor", "model",
+                 "leniency", "closed_reason", "_pending", "_call_lock", "_queued")
 
     def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
         self.worker = worker
@@ -60,7 +58,8 @@ class Session(WSListener):
         self.tables = self.codec.tables
         self.handlers = worker.handlers[version]
         self.writer = worker.writer
-        self._counts = _counters(protocol)
+        self.max_frame = worker.settings.max_frame
+        self._counts_in, self._counts_out = _counters(protocol)
         self.transport: WSTransport | None = None
         self.epoch = 0
         self.vendor = ""
@@ -80,7 +79,7 @@ class Session(WSListener):
         self._last = time.monotonic()
         self._backlog: deque[bytes] | None = None
         # keepalive (Worker._keepalive): last pong, and when the unanswered ping was sent
-        self._alive = self._last
+        self._alive = time.monotonic()
         self._ping_at = 0.0
 
     # -- picows callbacks ------------------------------------------------------------
@@ -104,35 +103,6 @@ class Session(WSListener):
         self._pending.clear()
         self.worker.session_closed(self, reason)
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        mt = frame.msg_type
-        if (mt is _TEXT or mt is _BINARY) and frame.fin:  # the common case: one whole message
-            self._frag = None  # (a new message before a fragmented one ended drops the fragments)
-            data = frame.get_payload_as_bytes()
-            if self._backlog is None and self._take_token():
-                self._process(data)
-            else:
-                self._throttle(data)
-        elif mt is _TEXT or mt is _BINARY:
-            self._frag = bytearray(frame.get_payload_as_memoryview())
-        elif mt is WSMsgType.CONTINUATION:
-            if self._frag is None:
-                return
-            self._frag += frame.get_payload_as_memoryview()
-            if len(self._frag) > self.worker.settings.max_frame:
-                self._frag = None
-                self.close(WSCloseCode.MESSAGE_TOO_BIG, "message too big", "too_big")
-                return
-            if frame.fin:
-                data, self._frag = bytes(self._frag), None
-                self._on_message(data)
-        elif mt is WSMsgType.PONG:
-            self._alive = _monotonic()
-            self._ping_at = 0.0
-        elif mt is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
-            transport.disconnect()
-
     # -- inbound -----------------------------------------------------------------------
     def _on_message(self, data: bytes) -> None:
         if self._backlog is None and self._take_token():
@@ -152,16 +122,6 @@ class Session(WSListener):
                 self.transport.underlying_transport.pause_reading()
             self._schedule_drain()
 
-    def _take_token(self) -> bool:
-        now = _monotonic()
-        tokens = self._tokens + (now - self._last) * self._rate
-        self._last = now
-        if tokens >= 1.0:
-            self._tokens = (tokens if tokens < self._burst else self._burst) - 1.0
-            return True
-        self._tokens = tokens
-        return False
-
     def _schedule_drain(self) -> None:
         delay = (1.0 - self._tokens) / self._rate
         asyncio.get_running_loop().call_later(max(0.0, delay), self._drain)
@@ -180,14 +140,9 @@ class Session(WSListener):
             self._backlog = None
             tr.underlying_transport.resume_reading()
 
-    def _process(self, data: bytes) -> None:
-        msg = self.codec.decode(data)
+    def _process_other(self, msg: Any, data: bytes) -> None:
         t = type(msg)
-        if t is Call:
-            counts, action = self._counts[0], msg.action
-            counts[action] = counts.get(action, 0) + 1
-            self._dispatch(msg)
-        elif t is CallResult:
+        if t is CallResult:
             self._on_reply(msg, None)
         elif t is CallError:
             self._on_reply(None, msg)
@@ -202,25 +157,17 @@ class Session(WSListener):
                 except Exception:
                     log.exception("handler for SEND %s failed", msg.action)
 
-    def _dispatch(self, call: Call) -> None:
-        handler = self.handlers.get(call.action)
-        t0 = self._last  # when the frame was taken in (monotonic)
-        if handler is None:  # a known inbound action without a handler: never happens (tested)
-            self.send_error(call.message_id, self.tables.codes["not_implemented"], "no handler")
-            return
-        try:
-            res = handler(self, call.payload)
-        except Exception as exc:  # a handler bug must not kill the connection
-            log.exception("handler %s failed for %s", call.action, self.charger_id)
-            self.send_error(call.message_id, self.tables.codes["internal"], type(exc).__name__)
-            return
-        rt = type(res)
-        if rt is Commit:
-            self.writer.add_reply(res.op, self, call.message_id, call.action, res.response, t0)
-        elif rt is Reply:
+    def _no_handler(self, call: Call) -> None:  # a known inbound action without one: never (tested)
+        self.send_error(call.message_id, self.tables.codes["not_implemented"], "no handler")
+
+    def _handler_failed(self, call: Call, exc: Exception) -> None:
+        log.error("handler %s failed for %s", call.action, self.charger_id, exc_info=exc)
+        self.send_error(call.message_id, self.tables.codes["internal"], type(exc).__name__)
+
+    def _deferred_reply(self, call: Call, res: Any, t0: float) -> None:
+        """A handler's answer that is not ready: a ``Reply``, a future or a coroutine."""
+        if type(res) is Reply:
             res.future.add_done_callback(lambda f: self._deferred(call, f, t0, res.response))
-        elif isinstance(res, msgspec.Struct):
-            self.committed(call.message_id, call.action, res, t0)
         elif asyncio.isfuture(res):
             res.add_done_callback(lambda f: self._deferred(call, f, t0))
         else:  # coroutine
@@ -237,16 +184,6 @@ class Session(WSListener):
             self.commit_failed(call.message_id, call.action, exc)
             return
         self.committed(call.message_id, call.action, fut.result() if response is None else response, t0)
-
-    def committed(self, message_id: str, action: str, payload: Any, t0: float) -> None:
-        """Send the CALLRESULT (called by the writer right after a ``Commit``'s COMMIT)."""
-        tr = self.transport
-        if tr is None or tr.is_disconnected:
-            return
-        tr.send(_TEXT, self.codec.encode_result(message_id, payload))
-        _handle(action, _monotonic() - t0)
-        counts = self._counts[1]
-        counts[action] = counts.get(action, 0) + 1
 
     def commit_failed(self, message_id: str, action: str, exc: BaseException) -> None:
         # nothing is acknowledged unless committed: the charger will retry

@@ -1,0 +1,51 @@
+"""The per-message listener's two twins (worker/listener.py, worker/_listener.pyx): the same
+surface and the same token bucket. Their frame handling runs end to end in tests/e2e, which
+`make test` runs with each twin."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chargeyard.worker import listener
+
+SURFACE = {"on_ws_frame", "_take_token", "_process", "_dispatch", "committed"}
+
+
+def _twins():
+    out = [listener.Listener]
+    try:
+        from chargeyard.worker._listener import Listener as CListener
+    except ImportError:
+        pass
+    else:
+        out.append(CListener)
+    return out
+
+
+def test_select_follows_the_switches(monkeypatch):
+    monkeypatch.setenv("CHARGEYARD_PURE", "1")
+    assert listener.select() is listener.Listener
+    monkeypatch.delenv("CHARGEYARD_PURE")
+    assert listener.select() is _twins()[-1]
+
+
+def test_twins_share_fields_and_methods():
+    twins = _twins()
+    for cls in twins:
+        assert SURFACE <= set(dir(cls)), cls
+        for field in listener.Listener.__slots__:
+            assert hasattr(cls, field), (cls, field)
+
+
+@pytest.mark.parametrize("cls", _twins(), ids=lambda c: c.impl)
+def test_token_bucket(cls):
+    lis = cls()
+    lis._rate, lis._burst, lis._tokens, lis._last = 100.0, 3.0, 3.0, time.monotonic()
+    assert [lis._take_token() for _ in range(4)] == [True, True, True, False]
+    start = lis._last
+    assert abs(start - time.monotonic()) < 0.05  # the same clock as time.monotonic
+    time.sleep(0.05)  # 100/s: about 5 tokens back, capped at the burst of 3
+    assert [lis._take_token() for _ in range(4)] == [True, True, True, False]
+    assert 0.0 <= lis._tokens < 1.0

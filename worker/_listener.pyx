@@ -1,0 +1,129 @@
+# cython: language_level=3
+"""Compiled twin of ``listener.py`` (read that module's docstring): the same fields and
+methods, with C-level calls into picows (frame fields, ``WSTransport.send``) and unboxed
+token-bucket arithmetic. Keep the two in step; tests/worker/test_listener.py runs both."""
+
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from picows.picows cimport WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+import msgspec
+
+from chargeyard.core import Call
+from chargeyard.worker.handlers import Commit
+from chargeyard.worker.metrics import handle as _handle
+
+cdef object _Call = Call
+cdef object _Commit = Commit
+cdef object _Struct = msgspec.Struct
+
+
+cdef inline double _monotonic() noexcept nogil:
+    """``time.monotonic()`` (CLOCK_MONOTONIC), without a call into Python."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class Listener(WSListener):
+    """Fields are set by ``Session.__init__``; the clock is ``time.monotonic``."""
+
+    cdef public WSTransport transport
+    cdef public object codec, handlers, writer, _backlog, _frag
+    cdef public dict _counts_in, _counts_out
+    cdef public Py_ssize_t max_frame
+    cdef public double _tokens, _last, _rate, _burst, _alive, _ping_at
+
+    impl = "cython"
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        cdef WSMsgType mt = frame.msg_type
+        if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
+            if frame.fin:  # the common case: one whole message
+                self._frag = None  # (a new message before a fragmented one ended drops the fragments)
+                data = frame.get_payload_as_bytes()
+                if self._backlog is None and self._take():
+                    self._process_c(data)
+                else:
+                    self._throttle(data)
+            else:
+                self._frag = bytearray(frame.get_payload_as_memoryview())
+        elif mt == WSMsgType.CONTINUATION:
+            if self._frag is None:
+                return
+            self._frag += frame.get_payload_as_memoryview()
+            if len(self._frag) > self.max_frame:
+                self._frag = None
+                self.close(WSCloseCode.MESSAGE_TOO_BIG, "message too big", "too_big")
+                return
+            if frame.fin:
+                data, self._frag = bytes(self._frag), None
+                self._on_message(data)
+        elif mt == WSMsgType.PONG:
+            self._alive = _monotonic()
+            self._ping_at = 0.0
+        elif mt == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+    cdef inline bint _take(self):
+        cdef double now = _monotonic()
+        cdef double tokens = self._tokens + (now - self._last) * self._rate
+        self._last = now
+        if tokens >= 1.0:
+            self._tokens = (tokens if tokens < self._burst else self._burst) - 1.0
+            return True
+        self._tokens = tokens
+        return False
+
+    def _take_token(self):
+        """Token bucket: ``_rate`` messages/s, up to ``_burst`` at once; ``_last`` is also the
+        time the current message was taken in."""
+        return self._take()
+
+    cdef _process_c(self, bytes data):
+        msg = self.codec.decode(data)
+        if type(msg) is _Call:
+            action = msg.action
+            counts = self._counts_in
+            counts[action] = counts.get(action, 0) + 1
+            self._dispatch_c(msg)
+        else:
+            self._process_other(msg, data)
+
+    def _process(self, bytes data):
+        self._process_c(data)
+
+    cdef _dispatch_c(self, call):
+        handler = self.handlers.get(call.action)
+        if handler is None:
+            self._no_handler(call)
+            return
+        cdef double t0 = self._last  # when the frame was taken in
+        try:
+            res = handler(self, call.payload)
+        except Exception as exc:  # a handler bug must not kill the connection
+            self._handler_failed(call, exc)
+            return
+        if type(res) is _Commit:
+            self.writer.add_reply(res.op, self, call.message_id, call.action, res.response, t0)
+        elif isinstance(res, _Struct):
+            self._committed(call.message_id, call.action, res, t0)
+        else:
+            self._deferred_reply(call, res, t0)
+
+    def _dispatch(self, call):
+        self._dispatch_c(call)
+
+    cdef _committed(self, message_id, action, payload, double t0):
+        cdef WSTransport tr = self.transport
+        if tr is None or tr.is_disconnected:
+            return
+        tr.send(WSMsgType.TEXT, self.codec.encode_result(message_id, payload))
+        _handle(action, _monotonic() - t0)
+        counts = self._counts_out
+        counts[action] = counts.get(action, 0) + 1
+
+    def committed(self, message_id, action, payload, double t0):
+        """Send the CALLRESULT (the writer calls this right after a ``Commit``'s COMMIT)."""
+        self._committed(message_id, action, payload, t0)
