@@ -138,6 +138,65 @@ CREATE TABLE id_tags (
     expiry INTEGER
 ) WITHOUT ROWID;
 """),
+    (2, """
+-- A transaction's readings are derived from its samples when read, so a sample is one
+-- INSERT: the lowest (the start estimate when start_reading_wh is unknown) skips closing
+-- readings, the highest and the newest (by at) take them all; meter_start_wh and energy_wh
+-- keep the rule of version 1, computed by the reads.
+-- Samples are keyed by time within a transaction (its newest is one index step); closing
+-- marks a 2.0.1 Ended event's reading, recognised in existing data by the Ended event
+-- recorded at its time.
+ALTER TABLE meter_samples RENAME TO meter_samples_v1;
+CREATE TABLE meter_samples (
+    charger_id   TEXT NOT NULL,
+    tx_id        TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    connector_id INTEGER NOT NULL,
+    energy_wh    REAL NOT NULL,
+    closing      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (charger_id, tx_id, at, connector_id)
+) WITHOUT ROWID;
+INSERT INTO meter_samples (charger_id, tx_id, at, connector_id, energy_wh, closing)
+SELECT charger_id, tx_id, at, connector_id, energy_wh,
+       EXISTS (SELECT 1 FROM tx_event_seqs e WHERE e.charger_id = s.charger_id AND e.tx_id = s.tx_id
+               AND e.at = s.at AND e.event_type = 'Ended')
+FROM meter_samples_v1 s;
+DROP TABLE meter_samples_v1;
+
+-- Readings that came for a sample's key after it was stored (the raw record keeps the
+-- first): per key, the lowest not closing, the highest and the last of them.
+CREATE TABLE sample_repeats (
+    charger_id   TEXT NOT NULL,
+    tx_id        TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    connector_id INTEGER NOT NULL,
+    low_wh       REAL,
+    high_wh      REAL NOT NULL,
+    last_wh      REAL NOT NULL,
+    PRIMARY KEY (charger_id, tx_id, at, connector_id)
+) WITHOUT ROWID;
+-- Version 1 folded such repeats into the transaction row only: where its readings differ
+-- from the stored samples', they become repeats of the newest sample (same results).
+INSERT INTO sample_repeats (charger_id, tx_id, at, connector_id, low_wh, high_wh, last_wh)
+SELECT t.charger_id, t.tx_id, n.at, n.connector_id, t.min_reading_wh, t.max_reading_wh, t.last_reading_wh
+FROM transactions t JOIN meter_samples n ON n.charger_id = t.charger_id AND n.tx_id = t.tx_id
+    AND (n.at, n.connector_id) = (SELECT at, connector_id FROM meter_samples s
+                                   WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id
+                                   ORDER BY at DESC, connector_id LIMIT 1)
+WHERE t.max_reading_wh IS NOT NULL AND (
+    t.last_reading_wh IS NOT n.energy_wh
+    OR t.max_reading_wh IS NOT (SELECT max(energy_wh) FROM meter_samples s
+                                WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id)
+    OR t.min_reading_wh IS NOT (SELECT min(energy_wh) FROM meter_samples s
+                                WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id AND NOT s.closing));
+
+ALTER TABLE transactions DROP COLUMN energy_wh;
+ALTER TABLE transactions DROP COLUMN meter_start_wh;
+ALTER TABLE transactions DROP COLUMN min_reading_wh;
+ALTER TABLE transactions DROP COLUMN max_reading_wh;
+ALTER TABLE transactions DROP COLUMN last_reading_wh;
+ALTER TABLE transactions DROP COLUMN last_reading_at;
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -9,6 +9,11 @@
 * ``apply`` is one ``BEGIN IMMEDIATE … COMMIT``; runs of consecutive ops of the same bulk
   type (MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger) go through
   ``executemany`` on cached prepared statements.
+* A MeterSample is one INSERT into ``meter_samples`` (plus the charger's last reading when
+  it has no transaction). A transaction's lowest, highest and newest readings, hence its
+  ``meter_start_wh``/``energy_wh``, are derived when read: from its samples (one index
+  range; the newest is one index step) and from ``sample_repeats``, the readings that came
+  for a key already stored (the raw record keeps the first; rare, e.g. a clock standing still).
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
 """
@@ -64,34 +69,33 @@ _SAMPLE_RAW = """
 INSERT INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?1, ?2, ?3, ?4, ?5)
 ON CONFLICT DO NOTHING"""
 
+# ?6: 1 for an Ended event's reading (highest/newest, never a start estimate)
+_EVENT_SAMPLE = """
+INSERT INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh, closing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT DO NOTHING"""
+
+# a reading for a key already stored (the raw record keeps the first) folds into its repeats
+_SAMPLE_REPEAT = """
+INSERT INTO sample_repeats (charger_id, tx_id, connector_id, at, low_wh, high_wh, last_wh)
+VALUES (?1, ?2, ?3, ?4, CASE WHEN ?6 THEN NULL ELSE ?5 END, ?5, ?5)
+ON CONFLICT DO UPDATE SET
+    low_wh = min(coalesce(low_wh, excluded.low_wh), coalesce(excluded.low_wh, low_wh)),
+    high_wh = max(high_wh, excluded.high_wh), last_wh = excluded.last_wh"""
+
+# a key's stored reading while it is a plain one (not closing, not repeated)
+_SAMPLE_PLAIN = """
+SELECT energy_wh FROM meter_samples WHERE charger_id = ?1 AND tx_id = ?2 AND connector_id = ?3 AND at = ?4
+AND NOT closing AND NOT EXISTS (
+    SELECT 1 FROM sample_repeats WHERE charger_id = ?1 AND tx_id = ?2 AND connector_id = ?3 AND at = ?4)"""
+
 _SAMPLE_LAST = """
 INSERT INTO last_readings (charger_id, connector_id, at, energy_wh, tx_id) VALUES (?1, ?3, ?4, ?5, ?2)
 ON CONFLICT (charger_id, connector_id) DO UPDATE SET
     at = excluded.at, energy_wh = excluded.energy_wh, tx_id = excluded.tx_id
 WHERE excluded.at >= last_readings.at"""
 
-# ?1 charger, ?2 tx, ?3 lowest reading, ?4 highest, ?5 newest reading's time, ?6 its value
-_SAMPLE_TX = """
-UPDATE transactions SET
-    min_reading_wh = CASE WHEN ?3 IS NULL THEN min_reading_wh ELSE min(coalesce(min_reading_wh, ?3), ?3) END,
-    max_reading_wh = max(coalesce(max_reading_wh, ?4), ?4),
-    last_reading_wh = CASE WHEN last_reading_at IS NULL OR ?5 >= last_reading_at THEN ?6
-                      ELSE last_reading_wh END,
-    last_reading_at = max(coalesce(last_reading_at, ?5), ?5)
-WHERE charger_id = ?1 AND tx_id = ?2"""
-
 _TX_ENSURE = """
 INSERT INTO transactions (charger_id, tx_id, kind) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"""
-
-# a row created after samples for it were stored (out-of-order arrival) picks them up
-_TX_FOLD_SAMPLES = """
-UPDATE transactions SET
-    (min_reading_wh, max_reading_wh) =
-        (SELECT min(energy_wh), max(energy_wh) FROM meter_samples WHERE charger_id = ?1 AND tx_id = ?2),
-    (last_reading_at, last_reading_wh) =
-        (SELECT at, energy_wh FROM meter_samples WHERE charger_id = ?1 AND tx_id = ?2
-         ORDER BY at DESC LIMIT 1)
-WHERE charger_id = ?1 AND tx_id = ?2"""
 
 _START_KEY = """
 INSERT INTO tx_starts (charger_id, connector_id, id_tag, meter_start_wh, started_at, tx_id)
@@ -129,27 +133,61 @@ _EVENT_END = """
 UPDATE transactions SET stopped_at = ?3, stop_reason = ?4, meter_stop_wh = ?5
 WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
 
+# the readings of a transaction t, from its samples and their repeats: the lowest not closing,
+_LOWEST = """(SELECT min(wh) FROM (
+        SELECT energy_wh AS wh FROM meter_samples s
+        WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id AND NOT s.closing
+        UNION ALL SELECT low_wh FROM sample_repeats r WHERE r.charger_id = t.charger_id AND r.tx_id = t.tx_id))"""
+# the highest,
+_HIGHEST = """(SELECT max(wh) FROM (
+        SELECT energy_wh AS wh FROM meter_samples s WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id
+        UNION ALL SELECT high_wh FROM sample_repeats r WHERE r.charger_id = t.charger_id AND r.tx_id = t.tx_id))"""
+# and the newest: by at, then the lowest connector (2.0.1 events after Started mostly carry 0);
+# of a repeated key, the last reading
+_NEWEST = """(SELECT {} FROM meter_samples s LEFT JOIN sample_repeats r USING (charger_id, tx_id, at, connector_id)
+        WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id ORDER BY s.at DESC, s.connector_id LIMIT 1)"""
+# a transaction with its readings (the lowest and the highest where the energy rule needs them)
+_TX_SELECT = f"""
+SELECT charger_id, tx_id, connector_id, evse_id, id_tag, kind, start_reading_wh, meter_stop_wh, started_at,
+    stopped_at, stop_reason, stop_id_tag, reservation_id,
+    CASE WHEN start_reading_wh IS NULL THEN {_LOWEST} END,
+    CASE WHEN kind != 16 OR meter_stop_wh IS NULL OR start_reading_wh IS NULL THEN {_HIGHEST} END,
+    {_NEWEST.format("coalesce(r.last_wh, s.energy_wh)")}, {_NEWEST.format("s.at")}
+FROM {{}} t"""
+
+_TX_GET = _TX_SELECT.format("transactions") + " WHERE charger_id = ?1 AND tx_id = ?2"
+_TX_ORDER = "ORDER BY started_at DESC NULLS LAST, charger_id, tx_id"
+
 # newest reading per connector: samples without a transaction, and each transaction's own
-_LAST_READINGS = """
+_LAST_READINGS = f"""
 SELECT connector_id, energy_wh, at, tx_id FROM (
     SELECT connector_id, energy_wh, at, tx_id,
            row_number() OVER (PARTITION BY connector_id ORDER BY at DESC, tx_id DESC) AS rn
     FROM (SELECT connector_id, energy_wh, at, tx_id FROM last_readings WHERE charger_id = ?1
           UNION ALL
-          SELECT connector_id, last_reading_wh, last_reading_at, tx_id FROM transactions
-          WHERE charger_id = ?1 AND last_reading_at IS NOT NULL))
+          SELECT connector_id, {_NEWEST.format("coalesce(r.last_wh, s.energy_wh)")},
+                 {_NEWEST.format("s.at")} AS at, tx_id
+          FROM transactions t WHERE charger_id = ?1)
+    WHERE at IS NOT NULL)
 WHERE rn = 1 ORDER BY connector_id"""
-
-_TX_COLUMNS = ("charger_id, tx_id, connector_id, evse_id, id_tag, meter_start_wh, meter_stop_wh, energy_wh, "
-               "started_at, stopped_at, stop_reason, stop_id_tag, reservation_id, last_reading_wh, "
-               "last_reading_at")
 
 
 def _tx_dict(r: tuple) -> dict:
+    """A row of ``_TX_SELECT`` -> the API shape, meter_start_wh and energy_wh by the rule in
+    store/base.py (``MeterSample``)."""
+    kind, start, stop, low, high = r[5], r[6], r[7], r[13], r[14]
+    meter_start = start if start is not None else low
+    if meter_start is None:
+        energy = None
+    elif kind == 16 and stop is not None and start is not None:
+        energy = stop - start
+    else:
+        energy = max(meter_start, meter_start if high is None else high,
+                     meter_start if stop is None else stop) - meter_start
     return {"charger_id": r[0], "tx_id": r[1], "connector_id": r[2], "evse_id": r[3], "id_tag": r[4],
-            "meter_start_wh": r[5], "meter_stop_wh": r[6], "energy_wh": r[7], "started_at": _iso(r[8]),
+            "meter_start_wh": meter_start, "meter_stop_wh": stop, "energy_wh": energy, "started_at": _iso(r[8]),
             "stopped_at": _iso(r[9]), "stop_reason": r[10], "active": r[9] is None, "stop_id_tag": r[11],
-            "reservation_id": r[12], "last_reading_wh": r[13], "last_reading_at": _iso(r[14])}
+            "reservation_id": r[12], "last_reading_wh": r[15], "last_reading_at": _iso(r[16])}
 
 
 class SqliteStore(Store):
@@ -303,34 +341,31 @@ class SqliteStore(Store):
     def _samples(self, run: list[MeterSample]) -> None:
         conn = self._db
         rows = [(o.charger_id, o.tx_id, o.connector_id, _us(o.at), float(o.energy_wh)) for o in run]
-        conn.executemany(_SAMPLE_RAW, rows)
+        if conn.executemany(_SAMPLE_RAW, rows).rowcount < len(rows):
+            self._repeats(rows)
         idle = [r for r in rows if not r[1]]
         if idle:
             conn.executemany(_SAMPLE_LAST, idle)
-        # one UPDATE per transaction, not per sample: fold the run first
-        per_tx: dict[tuple[str, str], list] = {}
-        for c, tx, _, at, wh in rows:
-            if not tx:
+
+    def _repeats(self, rows: list[tuple]) -> None:
+        """Fold the samples of a run that repeat a key already stored. The bulk insert does not
+        say which samples stored their key: a key's first sample in the run is taken for it when
+        the stored reading is that sample's and plain (were it a repeat, folding it would change
+        nothing)."""
+        conn = self._db
+        firsts = set()
+        for r in rows:
+            if not r[1]:  # no transaction: no readings to fold
                 continue
-            agg = per_tx.get((c, tx))
-            if agg is None:
-                per_tx[(c, tx)] = [c, tx, wh, wh, at, wh]
-            else:
-                if wh < agg[2]:
-                    agg[2] = wh
-                if wh > agg[3]:
-                    agg[3] = wh
-                if at >= agg[4]:
-                    agg[4], agg[5] = at, wh
-        if per_tx:
-            conn.executemany(_SAMPLE_TX, per_tx.values())
+            key = r[:4]
+            if key not in firsts:
+                firsts.add(key)
+                if conn.execute(_SAMPLE_PLAIN, key).fetchone() == (r[4],):
+                    continue
+            conn.execute(_SAMPLE_REPEAT, (*r, 0))
 
     def _ensure_tx(self, charger_id: str, tx_id: str, kind: int) -> bool:
-        conn = self._db
-        created = conn.execute(_TX_ENSURE, (charger_id, tx_id, kind)).rowcount == 1
-        if created:
-            conn.execute(_TX_FOLD_SAMPLES, (charger_id, tx_id))
-        return created
+        return self._db.execute(_TX_ENSURE, (charger_id, tx_id, kind)).rowcount == 1
 
     def _start(self, o: StartTransaction) -> str:
         conn = self._db
@@ -364,14 +399,11 @@ class SqliteStore(Store):
                                      1 if ended else 0))
         wh = None if o.energy_wh is None else float(o.energy_wh)
         if wh is not None:
-            row = (o.charger_id, o.tx_id, o.connector_id, at, wh)
-            conn.execute(_SAMPLE_RAW, row)
+            sample = (o.charger_id, o.tx_id, o.connector_id, at, wh, 1 if ended else 0)
+            if conn.execute(_EVENT_SAMPLE, sample).rowcount == 0:
+                conn.execute(_SAMPLE_REPEAT, sample)
             if o.event_type == "Started":
                 conn.execute(_EVENT_BEGIN_READING, (o.charger_id, o.tx_id, wh))
-            if ended:  # the closing reading counts as highest/newest, not as a start estimate
-                conn.execute(_SAMPLE_TX, (o.charger_id, o.tx_id, None, wh, at, wh))
-            else:
-                conn.execute(_SAMPLE_TX, (o.charger_id, o.tx_id, wh, wh, at, wh))
         if ended:
             conn.execute(_EVENT_END, (o.charger_id, o.tx_id, at, o.stop_reason, wh))
         return True
@@ -429,18 +461,17 @@ class SqliteStore(Store):
             args.append(charger_id)
         if active is not None:
             where.append("stopped_at IS NULL" if active else "stopped_at IS NOT NULL")
-        sql = f"SELECT {_TX_COLUMNS} FROM transactions"
+        page = "SELECT * FROM transactions"
         if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC NULLS LAST, charger_id, tx_id LIMIT ?"
+            page += " WHERE " + " AND ".join(where)
+        # the page first: readings are derived for its rows only
+        sql = f"WITH page AS MATERIALIZED ({page} {_TX_ORDER} LIMIT ?) {_TX_SELECT.format('page')} {_TX_ORDER}"
         args.append(max(0, int(limit)))
         rows = await self._run(lambda: self._db.execute(sql, args).fetchall())
         return [_tx_dict(r) for r in rows]
 
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
-        row = await self._run(lambda: self._db.execute(
-            f"SELECT {_TX_COLUMNS} FROM transactions WHERE charger_id = ? AND tx_id = ?",
-            (charger_id, tx_id)).fetchone())
+        row = await self._run(lambda: self._db.execute(_TX_GET, (charger_id, tx_id)).fetchone())
         return None if row is None else _tx_dict(row)
 
     async def list_meter_samples(self, charger_id: str, tx_id: str, limit: int = 10000) -> list[dict]:

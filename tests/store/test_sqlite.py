@@ -15,7 +15,7 @@ import time
 import pytest
 
 from chargeyard.store import migrations
-from chargeyard.store.base import MeterSample, StartTransaction, StoreError
+from chargeyard.store.base import MeterSample, StartTransaction, StoreError, TransactionEvent, from_us, to_us
 from chargeyard.store.sqlite import SqliteStore
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
@@ -57,6 +57,123 @@ def test_newer_schema_is_refused(tmp_path):
     async def main():
         with pytest.raises(StoreError):
             await SqliteStore(path).open()
+    run(main())
+
+
+def _us(minutes: float) -> int:
+    return to_us(T0 + dt.timedelta(minutes=minutes))
+
+
+# A version 1 database as the version 1 store left it: readings folded into each
+# transaction row (lowest without the Ended reading, highest, newest), repeats of a stored
+# sample's key (tx 4 at 82: 30 then 25) only there.
+_V1_DATA = [
+    ("INSERT INTO transactions (charger_id, tx_id, kind, connector_id, evse_id, id_tag, start_reading_wh, "
+     "min_reading_wh, max_reading_wh, meter_stop_wh, last_reading_wh, last_reading_at, started_at, stopped_at, "
+     "stop_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("CP1", "1", 16, 1, 0, "TAG", 1000.0, 1100.0, 2200.0, 2300.0, 1100.0, _us(25), _us(0), _us(30), "Local"),
+        ("CP1", "2", 16, 2, 0, "TAG", 500.0, 700.0, 900.0, None, 900.0, _us(50), _us(40), None, ""),
+        ("CP1", "3", 16, 0, 0, "", None, None, None, 100.0, None, None, None, _us(5), "PowerLoss"),
+        ("CS1", "tx-a", 20, 1, 1, "TOK", 10000.0, 10000.0, 11500.0, 11500.0, 11500.0, _us(20), _us(0), _us(20),
+         "EVDisconnected"),
+        ("CS1", "tx-c", 20, 0, 0, "", None, 50.0, 80.0, 40.0, 40.0, _us(7), _us(5), _us(7), "Local"),
+        ("CP1", "4", 16, 1, 0, "TAG", 0.0, 10.0, 30.0, None, 25.0, _us(82), _us(80), None, "")]),
+    ("INSERT INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)", [
+        ("CP1", "1", 1, _us(10), 1600.0), ("CP1", "1", 1, _us(20), 2200.0), ("CP1", "1", 1, _us(5), 1300.0),
+        ("CP1", "1", 1, _us(25), 1100.0), ("CP1", "2", 2, _us(45), 700.0), ("CP1", "2", 2, _us(50), 900.0),
+        ("CP1", "4", 1, _us(81), 10.0), ("CP1", "4", 1, _us(82), 20.0),
+        ("CP1", "9", 1, _us(70), 3000.0),  # its transaction not known yet
+        ("CP1", "", 1, _us(60), 5000.0),
+        ("CS1", "tx-a", 1, _us(0), 10000.0), ("CS1", "tx-a", 0, _us(10), 11000.0), ("CS1", "tx-a", 0, _us(20), 11500.0),
+        ("CS1", "tx-c", 0, _us(5), 50.0), ("CS1", "tx-c", 0, _us(6), 80.0), ("CS1", "tx-c", 0, _us(7), 40.0)]),
+    ("INSERT INTO tx_event_seqs (charger_id, tx_id, seq_no, event_type, at) VALUES (?, ?, ?, ?, ?)", [
+        ("CS1", "tx-a", 0, "Started", _us(0)), ("CS1", "tx-a", 1, "Updated", _us(10)),
+        ("CS1", "tx-a", 2, "Ended", _us(20)), ("CS1", "tx-c", 3, "Updated", _us(5)),
+        ("CS1", "tx-c", 4, "Updated", _us(6)), ("CS1", "tx-c", 5, "Ended", _us(7))]),
+    ("INSERT INTO last_readings (charger_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?)", [
+        ("CP1", 1, _us(60), 5000.0)]),
+]
+
+
+def test_version_1_database_is_converted_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+        m.setattr(migrations, "LATEST", 1)
+        assert migrations.migrate(conn) == [1]
+    for sql, rows in _V1_DATA:
+        conn.executemany(sql, rows)
+    v1 = {(c, t): (start, energy, last_wh, last_at) for c, t, start, energy, last_wh, last_at in conn.execute(
+        "SELECT charger_id, tx_id, meter_start_wh, energy_wh, last_reading_wh, last_reading_at FROM transactions")}
+    conn.close()
+    # tx-c: no start reading, so the lowest reading stands in, and that is not the Ended one (40)
+    assert {k: v[:2] for k, v in v1.items()} == {
+        ("CP1", "1"): (1000.0, 1300.0), ("CP1", "2"): (500.0, 400.0), ("CP1", "3"): (None, None),
+        ("CS1", "tx-a"): (10000.0, 1500.0), ("CS1", "tx-c"): (50.0, 30.0), ("CP1", "4"): (0.0, 30.0)}
+
+    async def main():
+        async with SqliteStore(path) as s:
+            assert await s.schema_version() == migrations.LATEST
+            for (c, t), (start, energy, last_wh, last_at) in v1.items():
+                tx = await s.get_transaction(c, t)
+                assert (tx["meter_start_wh"], tx["energy_wh"], tx["last_reading_wh"], tx["last_reading_at"]) == (
+                    start, energy, last_wh, from_us(last_at)), (c, t)
+            assert [t["tx_id"] for t in await s.list_transactions()] == ["4", "2", "tx-c", "1", "tx-a", "3"]
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"], r["tx_id"]) for r in readings] == [
+                (1, 25.0, "4"), (2, 900.0, "2")]
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1300.0, 1600.0, 2200.0, 1100.0]
+            assert len(await s.list_meter_samples("CS1", "tx-a")) == 3
+            # the store carries on: samples stored before their transaction still count
+            await s.apply([StartTransaction("CP1", "9", 1, "TAG", 2000.0, T0 + dt.timedelta(minutes=65)),
+                           MeterSample("CS1", "tx-c", T0 + dt.timedelta(minutes=8), 90.0)])
+            assert (await s.get_transaction("CP1", "9"))["energy_wh"] == 1000.0
+            assert (await s.get_transaction("CS1", "tx-c"))["energy_wh"] == 40.0
+    run(main())
+    conn = sqlite3.connect(path)
+    try:
+        closing = conn.execute("SELECT tx_id, connector_id, energy_wh FROM meter_samples WHERE closing").fetchall()
+        assert sorted(closing) == [("tx-a", 0, 11500.0), ("tx-c", 0, 40.0)]
+        assert conn.execute("SELECT * FROM sample_repeats").fetchall() == [("CP1", "4", _us(82), 1, 10.0, 30.0, 25.0)]
+        columns = {r[1] for r in conn.execute("PRAGMA table_xinfo(transactions)")}
+        assert not columns & {"min_reading_wh", "max_reading_wh", "last_reading_wh", "last_reading_at",
+                              "meter_start_wh", "energy_wh"}
+    finally:
+        conn.close()
+
+
+def test_repeated_sample_keys_still_count(tmp_path):
+    """A reading for a key already stored (a clock standing still, a replay with other
+    values) is not kept raw, yet counts: it may raise the highest, lower the start estimate
+    unless closing, and is the newest reading at its time."""
+    def at(minutes: float) -> dt.datetime:
+        return T0 + dt.timedelta(minutes=minutes)
+
+    async def main():
+        async with SqliteStore(tmp_path / "r.db") as s:
+            async def tx(charger, tx_id):
+                t = await s.get_transaction(charger, tx_id)
+                return t["meter_start_wh"], t["energy_wh"], t["last_reading_wh"]
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
+            await s.apply([MeterSample("CP1", "1", at(10), 1500.0, 1), MeterSample("CP1", "1", at(10), 1700.0, 1)])
+            assert await tx("CP1", "1") == (1000.0, 700.0, 1700.0)
+            await s.apply([MeterSample("CP1", "1", at(10), 1600.0, 1), MeterSample("CP1", "1", at(9), 1200.0, 1)])
+            assert await tx("CP1", "1") == (1000.0, 700.0, 1600.0)
+            await s.apply([MeterSample("CP1", "1", at(10), 1500.0, 1)])  # the stored reading, repeated
+            assert await tx("CP1", "1") == (1000.0, 700.0, 1500.0)
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1200.0, 1500.0]
+            # 2.0.1, no start reading: the lowest reading not closing is the start
+            await s.apply([TransactionEvent("CS1", "tx", 1, "Updated", at(5), "X", energy_wh=50.0),
+                           TransactionEvent("CS1", "tx", 2, "Updated", at(6), "X", energy_wh=80.0),
+                           TransactionEvent("CS1", "tx", 3, "Ended", at(6), "X", energy_wh=30.0)])
+            assert await tx("CS1", "tx") == (50.0, 30.0, 30.0)
+            await s.apply([MeterSample("CS1", "tx", at(5), 40.0)])
+            assert await tx("CS1", "tx") == (40.0, 40.0, 30.0)
+            await s.apply([MeterSample("CS1", "tx", at(6), 30.0)])  # the closing reading, now as a sample
+            assert await tx("CS1", "tx") == (30.0, 50.0, 30.0)
+            readings = (await s.get_charger("CS1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"], r["tx_id"]) for r in readings] == [(0, 30.0, "tx")]
     run(main())
 
 
