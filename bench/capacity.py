@@ -35,7 +35,7 @@ def _event_bytes(data: dict, kind: str) -> int:
 
 def _meter_event_bytes() -> int:
     tmpl = frames.meter_values16(123456, 45678, 4)
-    payload = orjson.loads(tmpl.replace(b"%b", b"1"))[3]
+    payload = orjson.loads(tmpl % (b"1", 0))[3]
     return _event_bytes(payload, "transaction.meter")
 
 

@@ -1,10 +1,13 @@
 """Pre-encoded OCPP-J frames for the load generator.
 
 The generator must be cheaper per message than the server it measures, so frames
-are JSON-encoded once into a template with a ``%b`` hole for the message id (and a
-``%d`` hole for the 2.0.1 ``seqNo``); sending a message is one ``%`` formatting.
-Templates are rebuilt about once a second per charger so timestamps and the energy
-register move forward like a real charger's.
+are JSON-encoded once into a template with a ``%b`` hole for the message id (then, for
+the 2.0.1 TransactionEvent, a ``%d`` hole for ``seqNo``) and, in metering messages, a
+``%06d`` hole for the microseconds of the timestamp (the generator fills in a per-charger
+counter: every reading of a charger has its own timestamp, as a real charger's do);
+sending a message is one ``%`` formatting. Templates are rebuilt about once a second per
+charger, so the timestamp's second and the energy register move forward like a real
+charger's.
 
 Replies are matched by message id without parsing the JSON (:func:`reply_id`).
 """
@@ -26,11 +29,17 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+STAMP = "@stamp@"  # a timestamp in a template payload: this second, microseconds to fill in
+
+
 def _template(action: str, payload: dict, seq_hole: bool = False) -> bytes:
-    """``[2,"%b","Action",{...}]`` with ``%`` escaped; ``seqNo`` becomes ``%d``."""
+    """``[2,"%b","Action",{...}]`` with ``%`` escaped; ``seqNo`` becomes ``%d`` and
+    every ``STAMP`` value this second's timestamp with a ``%06d`` microseconds hole."""
     body = orjson.dumps(payload).replace(b"%", b"%%")
     if seq_hole:
         body = body.replace(b'"seqNo":-424242', b'"seqNo":%d')
+    second = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "")
+    body = body.replace(orjson.dumps(STAMP), b'"' + second.encode() + b'.%06dZ"')
     return b'[2,"%b",' + orjson.dumps(action) + b"," + body + b"]"
 
 
@@ -89,7 +98,7 @@ def meter_values16(tx_id: int, energy_wh: int, n_values: int = 4) -> bytes:
     return _template("MeterValues", {
         "connectorId": 1,
         "transactionId": tx_id,
-        "meterValue": [{"timestamp": now_iso(), "sampledValue": sampled[:max(1, n_values)]}],
+        "meterValue": [{"timestamp": STAMP, "sampledValue": sampled[:max(1, n_values)]}],
     })
 
 
@@ -138,11 +147,12 @@ def start201(tx_id: str, energy_wh: int) -> tuple[str, dict]:
 
 
 def tx_event201(tx_id: str, energy_wh: int, n_values: int = 4) -> bytes:
-    """TransactionEvent(Updated) template with holes for message id and seqNo."""
+    """TransactionEvent(Updated) template with holes for message id, seqNo and the
+    microseconds of its two timestamps."""
     return _template("TransactionEvent", {
-        "eventType": "Updated", "timestamp": now_iso(), "triggerReason": "MeterValuePeriodic",
+        "eventType": "Updated", "timestamp": STAMP, "triggerReason": "MeterValuePeriodic",
         "seqNo": -424242, "transactionInfo": {"transactionId": tx_id, "chargingState": "Charging"},
-        "meterValue": [{"timestamp": now_iso(), "sampledValue": _sampled201(energy_wh, n_values)}],
+        "meterValue": [{"timestamp": STAMP, "sampledValue": _sampled201(energy_wh, n_values)}],
     }, seq_hole=True)
 
 

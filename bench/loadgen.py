@@ -42,6 +42,9 @@ CLOSE = WSMsgType.CLOSE
 monotonic = time.monotonic
 log2 = math.log2
 
+# holes of a charger's frame template (bench/frames.py): id; id + timestamp microseconds;
+# id + microseconds + seqNo + microseconds (2.0.1 TransactionEvent)
+HOLES_ID, HOLES_STAMP, HOLES_EVENT = 0, 1, 2
 HIST_SCALE = 32          # buckets per power of two of microseconds (~2.2 % wide)
 HIST_SIZE = 32 * 26      # up to 2**26 us = 67 s
 
@@ -89,7 +92,7 @@ class Charger(WSListener):
         self.tx_id = None
         self.energy = 1000 + idx  # Wh
         self.tmpl = b""
-        self.seq_hole = False
+        self.holes = HOLES_ID
         self.seq = 1
         self.built = -1e9
         self.timers: dict = {}
@@ -180,13 +183,13 @@ class Generator:
             ch.energy += max(1, int((now - ch.built) * 11040 / 3600))
         ch.built = now
         if self.action == "Heartbeat":
-            ch.tmpl, ch.seq_hole = frames.heartbeat_template(), False
+            ch.tmpl, ch.holes = frames.heartbeat_template(), HOLES_ID
         elif self.protocol == frames.OCPP16:
-            ch.tmpl, ch.seq_hole = frames.meter_values16(ch.tx_id or 0, ch.energy, self.n_values), False
+            ch.tmpl, ch.holes = frames.meter_values16(ch.tx_id or 0, ch.energy, self.n_values), HOLES_STAMP
             if ch.tx_id is None:  # MeterValues outside a transaction: drop the key
                 ch.tmpl = ch.tmpl.replace(b'"transactionId":0,', b"")
         else:
-            ch.tmpl, ch.seq_hole = frames.tx_event201(ch.tx_id or ch.cid, ch.energy, self.n_values), True
+            ch.tmpl, ch.holes = frames.tx_event201(ch.tx_id or ch.cid, ch.energy, self.n_values), HOLES_EVENT
 
     def send_hot(self, ch: Charger):
         now = monotonic()
@@ -194,8 +197,12 @@ class Generator:
             self.build(ch, now)
         ch.n += 1
         mid = b"%d" % ch.n
-        if ch.seq_hole:
-            frame = ch.tmpl % (mid, ch.seq)
+        holes = ch.holes
+        if holes == HOLES_STAMP:  # each reading its own timestamp (microseconds = message count)
+            frame = ch.tmpl % (mid, ch.n % 1_000_000)
+        elif holes == HOLES_EVENT:
+            us = ch.n % 1_000_000
+            frame = ch.tmpl % (mid, us, ch.seq, us)
             ch.seq += 1
         else:
             frame = ch.tmpl % mid

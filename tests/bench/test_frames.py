@@ -30,7 +30,7 @@ def check(version: str, frame: bytes):
 
 
 def test_ocpp16_frames_are_schema_valid():
-    msg = check("v16", frames.meter_values16(42, 123456, 4) % b"17")
+    msg = check("v16", frames.meter_values16(42, 123456, 4) % (b"17", 5))
     assert msg[1] == "17"
     p = msg[3]
     assert p["connectorId"] == 1 and p["transactionId"] == 42
@@ -39,15 +39,16 @@ def test_ocpp16_frames_are_schema_valid():
     energy = sampled[0]
     assert energy["measurand"] == "Energy.Active.Import.Register" and energy["unit"] == "Wh"
     assert energy["value"] == "123456"
-    assert p["meterValue"][0]["timestamp"].endswith("Z")
+    assert p["meterValue"][0]["timestamp"].endswith(".000005Z")
     for action, payload in (frames.boot16(), frames.status16("Charging"), frames.start16(100)):
         check("v16", frames.call(action, payload, b"1"))
     check("v16", frames.heartbeat_template() % b"9")
 
 
 def test_ocpp201_frames_are_schema_valid():
-    msg = check("v201", frames.tx_event201("tx-1", 5000, 4) % (b"3", 7))
+    msg = check("v201", frames.tx_event201("tx-1", 5000, 4) % (b"3", 42, 7, 42))
     assert msg[3]["seqNo"] == 7
+    assert msg[3]["timestamp"] == msg[3]["meterValue"][0]["timestamp"] and msg[3]["timestamp"].endswith(".000042Z")
     assert len(msg[3]["meterValue"][0]["sampledValue"]) == 4
     for action, payload in (frames.boot201(), frames.status201("Occupied"),
                             frames.start201("tx-1", 5000)):
