@@ -197,6 +197,21 @@ ALTER TABLE transactions DROP COLUMN max_reading_wh;
 ALTER TABLE transactions DROP COLUMN last_reading_wh;
 ALTER TABLE transactions DROP COLUMN last_reading_at;
 """),
+    (3, """
+-- Readings are appended here as they come and folded in bulk, in arrival (rowid) order,
+-- into meter_samples, sample_repeats and last_readings: consecutive rows share pages, so a
+-- commit writes a few log pages instead of one meter_samples leaf per charger, and a fold
+-- writes each charger's leaf once for many commits. Reads fold the log first.
+-- kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended event's (closing).
+CREATE TABLE sample_log (
+    charger_id   TEXT NOT NULL,
+    tx_id        TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    at           INTEGER NOT NULL,
+    energy_wh    REAL NOT NULL,
+    kind         INTEGER NOT NULL DEFAULT 0
+);
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

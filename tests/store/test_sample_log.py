@@ -1,0 +1,304 @@
+"""The SQLite store's sample log: readings are appended to ``sample_log`` and folded into
+the samples in bulk (inside ``apply`` at ``fold_rows``, before reads, on close); the
+results are those of storing every reading at once, in arrival order."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import sqlite3
+
+import pytest
+
+from chargeyard.store import migrations
+from chargeyard.store.base import (ChargerSeen, MeterSample, StartTransaction, StopTransaction, StoreError,
+                                   TransactionEvent, to_us)
+from chargeyard.store.sqlite import SqliteStore
+
+T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
+
+
+def at(minutes: float) -> dt.datetime:
+    return T0 + dt.timedelta(minutes=minutes)
+
+
+def run(coro, timeout: float = 60.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def counts(path) -> tuple[int, int]:
+    """(rows in the log, rows in meter_samples) as committed, seen from another connection."""
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("SELECT count(*) FROM sample_log").fetchone()[0],
+                conn.execute("SELECT count(*) FROM meter_samples").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def samples(charger: str, tx: str, minutes: range, wh: float = 0.0) -> list[MeterSample]:
+    return [MeterSample(charger, tx, at(m), wh + m, 1) for m in minutes]
+
+
+def test_apply_folds_at_fold_rows(tmp_path):
+    path = tmp_path / "t.db"
+
+    async def main():
+        async with SqliteStore(path, fold_rows=5) as s:
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 0.0, at(0))])
+            await s.apply(samples("CP1", "1", range(1, 4)))
+            assert counts(path) == (3, 0)  # committed in the log only
+            # an event's reading is logged too: 3 + 1 + 1 reaches fold_rows, folded in the same commit
+            await s.apply([TransactionEvent("CS1", "t", 1, "Updated", at(1), energy_wh=5.0),
+                           MeterSample("CP1", "1", at(4), 4.0, 1), ChargerSeen("CP1", at(4))])
+            assert counts(path) == (0, 5)
+            await s.apply(samples("CP1", "1", range(5, 7)))
+            assert counts(path) == (2, 5)
+            assert (await s.get_transaction("CP1", "1"))["energy_wh"] == 6.0
+            assert counts(path) == (0, 7)
+    run(main())
+
+
+def test_a_failed_batch_logs_nothing(tmp_path):
+    path = tmp_path / "f.db"
+
+    async def main():
+        async with SqliteStore(path, fold_rows=2) as s:
+            await s.apply(samples("CP1", "1", range(1, 2)))
+            with pytest.raises(StoreError):  # the sample is logged, then the next op fails: neither stays
+                await s.apply([MeterSample("CP1", "1", at(2), 2.0, 1), StartTransaction("CP1", "2", 1, "T", "x", at(2))])
+            assert counts(path) == (1, 0)
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
+    run(main())
+
+
+def test_every_read_folds_the_log_first(tmp_path):
+    path = tmp_path / "r.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 0.0, at(0))])
+            reads = {
+                "get_transaction": lambda m: s.get_transaction("CP1", "1"),
+                "list_transactions": lambda m: s.list_transactions("CP1"),
+                "list_meter_samples": lambda m: s.list_meter_samples("CP1", "1"),
+                "get_charger": lambda m: s.get_charger("CP1"),
+            }
+            for m, (name, read) in enumerate(reads.items(), start=1):
+                await s.apply([MeterSample("CP1", "1", at(m), 10.0 * m, 1), MeterSample("CP1", "", at(m), 5.0 * m, 2)])
+                assert counts(path)[0] == 2
+                got = await read(m)
+                assert counts(path)[0] == 0, name
+                if name == "get_transaction":
+                    assert got["last_reading_wh"] == 10.0 * m
+                elif name == "list_transactions":
+                    assert got[0]["energy_wh"] == 10.0 * m
+                elif name == "list_meter_samples":
+                    assert got[-1]["energy_wh"] == 10.0 * m and len(got) == m
+                else:
+                    assert [(r["connector_id"], r["energy_wh"]) for r in got["last_readings"]] == [
+                        (1, 10.0 * m), (2, 5.0 * m)]
+            # reads that do not look at samples leave the log alone
+            await s.apply(samples("CP1", "1", range(10, 12)))
+            await s.list_chargers()
+            await s.get_id_tag("T")
+            assert counts(path)[0] == 2
+    run(main())
+
+
+def test_another_store_on_the_same_file_sees_what_one_logged(tmp_path):
+    """Cluster workers share one file: what one process logged is folded by another's read
+    or threshold (the fold reads the table, not what its own process logged)."""
+    path = tmp_path / "shared.db"
+
+    async def main():
+        async with SqliteStore(path) as a, SqliteStore(path, fold_rows=3) as b:
+            await a.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
+            await a.apply(samples("CP1", "1", range(1, 5), 1000.0))
+            assert counts(path) == (4, 0)
+            tx = await b.get_transaction("CP1", "1")
+            assert (tx["energy_wh"], tx["last_reading_wh"]) == (4.0, 1004.0)
+            assert counts(path) == (0, 4)
+            await a.apply(samples("CP1", "1", range(5, 7), 1000.0))
+            await b.apply(samples("CP1", "1", range(7, 10), 1000.0))  # b's threshold folds a's rows as well
+            assert counts(path) == (0, 9)
+            assert len(await a.list_meter_samples("CP1", "1")) == 9
+            await a.apply(samples("CP1", "1", range(10, 11), 1000.0))
+        assert counts(path) == (0, 10)  # closing folds
+    run(main())
+
+
+def test_a_log_left_behind_is_folded_after_open(tmp_path):
+    """A process killed with rows in the log: they were committed, and the next store on the
+    file counts them towards its threshold and folds them before a read."""
+    path = tmp_path / "left.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.migrate(conn)
+    conn.executemany("INSERT INTO sample_log (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
+                     [("CP1", "", 1, to_us(at(m)), 100.0 + m) for m in range(3)])
+    conn.close()
+
+    async def main():
+        async with SqliteStore(path, fold_rows=4) as s:
+            await s.apply(samples("CP1", "", range(3, 4), 100.0))
+            assert counts(path) == (0, 4)
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("INSERT INTO sample_log (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
+                     ("CP1", "", 1, to_us(at(9)), 109.0))
+        conn.close()
+        async with SqliteStore(path) as s:
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 109.0)]
+    run(main())
+
+
+# -- arrival order: readings keep it across batches, whenever the fold comes --------------
+
+def _order_batches() -> list[list]:
+    return [
+        [StartTransaction("CP1", "1", 1, "T", 1000.0, at(0)),
+         TransactionEvent("CS1", "tx", 1, "Started", at(0), "X", energy_wh=100.0)],
+        [MeterSample("CP1", "1", at(5), 1400.0, 1), MeterSample("CS1", "tx", at(10), 250.0)],
+        # the Ended event's reading comes for the key the sample above stored first
+        [StopTransaction("CP1", "1", 1500.0, at(6), "Local"),
+         TransactionEvent("CS1", "tx", 2, "Ended", at(10), "X", energy_wh=300.0, stop_reason="Local")],
+        [MeterSample("CS1", "tx", at(10), 260.0), MeterSample("CP1", "1", at(5), 1450.0, 1)],
+        [TransactionEvent("CS1", "tx", 2, "Ended", at(10), "X", energy_wh=999.0)],  # a repeat: ignored
+    ]
+
+
+@pytest.mark.parametrize("fold_rows", [1, 2, 10**9])
+def test_readings_keep_their_order_across_batches(tmp_path, fold_rows):
+    """Today's results whether the log is folded after every batch or only when read: the
+    sample stored first keeps its key; the closing reading and the later sample are repeats
+    (the newest reading at 10 min is the last to come, 260)."""
+    async def main():
+        async with SqliteStore(tmp_path / "o.db", fold_rows=fold_rows) as s:
+            results = [await s.apply(b) for b in _order_batches()]
+            assert results == [["1", True], [None, None], [True, True], [None, None], [False]]
+            cs = await s.get_transaction("CS1", "tx")
+            assert (cs["meter_start_wh"], cs["energy_wh"], cs["meter_stop_wh"]) == (100.0, 200.0, 300.0)
+            assert (cs["last_reading_wh"], cs["last_reading_at"], cs["active"]) == (260.0, "2025-03-01T08:10:00.000Z",
+                                                                                    False)
+            cp = await s.get_transaction("CP1", "1")
+            assert (cp["energy_wh"], cp["last_reading_wh"], cp["active"]) == (500.0, 1450.0, False)
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CS1", "tx")] == [100.0, 250.0]
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1400.0]
+    run(main())
+
+
+class Seeded(random.Random):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.seed_value = seed
+
+    def __repr__(self) -> str:
+        return f"Seeded({self.seed_value})"
+
+
+def _random_batches(rng: random.Random) -> list[list]:
+    """Few chargers, transactions and instants, so keys repeat and events meet samples."""
+    batches, seqs = [], {}
+    for _ in range(rng.randint(1, 10)):
+        batch = []
+        for _ in range(rng.randint(1, 8)):
+            charger, tx = rng.choice("AB"), rng.choice(["1", "2", ""])
+            when, wh, k = at(rng.randint(0, 4)), float(rng.randint(0, 9) * 10), rng.random()
+            if k < 0.5:
+                batch.append(MeterSample(charger, tx, when, wh, rng.randint(0, 2)))
+            elif k < 0.8:
+                tx = tx or "e"
+                seqs[charger, tx] = seq = seqs.get((charger, tx), 0) + rng.randint(0, 1)
+                batch.append(TransactionEvent(charger, tx, seq, rng.choice(["Started", "Updated", "Ended"]), when,
+                                              "X", connector_id=rng.randint(0, 2),
+                                              energy_wh=wh if rng.random() < 0.8 else None))
+            elif k < 0.9:
+                batch.append(StartTransaction(charger, tx or "1", rng.randint(0, 2), "T", wh, when))
+            else:
+                batch.append(StopTransaction(charger, tx or "1", wh, when))
+        batches.append(batch)
+    return batches
+
+
+async def _everything(s: SqliteStore) -> dict:
+    out: dict = {"transactions": await s.list_transactions(limit=1000)}
+    for charger in "AB":
+        out[charger] = await s.get_charger(charger)
+        for tx in ["1", "2", "", "e"]:
+            out[charger, tx] = (await s.get_transaction(charger, tx), await s.list_meter_samples(charger, tx))
+    return out
+
+
+@pytest.mark.parametrize("rng", [Seeded(n) for n in range(40)], ids=repr)
+def test_fold_points_do_not_change_results(tmp_path, rng):
+    """The same batches give the same results and reads whether the log is folded after every
+    batch, now and then, or only at the end (reads in between fold it too)."""
+    batches = _random_batches(rng)
+
+    async def replay(name: str, fold_rows: int, read_between: bool) -> tuple:
+        async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows) as s:
+            results = []
+            for batch in batches:
+                results.append(await s.apply(batch))
+                if read_between and rng.random() < 0.5:
+                    await _everything(s)
+            return results, await _everything(s)
+
+    async def main():
+        every = await replay("every", 1, False)
+        assert await replay("end", 10**9, False) == every
+        assert await replay("sometimes", 3, False) == every
+        assert await replay("reads", 10**9, True) == every
+    run(main())
+
+
+# -- schema version 3 ----------------------------------------------------------------------
+
+def test_version_2_database_gets_the_log(tmp_path, monkeypatch):
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        m.setattr(migrations, "LATEST", 2)
+        assert migrations.migrate(conn) == [1, 2]
+    us = lambda minutes: to_us(at(minutes))  # noqa: E731
+    conn.execute("INSERT INTO transactions (charger_id, tx_id, kind, connector_id, id_tag, start_reading_wh, "
+                 "started_at) VALUES ('CP1', '1', 16, 1, 'T', 1000.0, ?)", (us(0),))
+    conn.executemany("INSERT INTO meter_samples (charger_id, tx_id, at, connector_id, energy_wh) VALUES (?, ?, ?, ?, ?)",
+                     [("CP1", "1", us(10), 1, 1500.0), ("CP1", "1", us(20), 1, 1800.0), ("CP1", "", us(30), 2, 500.0)])
+    conn.execute("INSERT INTO sample_repeats (charger_id, tx_id, at, connector_id, low_wh, high_wh, last_wh) "
+                 "VALUES ('CP1', '1', ?, 1, 1700.0, 1900.0, 1850.0)", (us(20),))
+    conn.execute("INSERT INTO last_readings (charger_id, connector_id, at, energy_wh) VALUES ('CP1', 2, ?, 500.0)",
+                 (us(30),))
+    conn.close()
+
+    async def main():
+        async with SqliteStore(path) as s:
+            assert await s.schema_version() == 3
+            tx = await s.get_transaction("CP1", "1")
+            assert (tx["meter_start_wh"], tx["energy_wh"], tx["last_reading_wh"]) == (1000.0, 900.0, 1850.0)
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"], r["tx_id"]) for r in readings] == [
+                (1, 1850.0, "1"), (2, 500.0, "")]
+            await s.apply([MeterSample("CP1", "1", at(25), 2000.0, 1), MeterSample("CP1", "1", at(20), 1750.0, 1),
+                           MeterSample("CP1", "", at(31), 510.0, 2)])
+            tx = await s.get_transaction("CP1", "1")
+            assert (tx["energy_wh"], tx["last_reading_wh"]) == (1000.0, 2000.0)
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1500.0, 1800.0, 2000.0]
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 2000.0), (2, 510.0)]
+    run(main())
+    conn = sqlite3.connect(path)
+    try:
+        assert [r[1] for r in conn.execute("PRAGMA table_info(sample_log)")] == [
+            "charger_id", "tx_id", "connector_id", "at", "energy_wh", "kind"]
+        assert conn.execute("SELECT * FROM sample_repeats").fetchall() == [
+            ("CP1", "1", to_us(at(20)), 1, 1700.0, 1900.0, 1750.0)]
+    finally:
+        conn.close()
+
+
+def test_fold_rows_must_be_positive(tmp_path):
+    with pytest.raises(ValueError):
+        SqliteStore(tmp_path / "x.db", fold_rows=0)
