@@ -17,6 +17,8 @@ import time
 
 from .base import StoreError
 
+LOG_BUCKETS = 16  # tables the sample log is split into (migration 3)
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
 CREATE TABLE chargers (
@@ -198,20 +200,22 @@ ALTER TABLE transactions DROP COLUMN last_reading_wh;
 ALTER TABLE transactions DROP COLUMN last_reading_at;
 """),
     (3, """
--- Readings are appended here as they come and folded in bulk, in arrival (rowid) order,
+-- Readings are appended to a log as they come and folded in bulk, in arrival (rowid) order,
 -- into meter_samples, sample_repeats and last_readings: consecutive rows share pages, so a
 -- commit writes a few log pages instead of one meter_samples leaf per charger, and a fold
--- writes each charger's leaf once for many commits. Reads fold the log first.
+-- writes each charger's leaf once for many commits. The log is split into LOG_BUCKETS
+-- tables by charger (CRC-32 of the id), folded one at a time: a fold touches the leaves of
+-- a sixteenth of the chargers, a short pause. Reads fold the log first.
 -- kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended event's (closing).
-CREATE TABLE sample_log (
+""" + "".join(f"""
+CREATE TABLE sample_log_{b} (
     charger_id   TEXT NOT NULL,
     tx_id        TEXT NOT NULL,
     connector_id INTEGER NOT NULL,
     at           INTEGER NOT NULL,
     energy_wh    REAL NOT NULL,
     kind         INTEGER NOT NULL DEFAULT 0
-);
-"""),
+);""" for b in range(LOG_BUCKETS))),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -9,21 +9,24 @@
 * ``apply`` is one ``BEGIN IMMEDIATE … COMMIT``; runs of consecutive ops of the same bulk
   type (MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger) go through
   ``executemany`` on cached prepared statements.
-* Readings (MeterSamples, and the reading a TransactionEvent carries) are appended to
-  ``sample_log``, a run of MeterSamples in one ``executemany``: consecutive rows share
-  pages, so a commit writes a few log pages rather than one ``meter_samples`` leaf per
-  charger. The log is *folded*: in one write transaction its rows are stored, in arrival
-  (rowid) order, exactly as each op stored its reading before (``meter_samples``,
-  ``sample_repeats``, the last reading of samples without a transaction) and deleted, so a
-  charger's leaf is written once per fold instead of once per commit. A fold happens
-  inside ``apply`` (in its transaction) once this store has logged ``fold_rows`` rows since
-  its last fold; before every read of samples or readings while the log is not empty
-  (rows other processes logged included: the fold reads the table, under the write lock),
-  so reads see every committed reading; and on ``close``. No other op reads or writes
-  samples (a transaction's readings are derived when read), so none needs a fold before
-  it. Log rows commit with their batch and a fold is all or nothing: kill -9 loses
-  nothing, and a log left at open is folded by the next read or threshold. The cost is a
-  pause: a fold of 20,000 readings of 1000 chargers holds the store ~50 ms.
+* Readings (MeterSamples, and the reading a TransactionEvent carries) are appended to a
+  log, ``sample_log_<bucket>``, one of ``LOG_BUCKETS`` tables by charger (``log_bucket``:
+  CRC-32 of the id, the same in every process), a run of MeterSamples in one
+  ``executemany`` per bucket: consecutive rows share pages, so a commit writes a few log
+  pages rather than one ``meter_samples`` leaf per charger. A bucket is *folded*: in one
+  write transaction its rows are stored, in arrival (rowid) order, exactly as each op
+  stored its reading before (``meter_samples``, ``sample_repeats``, the last reading of
+  samples without a transaction) and deleted, so a charger's leaf is written once per fold
+  instead of once per commit. While this store has ``fold_rows`` rows logged and not
+  folded, each ``apply`` folds the next non-empty bucket (round robin) in its transaction:
+  a pause for a sixteenth of the chargers' leaves, not for all of them. Every bucket is
+  folded before a read of samples or readings while the log is not empty (rows other
+  processes logged included: the fold reads the tables, under the write lock), so reads
+  see every committed reading, and on ``close``. A charger's readings are all in one
+  bucket, so buckets fold in any order. No other op reads or writes samples (a
+  transaction's readings are derived when read), so none needs a fold before it. Log rows
+  commit with their batch and a fold is all or nothing: kill -9 loses nothing, and a log
+  left at open is folded by the next read or threshold.
 * A transaction's lowest, highest and newest readings, hence its
   ``meter_start_wh``/``energy_wh``, are derived when read: from its samples (one index
   range; the newest is one index step) and from ``sample_repeats``, the readings that came
@@ -38,12 +41,14 @@ import asyncio
 import datetime as dt
 import os
 import sqlite3
+import zlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from . import migrations
+from .migrations import LOG_BUCKETS
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
 
@@ -79,34 +84,48 @@ ON CONFLICT (charger_id, evse_id, connector_id) DO UPDATE SET
     status = excluded.status, error_code = excluded.error_code, info = excluded.info, at = excluded.at
 WHERE excluded.at >= connectors.at"""
 
-# -- the sample log (kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended event's)
+# -- the sample log (kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended event's),
+# in LOG_BUCKETS tables by charger (``log_bucket``): one bucket is folded at a time
 
-_LOG_SAMPLE = """
-INSERT INTO sample_log (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?1, ?2, ?3, ?4, ?5)"""
 
-_LOG_EVENT = """
-INSERT INTO sample_log (charger_id, tx_id, connector_id, at, energy_wh, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"""
+class _LogSql:
+    """The statements of one log bucket's table."""
 
-_LOG_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_log)"
-
-_LOG_EVENTS = """
-SELECT rowid, charger_id, tx_id, connector_id, at, energy_wh, kind FROM sample_log WHERE kind != 0 ORDER BY rowid"""
-
-# the logged MeterSamples with rowid ?1..?2: kept raw (OR IGNORE, not ON CONFLICT DO NOTHING:
-# a statement that can abort half-way journals every page it touches, ~1 us a row here),
-_FOLD_RAW = """
+    def __init__(self, bucket: int) -> None:
+        log = f"sample_log_{bucket}"
+        self.sample = f"""
+INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?1, ?2, ?3, ?4, ?5)"""
+        self.event = f"""
+INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"""
+        self.span = f"SELECT min(rowid), max(rowid) FROM {log}"
+        self.events = f"""
+SELECT rowid, charger_id, tx_id, connector_id, at, energy_wh, kind FROM {log} WHERE kind != 0 ORDER BY rowid"""
+        # the logged MeterSamples with rowid ?1..?2: kept raw (OR IGNORE, not ON CONFLICT DO
+        # NOTHING: a statement that can abort half-way journals every page it touches, ~1 us a row),
+        self.fold_raw = f"""
 INSERT OR IGNORE INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh)
-SELECT charger_id, tx_id, connector_id, at, energy_wh FROM sample_log WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"""
-# read back when some of them repeat a key already stored,
-_FOLD_ROWS = """
-SELECT charger_id, tx_id, connector_id, at, energy_wh FROM sample_log WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"""
-# and those without a transaction: the newest by at (of equals, the last) is the last reading
-_FOLD_LAST = """
+SELECT charger_id, tx_id, connector_id, at, energy_wh FROM {log} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"""
+        # read back when some of them repeat a key already stored,
+        self.fold_rows = f"""
+SELECT charger_id, tx_id, connector_id, at, energy_wh FROM {log} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"""
+        # and those without a transaction: the newest by at (of equals, the last) is the last reading
+        self.fold_last = f"""
 INSERT INTO last_readings (charger_id, connector_id, at, energy_wh, tx_id)
-SELECT charger_id, connector_id, at, energy_wh, tx_id FROM sample_log WHERE tx_id = '' AND kind = 0 ORDER BY rowid
+SELECT charger_id, connector_id, at, energy_wh, tx_id FROM {log} WHERE tx_id = '' AND kind = 0 ORDER BY rowid
 ON CONFLICT (charger_id, connector_id) DO UPDATE SET
     at = excluded.at, energy_wh = excluded.energy_wh, tx_id = excluded.tx_id
 WHERE excluded.at >= last_readings.at"""
+        self.empty = f"DELETE FROM {log}"
+
+
+_LOGS = [_LogSql(b) for b in range(LOG_BUCKETS)]
+_LOG_PENDING = "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM sample_log_{b})" for b in range(LOG_BUCKETS))
+_LOG_COUNT = "SELECT " + " + ".join(f"(SELECT count(*) FROM sample_log_{b})" for b in range(LOG_BUCKETS))
+
+
+def log_bucket(charger_id: str) -> int:
+    """The log bucket of a charger: the same in every process (CRC-32, not ``hash``)."""
+    return zlib.crc32(charger_id.encode()) % LOG_BUCKETS
 
 # a fold stores the MeterSamples between two event readings in slices of this many rows:
 # a repeated key makes ``_repeats`` read back its slice only
@@ -243,7 +262,9 @@ class SqliteStore(Store):
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.fold_rows = fold_rows
-        self._logged = 0  # rows this store logged since its last fold (a trigger only)
+        self._logged = 0  # rows this store logged and has not folded (a trigger only)
+        self._next_fold = 0  # the bucket the threshold folds next
+        self._buckets: dict[str, int] = {}  # charger id -> log bucket
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._single: dict[type, Callable[[Any], Any]] = {
@@ -299,7 +320,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA cache_size = -32000")
             conn.execute("PRAGMA journal_size_limit = 67108864")
             migrations.migrate(conn)
-            self._logged = conn.execute("SELECT count(*) FROM sample_log").fetchone()[0]
+            self._logged = conn.execute(_LOG_COUNT).fetchone()[0]
         except BaseException:
             conn.close()
             raise
@@ -383,8 +404,15 @@ class SqliteStore(Store):
                 raise StoreError(f"not a store operation: {t.__name__}")
             results[i] = single(ops[i])
             i += 1
-        if self._logged >= self.fold_rows:
-            self._fold(conn)
+        if self._logged >= self.fold_rows:  # fold one bucket: a short pause, not one for the whole log
+            for _ in range(LOG_BUCKETS):
+                b, self._next_fold = self._next_fold, (self._next_fold + 1) % LOG_BUCKETS
+                folded = self._fold_bucket(conn, b)
+                if folded:
+                    self._logged = max(0, self._logged - folded)
+                    break
+            else:
+                self._logged = 0
         return results
 
     def _chargers(self, run: list[UpsertCharger]) -> None:
@@ -400,36 +428,61 @@ class SqliteStore(Store):
         self._db.executemany(_CONNECTOR_STATUS, [
             (o.charger_id, o.evse_id, o.connector_id, o.status, o.error_code, o.info, _us(o.at)) for o in run])
 
+    def _bucket(self, charger_id: str) -> int:
+        b = self._buckets.get(charger_id)
+        if b is None:
+            if len(self._buckets) >= 200_000:
+                self._buckets.clear()
+            b = self._buckets[charger_id] = log_bucket(charger_id)
+        return b
+
     def _samples(self, run: list[MeterSample]) -> None:
-        self._db.executemany(_LOG_SAMPLE, [
-            (o.charger_id, o.tx_id, o.connector_id, _us(o.at), float(o.energy_wh)) for o in run])
+        rows: list[list[tuple]] = [[] for _ in range(LOG_BUCKETS)]
+        bucket = self._bucket
+        for o in run:
+            rows[bucket(o.charger_id)].append((o.charger_id, o.tx_id, o.connector_id, _us(o.at),
+                                               float(o.energy_wh)))
+        conn = self._db
+        for b, part in enumerate(rows):
+            if part:
+                conn.executemany(_LOGS[b].sample, part)
         self._logged += len(run)
 
     def _fold(self, conn: sqlite3.Connection) -> None:
-        """Store the logged readings in arrival order, as each op stored them before the log
-        existed, and empty the log; inside the caller's write transaction."""
-        first, last = conn.execute("SELECT min(rowid), max(rowid) FROM sample_log").fetchone()
-        if first is not None:
-            for rowid, *sample, kind in conn.execute(_LOG_EVENTS).fetchall():
-                self._fold_samples(first, rowid - 1)
-                sample.append(kind - 1)  # a TransactionEvent's reading; closing for an Ended event
-                if conn.execute(_EVENT_SAMPLE, sample).rowcount == 0:
-                    conn.execute(_SAMPLE_REPEAT, sample)
-                first = rowid + 1
-            self._fold_samples(first, last)
-            conn.execute(_FOLD_LAST)
-            conn.execute("DELETE FROM sample_log")
+        """Fold every bucket of the log; inside the caller's write transaction."""
+        for b in range(LOG_BUCKETS):
+            self._fold_bucket(conn, b)
         self._logged = 0
 
-    def _fold_samples(self, first: int, last: int) -> None:
-        """Store the logged MeterSamples with rowid first..last, a slice at a time; a slice that
-        stores fewer rows than it holds has repeats (log rowids are consecutive: a row takes the
-        highest plus one, and a fold empties the log)."""
+    def _fold_bucket(self, conn: sqlite3.Connection, b: int) -> int:
+        """Store one bucket's logged readings in arrival order, as each op stored them before
+        the log existed, and empty it; returns how many there were. A charger's readings are
+        all in its bucket, so folding buckets in any order keeps every charger's order."""
+        sql = _LOGS[b]
+        first, last = conn.execute(sql.span).fetchone()
+        if first is None:
+            return 0
+        start = first
+        for rowid, *sample, kind in conn.execute(sql.events).fetchall():
+            self._fold_samples(sql, start, rowid - 1)
+            sample.append(kind - 1)  # a TransactionEvent's reading; closing for an Ended event
+            if conn.execute(_EVENT_SAMPLE, sample).rowcount == 0:
+                conn.execute(_SAMPLE_REPEAT, sample)
+            start = rowid + 1
+        self._fold_samples(sql, start, last)
+        conn.execute(sql.fold_last)
+        conn.execute(sql.empty)
+        return last - first + 1
+
+    def _fold_samples(self, sql: _LogSql, first: int, last: int) -> None:
+        """Store a bucket's logged MeterSamples with rowid first..last, a slice at a time; a
+        slice that stores fewer rows than it holds has repeats (log rowids are consecutive: a
+        row takes the highest plus one, and a fold empties its table)."""
         conn = self._db
         for lo in range(first, last + 1, _FOLD_SLICE):
             hi = min(lo + _FOLD_SLICE - 1, last)
-            if conn.execute(_FOLD_RAW, (lo, hi)).rowcount < hi - lo + 1:
-                self._repeats(conn.execute(_FOLD_ROWS, (lo, hi)).fetchall())
+            if conn.execute(sql.fold_raw, (lo, hi)).rowcount < hi - lo + 1:
+                self._repeats(conn.execute(sql.fold_rows, (lo, hi)).fetchall())
 
     def _repeats(self, rows: list[tuple]) -> None:
         """Record the samples of a run that repeat a key already stored. The bulk insert does not
@@ -483,7 +536,8 @@ class SqliteStore(Store):
                                      1 if ended else 0))
         wh = None if o.energy_wh is None else float(o.energy_wh)
         if wh is not None:
-            conn.execute(_LOG_EVENT, (o.charger_id, o.tx_id, o.connector_id, at, wh, 2 if ended else 1))
+            conn.execute(_LOGS[self._bucket(o.charger_id)].event,
+                         (o.charger_id, o.tx_id, o.connector_id, at, wh, 2 if ended else 1))
             self._logged += 1
             if o.event_type == "Started":
                 conn.execute(_EVENT_BEGIN_READING, (o.charger_id, o.tx_id, wh))

@@ -1,6 +1,6 @@
-"""The SQLite store's sample log: readings are appended to ``sample_log`` and folded into
-the samples in bulk (inside ``apply`` at ``fold_rows``, before reads, on close); the
-results are those of storing every reading at once, in arrival order."""
+"""The SQLite store's sample log: readings are appended to ``sample_log_<bucket>`` and folded
+into the samples in bulk (one bucket inside ``apply`` at ``fold_rows``, all before reads and
+on close); the results are those of storing every reading at once, in arrival order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from chargeyard.store import migrations
 from chargeyard.store.base import (ChargerSeen, MeterSample, StartTransaction, StopTransaction, StoreError,
                                    TransactionEvent, to_us)
-from chargeyard.store.sqlite import SqliteStore
+from chargeyard.store.sqlite import _LOG_COUNT, SqliteStore, log_bucket
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -31,7 +31,7 @@ def counts(path) -> tuple[int, int]:
     """(rows in the log, rows in meter_samples) as committed, seen from another connection."""
     conn = sqlite3.connect(path)
     try:
-        return (conn.execute("SELECT count(*) FROM sample_log").fetchone()[0],
+        return (conn.execute(_LOG_COUNT).fetchone()[0],
                 conn.execute("SELECT count(*) FROM meter_samples").fetchone()[0])
     finally:
         conn.close()
@@ -49,14 +49,16 @@ def test_apply_folds_at_fold_rows(tmp_path):
             await s.apply([StartTransaction("CP1", "1", 1, "T", 0.0, at(0))])
             await s.apply(samples("CP1", "1", range(1, 4)))
             assert counts(path) == (3, 0)  # committed in the log only
-            # an event's reading is logged too: 3 + 1 + 1 reaches fold_rows, folded in the same commit
+            # an event's reading is logged too: 3 + 1 + 1 reaches fold_rows, and the first
+            # non-empty bucket (round robin from 0: CP1's) is folded in the same commit
+            assert (log_bucket("CP1"), log_bucket("CS1")) == (5, 6)
             await s.apply([TransactionEvent("CS1", "t", 1, "Updated", at(1), energy_wh=5.0),
                            MeterSample("CP1", "1", at(4), 4.0, 1), ChargerSeen("CP1", at(4))])
-            assert counts(path) == (0, 5)
+            assert counts(path) == (1, 4)
             await s.apply(samples("CP1", "1", range(5, 7)))
-            assert counts(path) == (2, 5)
+            assert counts(path) == (3, 4)  # 1 + 2 logged and not folded: below fold_rows
             assert (await s.get_transaction("CP1", "1"))["energy_wh"] == 6.0
-            assert counts(path) == (0, 7)
+            assert counts(path) == (0, 7)  # a read folds every bucket
     run(main())
 
 
@@ -135,7 +137,7 @@ def test_a_log_left_behind_is_folded_after_open(tmp_path):
     path = tmp_path / "left.db"
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.migrate(conn)
-    conn.executemany("INSERT INTO sample_log (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
+    conn.executemany(f"INSERT INTO sample_log_{log_bucket('CP1')} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
                      [("CP1", "", 1, to_us(at(m)), 100.0 + m) for m in range(3)])
     conn.close()
 
@@ -144,7 +146,7 @@ def test_a_log_left_behind_is_folded_after_open(tmp_path):
             await s.apply(samples("CP1", "", range(3, 4), 100.0))
             assert counts(path) == (0, 4)
         conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("INSERT INTO sample_log (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
+        conn.execute(f"INSERT INTO sample_log_{log_bucket('CP1')} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
                      ("CP1", "", 1, to_us(at(9)), 109.0))
         conn.close()
         async with SqliteStore(path) as s:
@@ -291,7 +293,7 @@ def test_version_2_database_gets_the_log(tmp_path, monkeypatch):
     run(main())
     conn = sqlite3.connect(path)
     try:
-        assert [r[1] for r in conn.execute("PRAGMA table_info(sample_log)")] == [
+        assert [r[1] for r in conn.execute("PRAGMA table_info(sample_log_0)")] == [
             "charger_id", "tx_id", "connector_id", "at", "energy_wh", "kind"]
         assert conn.execute("SELECT * FROM sample_repeats").fetchall() == [
             ("CP1", "1", to_us(at(20)), 1, 1700.0, 1900.0, 1750.0)]
