@@ -17,7 +17,7 @@ import time
 
 from .base import StoreError
 
-LOG_BUCKETS = 16  # tables the sample log is split into (migration 3)
+LOG_BUCKETS = 64  # tables the sample log is split into (migration 3)
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -205,7 +205,7 @@ ALTER TABLE transactions DROP COLUMN last_reading_at;
 -- commit writes a few log pages instead of one meter_samples leaf per charger, and a fold
 -- writes each charger's leaf once for many commits. The log is split into LOG_BUCKETS
 -- tables by charger (CRC-32 of the id), folded one at a time: a fold touches the leaves of
--- a sixteenth of the chargers, a short pause. Reads fold the log first.
+-- a 64th of the chargers, a short pause. Reads fold the log first.
 -- kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended event's (closing).
 """ + "".join(f"""
 CREATE TABLE sample_log_{b} (

@@ -19,10 +19,10 @@
   samples without a transaction) and deleted, so a charger's leaf is written once per fold
   instead of once per commit. While this store has ``fold_rows`` rows logged and not
   folded, each ``apply`` folds the next non-empty bucket (round robin) in its transaction:
-  a pause for a sixteenth of the chargers' leaves, not for all of them. Every bucket is
-  folded before a read of samples or readings while the log is not empty (rows other
-  processes logged included: the fold reads the tables, under the write lock), so reads
-  see every committed reading, and on ``close``. A charger's readings are all in one
+  a pause for a 64th of the chargers' leaves, not for all of them. Before a read of samples
+  or readings, the charger's bucket (every bucket, for a read across chargers) is folded
+  while it holds rows (rows other processes logged included: the fold reads the tables,
+  under the write lock), so reads see every committed reading; every bucket on ``close``. A charger's readings are all in one
   bucket, so buckets fold in any order. No other op reads or writes samples (a
   transaction's readings are derived when read), so none needs a fold before it. Log rows
   commit with their batch and a fold is all or nothing: kill -9 loses nothing, and a log
@@ -116,6 +116,7 @@ ON CONFLICT (charger_id, connector_id) DO UPDATE SET
     at = excluded.at, energy_wh = excluded.energy_wh, tx_id = excluded.tx_id
 WHERE excluded.at >= last_readings.at"""
         self.empty = f"DELETE FROM {log}"
+        self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
 
 
 _LOGS = [_LogSql(b) for b in range(LOG_BUCKETS)]
@@ -367,15 +368,20 @@ class SqliteStore(Store):
             raise
         return result
 
-    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """A read that looks at samples or readings: when the log holds rows (this or another
-        process's), they are folded first, and the read runs in the fold's transaction."""
+    def _read(self, fn: Callable[[sqlite3.Connection], Any], charger_id: str | None = None) -> Any:
+        """A read that looks at samples or readings (of one charger, or of all): when the log
+        holds rows for them (this or another process's), their bucket (or every bucket) is
+        folded first, and the read runs in the fold's transaction."""
         conn = self._db
-        if not conn.execute(_LOG_PENDING).fetchone()[0]:
+        b = None if charger_id is None else self._bucket(charger_id)
+        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].pending).fetchone()[0]:
             return fn(conn)
 
         def fold_then_read(conn: sqlite3.Connection) -> Any:
-            self._fold(conn)
+            if b is None:
+                self._fold(conn)
+            else:
+                self._logged = max(0, self._logged - self._fold_bucket(conn, b))
             return fn(conn)
         return self._write(fold_then_read)
 
@@ -561,7 +567,7 @@ class SqliteStore(Store):
     # -- reads -----------------------------------------------------------------------
 
     async def get_charger(self, charger_id: str) -> dict | None:
-        return await self._run(self._read, lambda conn: self._get_charger(conn, charger_id))
+        return await self._run(self._read, lambda conn: self._get_charger(conn, charger_id), charger_id)
 
     def _get_charger(self, conn: sqlite3.Connection, charger_id: str) -> dict | None:
         row = conn.execute("SELECT charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot "
@@ -603,17 +609,18 @@ class SqliteStore(Store):
         # the page first: readings are derived for its rows only
         sql = f"WITH page AS MATERIALIZED ({page} {_TX_ORDER} LIMIT ?) {_TX_SELECT.format('page')} {_TX_ORDER}"
         args.append(max(0, int(limit)))
-        rows = await self._run(self._read, lambda conn: conn.execute(sql, args).fetchall())
+        rows = await self._run(self._read, lambda conn: conn.execute(sql, args).fetchall(), charger_id)
         return [_tx_dict(r) for r in rows]
 
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
-        row = await self._run(self._read, lambda conn: conn.execute(_TX_GET, (charger_id, tx_id)).fetchone())
+        row = await self._run(self._read, lambda conn: conn.execute(_TX_GET, (charger_id, tx_id)).fetchone(),
+                              charger_id)
         return None if row is None else _tx_dict(row)
 
     async def list_meter_samples(self, charger_id: str, tx_id: str, limit: int = 10000) -> list[dict]:
         rows = await self._run(self._read, lambda conn: conn.execute(
             "SELECT connector_id, at, energy_wh FROM meter_samples WHERE charger_id = ? AND tx_id = ? "
-            "ORDER BY at LIMIT ?", (charger_id, tx_id, limit)).fetchall())
+            "ORDER BY at LIMIT ?", (charger_id, tx_id, limit)).fetchall(), charger_id)
         return [{"connector_id": c, "at": _iso(at), "energy_wh": wh} for c, at, wh in rows]
 
     # -- authorization list ----------------------------------------------------------

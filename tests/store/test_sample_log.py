@@ -51,14 +51,16 @@ def test_apply_folds_at_fold_rows(tmp_path):
             assert counts(path) == (3, 0)  # committed in the log only
             # an event's reading is logged too: 3 + 1 + 1 reaches fold_rows, and the first
             # non-empty bucket (round robin from 0: CP1's) is folded in the same commit
-            assert (log_bucket("CP1"), log_bucket("CS1")) == (5, 6)
+            assert (log_bucket("CP1"), log_bucket("CS1")) == (37, 38)
             await s.apply([TransactionEvent("CS1", "t", 1, "Updated", at(1), energy_wh=5.0),
                            MeterSample("CP1", "1", at(4), 4.0, 1), ChargerSeen("CP1", at(4))])
             assert counts(path) == (1, 4)
             await s.apply(samples("CP1", "1", range(5, 7)))
             assert counts(path) == (3, 4)  # 1 + 2 logged and not folded: below fold_rows
             assert (await s.get_transaction("CP1", "1"))["energy_wh"] == 6.0
-            assert counts(path) == (0, 7)  # a read folds every bucket
+            assert counts(path) == (1, 6)  # a read of one charger folds its bucket
+            assert len(await s.list_transactions()) == 2
+            assert counts(path) == (0, 7)  # a read across chargers folds every bucket
     run(main())
 
 
