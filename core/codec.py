@@ -8,32 +8,31 @@ switches select the worker's compiled listener (``worker/listener.py``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from .codec_py import Codec as PyCodec
 
 _YES = ("1", "true", "yes")
 
 
-def want_ext() -> bool:
-    """Use compiled extensions (the default), unless ``CHARGEYARD_PURE`` is set."""
-    return os.environ.get("CHARGEYARD_PURE", "") not in _YES
+def pick(pure: type, compiled: Callable[[], type]) -> type:
+    """``compiled()`` (which imports the extension's class), unless ``CHARGEYARD_PURE`` is
+    set or the extension is absent (an error under ``CHARGEYARD_REQUIRE_EXT``): else ``pure``."""
+    if os.environ.get("CHARGEYARD_PURE", "") not in _YES:
+        try:
+            return compiled()
+        except ImportError:
+            if os.environ.get("CHARGEYARD_REQUIRE_EXT", "") in _YES:
+                raise
+    return pure
 
 
-def require_ext() -> bool:
-    """A missing compiled extension is an error (``CHARGEYARD_REQUIRE_EXT``)."""
-    return os.environ.get("CHARGEYARD_REQUIRE_EXT", "") in _YES
+def _compiled() -> type:
+    from ._codec import Codec as CCodec  # type: ignore[import-not-found]
+    return CCodec
 
 
-IMPL = "python"
-Codec = PyCodec
-if want_ext():
-    try:
-        from ._codec import Codec as CCodec  # type: ignore[import-not-found]
-    except ImportError:
-        if require_ext():
-            raise
-    else:
-        Codec = CCodec  # type: ignore[misc,assignment]
-        IMPL = "cython"
+Codec = pick(PyCodec, _compiled)
+IMPL: str = Codec.impl
 
-__all__ = ["Codec", "PyCodec", "IMPL", "want_ext", "require_ext"]
+__all__ = ["Codec", "PyCodec", "IMPL", "pick"]

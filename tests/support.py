@@ -202,3 +202,14 @@ class ClusterProc(NodeProc):
         if self.cluster is not None:
             self.cluster.stop()
         return 0
+
+
+def schema_at(conn, monkeypatch, version: int) -> None:
+    """Migrate a new SQLite database only up to schema ``version`` (to test the later
+    migrations on a database made by an older release)."""
+    from chargeyard.store import migrations
+
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
+        m.setattr(migrations, "LATEST", version)
+        assert migrations.migrate(conn) == list(range(1, version + 1))

@@ -120,15 +120,10 @@ class Listener(WSListener):
 
 
 def select() -> type:
-    """The compiled Listener unless absent or ``CHARGEYARD_PURE=1``."""
-    from ..core.codec import require_ext, want_ext
+    """The compiled Listener unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
+    from ..core.codec import pick
 
-    if want_ext():
-        try:
-            from ._listener import Listener as CListener  # type: ignore[import-not-found]
-        except ImportError:
-            if require_ext():
-                raise
-        else:
-            return CListener
-    return Listener
+    def compiled() -> type:
+        from ._listener import Listener as CListener  # type: ignore[import-not-found]
+        return CListener
+    return pick(Listener, compiled)

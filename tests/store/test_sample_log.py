@@ -15,6 +15,7 @@ from chargeyard.store import migrations
 from chargeyard.store.base import (ChargerSeen, MeterSample, StartTransaction, StopTransaction, StoreError,
                                    TransactionEvent, to_us)
 from chargeyard.store.sqlite import _LOG_COUNT, SqliteStore, log_bucket
+from tests.support import schema_at
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -262,10 +263,7 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
 def test_version_2_database_gets_the_log(tmp_path, monkeypatch):
     path = tmp_path / "v2.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    with monkeypatch.context() as m:
-        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
-        m.setattr(migrations, "LATEST", 2)
-        assert migrations.migrate(conn) == [1, 2]
+    schema_at(conn, monkeypatch, 2)
     us = lambda minutes: to_us(at(minutes))  # noqa: E731
     conn.execute("INSERT INTO transactions (charger_id, tx_id, kind, connector_id, id_tag, start_reading_wh, "
                  "started_at) VALUES ('CP1', '1', 16, 1, 'T', 1000.0, ?)", (us(0),))

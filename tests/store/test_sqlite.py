@@ -17,6 +17,7 @@ import pytest
 from chargeyard.store import migrations
 from chargeyard.store.base import MeterSample, StartTransaction, StoreError, TransactionEvent, from_us, to_us
 from chargeyard.store.sqlite import SqliteStore
+from tests.support import schema_at
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -98,10 +99,7 @@ _V1_DATA = [
 def test_version_1_database_is_converted_in_place(tmp_path, monkeypatch):
     path = tmp_path / "v1.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    with monkeypatch.context() as m:
-        m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
-        m.setattr(migrations, "LATEST", 1)
-        assert migrations.migrate(conn) == [1]
+    schema_at(conn, monkeypatch, 1)
     for sql, rows in _V1_DATA:
         conn.executemany(sql, rows)
     v1 = {(c, t): (start, energy, last_wh, last_at) for c, t, start, energy, last_wh, last_at in conn.execute(
