@@ -128,6 +128,7 @@ def log_bucket(charger_id: str) -> int:
     """The log bucket of a charger: the same in every process (CRC-32, not ``hash``)."""
     return zlib.crc32(charger_id.encode()) % LOG_BUCKETS
 
+
 # a fold stores the MeterSamples between two event readings in slices of this many rows:
 # a repeated key makes ``_repeats`` read back its slice only
 _FOLD_SLICE = 512

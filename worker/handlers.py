@@ -138,10 +138,10 @@ def _wh_201(sv: Any) -> float | None:
     """2.0.1/2.1: value x 10^multiplier in Wh (the default) or kWh."""
     unit, mult = "Wh", 0
     uom = sv.unit_of_measure
-    if uom is not msgspec.UNSET:
-        if uom.unit is not msgspec.UNSET:
+    if uom is not UNSET:
+        if uom.unit is not UNSET:
             unit = uom.unit
-        if uom.multiplier is not msgspec.UNSET:
+        if uom.multiplier is not UNSET:
             mult = uom.multiplier
     if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
         return None
@@ -225,7 +225,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         return T.AuthorizeResponse(id_tag_info=id_tag_info(await c.auth.status(r.id_tag)))
 
     def StatusNotification(s: Session, r: Any) -> Any:
-        at = r.timestamp if r.timestamp is not msgspec.UNSET else now()
+        at = r.timestamp if r.timestamp is not UNSET else now()
         c.writer.add(ops.ConnectorStatus(s.charger_id, 0, i64(r.connector_id), r.status, r.error_code, at,
                                          r.info or ""))
         worker.emit(s, "charger.status", {"connector_id": r.connector_id, "status": r.status,
@@ -237,7 +237,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         tx_new = await worker.tx_ids.next()
         tx = await c.writer.add(ops.StartTransaction(
             s.charger_id, str(tx_new), i64(r.connector_id), r.id_tag, float(r.meter_start), r.timestamp,
-            i64(r.reservation_id) if r.reservation_id is not msgspec.UNSET else None))
+            i64(r.reservation_id) if r.reservation_id is not UNSET else None))
         worker.emit(s, "transaction.started", {"transaction_id": tx, "connector_id": r.connector_id,
                                                "id_tag": r.id_tag, "meter_start_wh": float(r.meter_start),
                                                "at": r.timestamp.isoformat()})
@@ -252,7 +252,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
         return samples
 
     def MeterValues(s: Session, r: Any) -> Any:
-        tx = str(r.transaction_id) if r.transaction_id is not msgspec.UNSET else ""
+        tx = str(r.transaction_id) if r.transaction_id is not UNSET else ""
         samples = _samples(s, tx, r.connector_id, r.meter_value)
         if not samples:
             return METER_VALUES_16
@@ -274,9 +274,9 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
     async def StopTransaction(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id)
         futs = []
-        if r.transaction_data is not msgspec.UNSET:
+        if r.transaction_data is not UNSET:
             futs = [c.writer.add(op) for op in _samples(s, tx, 0, r.transaction_data)]
-        status = await c.auth.status(r.id_tag) if r.id_tag is not msgspec.UNSET else None
+        status = await c.auth.status(r.id_tag) if r.id_tag is not UNSET else None
         futs.append(c.writer.add(ops.StopTransaction(s.charger_id, tx, float(r.meter_stop), r.timestamp,
                                                      r.reason or "", r.id_tag or "")))
         await asyncio.gather(*futs)
@@ -340,16 +340,16 @@ def handlers_201(worker: Worker, T: Any = v201) -> dict[str, Handler]:
     def TransactionEvent(s: Session, r: Any) -> Any:
         info = r.transaction_info
         wh = None
-        if r.meter_value is not msgspec.UNSET:
+        if r.meter_value is not UNSET:
             for mv in r.meter_value:
                 e = energy_201(mv.sampled_value)
                 if e is not None:
                     wh = e
         evse_id = connector_id = 0
-        if r.evse is not msgspec.UNSET:
+        if r.evse is not UNSET:
             evse_id = i64(r.evse.id)
             connector_id = i64(r.evse.connector_id or 0)
-        tag = r.id_token.id_token if r.id_token is not msgspec.UNSET else ""
+        tag = r.id_token.id_token if r.id_token is not UNSET else ""
         op = ops.TransactionEvent(s.charger_id, info.transaction_id, i64(r.seq_no), r.event_type, r.timestamp,
                                   r.trigger_reason, tag, evse_id, connector_id, wh,
                                   info.stopped_reason or "")

@@ -297,12 +297,11 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         if tr is None or tr.is_disconnected:
             return
         if self._ping_at:
-            if self._last < self._ping_at and now - self._ping_at >= reply_timeout:
-                self.closed_reason = "idle"
-                tr.send_close(WSCloseCode.GOING_AWAY, b"no pong")
-                tr.disconnect(graceful=False)  # a dead peer never acks: do not wait for it
-                return
-            if self._last < self._ping_at:
+            if self._last < self._ping_at:  # no message since the ping
+                if now - self._ping_at >= reply_timeout:
+                    self.closed_reason = "idle"
+                    tr.send_close(WSCloseCode.GOING_AWAY, b"no pong")
+                    tr.disconnect(graceful=False)  # a dead peer never acks: do not wait for it
                 return
             self._ping_at = 0.0  # a message since the ping: alive
         if now - max(self._last, self._alive) >= ping_after:
