@@ -358,6 +358,17 @@ def histogram_delta(before: str | None, after: str | None, name: str) -> dict | 
             "p50_le": p50, "p99_le": p99}
 
 
+def gauge_value(text: str | None, name: str) -> float | None:
+    """An unlabelled gauge's value in a /metrics text (None when absent)."""
+    for line in (text or "").splitlines():
+        if line.startswith(name + " "):
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 # -------------------------------------------------------------- measurements
 
 def _sleep_until(t: float):
@@ -406,6 +417,12 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
     batch = histogram_delta(m0, m1, "chargeyard_db_batch_rows")
     if batch is not None:
         out["db_batch_rows"] = batch
+    commit = histogram_delta(m0, m1, "chargeyard_db_batch_commit_duration_seconds")
+    if commit is not None:
+        out["db_commit_seconds"] = commit  # "rows" is the summed seconds here
+    deferred = gauge_value(m1, "chargeyard_db_deferred_rows")
+    if deferred is not None:
+        out["db_deferred_rows"] = deferred  # at the window's end: is deferred work keeping up?
     return out
 
 

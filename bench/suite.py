@@ -98,6 +98,19 @@ def _log(msg: str):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _store_note(r: dict) -> str:
+    """The durable path at a glance: mean rows and milliseconds per commit, rows deferred."""
+    rows, secs = r.get("db_batch_rows"), r.get("db_commit_seconds")
+    if not rows or not rows.get("batches"):
+        return ""
+    note = f"; {rows['mean']:.0f} rows/commit"
+    if secs and secs.get("batches"):
+        note += f", {secs['rows'] / secs['batches'] * 1e3:.2f} ms/commit"
+    if r.get("db_deferred_rows") is not None:
+        note += f", {r['db_deferred_rows']:.0f} rows deferred"
+    return note
+
+
 def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
     cap = runner.nofile_hard() - 256
     levels = sorted({min(level, cap) for level in o.memory_levels})
@@ -181,7 +194,8 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
             closed["chargers"] = res["setup"]["connected"]
             res["closed"] = closed
             _log(f"{name}: closed loop {closed['msgs_per_s']:.0f} msg/s, "
-                 f"{closed['cpu_us_per_msg'] or 0:.1f} us/msg, bottleneck {closed['bottleneck']}")
+                 f"{closed['cpu_us_per_msg'] or 0:.1f} us/msg, bottleneck {closed['bottleneck']}"
+                 f"{_store_note(closed)}")
             cap = closed["msgs_per_s"]
             res["sweep"] = []
             for frac in o.sweep_fractions:
@@ -192,7 +206,7 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                 r["fraction"] = frac
                 res["sweep"].append(r)
                 _log(f"{name}: offered {frac:.0%} = {frac * cap:.0f}/s -> "
-                     f"{r['msgs_per_s']:.0f}/s p99 {r['p99_ms'] or 0:.2f} ms")
+                     f"{r['msgs_per_s']:.0f}/s p99 {r['p99_ms'] or 0:.2f} ms{_store_note(r)}")
             if o.metering_interval_s > 0:
                 # the fleet's shape at a low rate: each charger every interval, own phase
                 r = runner.measure_periodic(srv, pool, "interval", o.metering_interval_s, 0,

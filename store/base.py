@@ -170,6 +170,23 @@ class Store(ABC):
         Returns only once the batch is durable; on any failure nothing of it is applied
         and :class:`StoreError` is raised."""
 
+    @property
+    def deferred_rows(self) -> int:
+        """Rows held for deferred work (for the ``chargeyard_db_deferred_rows`` gauge)."""
+        return 0
+
+    def maintenance_due(self) -> bool:
+        """True while the backend has deferred work (SQLite: a sample log to fold) that the
+        writer should hand it through :meth:`maintain` when no batch is waiting. Cheap: called
+        on the event loop each time the writer runs out of work."""
+        return False
+
+    async def maintain(self) -> int:
+        """Do one short, bounded slice of the deferred work; returns how much was done (rows).
+        Never makes anything durable that was not, and never undoes anything: a backend
+        without deferred work does nothing."""
+        return 0
+
     @abstractmethod
     async def allocate_tx_ids(self, count: int) -> tuple[int, int]:
         """Reserve ``count`` consecutive 1.6 transaction ids, unique across every

@@ -99,7 +99,8 @@ INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?1, ?
 INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"""
         self.span = f"SELECT min(rowid), max(rowid) FROM {log}"
         self.events = f"""
-SELECT rowid, charger_id, tx_id, connector_id, at, energy_wh, kind FROM {log} WHERE kind != 0 ORDER BY rowid"""
+SELECT rowid, charger_id, tx_id, connector_id, at, energy_wh, kind FROM {log} WHERE kind != 0 AND rowid <= ?1
+ORDER BY rowid"""
         # the logged MeterSamples with rowid ?1..?2: kept raw (OR IGNORE, not ON CONFLICT DO
         # NOTHING: a statement that can abort half-way journals every page it touches, ~1 us a row),
         self.fold_raw = f"""
@@ -111,11 +112,13 @@ SELECT charger_id, tx_id, connector_id, at, energy_wh FROM {log} WHERE rowid BET
         # and those without a transaction: the newest by at (of equals, the last) is the last reading
         self.fold_last = f"""
 INSERT INTO last_readings (charger_id, connector_id, at, energy_wh, tx_id)
-SELECT charger_id, connector_id, at, energy_wh, tx_id FROM {log} WHERE tx_id = '' AND kind = 0 ORDER BY rowid
+SELECT charger_id, connector_id, at, energy_wh, tx_id FROM {log} WHERE tx_id = '' AND kind = 0 AND rowid <= ?1
+ORDER BY rowid
 ON CONFLICT (charger_id, connector_id) DO UPDATE SET
     at = excluded.at, energy_wh = excluded.energy_wh, tx_id = excluded.tx_id
 WHERE excluded.at >= last_readings.at"""
-        self.empty = f"DELETE FROM {log}"
+        self.empty = f"DELETE FROM {log}"  # the whole table: SQLite's truncate, no row by row
+        self.drop_prefix = f"DELETE FROM {log} WHERE rowid <= ?1"
         self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
 
 
@@ -249,21 +252,29 @@ def _tx_dict(r: tuple) -> dict:
 
 
 class SqliteStore(Store):
-    """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0, fold_rows=FOLD_ROWS)``:
-    ``fold_rows`` readings logged by this store trigger a fold inside ``apply``."""
+    """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0, fold_rows=FOLD_ROWS,
+    idle_fold_rows=IDLE_FOLD_ROWS)``: with ``idle_fold_rows`` readings logged by this store,
+    :meth:`maintain` (the writer calls it when it has no batch waiting) folds the oldest
+    ``IDLE_FOLD_SLICE`` rows of a bucket in a transaction of its own; with ``fold_rows`` (a
+    writer that is never idle), ``apply`` folds one whole bucket inside each batch's
+    transaction."""
 
-    FOLD_ROWS = 20_000
+    FOLD_ROWS = 60_000
+    IDLE_FOLD_ROWS = 20_000
+    IDLE_FOLD_SLICE = 256  # rows an idle fold takes (a bucket's oldest): its pause stays short
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
-                 busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS) -> None:
+                 busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS,
+                 idle_fold_rows: int | None = None) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA (OFF would lose commits)")
-        if fold_rows < 1:
-            raise ValueError("fold_rows must be at least 1")
+        if fold_rows < 1 or (idle_fold_rows is not None and idle_fold_rows < 1):
+            raise ValueError("fold_rows and idle_fold_rows must be at least 1")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout = busy_timeout
         self.fold_rows = fold_rows
+        self.idle_fold_rows = min(fold_rows, self.IDLE_FOLD_ROWS if idle_fold_rows is None else idle_fold_rows)
         self._logged = 0  # rows this store logged and has not folded (a trigger only)
         self._next_fold = 0  # the bucket the threshold folds next
         self._buckets: dict[str, int] = {}  # charger id -> log bucket
@@ -382,7 +393,7 @@ class SqliteStore(Store):
             if b is None:
                 self._fold(conn)
             else:
-                self._logged = max(0, self._logged - self._fold_bucket(conn, b))
+                self._logged = max(0, self._logged - self._fold_bucket(conn, b)[0])
             return fn(conn)
         return self._write(fold_then_read)
 
@@ -412,15 +423,38 @@ class SqliteStore(Store):
             results[i] = single(ops[i])
             i += 1
         if self._logged >= self.fold_rows:  # fold one bucket: a short pause, not one for the whole log
-            for _ in range(LOG_BUCKETS):
-                b, self._next_fold = self._next_fold, (self._next_fold + 1) % LOG_BUCKETS
-                folded = self._fold_bucket(conn, b)
-                if folded:
-                    self._logged = max(0, self._logged - folded)
-                    break
-            else:
-                self._logged = 0
+            self._fold_next(conn)
         return results
+
+    def _fold_next(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
+        """Fold the next non-empty bucket (round robin), or its oldest ``limit`` rows (the
+        bucket stays next until it is empty); returns how many rows were folded."""
+        for _ in range(LOG_BUCKETS):
+            b = self._next_fold
+            folded, rest = self._fold_bucket(conn, b, limit)
+            if not rest:
+                self._next_fold = (b + 1) % LOG_BUCKETS
+            if folded:
+                self._logged = max(0, self._logged - folded)
+                return folded
+        self._logged = 0
+        return 0
+
+    @property
+    def deferred_rows(self) -> int:
+        return self._logged
+
+    def maintenance_due(self) -> bool:
+        return self._logged >= self.idle_fold_rows and self._executor is not None
+
+    async def maintain(self) -> int:
+        """Fold a bucket's oldest ``IDLE_FOLD_SLICE`` readings in a transaction of its own,
+        committed without waiting for the disk: a fold only moves readings that are already
+        durable (log rows into samples), so losing it to a power cut loses nothing (the log
+        rows are back), and the next batch's sync covers it."""
+        if not self.maintenance_due():
+            return 0
+        return await self._run(self._write, lambda conn: self._fold_next(conn, self.IDLE_FOLD_SLICE))
 
     def _chargers(self, run: list[UpsertCharger]) -> None:
         now = time.time_ns() // 1000
@@ -461,25 +495,29 @@ class SqliteStore(Store):
             self._fold_bucket(conn, b)
         self._logged = 0
 
-    def _fold_bucket(self, conn: sqlite3.Connection, b: int) -> int:
-        """Store one bucket's logged readings in arrival order, as each op stored them before
-        the log existed, and empty it; returns how many there were. A charger's readings are
-        all in its bucket, so folding buckets in any order keeps every charger's order."""
+    def _fold_bucket(self, conn: sqlite3.Connection, b: int, limit: int | None = None) -> tuple[int, int]:
+        """Store one bucket's logged readings (its oldest ``limit``, when given) in arrival
+        order, as each op stored them before the log existed, and delete them; returns how
+        many were folded and how many stay logged. A charger's readings are all in its bucket
+        and a fold takes the oldest, so folding buckets in any order, whole or a prefix at a
+        time, keeps every charger's order."""
         sql = _LOGS[b]
         first, last = conn.execute(sql.span).fetchone()
         if first is None:
-            return 0
+            return 0, 0
+        end = last if limit is None else min(last, first + limit - 1)
         start = first
-        for rowid, *sample, kind in conn.execute(sql.events).fetchall():
+        for rowid, *sample, kind in conn.execute(sql.events, (end,)).fetchall():
             self._fold_samples(sql, start, rowid - 1)
             sample.append(kind - 1)  # a TransactionEvent's reading; closing for an Ended event
             if conn.execute(_EVENT_SAMPLE, sample).rowcount == 0:
                 conn.execute(_SAMPLE_REPEAT, sample)
             start = rowid + 1
-        self._fold_samples(sql, start, last)
-        conn.execute(sql.fold_last)
-        conn.execute(sql.empty)
-        return last - first + 1
+        self._fold_samples(sql, start, end)
+        conn.execute(sql.fold_last, (end,))
+        # what stays keeps consecutive rowids: new rows take the highest plus one
+        conn.execute(sql.empty if end == last else sql.drop_prefix, () if end == last else (end,))
+        return end - first + 1, last - end
 
     def _fold_samples(self, sql: _LogSql, first: int, last: int) -> None:
         """Store a bucket's logged MeterSamples with rowid first..last, a slice at a time; a

@@ -11,7 +11,10 @@ from the commit. One sender task drains the queue:
 * while a commit runs, new ops queue up and all go into the next commit (up to
   ``batch_max`` rows), so a busy writer commits large batches at the disk's pace;
 * when the writer is busy and the next batch is not full, it may wait for more rows,
-  but an op never waits longer than ``batch_ms`` after it was added for that reason.
+  but an op never waits longer than ``batch_ms`` after it was added for that reason;
+* when nothing is queued and the store has deferred work (``store.maintenance_due()``,
+  SQLite's sample log to fold), the sender runs one short ``store.maintain()`` slice before
+  it waits, so that work is done in the writer's idle time instead of inside a batch.
 
 Back-pressure: at most ``max_queued`` ops are queued. Beyond that, ``add`` still returns
 a future at once (handlers are plain callbacks), but the op waits in a bounded admission
@@ -110,6 +113,9 @@ class BatchWriter:
         self._flush_waiters: list[tuple[int, asyncio.Future]] = []
         self._closed = False
         self._idle = False  # the sender waits for work: the next add wakes it
+        self._maintain_after = 0.0  # loop time before which store maintenance is not tried
+        self.maintenance_runs = 0  # store.maintain() calls made while idle
+        self.maintained_rows = 0
         # counters for tests and /metrics
         self.commits = 0
         self.failed_commits = 0  # every store commit that raised, retries included
@@ -255,6 +261,7 @@ class BatchWriter:
 
     async def _run(self) -> None:
         loop, wake, filled = self._loop, self._wake, self._filled
+        due = getattr(self.store, "maintenance_due", None)  # stores without deferred work may lack it
         assert loop is not None and wake is not None and filled is not None
         busy = False
         try:
@@ -265,6 +272,9 @@ class BatchWriter:
                     busy = False
                     if self._closed:
                         return
+                    if due is not None and self._maintain_after <= loop.time() and due():
+                        await self._maintain()
+                        continue
                     wake.clear()
                     self._idle = True
                     await wake.wait()
@@ -293,6 +303,17 @@ class BatchWriter:
                 self._fail(self._inflight, stopped)
                 self._inflight = []
             self.fail_all(stopped)
+
+    async def _maintain(self) -> None:
+        """One slice of the store's deferred work, run only while no batch waits (ops added
+        meanwhile wait for it, a slice being short). A failure is logged, and maintenance
+        pauses for a second rather than retrying in a loop."""
+        try:
+            self.maintained_rows += await self.store.maintain()
+            self.maintenance_runs += 1
+        except Exception:
+            log.exception("store maintenance failed; retrying in 1 s")
+            self._maintain_after = self._loop.time() + 1.0  # type: ignore[union-attr]
 
     async def _commit(self, batch: list[_Item]) -> None:
         self._inflight = batch

@@ -17,6 +17,8 @@ BATCH_ROWS = Histogram("chargeyard_db_batch_rows", "Rows per store commit",
 BATCH_COMMIT = Histogram("chargeyard_db_batch_commit_duration_seconds", "Store commit duration",
                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 WRITE_QUEUE = Gauge("chargeyard_db_write_queue_depth", "Store operations waiting for a commit")
+DEFERRED = Gauge("chargeyard_db_deferred_rows",
+                 "Rows the store holds for deferred work (SQLite: readings logged and not yet folded)")
 LENIENCY = Counter("chargeyard_leniency_relaxed_total", "Validation rules relaxed by a leniency profile",
                    ["rule"])
 BOOTS_PENDING = Counter("chargeyard_boot_pending_total", "BootNotifications answered Pending (overload)")

@@ -384,3 +384,4 @@ class Worker:
         m.BATCH_ROWS.observe(rows)
         m.BATCH_COMMIT.observe(seconds)
         m.WRITE_QUEUE.set(self.writer.queue_depth)
+        m.DEFERRED.set(self.writer.store.deferred_rows)

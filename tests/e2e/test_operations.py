@@ -127,6 +127,7 @@ def test_metrics_and_health(node):
                  "chargeyard_ocpp_messages_total", "chargeyard_ocpp_call_errors_total",
                  "chargeyard_ocpp_handle_duration_seconds", "chargeyard_db_batch_rows",
                  "chargeyard_db_batch_commit_duration_seconds", "chargeyard_db_write_queue_depth",
+                 "chargeyard_db_deferred_rows",
                  "chargeyard_router_forward_duration_seconds", "chargeyard_build_info"):
         assert name in text, name
     # unknown actions are one bounded label value, never the charger's text
