@@ -17,9 +17,12 @@
   write transaction its rows are stored, in arrival (rowid) order, exactly as each op
   stored its reading before (``meter_samples``, ``sample_repeats``, the last reading of
   samples without a transaction) and deleted, so a charger's leaf is written once per fold
-  instead of once per commit. While this store has ``fold_rows`` rows logged and not
-  folded, each ``apply`` folds the next non-empty bucket (round robin) in its transaction:
-  a pause for a 64th of the chargers' leaves, not for all of them. Before a read of samples
+  instead of once per commit. Folding is deferred work done in the writer's idle time:
+  while this store has ``idle_fold_rows`` rows logged and not folded, ``maintain()`` (the
+  writer calls it when no batch waits) folds the oldest ``IDLE_FOLD_SLICE`` rows of the next
+  non-empty bucket (round robin) in a transaction of its own, a pause of about a
+  millisecond. A writer that is never idle lets the log grow to ``fold_rows``; from there
+  each ``apply`` folds one whole bucket inside its transaction. Before a read of samples
   or readings, the charger's bucket (every bucket, for a read across chargers) is folded
   while it holds rows (rows other processes logged included: the fold reads the tables,
   under the write lock), so reads see every committed reading; every bucket on ``close``. A charger's readings are all in one

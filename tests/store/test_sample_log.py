@@ -241,13 +241,17 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
     batch, now and then, or only at the end (reads in between fold it too)."""
     batches = _random_batches(rng)
 
-    async def replay(name: str, fold_rows: int, read_between: bool) -> tuple:
-        async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows) as s:
+    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0) -> tuple:
+        async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows,
+                               idle_fold_rows=1 if slice_rows else None) as s:
+            s.IDLE_FOLD_SLICE = slice_rows or s.IDLE_FOLD_SLICE
             results = []
             for batch in batches:
                 results.append(await s.apply(batch))
                 if read_between and rng.random() < 0.5:
                     await _everything(s)
+                for _ in range(rng.randrange(3) if slice_rows else 0):  # the writer's idle folds
+                    await s.maintain()
             return results, await _everything(s)
 
     async def main():
@@ -255,6 +259,29 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
         assert await replay("end", 10**9, False) == every
         assert await replay("sometimes", 3, False) == every
         assert await replay("reads", 10**9, True) == every
+        # idle folds take a bucket's oldest rows, a few at a time, between batches
+        assert await replay("slices", 10**9, False, slice_rows=2) == every
+        assert await replay("slices-reads", 10**9, True, slice_rows=3) == every
+    run(main())
+
+
+def test_idle_fold_takes_the_oldest_rows_of_a_bucket(tmp_path):
+    """``maintain`` folds at most IDLE_FOLD_SLICE rows, the bucket's oldest, only once
+    ``idle_fold_rows`` are logged; the rest stays logged in order and folds later."""
+    path = tmp_path / "s.db"
+
+    async def main():
+        async with SqliteStore(path, idle_fold_rows=5) as s:
+            s.IDLE_FOLD_SLICE = 3
+            await s.apply(samples("CP1", "1", range(4), 1000.0))
+            assert not s.maintenance_due() and await s.maintain() == 0 and counts(path) == (4, 0)
+            await s.apply(samples("CP1", "1", range(4, 7), 1000.0))
+            assert s.maintenance_due() and s.deferred_rows == 7
+            assert await s.maintain() == 3 and counts(path) == (4, 3)
+            assert not s.maintenance_due()  # 4 logged: below idle_fold_rows again
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [
+                1000.0 + i for i in range(7)]  # a read folds the rest, in order
+            assert counts(path) == (0, 7)
     run(main())
 
 

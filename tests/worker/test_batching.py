@@ -493,3 +493,45 @@ def test_add_reply_calls_its_target_after_commit_and_isolates_like_add(tmp_path,
         assert late.calls == [("failed", "x", "Heartbeat", "WriterClosed")]
         await store.close()
     run(main())
+
+
+# -- the store's deferred work runs in the writer's idle time ------------------------------
+
+def test_idle_writer_folds_the_log_and_survives_a_failing_fold(tmp_path, run):
+    """With nothing queued, the writer hands the store its deferred work one slice at a time
+    (SQLite: the sample log past ``idle_fold_rows``) until none is due; a failing slice is
+    logged, paused for a second, and never touches the ops."""
+    async def main():
+        store = SqliteStore(tmp_path / "m.db", idle_fold_rows=50)
+        store.IDLE_FOLD_SLICE = 10
+        await store.open()
+        w = BatchWriter(store)
+        await w.start()
+        ops = [MeterSample(f"CP{i % 5}", "", T0 + dt.timedelta(seconds=i), float(i), 1) for i in range(300)]
+        await asyncio.gather(*(w.add(op) for op in ops))
+        for _ in range(200):  # idle now: slices until the log is below the threshold
+            if not store.maintenance_due():
+                break
+            await asyncio.sleep(0.01)
+        assert not store.maintenance_due() and store.deferred_rows < 50
+        assert w.maintenance_runs >= (300 - 50) // 10 and w.maintained_rows == 300 - store.deferred_rows
+
+        real = store.maintain
+        failures = 0
+
+        async def failing() -> int:
+            nonlocal failures
+            failures += 1
+            raise RuntimeError("disk trouble")
+        store.maintain = failing  # type: ignore[method-assign]
+        more = [MeterSample("CP9", "", T0 + dt.timedelta(seconds=1000 + i), float(i), 1) for i in range(100)]
+        assert await asyncio.gather(*(w.add(op) for op in more)) == [None] * 100
+        await asyncio.sleep(0.3)
+        assert failures == 1  # once, then a pause: no busy loop
+        assert await w.add(ChargerSeen("CP1", T0)) is None  # the writer carries on
+        store.maintain = real  # type: ignore[method-assign]
+        await w.close()
+        samples = await store.list_meter_samples("CP9", "")
+        assert [s["energy_wh"] for s in samples] == [float(i) for i in range(100)]
+        await store.close()
+    run(main())
