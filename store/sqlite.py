@@ -454,10 +454,21 @@ class SqliteStore(Store):
         """Fold a bucket's oldest ``IDLE_FOLD_SLICE`` readings in a transaction of its own,
         committed without waiting for the disk: a fold only moves readings that are already
         durable (log rows into samples), so losing it to a power cut loses nothing (the log
-        rows are back), and the next batch's sync covers it."""
+        rows are back), and the next batch's COMMIT syncs the WAL up to and including it."""
         if not self.maintenance_due():
             return 0
-        return await self._run(self._write, lambda conn: self._fold_next(conn, self.IDLE_FOLD_SLICE))
+        return await self._run(self._maintain_sync)
+
+    def _maintain_sync(self) -> int:
+        conn = self._db
+        relaxed = self.synchronous != "NORMAL"
+        if relaxed:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._write(lambda conn: self._fold_next(conn, self.IDLE_FOLD_SLICE))
+        finally:
+            if relaxed:
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
 
     def _chargers(self, run: list[UpsertCharger]) -> None:
         now = time.time_ns() // 1000

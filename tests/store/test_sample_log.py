@@ -331,3 +331,18 @@ def test_version_2_database_gets_the_log(tmp_path, monkeypatch):
 def test_fold_rows_must_be_positive(tmp_path):
     with pytest.raises(ValueError):
         SqliteStore(tmp_path / "x.db", fold_rows=0)
+
+
+def test_idle_fold_commits_without_a_sync_and_restores_the_level(tmp_path):
+    """A fold moves readings that are durable already: its COMMIT does not wait for the disk,
+    and the batches after it are synced as configured."""
+    async def main():
+        async with SqliteStore(tmp_path / "n.db", idle_fold_rows=1) as s:
+            await s.apply(samples("CP1", "1", range(3), 1000.0))
+            seen = []
+            s._db.set_trace_callback(seen.append)
+            assert await s.maintain() == 3
+            s._db.set_trace_callback(None)
+            assert seen[0] == "PRAGMA synchronous = NORMAL" and seen[-1] == "PRAGMA synchronous = FULL"
+            assert await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
+    run(main())
