@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-pure bench bench-codec cluster clean generate
+.PHONY: install run test test-pure bench bench-codec bench-store cluster clean generate
 
 $(STAMP): pyproject.toml setup.py core/_codec.pyx worker/_listener.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: install
 
 bench-codec: install
 	taskset -c 1 $(PY) -m chargeyard.bench.codec
+
+bench-store: install
+	taskset -c 1 $(PY) -m chargeyard.bench.store_commit
 
 bench: install
 	$(VENV)/bin/chargeyard bench compare

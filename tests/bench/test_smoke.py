@@ -56,3 +56,16 @@ def test_smoke_comparison_writes_a_report(tmp_path):
         data = (latest / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert not os.path.exists(out / "latest.tmp")
+
+
+def test_store_commit_benchmark_runs(tmp_path):
+    """`make bench-store` at toy size: one figure per (level, batch size), well formed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "chargeyard.bench.store_commit", "--rows", "1,3", "--commits", "10"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])["store_commit"]
+    assert [(f["synchronous"], f["rows"]) for f in figures] == [
+        ("FULL", 1), ("NORMAL", 1), ("FULL", 3), ("NORMAL", 3)]
+    assert all(f["commits"] >= 10 and f["cpu_us_per_commit"] > 0 and f["wall_us_per_commit"] > 0
+               for f in figures)
