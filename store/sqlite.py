@@ -427,8 +427,6 @@ class SqliteStore(Store):
             i += 1
         if self._logged >= self.fold_rows:  # fold one bucket: a short pause, not one for the whole log
             self._fold_next(conn)
-        elif os.environ.get("CY_PAYGO") and self._logged >= self.idle_fold_rows:
-            self._fold_next(conn, max(int(os.environ["CY_PAYGO"]), int(1.3 * len(ops))))
         return results
 
     def _fold_next(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
@@ -450,7 +448,6 @@ class SqliteStore(Store):
         return self._logged
 
     def maintenance_due(self) -> bool:
-        if os.environ.get("CY_PAYGO"): return False
         return self._logged >= self.idle_fold_rows and self._executor is not None
 
     async def maintain(self) -> int:
