@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     p = sub.add_parser("store", help="store maintenance")
     p.add_argument("action", choices=["migrate"])
-    add_arguments(p, {"data_dir", "store", "scylla_hosts", "keyspace"})
+    add_arguments(p, {"data_dir", "store", "scylla_hosts", "keyspace", "scylla_username", "scylla_password",
+                      "scylla_datacenter", "scylla_tls", "scylla_ca_file"})
     sub.add_parser("bench", help="benchmarks (see bench/README.md)", add_help=False)
     sub.add_parser("nginx-config", help="render the nginx config for a worker list", add_help=False)
     for name in ("billing", "monitoring"):

@@ -22,6 +22,11 @@ class Settings:
     store: str = "sqlite"
     scylla_hosts: str = ""
     keyspace: str = "chargeyard"
+    scylla_username: str = ""
+    scylla_password: str = ""         # prefer the environment (CHARGEYARD_SCYLLA_PASSWORD) to a flag
+    scylla_datacenter: str = ""       # the local data centre (default: the driver's choice)
+    scylla_tls: bool = False
+    scylla_ca_file: str = ""          # CA bundle for TLS (implies --scylla-tls); empty: system CAs
     redis_url: str = ""
     kafka_bootstrap: str = ""
     worker_id: str = ""
@@ -60,6 +65,11 @@ HELP = {
     "data_dir": "where the SQLite store and spools live",
     "store": "sqlite (embedded) or scylla",
     "redis_url": "Redis for the cluster registry (empty: in-process)",
+    "scylla_username": "ScyllaDB user (password authentication)",
+    "scylla_password": "ScyllaDB password (better: the CHARGEYARD_SCYLLA_PASSWORD environment variable)",
+    "scylla_datacenter": "ScyllaDB local data centre for routing and replication",
+    "scylla_tls": "connect to ScyllaDB over TLS (server certificate and host name verified)",
+    "scylla_ca_file": "CA bundle to verify ScyllaDB's certificate (implies --scylla-tls)",
     "kafka_bootstrap": "Kafka bootstrap servers (empty: in-process bus)",
     "worker_id": "this worker's id in the cluster (default: hostname-pid)",
     "heartbeat_interval": "interval (s) given to chargers in BootNotification",

@@ -14,11 +14,33 @@ from .config import Settings
 log = logging.getLogger("chargeyard")
 
 
+def scylla_options(s: Settings) -> dict[str, Any]:
+    """ScyllaStore keyword arguments from the settings: password authentication, TLS with
+    the server's certificate and host name verified (system CAs or ``--scylla-ca-file``),
+    the local data centre."""
+    kw: dict[str, Any] = {}
+    if s.scylla_username:
+        kw["username"], kw["password"] = s.scylla_username, s.scylla_password
+    elif s.scylla_password:
+        raise ValueError("--scylla-password needs --scylla-username")
+    if s.scylla_datacenter:
+        kw["datacenter"] = s.scylla_datacenter
+    if s.scylla_tls or s.scylla_ca_file:
+        import ssl
+
+        try:
+            kw["ssl_context"] = ssl.create_default_context(cafile=s.scylla_ca_file or None)
+        except OSError as exc:
+            raise ValueError(f"--scylla-ca-file {s.scylla_ca_file}: {exc.strerror or exc}") from None
+    return kw
+
+
 def make_store(s: Settings) -> Any:
     from chargeyard.store import make_store as build
 
     try:
-        return build(s.store, data_dir=s.data_dir, scylla_hosts=s.scylla_hosts, keyspace=s.keyspace)
+        options = scylla_options(s) if s.store == "scylla" else {}
+        return build(s.store, data_dir=s.data_dir, scylla_hosts=s.scylla_hosts, keyspace=s.keyspace, **options)
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"--store {s.store}: {exc}") from None
 
