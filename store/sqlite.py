@@ -25,8 +25,10 @@
   each ``apply`` folds one whole bucket inside its transaction. Before a read of samples
   or readings, the charger's bucket (every bucket, for a read across chargers) is folded
   while it holds rows (rows other processes logged included: the fold reads the tables,
-  under the write lock), so reads see every committed reading; every bucket on ``close``. A charger's readings are all in one
-  bucket, so buckets fold in any order. No other op reads or writes samples (a
+  under the write lock), so reads see every committed reading; every bucket on ``close``.
+  A read across chargers first folds the buckets one transaction each, so batches commit
+  in between, then folds what is left in its own transaction. A charger's readings are all
+  in one bucket, so buckets fold in any order. No other op reads or writes samples (a
   transaction's readings are derived when read), so none needs a fold before it. Log rows
   commit with their batch and a fold is all or nothing: kill -9 loses nothing, and a log
   left at open is folded by the next read or threshold.
@@ -457,15 +459,18 @@ class SqliteStore(Store):
         rows are back), and the next batch's COMMIT syncs the WAL up to and including it."""
         if not self.maintenance_due():
             return 0
-        return await self._run(self._maintain_sync)
+        return await self._run(self._write_relaxed, lambda conn: self._fold_next(conn, self.IDLE_FOLD_SLICE))
 
-    def _maintain_sync(self) -> int:
+    def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``_write`` for a transaction that only moves durable rows (a fold): committed at
+        ``synchronous=NORMAL``, without waiting for the disk; the next synced COMMIT covers
+        it, and losing it loses nothing."""
         conn = self._db
         relaxed = self.synchronous != "NORMAL"
         if relaxed:
             conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            return self._write(lambda conn: self._fold_next(conn, self.IDLE_FOLD_SLICE))
+            return self._write(fn)
         finally:
             if relaxed:
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -662,8 +667,23 @@ class SqliteStore(Store):
         # the page first: readings are derived for its rows only
         sql = f"WITH page AS MATERIALIZED ({page} {_TX_ORDER} LIMIT ?) {_TX_SELECT.format('page')} {_TX_ORDER}"
         args.append(max(0, int(limit)))
+        if charger_id is None:
+            await self._fold_in_steps()
         rows = await self._run(self._read, lambda conn: conn.execute(sql, args).fetchall(), charger_id)
         return [_tx_dict(r) for r in rows]
+
+    async def _fold_in_steps(self) -> None:
+        """Before a read across chargers: fold the log one bucket per transaction, so the
+        batches committed meanwhile wait for one bucket's fold at most, not for the whole
+        log's; the read itself then folds only what was logged since, in its transaction."""
+        for b in range(LOG_BUCKETS):
+            sql = _LOGS[b]
+
+            def step() -> None:
+                if self._db.execute(sql.pending).fetchone()[0]:
+                    folded, _ = self._write_relaxed(lambda conn: self._fold_bucket(conn, b))
+                    self._logged = max(0, self._logged - folded)
+            await self._run(step)
 
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
         row = await self._run(self._read, lambda conn: conn.execute(_TX_GET, (charger_id, tx_id)).fetchone(),

@@ -346,3 +346,27 @@ def test_idle_fold_commits_without_a_sync_and_restores_the_level(tmp_path):
             assert seen[0] == "PRAGMA synchronous = NORMAL" and seen[-1] == "PRAGMA synchronous = FULL"
             assert await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
     run(main())
+
+
+def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_path):
+    """``list_transactions()`` without a charger folds the log one bucket per transaction:
+    a batch added after the read started commits long before the read ends (it waits for
+    one bucket's fold, not the whole log's), and the read still sees every reading that was
+    committed before it started."""
+    path = tmp_path / "x.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            chargers = [f"CP{i}" for i in range(400)]
+            assert len({log_bucket(c) for c in chargers}) == 64  # every bucket holds rows
+            await s.apply([StartTransaction(c, "1", 1, "T", 1000.0, at(0)) for c in chargers])
+            await s.apply([MeterSample(c, "1", at(m), 1000.0 + m, 1) for c in chargers for m in range(1, 4)])
+            read = asyncio.ensure_future(s.list_transactions())
+            await asyncio.sleep(0)  # the read has handed its first fold to the store thread
+            batch = asyncio.ensure_future(s.apply(samples("CP0", "1", range(10, 12), 1000.0)))
+            await batch
+            assert not read.done()
+            txs = await read
+            assert len(txs) == 400 and all(t["energy_wh"] >= 3.0 for t in txs)
+            assert counts(path)[0] <= 2  # only what was logged after the fold of its bucket
+    run(main())
