@@ -354,7 +354,7 @@ def histogram_delta(before: str | None, after: str | None, name: str) -> dict | 
                     else:
                         p99 = le
                     break
-    return {"batches": count, "rows": total, "mean": total / count if count else None,
+    return {"count": count, "sum": total, "mean": total / count if count else None,
             "p50_le": p50, "p99_le": p99}
 
 
@@ -419,7 +419,7 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
         out["db_batch_rows"] = batch
     commit = histogram_delta(m0, m1, "chargeyard_db_batch_commit_duration_seconds")
     if commit is not None:
-        out["db_commit_seconds"] = commit  # "rows" is the summed seconds here
+        out["db_commit_seconds"] = commit
     deferred = gauge_value(m1, "chargeyard_db_deferred_rows")
     if deferred is not None:
         out["db_deferred_rows"] = deferred  # at the window's end: is deferred work keeping up?

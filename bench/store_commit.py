@@ -61,7 +61,7 @@ async def measure(path: Path, synchronous: str, rows: int, commits: int) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", default="1,45,500", help="batch sizes (comma-separated)")
-    ap.add_argument("--commits", type=int, default=1000, help="commits per measurement")
+    ap.add_argument("--commits", type=int, default=1000, help="commits per measurement (batches over 45 rows: as many rows in fewer commits)")
     a = ap.parse_args()
     sizes = [int(x) for x in a.rows.split(",") if x]
     out = []
@@ -69,8 +69,9 @@ def main() -> None:
     try:
         for rows in sizes:
             pair = {}
+            commits = max(10, a.commits * 45 // max(rows, 45))  # past 45 rows: as many rows, fewer commits
             for sync in ("FULL", "NORMAL"):
-                r = asyncio.run(measure(tmp / f"{sync}-{rows}.db", sync, rows, max(10, a.commits * 45 // max(rows, 45))))
+                r = asyncio.run(measure(tmp / f"{sync}-{rows}.db", sync, rows, commits))
                 pair[sync] = r
                 out.append(r)
                 print(f"{sync:6} {rows:4} rows/commit: {r['cpu_us_per_commit']:8.1f} us CPU/commit "

@@ -101,11 +101,11 @@ def _log(msg: str):
 def _store_note(r: dict) -> str:
     """The durable path at a glance: mean rows and milliseconds per commit, rows deferred."""
     rows, secs = r.get("db_batch_rows"), r.get("db_commit_seconds")
-    if not rows or not rows.get("batches"):
+    if not rows or not rows.get("count"):
         return ""
     note = f"; {rows['mean']:.0f} rows/commit"
-    if secs and secs.get("batches"):
-        note += f", {secs['rows'] / secs['batches'] * 1e3:.2f} ms/commit"
+    if secs and secs.get("count"):
+        note += f", {secs['mean'] * 1e3:.2f} ms/commit"
     if r.get("db_deferred_rows") is not None:
         note += f", {r['db_deferred_rows']:.0f} rows deferred"
     return note

@@ -398,7 +398,7 @@ class SqliteStore(Store):
             if b is None:
                 self._fold(conn)
             else:
-                self._logged = max(0, self._logged - self._fold_bucket(conn, b)[0])
+                self._fold_bucket(conn, b)
             return fn(conn)
         return self._write(fold_then_read)
 
@@ -440,7 +440,6 @@ class SqliteStore(Store):
             if not rest:
                 self._next_fold = (b + 1) % LOG_BUCKETS
             if folded:
-                self._logged = max(0, self._logged - folded)
                 return folded
         self._logged = 0
         return 0
@@ -517,7 +516,8 @@ class SqliteStore(Store):
     def _fold_bucket(self, conn: sqlite3.Connection, b: int, limit: int | None = None) -> tuple[int, int]:
         """Store one bucket's logged readings (its oldest ``limit``, when given) in arrival
         order, as each op stored them before the log existed, and delete them; returns how
-        many were folded and how many stay logged. A charger's readings are all in its bucket
+        many were folded (and counts them off ``_logged``) and how many stay logged. A
+        charger's readings are all in its bucket
         and a fold takes the oldest, so folding buckets in any order, whole or a prefix at a
         time, keeps every charger's order."""
         sql = _LOGS[b]
@@ -536,7 +536,9 @@ class SqliteStore(Store):
         conn.execute(sql.fold_last, (end,))
         # what stays keeps consecutive rowids: new rows take the highest plus one
         conn.execute(sql.empty if end == last else sql.drop_prefix, () if end == last else (end,))
-        return end - first + 1, last - end
+        folded = end - first + 1
+        self._logged = max(0, self._logged - folded)
+        return folded, last - end
 
     def _fold_samples(self, sql: _LogSql, first: int, last: int) -> None:
         """Store a bucket's logged MeterSamples with rowid first..last, a slice at a time; a
@@ -677,13 +679,11 @@ class SqliteStore(Store):
         batches committed meanwhile wait for one bucket's fold at most, not for the whole
         log's; the read itself then folds only what was logged since, in its transaction."""
         for b in range(LOG_BUCKETS):
-            sql = _LOGS[b]
+            await self._run(self._fold_if_pending, b)
 
-            def step() -> None:
-                if self._db.execute(sql.pending).fetchone()[0]:
-                    folded, _ = self._write_relaxed(lambda conn: self._fold_bucket(conn, b))
-                    self._logged = max(0, self._logged - folded)
-            await self._run(step)
+    def _fold_if_pending(self, b: int) -> None:
+        if self._db.execute(_LOGS[b].pending).fetchone()[0]:
+            self._write_relaxed(lambda conn: self._fold_bucket(conn, b))
 
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
         row = await self._run(self._read, lambda conn: conn.execute(_TX_GET, (charger_id, tx_id)).fetchone(),

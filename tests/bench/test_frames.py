@@ -80,7 +80,7 @@ def test_prometheus_histogram_delta():
     after = 'chargeyard_db_batch_rows_bucket{le="1.0"} 1\nchargeyard_db_batch_rows_bucket' \
             '{le="+Inf"} 6\nchargeyard_db_batch_rows_sum 411\nchargeyard_db_batch_rows_count 6\n'
     d = runner.histogram_delta(before, after, "chargeyard_db_batch_rows")
-    assert d["batches"] == 4 and d["rows"] == 400 and d["mean"] == 100
+    assert d["count"] == 4 and d["sum"] == 400 and d["mean"] == 100
     assert d["p50_le"] == "+Inf"
     assert runner.histogram_delta(None, after, "chargeyard_db_batch_rows") is None
 
