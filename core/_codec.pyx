@@ -7,7 +7,9 @@ Struct, and one msgspec encode of the reply. Anything the scan does not
 recognise goes to ``Tables.classify``, shared with the pure twin.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcmp
 
@@ -106,12 +108,24 @@ cdef class Codec:
         self._draft6 = self.tables.draft6
 
     def decode(self, data):
-        """One frame -> Call | CallResult | CallError | Send | FrameError. Never raises."""
-        if type(data) is not bytes:
+        """One frame -> Call | CallResult | CallError | Send | FrameError. Never raises.
+        ``data`` is bytes or any buffer (a memoryview of the socket layer's read buffer is
+        decoded in place: nothing returned refers to it)."""
+        cdef Py_buffer view
+        if type(data) is bytes:
+            return self._decode(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except Exception:  # not a buffer, or not a contiguous one
             data = bytes(data)
-        cdef bytes b = <bytes>data
-        cdef const char* p = PyBytes_AS_STRING(b)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+            return self._decode(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        try:
+            return self._decode(data, <const char*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef _decode(self, b, const char* p, Py_ssize_t n):
+        """``b``'s bytes are ``p[:n]``; ``b`` goes to the slow path as it is."""
         cdef Py_ssize_t i, id0, id1, a0, a1, end
         cdef unsigned char c
         # [ 2 , " id " , " Action " , payload ]
@@ -178,7 +192,7 @@ cdef class Codec:
         if id1 - id0 > 36 and len(msg_id) > 36:
             return self.tables.classify(b)
         _, action, decode, typ, has_dt = <tuple>entry
-        payload = PyBytes_FromStringAndSize(p + i, end - i)
+        payload = PyMemoryView_FromMemory(<char*>p + i, end - i, 0x100)  # PyBUF_READ; used only here
         try:
             obj = decode(payload)
         except _ValidationError as exc:

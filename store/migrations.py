@@ -216,6 +216,16 @@ CREATE TABLE sample_log_{b} (
     energy_wh    REAL NOT NULL,
     kind         INTEGER NOT NULL DEFAULT 0
 );""" for b in range(LOG_BUCKETS))),
+    (4, """
+-- A small batch spreads its readings over as many log buckets as it has chargers: one page
+-- per reading in the WAL. Its readings are appended instead as one packed row here (the
+-- log rows, msgpack, in arrival order), moved into the buckets in bulk later, oldest first,
+-- before any fold or read that needs them.
+CREATE TABLE sample_inbox (
+    seq  INTEGER PRIMARY KEY,
+    rows INTEGER NOT NULL,
+    data BLOB NOT NULL
+);"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

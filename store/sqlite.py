@@ -13,7 +13,13 @@
   log, ``sample_log_<bucket>``, one of ``LOG_BUCKETS`` tables by charger (``log_bucket``:
   CRC-32 of the id, the same in every process), a run of MeterSamples in one
   ``executemany`` per bucket: consecutive rows share pages, so a commit writes a few log
-  pages rather than one ``meter_samples`` leaf per charger. A bucket is *folded*: in one
+  pages rather than one ``meter_samples`` leaf per charger. A batch of fewer than
+  ``INBOX_BATCH`` log rows would still write one page per bucket it touches (a page per
+  reading at 1000 chargers and 64 buckets); it appends its rows packed (msgpack) as one row
+  of ``sample_inbox`` instead, a page or two. The inbox is moved into the buckets in bulk,
+  oldest first: by ``maintain()`` once ``INBOX_MOVE_ROWS`` wait, by a batch of
+  ``INBOX_BATCH`` rows or more (before its own, so buckets keep arrival order), before a
+  read, and inside a batch once ``INBOX_MAX`` wait. A bucket is *folded*: in one
   write transaction its rows are stored, in arrival (rowid) order, exactly as each op
   stored its reading before (``meter_samples``, ``sample_repeats``, the last reading of
   samples without a transaction) and deleted, so a charger's leaf is written once per fold
@@ -51,6 +57,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
+
+import msgspec
 
 from . import migrations
 from .migrations import LOG_BUCKETS
@@ -98,9 +106,7 @@ class _LogSql:
 
     def __init__(self, bucket: int) -> None:
         log = f"sample_log_{bucket}"
-        self.sample = f"""
-INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?1, ?2, ?3, ?4, ?5)"""
-        self.event = f"""
+        self.row = f"""
 INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"""
         self.span = f"SELECT min(rowid), max(rowid) FROM {log}"
         self.events = f"""
@@ -125,11 +131,24 @@ WHERE excluded.at >= last_readings.at"""
         self.empty = f"DELETE FROM {log}"  # the whole table: SQLite's truncate, no row by row
         self.drop_prefix = f"DELETE FROM {log} WHERE rowid <= ?1"
         self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
+        # a read of one of its chargers: rows of that charger may still wait in the inbox
+        self.read_pending = f"SELECT EXISTS (SELECT 1 FROM {log}) OR EXISTS (SELECT 1 FROM sample_inbox)"
 
 
 _LOGS = [_LogSql(b) for b in range(LOG_BUCKETS)]
-_LOG_PENDING = "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM sample_log_{b})" for b in range(LOG_BUCKETS))
-_LOG_COUNT = "SELECT " + " + ".join(f"(SELECT count(*) FROM sample_log_{b})" for b in range(LOG_BUCKETS))
+_LOG_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox) OR " + " OR ".join(
+    f"EXISTS (SELECT 1 FROM sample_log_{b})" for b in range(LOG_BUCKETS))
+_INBOX_COUNT = "SELECT coalesce(sum(rows), 0) FROM sample_inbox"
+_LOG_COUNT = "SELECT " + " + ".join(f"(SELECT count(*) FROM sample_log_{b})" for b in range(LOG_BUCKETS)) + \
+    f" + ({_INBOX_COUNT})"
+
+# the inbox: a small batch's log rows packed into one row (msgpack), moved into the buckets later
+_INBOX_ADD = "INSERT INTO sample_inbox (rows, data) VALUES (?1, ?2)"
+_INBOX_TAKE = "SELECT seq, rows, data FROM sample_inbox ORDER BY seq"
+_INBOX_DROP = "DELETE FROM sample_inbox WHERE seq <= ?1"
+_INBOX_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox)"
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int, int, float, int]]).decode
 
 
 def log_bucket(charger_id: str) -> int:
@@ -258,15 +277,19 @@ def _tx_dict(r: tuple) -> dict:
 
 class SqliteStore(Store):
     """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0, fold_rows=FOLD_ROWS,
-    idle_fold_rows=IDLE_FOLD_ROWS)``: with ``idle_fold_rows`` readings logged by this store,
-    :meth:`maintain` (the writer calls it when it has no batch waiting) folds the oldest
-    ``IDLE_FOLD_SLICE`` rows of a bucket in a transaction of its own; with ``fold_rows`` (a
-    writer that is never idle), ``apply`` folds one whole bucket inside each batch's
-    transaction."""
+    idle_fold_rows=IDLE_FOLD_ROWS)``: :meth:`maintain` (the writer calls it when it has no
+    batch waiting) moves the inbox's oldest rows into the buckets once ``INBOX_MOVE_ROWS``
+    wait, else, with ``idle_fold_rows`` readings logged by this store, folds the oldest
+    ``IDLE_FOLD_SLICE`` rows of a bucket; each in a transaction of its own. With
+    ``fold_rows`` (a writer that is never idle), ``apply`` folds one whole bucket inside
+    each batch's transaction."""
 
     FOLD_ROWS = 60_000
     IDLE_FOLD_ROWS = 20_000
     IDLE_FOLD_SLICE = 256  # rows an idle fold takes (a bucket's oldest): its pause stays short
+    INBOX_BATCH = 128  # a batch logging fewer rows packs them into one inbox row
+    INBOX_MOVE_ROWS = 128  # inbox rows (at least) an idle move takes, oldest first; and its trigger
+    INBOX_MAX = 4096  # with this many in the inbox, a batch moves it and logs into the buckets
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS,
@@ -281,6 +304,8 @@ class SqliteStore(Store):
         self.fold_rows = fold_rows
         self.idle_fold_rows = min(fold_rows, self.IDLE_FOLD_ROWS if idle_fold_rows is None else idle_fold_rows)
         self._logged = 0  # rows this store logged and has not folded (a trigger only)
+        self._inboxed = 0  # of those, rows in the inbox (also a trigger only)
+        self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
         self._next_fold = 0  # the bucket the threshold folds next
         self._buckets: dict[str, int] = {}  # charger id -> log bucket
         self._conn: sqlite3.Connection | None = None
@@ -339,6 +364,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_size_limit = 67108864")
             migrations.migrate(conn)
             self._logged = conn.execute(_LOG_COUNT).fetchone()[0]
+            self._inboxed = conn.execute(_INBOX_COUNT).fetchone()[0]
         except BaseException:
             conn.close()
             raise
@@ -391,13 +417,14 @@ class SqliteStore(Store):
         folded first, and the read runs in the fold's transaction."""
         conn = self._db
         b = None if charger_id is None else self._bucket(charger_id)
-        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].pending).fetchone()[0]:
+        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].read_pending).fetchone()[0]:
             return fn(conn)
 
         def fold_then_read(conn: sqlite3.Connection) -> Any:
             if b is None:
                 self._fold(conn)
             else:
+                self._move_inbox(conn)
                 self._fold_bucket(conn, b)
             return fn(conn)
         return self._write(fold_then_read)
@@ -411,6 +438,7 @@ class SqliteStore(Store):
 
     def _apply_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
         results: list[Any] = [None] * len(ops)
+        self._log_rows = log_rows = []
         i, n = 0, len(ops)
         while i < n:
             t = type(ops[i])
@@ -427,9 +455,63 @@ class SqliteStore(Store):
                 raise StoreError(f"not a store operation: {t.__name__}")
             results[i] = single(ops[i])
             i += 1
+        if log_rows:
+            self._log(conn, log_rows)
         if self._logged >= self.fold_rows:  # fold one bucket: a short pause, not one for the whole log
-            self._fold_next(conn)
+            self._fold_some(conn)
         return results
+
+    def _log(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+        """Append a batch's log rows: a small batch packs them into one inbox row (a page or
+        two in the WAL instead of one per bucket it touches); a large one appends them to the
+        buckets, after moving whatever waits in the inbox (older rows) there first."""
+        if len(rows) < self.INBOX_BATCH and self._inboxed < self.INBOX_MAX:
+            conn.execute(_INBOX_ADD, (len(rows), _pack(rows)))
+            self._inboxed += len(rows)
+            return
+        if self._inboxed or conn.execute(_INBOX_PENDING).fetchone()[0]:
+            self._move_inbox(conn)
+        self._append(conn, rows)
+
+    def _append(self, conn: sqlite3.Connection, rows: list) -> None:
+        """Log rows into their buckets, one ``executemany`` per bucket, in order."""
+        parts: list[list] = [[] for _ in range(LOG_BUCKETS)]
+        bucket = self._bucket
+        for r in rows:
+            parts[bucket(r[0])].append(r)
+        for b, part in enumerate(parts):
+            if part:
+                conn.executemany(_LOGS[b].row, part)
+
+    def _move_inbox(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
+        """Move the inbox's packed rows (the oldest, up to at least ``limit`` log rows, when
+        given) into the buckets, in order; returns how many log rows moved. Inbox rows are
+        newer than every bucket row, so buckets keep arrival order."""
+        moved, last, rows = 0, None, []
+        cur = conn.execute(_INBOX_TAKE)
+        try:
+            for seq, n, data in cur:
+                rows += _unpack(data)
+                moved += n
+                last = seq
+                if limit is not None and moved >= limit:
+                    break
+        finally:
+            cur.close()
+        if last is not None:
+            self._append(conn, rows)
+            conn.execute(_INBOX_DROP, (last,))
+        self._inboxed = max(0, self._inboxed - moved) if limit is not None and last is not None else 0
+        return moved
+
+    def _fold_some(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
+        """``_fold_next``; when the buckets hold nothing (all logged rows wait in the inbox),
+        the inbox is moved first."""
+        folded = self._fold_next(conn, limit)
+        if not folded and self._inboxed:
+            self._move_inbox(conn)
+            folded = self._fold_next(conn, limit)
+        return folded
 
     def _fold_next(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
         """Fold the next non-empty bucket (round robin), or its oldest ``limit`` rows (the
@@ -441,7 +523,7 @@ class SqliteStore(Store):
                 self._next_fold = (b + 1) % LOG_BUCKETS
             if folded:
                 return folded
-        self._logged = 0
+        self._logged = self._inboxed
         return 0
 
     @property
@@ -449,16 +531,25 @@ class SqliteStore(Store):
         return self._logged
 
     def maintenance_due(self) -> bool:
-        return self._logged >= self.idle_fold_rows and self._executor is not None
+        return ((self._inboxed >= self.INBOX_MOVE_ROWS or self._logged >= self.idle_fold_rows)
+                and self._executor is not None)
 
     async def maintain(self) -> int:
-        """Fold a bucket's oldest ``IDLE_FOLD_SLICE`` readings in a transaction of its own,
-        committed without waiting for the disk: a fold only moves readings that are already
-        durable (log rows into samples), so losing it to a power cut loses nothing (the log
-        rows are back), and the next batch's COMMIT syncs the WAL up to and including it."""
+        """Move the inbox's oldest rows, or fold a bucket's oldest ``IDLE_FOLD_SLICE``
+        readings, in a transaction of its own committed without waiting for the disk: both
+        only move readings that are already durable, so losing one to a power cut loses
+        nothing (the rows are back where they were), and the next batch's COMMIT syncs the
+        WAL up to and including it. Returns the rows moved or folded."""
         if not self.maintenance_due():
             return 0
-        return await self._run(self._write_relaxed, lambda conn: self._fold_next(conn, self.IDLE_FOLD_SLICE))
+        return await self._run(self._write_relaxed, self._maintain_slice)
+
+    def _maintain_slice(self, conn: sqlite3.Connection) -> int:
+        """With ``INBOX_MOVE_ROWS`` in the inbox, move its oldest (a bulk move: each bucket's
+        page written once for many batches); else fold a bucket's oldest rows."""
+        if self._inboxed >= self.INBOX_MOVE_ROWS:
+            return self._move_inbox(conn, self.INBOX_MOVE_ROWS)
+        return self._fold_some(conn, self.IDLE_FOLD_SLICE)
 
     def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """``_write`` for a transaction that only moves durable rows (a fold): committed at
@@ -496,19 +587,12 @@ class SqliteStore(Store):
         return b
 
     def _samples(self, run: list[MeterSample]) -> None:
-        rows: list[list[tuple]] = [[] for _ in range(LOG_BUCKETS)]
-        bucket = self._bucket
-        for o in run:
-            rows[bucket(o.charger_id)].append((o.charger_id, o.tx_id, o.connector_id, _us(o.at),
-                                               float(o.energy_wh)))
-        conn = self._db
-        for b, part in enumerate(rows):
-            if part:
-                conn.executemany(_LOGS[b].sample, part)
+        self._log_rows += [(o.charger_id, o.tx_id, o.connector_id, _us(o.at), float(o.energy_wh), 0) for o in run]
         self._logged += len(run)
 
     def _fold(self, conn: sqlite3.Connection) -> None:
-        """Fold every bucket of the log; inside the caller's write transaction."""
+        """Fold the whole log (the inbox moved first); inside the caller's write transaction."""
+        self._move_inbox(conn)
         for b in range(LOG_BUCKETS):
             self._fold_bucket(conn, b)
         self._logged = 0
@@ -602,8 +686,7 @@ class SqliteStore(Store):
                                      1 if ended else 0))
         wh = None if o.energy_wh is None else float(o.energy_wh)
         if wh is not None:
-            conn.execute(_LOGS[self._bucket(o.charger_id)].event,
-                         (o.charger_id, o.tx_id, o.connector_id, at, wh, 2 if ended else 1))
+            self._log_rows.append((o.charger_id, o.tx_id, o.connector_id, at, wh, 2 if ended else 1))
             self._logged += 1
             if o.event_type == "Started":
                 conn.execute(_EVENT_BEGIN_READING, (o.charger_id, o.tx_id, wh))
@@ -678,8 +761,13 @@ class SqliteStore(Store):
         """Before a read across chargers: fold the log one bucket per transaction, so the
         batches committed meanwhile wait for one bucket's fold at most, not for the whole
         log's; the read itself then folds only what was logged since, in its transaction."""
+        await self._run(self._move_if_pending)
         for b in range(LOG_BUCKETS):
             await self._run(self._fold_if_pending, b)
+
+    def _move_if_pending(self) -> None:
+        if self._db.execute(_INBOX_PENDING).fetchone()[0]:
+            self._write_relaxed(self._move_inbox)
 
     def _fold_if_pending(self, b: int) -> None:
         if self._db.execute(_LOGS[b].pending).fetchone()[0]:

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Compiled twin of ``listener.py`` (read that module's docstring): the same fields and
-methods, with C-level calls into picows (frame fields, ``WSTransport.send``) and unboxed
-token-bucket arithmetic. Keep the two in step; tests/worker/test_listener.py runs both."""
+methods, with C-level calls into picows (frame fields, ``WSTransport.send``), unboxed
+token-bucket arithmetic, and a whole frame decoded straight from picows' read buffer (a
+memoryview, no copy; the pure twin takes bytes, and ``Codec.decode`` accepts both). Keep the two in step; tests/worker/test_listener.py runs both."""
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -41,11 +42,11 @@ cdef class Listener(WSListener):
         if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
             if frame.fin:  # the common case: one whole message
                 self._frag = None  # (a new message before a fragmented one ended drops the fragments)
-                data = frame.get_payload_as_bytes()
                 if self._backlog is None and self._take():
-                    self._process_c(data)
+                    # decoded in place: the view lives for this call only, nothing keeps it
+                    self._process_c(frame.get_payload_as_memoryview())
                 else:
-                    self._throttle(data)
+                    self._throttle(frame.get_payload_as_bytes())
             else:
                 self._frag = bytearray(frame.get_payload_as_memoryview())
         elif mt == WSMsgType.CONTINUATION:
@@ -81,7 +82,8 @@ cdef class Listener(WSListener):
         time the current message was taken in."""
         return self._take()
 
-    cdef _process_c(self, bytes data):
+    cdef _process_c(self, data):
+        """``data``: bytes, or a view of picows' read buffer valid during this call only."""
         msg = self.codec.decode(data)
         if type(msg) is _Call:
             action = msg.action
@@ -89,9 +91,9 @@ cdef class Listener(WSListener):
             counts[action] = counts.get(action, 0) + 1
             self._dispatch_c(msg)
         else:
-            self._process_other(msg, data)
+            self._process_other(msg, data if type(data) is bytes else bytes(data))
 
-    def _process(self, bytes data):
+    def _process(self, data):
         self._process_c(data)
 
     cdef _dispatch_c(self, call):

@@ -30,6 +30,19 @@ def test_call_16(codec_cls) -> None:
         charge_point_vendor="VendorX", charge_point_model="SingleSocketCharger"))
 
 
+def test_a_view_is_decoded_in_place_and_not_kept(codec_cls) -> None:
+    """The listener hands over a view of picows' read buffer, reused after the call: what
+    decode returns must not refer to it. A view that is not contiguous is decoded too."""
+    buf = bytearray(BOOT16)
+    res = codec_cls("1.6").decode(memoryview(buf))
+    buf[:] = b" " * len(buf)  # the socket layer reuses its buffer
+    assert res == codec_cls("1.6").decode(BOOT16)
+    assert res.payload.charge_point_vendor == "VendorX" and res.message_id == "19223201"
+    doubled = bytes(c for ch in BOOT16 for c in (ch, 0))  # every other byte: a strided view
+    assert codec_cls("1.6").decode(memoryview(doubled)[::2]) == res
+    assert isinstance(codec_cls("1.6").decode(memoryview(b"[2,")), FrameError)
+
+
 def test_call_201_transaction_event(codec_cls) -> None:
     frame = (b'[2,"t1","TransactionEvent",{"eventType":"Updated","timestamp":"2024-05-01T10:00:00+02:00",'
              b'"triggerReason":"MeterValuePeriodic","seqNo":4,"transactionInfo":{"transactionId":"X"},'

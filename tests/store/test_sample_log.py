@@ -147,7 +147,7 @@ def test_a_log_left_behind_is_folded_after_open(tmp_path):
     async def main():
         async with SqliteStore(path, fold_rows=4) as s:
             await s.apply(samples("CP1", "", range(3, 4), 100.0))
-            assert counts(path) == (0, 4)
+            assert counts(path) == (1, 3)  # the 3 left behind are folded; this batch's row waits in the inbox
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute(f"INSERT INTO sample_log_{log_bucket('CP1')} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
                      ("CP1", "", 1, to_us(at(9)), 109.0))
@@ -241,10 +241,13 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
     batch, now and then, or only at the end (reads in between fold it too)."""
     batches = _random_batches(rng)
 
-    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0) -> tuple:
+    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0,
+                     inbox_batch: int | None = None, move_rows: int | None = None) -> tuple:
         async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows,
                                idle_fold_rows=1 if slice_rows else None) as s:
             s.IDLE_FOLD_SLICE = slice_rows or s.IDLE_FOLD_SLICE
+            s.INBOX_BATCH = s.INBOX_BATCH if inbox_batch is None else inbox_batch
+            s.INBOX_MOVE_ROWS = move_rows or s.INBOX_MOVE_ROWS
             results = []
             for batch in batches:
                 results.append(await s.apply(batch))
@@ -262,6 +265,9 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
         # idle folds take a bucket's oldest rows, a few at a time, between batches
         assert await replay("slices", 10**9, False, slice_rows=2) == every
         assert await replay("slices-reads", 10**9, True, slice_rows=3) == every
+        # batches straight into the buckets, or some through the inbox, moved at idle time
+        assert await replay("direct", 1, False, inbox_batch=0) == every
+        assert await replay("mixed", 10**9, True, slice_rows=2, inbox_batch=4, move_rows=3) == every
     run(main())
 
 
@@ -304,7 +310,7 @@ def test_version_2_database_gets_the_log(tmp_path, monkeypatch):
 
     async def main():
         async with SqliteStore(path) as s:
-            assert await s.schema_version() == 3
+            assert await s.schema_version() == migrations.LATEST
             tx = await s.get_transaction("CP1", "1")
             assert (tx["meter_start_wh"], tx["energy_wh"], tx["last_reading_wh"]) == (1000.0, 900.0, 1850.0)
             readings = (await s.get_charger("CP1"))["last_readings"]
@@ -369,4 +375,85 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
             txs = await read
             assert len(txs) == 400 and all(t["energy_wh"] >= 3.0 for t in txs)
             assert counts(path)[0] <= 2  # only what was logged after the fold of its bucket
+    run(main())
+
+
+# -- the inbox: a small batch's log rows in one packed row ---------------------------------
+
+def inbox(path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [n for (n,) in conn.execute("SELECT rows FROM sample_inbox ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def test_a_small_batch_logs_one_inbox_row(tmp_path):
+    path = tmp_path / "i.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
+            await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
+                          + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)])
+            assert inbox(path) == [4] and counts(path) == (4, 0) and s.deferred_rows == 4
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0, 1002.0, 1003.0]
+            assert inbox(path) == [] and counts(path) == (1, 3)  # moved; CP1's bucket folded by the read
+            assert (await s.get_transaction("CS1", "t"))["meter_start_wh"] == 7.0
+    run(main())
+
+
+def test_a_large_batch_moves_the_inbox_first(tmp_path):
+    """The inbox holds older rows than any batch after it: a batch logged straight into the
+    buckets moves the inbox there first, so the reading that came first keeps its key."""
+    path = tmp_path / "l.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            s.INBOX_BATCH = 3
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
+            await s.apply(samples("CP1", "1", range(1, 3), 1000.0))  # 1001, 1002: into the inbox
+            assert inbox(path) == [2]
+            await s.apply(samples("CP1", "1", range(1, 5), 2000.0))  # the same keys again, and two new
+            assert inbox(path) == [] and counts(path) == (6, 0)
+            got = await s.list_meter_samples("CP1", "1")
+            assert [x["energy_wh"] for x in got] == [1001.0, 1002.0, 2003.0, 2004.0]
+            assert (await s.get_transaction("CP1", "1"))["last_reading_wh"] == 2004.0
+    run(main())
+
+
+def test_idle_time_moves_the_inbox_in_bulk(tmp_path):
+    path = tmp_path / "m.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            s.INBOX_MOVE_ROWS = 5
+            await s.apply(samples("CP1", "1", range(0, 2)))
+            await s.apply(samples("CP1", "1", range(2, 4)))
+            assert not s.maintenance_due() and await s.maintain() == 0
+            await s.apply(samples("CP1", "1", range(4, 6)))
+            assert s.maintenance_due()
+            assert await s.maintain() == 6  # whole packed rows, oldest first, at least INBOX_MOVE_ROWS
+            assert inbox(path) == [] and counts(path) == (6, 0) and s.deferred_rows == 6
+            assert not s.maintenance_due()  # the rows wait in their bucket for a fold
+    run(main())
+
+
+def test_an_inbox_left_behind_is_counted_and_read(tmp_path):
+    """A process killed with rows in the inbox: they were committed; the next store counts
+    them, and a read sees them."""
+    import msgspec
+    path = tmp_path / "k.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.migrate(conn)
+    rows = [("CP1", "", 1, to_us(at(m)), 100.0 + m, 0) for m in range(3)]
+    conn.execute("INSERT INTO sample_inbox (rows, data) VALUES (?, ?)", (3, msgspec.msgpack.encode(rows)))
+    conn.close()
+
+    async def main():
+        async with SqliteStore(path) as s:
+            assert s.deferred_rows == 3
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 102.0)]
+            assert inbox(path) == []
     run(main())
