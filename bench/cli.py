@@ -40,7 +40,8 @@ def smoke_options() -> suite.Options:
     return suite.Options(chargers=50, warmup_s=0.2, duration_s=0.8, sweep_fractions=[0.5],
                          sweep_duration_s=0.7, conn_levels=[50], conn_duration_s=0.7,
                          metering_interval_s=0.5, memory_levels=[200], storm_timeout_s=15.0,
-                         storm_at_memory_top=False, ready_timeout_s=10.0, idle_cpu_s=0.3)
+                         storm_at_memory_top=False, ready_timeout_s=10.0, idle_cpu_s=0.3,
+                         rounds=1, round_s=0.5)
 
 
 def _add_common(p: argparse.ArgumentParser):
@@ -69,6 +70,10 @@ def _add_compare(p: argparse.ArgumentParser):
     p.add_argument("--memory-levels", type=_ints, default=None, dest="memory_levels",
                    help="idle connection counts for memory, e.g. 1000,10000,50000 ('' = skip)")
     p.add_argument("--no-storm", action="store_false", dest="storm", default=None)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="extra closed-loop rounds, the servers in turn; ratios are judged on "
+                        "the median of all rounds (default 2, 0 = none)")
+    p.add_argument("--round-duration", type=float, default=None, dest="round_s")
 
 
 def _options(args, base: suite.Options) -> suite.Options:

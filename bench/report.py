@@ -140,6 +140,19 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {_f(t['measured'], '{:.2f}')}{note} | {met} |")
         lines.append("")
 
+    rr = results.get("round_ratios") or {}
+    if rr.get("rounds", 0) > 1:
+        lines += ["## Ratios round by round (the servers in turn; round 0 is the closed loop above)", "",
+                  "| round | msgs/s vs baseline | msgs/s vs ceiling | CPU vs baseline | CPU vs ceiling |",
+                  "|---|---|---|---|---|"]
+        for i, r in enumerate(rr["per_round"]):
+            lines.append(f"| {i} | {_f(r['ratio_vs_baseline'], '{:.2f}x')} | "
+                         f"{_f(r['ratio_vs_ceiling'], '{:.2f}x')} | "
+                         f"{_f(r['cpu_ratio_vs_baseline'], '{:.3f}x')} | "
+                         f"{_f(r['cpu_ratio_vs_ceiling'], '{:.2f}x')} |")
+        m = rr["median"]
+        lines += [f"| median | {_f(m['ratio_vs_baseline'], '{:.2f}x')} | {_f(m['ratio_vs_ceiling'], '{:.2f}x')} | "
+                  f"{_f(m['cpu_ratio_vs_baseline'], '{:.3f}x')} | {_f(m['cpu_ratio_vs_ceiling'], '{:.2f}x')} |", ""]
     sweep_rows = [(s["label"], r) for _, s in servers for r in s.get("sweep", [])]
     if sweep_rows:
         lines += ["## Offered load sweep (open loop, relative to each server's capacity)", "",

@@ -48,6 +48,15 @@ def test_smoke_comparison_writes_a_report(tmp_path):
     for key in ("ratio_vs_baseline", "ratio_vs_ceiling", "cpu_us_per_msg", "targets", "capacity"):
         assert key in results
     assert set(results["cpu_us_per_msg"]) >= {"echo", "ocpp-baseline", "chargeyard"}
+    # one extra round, the servers in turn: its ratios and the medians are reported
+    assert len(results["rounds"]) == 1
+    assert all(results["rounds"][0][n]["msgs_per_s"] > 0 for n in ("echo", "ocpp-baseline", "chargeyard"))
+    rr = results["round_ratios"]
+    assert rr["rounds"] == 2 and all(r["ratio_vs_baseline"] for r in rr["per_round"])
+    assert min(r["ratio_vs_baseline"] for r in rr["per_round"]) <= rr["median"]["ratio_vs_baseline"] \
+        <= max(r["ratio_vs_baseline"] for r in rr["per_round"])
+    assert results["targets"]["msgs_per_s_vs_baseline >= 30x"]["measured"] == rr["median"]["ratio_vs_baseline"]
+    assert "## Ratios round by round" in report
 
     assert report.startswith("# Chargeyard benchmark")
     assert "| messages/s (closed loop) |" in report
