@@ -149,6 +149,23 @@ _INBOX_DROP = "DELETE FROM sample_inbox WHERE seq <= ?1"
 _INBOX_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox)"
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int, int, float, int]]).decode
+_I64 = 2**63
+
+
+def _packed(rows: list[tuple]) -> bytes | None:
+    """A batch's log rows packed for the inbox; None when a row holds what the log's columns
+    would refuse (a NaN reading, an integer beyond 64 bits, another type, text that is not
+    UTF-8). Such a batch takes the direct path and fails there, inside its transaction, as
+    it did before the inbox existed; packed, it would fail later, at every move."""
+    for charger, tx, connector, at, wh, _ in rows:
+        if (type(wh) is not float or wh != wh or type(connector) is not int or type(at) is not int
+                or not -_I64 <= connector < _I64 or not -_I64 <= at < _I64
+                or type(charger) is not str or type(tx) is not str):
+            return None
+    try:
+        return _pack(rows)
+    except (ValueError, TypeError, OverflowError):  # e.g. a lone surrogate in an id
+        return None
 
 
 def log_bucket(charger_id: str) -> int:
@@ -401,11 +418,13 @@ class SqliteStore(Store):
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         conn = self._db
+        counters = self._logged, self._inboxed  # they follow the transaction: restored on rollback
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException:
+            self._logged, self._inboxed = counters
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -466,9 +485,11 @@ class SqliteStore(Store):
         two in the WAL instead of one per bucket it touches); a large one appends them to the
         buckets, after moving whatever waits in the inbox (older rows) there first."""
         if len(rows) < self.INBOX_BATCH and self._inboxed < self.INBOX_MAX:
-            conn.execute(_INBOX_ADD, (len(rows), _pack(rows)))
-            self._inboxed += len(rows)
-            return
+            data = _packed(rows)
+            if data is not None:
+                conn.execute(_INBOX_ADD, (len(rows), data))
+                self._inboxed += len(rows)
+                return
         if self._inboxed or conn.execute(_INBOX_PENDING).fetchone()[0]:
             self._move_inbox(conn)
         self._append(conn, rows)

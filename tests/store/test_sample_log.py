@@ -457,3 +457,25 @@ def test_an_inbox_left_behind_is_counted_and_read(tmp_path):
             assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 102.0)]
             assert inbox(path) == []
     run(main())
+
+
+@pytest.mark.parametrize("bad", [
+    MeterSample("CP1", "1", at(2), float("nan"), 1),  # NOT NULL: SQLite stores NaN as NULL
+    MeterSample("CP1", "1", at(2), 2.0, 2**63),  # beyond INTEGER
+    MeterSample("CP1", "1\udc80", at(2), 2.0, 1),  # not UTF-8
+], ids=["nan", "int65", "surrogate"])
+def test_a_reading_the_log_cannot_hold_fails_its_batch_not_the_inbox(tmp_path, bad):
+    """A small batch holding a value the log's columns refuse fails in its own transaction,
+    as a large one does; packed into the inbox it would have failed every later move."""
+    path = tmp_path / "b.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            await s.apply(samples("CP1", "1", range(1, 2)))
+            with pytest.raises(StoreError):
+                await s.apply([MeterSample("CP1", "1", at(3), 3.0, 1), bad])
+            assert inbox(path) == [1]
+            s.INBOX_MOVE_ROWS = 1
+            assert await s.maintain() == 1
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
+    run(main())
