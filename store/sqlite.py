@@ -512,7 +512,10 @@ class SqliteStore(Store):
         cur = conn.execute(_INBOX_TAKE)
         try:
             for seq, n, data in cur:
-                rows += _unpack(data)
+                try:
+                    rows += _unpack(data)
+                except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
+                    raise StoreError(f"sqlite: sample_inbox row {seq} is unreadable: {e}") from e
                 moved += n
                 last = seq
                 if limit is not None and moved >= limit:

@@ -479,3 +479,16 @@ def test_a_reading_the_log_cannot_hold_fails_its_batch_not_the_inbox(tmp_path, b
             assert await s.maintain() == 1
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
     run(main())
+
+
+def test_a_damaged_inbox_row_is_a_store_error(tmp_path):
+    path = tmp_path / "d.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            await s.apply(samples("CP1", "1", range(1, 3)))
+            await s._run(s._write, lambda conn: conn.execute("UPDATE sample_inbox SET data = x'c1'"))
+            with pytest.raises(StoreError, match="unreadable"):
+                await s.list_meter_samples("CP1", "1")
+            await s._run(s._write, lambda conn: conn.execute("DELETE FROM sample_inbox"))
+    run(main())
