@@ -9,9 +9,9 @@ memory on a fresh server process.
 from __future__ import annotations
 
 import math
-import statistics
 import os
 import platform
+import statistics
 import sys
 import time
 import tomllib
@@ -267,15 +267,10 @@ def summarize(results: dict) -> None:
                              for n, s in results["servers"].items()}
     results["cpu_us_per_msg"] = {n: s.get("closed", {}).get("cpu_us_per_msg")
                                  for n, s in results["servers"].items()}
-    cy = by_role.get("chargeyard", (None, {}))[1].get("closed", {})
-    base = by_role.get("baseline", (None, {}))[1].get("closed", {})
-    ceil = by_role.get("ceiling", (None, {}))[1].get("closed", {})
-    results["ratio_vs_baseline"] = _ratio(cy.get("msgs_per_s"), base.get("msgs_per_s"))
-    results["ratio_vs_ceiling"] = _ratio(cy.get("msgs_per_s"), ceil.get("msgs_per_s"))
-    # CPU per message, Chargeyard / other (lower is better; target <= 1/30 and <= 1.6)
-    results["cpu_ratio_vs_baseline"] = _ratio(cy.get("cpu_us_per_msg"), base.get("cpu_us_per_msg"))
-    results["cpu_ratio_vs_ceiling"] = _ratio(cy.get("cpu_us_per_msg"), ceil.get("cpu_us_per_msg"))
     _round_ratios(results, {role: n for role, (n, _) in by_role.items()})
+    # the main closed loop's ratios (round 0); CPU per message is Chargeyard / other, lower
+    # is better (targets <= 1/30 and <= 1.6)
+    results.update(results["round_ratios"]["per_round"][0])
 
     cy_srv = by_role.get("chargeyard", (None, {}))[1]
     p99_half = next((r["p99_ms"] for r in cy_srv.get("sweep", []) if r.get("fraction") == 0.5), None)

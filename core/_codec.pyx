@@ -112,17 +112,17 @@ cdef class Codec:
         ``data`` is bytes or any buffer (a memoryview of the socket layer's read buffer is
         decoded in place: nothing returned refers to it)."""
         cdef Py_buffer view
-        if type(data) is bytes:
-            return self._decode(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-        try:
-            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        except Exception:  # not a buffer, or not a contiguous one
-            data = bytes(data)
-            return self._decode(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-        try:
-            return self._decode(data, <const char*>view.buf, view.len)
-        finally:
-            PyBuffer_Release(&view)
+        if type(data) is not bytes:
+            try:
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            except Exception:  # not a buffer, or not a contiguous one
+                data = bytes(data)
+            else:
+                try:
+                    return self._decode(data, <const char*>view.buf, view.len)
+                finally:
+                    PyBuffer_Release(&view)
+        return self._decode(data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
     cdef _decode(self, b, const char* p, Py_ssize_t n):
         """``b``'s bytes are ``p[:n]``; ``b`` goes to the slow path as it is."""

@@ -490,8 +490,7 @@ class SqliteStore(Store):
                 conn.execute(_INBOX_ADD, (len(rows), data))
                 self._inboxed += len(rows)
                 return
-        if self._inboxed or conn.execute(_INBOX_PENDING).fetchone()[0]:
-            self._move_inbox(conn)
+        self._move_inbox(conn)  # one query when the inbox is empty (other processes' rows included)
         self._append(conn, rows)
 
     def _append(self, conn: sqlite3.Connection, rows: list) -> None:
@@ -508,7 +507,7 @@ class SqliteStore(Store):
         """Move the inbox's packed rows (the oldest, up to at least ``limit`` log rows, when
         given) into the buckets, in order; returns how many log rows moved. Inbox rows are
         newer than every bucket row, so buckets keep arrival order."""
-        moved, last, rows = 0, None, []
+        moved, last, rows, drained = 0, None, [], True
         cur = conn.execute(_INBOX_TAKE)
         try:
             for seq, n, data in cur:
@@ -519,13 +518,14 @@ class SqliteStore(Store):
                 moved += n
                 last = seq
                 if limit is not None and moved >= limit:
+                    drained = False
                     break
         finally:
             cur.close()
         if last is not None:
             self._append(conn, rows)
             conn.execute(_INBOX_DROP, (last,))
-        self._inboxed = max(0, self._inboxed - moved) if limit is not None and last is not None else 0
+        self._inboxed = 0 if drained else max(0, self._inboxed - moved)
         return moved
 
     def _fold_some(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
@@ -625,9 +625,8 @@ class SqliteStore(Store):
         """Store one bucket's logged readings (its oldest ``limit``, when given) in arrival
         order, as each op stored them before the log existed, and delete them; returns how
         many were folded (and counts them off ``_logged``) and how many stay logged. A
-        charger's readings are all in its bucket
-        and a fold takes the oldest, so folding buckets in any order, whole or a prefix at a
-        time, keeps every charger's order."""
+        charger's readings are all in its bucket and a fold takes the oldest, so folding
+        buckets in any order, whole or a prefix at a time, keeps every charger's order."""
         sql = _LOGS[b]
         first, last = conn.execute(sql.span).fetchone()
         if first is None:

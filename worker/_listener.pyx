@@ -2,7 +2,8 @@
 """Compiled twin of ``listener.py`` (read that module's docstring): the same fields and
 methods, with C-level calls into picows (frame fields, ``WSTransport.send``), unboxed
 token-bucket arithmetic, and a whole frame decoded straight from picows' read buffer (a
-memoryview, no copy; the pure twin takes bytes, and ``Codec.decode`` accepts both). Keep the two in step; tests/worker/test_listener.py runs both."""
+memoryview, no copy; the pure twin takes bytes, and ``Codec.decode`` accepts both).
+Keep the two in step; tests/worker/test_listener.py runs both."""
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 

@@ -261,7 +261,6 @@ class BatchWriter:
 
     async def _run(self) -> None:
         loop, wake, filled = self._loop, self._wake, self._filled
-        due = getattr(self.store, "maintenance_due", None)  # stores without deferred work may lack it
         assert loop is not None and wake is not None and filled is not None
         busy = False
         try:
@@ -272,7 +271,7 @@ class BatchWriter:
                     busy = False
                     if self._closed:
                         return
-                    if due is not None and self._maintain_after <= loop.time() and due():
+                    if self._maintain_after <= loop.time() and self.store.maintenance_due():
                         await self._maintain()
                         continue
                     wake.clear()

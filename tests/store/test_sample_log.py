@@ -38,6 +38,15 @@ def counts(path) -> tuple[int, int]:
         conn.close()
 
 
+def inbox(path) -> list[int]:
+    """The row counts of the packed inbox rows, oldest first."""
+    conn = sqlite3.connect(path)
+    try:
+        return [n for (n,) in conn.execute("SELECT rows FROM sample_inbox ORDER BY seq")]
+    finally:
+        conn.close()
+
+
 def samples(charger: str, tx: str, minutes: range, wh: float = 0.0) -> list[MeterSample]:
     return [MeterSample(charger, tx, at(m), wh + m, 1) for m in minutes]
 
@@ -65,15 +74,25 @@ def test_apply_folds_at_fold_rows(tmp_path):
     run(main())
 
 
-def test_a_failed_batch_logs_nothing(tmp_path):
+@pytest.mark.parametrize("bad", [
+    StartTransaction("CP1", "2", 1, "T", "x", at(2)),  # not a number
+    # readings the log's columns refuse: a small batch holding one is not packed into the
+    # inbox (it would fail every later move) but fails in its own transaction, as a large one does
+    MeterSample("CP1", "1", at(2), float("nan"), 1),  # NOT NULL: SQLite stores NaN as NULL
+    MeterSample("CP1", "1", at(2), 2.0, 2**63),  # beyond INTEGER
+    MeterSample("CP1", "1\udc80", at(2), 2.0, 1),  # not UTF-8
+], ids=["start", "nan", "int65", "surrogate"])
+def test_a_failed_batch_logs_nothing(tmp_path, bad):
     path = tmp_path / "f.db"
 
     async def main():
         async with SqliteStore(path, fold_rows=2) as s:
             await s.apply(samples("CP1", "1", range(1, 2)))
             with pytest.raises(StoreError):  # the sample is logged, then the next op fails: neither stays
-                await s.apply([MeterSample("CP1", "1", at(2), 2.0, 1), StartTransaction("CP1", "2", 1, "T", "x", at(2))])
-            assert counts(path) == (1, 0)
+                await s.apply([MeterSample("CP1", "1", at(3), 3.0, 1), bad])
+            assert counts(path) == (1, 0) and inbox(path) == [1]
+            s.INBOX_MOVE_ROWS = 1
+            assert await s.maintain() == 1  # the inbox still moves
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
     run(main())
 
@@ -380,14 +399,6 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
 
 # -- the inbox: a small batch's log rows in one packed row ---------------------------------
 
-def inbox(path) -> list[int]:
-    conn = sqlite3.connect(path)
-    try:
-        return [n for (n,) in conn.execute("SELECT rows FROM sample_inbox ORDER BY seq")]
-    finally:
-        conn.close()
-
-
 def test_a_small_batch_logs_one_inbox_row(tmp_path):
     path = tmp_path / "i.db"
 
@@ -456,28 +467,6 @@ def test_an_inbox_left_behind_is_counted_and_read(tmp_path):
             readings = (await s.get_charger("CP1"))["last_readings"]
             assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 102.0)]
             assert inbox(path) == []
-    run(main())
-
-
-@pytest.mark.parametrize("bad", [
-    MeterSample("CP1", "1", at(2), float("nan"), 1),  # NOT NULL: SQLite stores NaN as NULL
-    MeterSample("CP1", "1", at(2), 2.0, 2**63),  # beyond INTEGER
-    MeterSample("CP1", "1\udc80", at(2), 2.0, 1),  # not UTF-8
-], ids=["nan", "int65", "surrogate"])
-def test_a_reading_the_log_cannot_hold_fails_its_batch_not_the_inbox(tmp_path, bad):
-    """A small batch holding a value the log's columns refuse fails in its own transaction,
-    as a large one does; packed into the inbox it would have failed every later move."""
-    path = tmp_path / "b.db"
-
-    async def main():
-        async with SqliteStore(path) as s:
-            await s.apply(samples("CP1", "1", range(1, 2)))
-            with pytest.raises(StoreError):
-                await s.apply([MeterSample("CP1", "1", at(3), 3.0, 1), bad])
-            assert inbox(path) == [1]
-            s.INBOX_MOVE_ROWS = 1
-            assert await s.maintain() == 1
-            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
     run(main())
 
 
