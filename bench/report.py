@@ -9,6 +9,14 @@ import time
 ORDER = {"ceiling": 0, "baseline": 1, "chargeyard": 2, "custom": 3}
 
 
+
+def _deferred(r: dict) -> str:
+    """A sweep row's deferred rows (the store's gauge) at the window's start and end."""
+    a, b = r.get("db_deferred_rows_start"), r.get("db_deferred_rows")
+    if b is None:
+        return "—"
+    return f"{a:,.0f} → {b:,.0f}" if a is not None else f"{b:,.0f}"
+
 def new_results_dir(root: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join(root, stamp)
@@ -157,14 +165,15 @@ def markdown(results: dict) -> str:
     if sweep_rows:
         lines += ["## Offered load sweep (open loop, relative to each server's capacity)", "",
                   "| server | offered/s | achieved/s | CPU µs/msg | p50 ms | p99 ms | p99.9 ms "
-                  "| server / generator core | others' load |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| server / generator core | others' load | rows deferred (start → end) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for label, r in sweep_rows:
             lines.append(f"| {label} | {r['offered_per_s']:,.0f} ({r['fraction']:.0%}) | "
                          f"{r['msgs_per_s']:,.0f} | {_f(r['cpu_us_per_msg'], '{:.1f}')} | "
                          f"{_f(r['p50_ms'], '{:.2f}')} | {_f(r['p99_ms'], '{:.2f}')} | "
                          f"{_f(r['p999_ms'], '{:.2f}')} | {r['server_util']:.0%} / "
-                         f"{r['gen_util']:.0%} | {_f(r.get('foreign_load'), '{:.0%}')} |")
+                         f"{r['gen_util']:.0%} | {_f(r.get('foreign_load'), '{:.0%}')} | "
+                         f"{_deferred(r)} |")
         lines.append("")
 
     conn_rows = [(s["label"], r) for _, s in servers for r in s.get("connections", [])]
@@ -228,6 +237,14 @@ def markdown(results: dict) -> str:
                          f"the pinned CPUs during {len(noisy)} measurement(s); latencies there "
                          f"are inflated by the neighbours — rerun on a quiet machine.")
         for r in s.get("sweep", []):
+            a, b = r.get("db_deferred_rows_start"), r.get("db_deferred_rows")
+            if a is not None and b is not None and b - a > 0.02 * r["msgs_per_s"] * r["duration_s"]:
+                notes.append(f"- {s['label']}: at {r['fraction']:.0%} offered load the store's "
+                             f"deferred rows grew from {a:,.0f} to {b:,.0f} "
+                             f"({(b - a) / r['duration_s']:,.0f}/s): the writer's idle time did not "
+                             f"keep up with the deferred work, so at this rate it would go on "
+                             f"growing until batches do that work themselves (the in-batch "
+                             f"threshold), with their latency.")
             if r.get("skipped", 0) > 0.01 * r["offered_per_s"] * r["duration_s"]:
                 notes.append(f"- {s['label']}: at {r['fraction']:.0%} offered load "
                              f"{r['skipped']:,} sends were skipped because every charger "

@@ -423,6 +423,7 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
     deferred = gauge_value(m1, "chargeyard_db_deferred_rows")
     if deferred is not None:
         out["db_deferred_rows"] = deferred  # at the window's end: is deferred work keeping up?
+        out["db_deferred_rows_start"] = gauge_value(m0, "chargeyard_db_deferred_rows")
     return out
 
 
