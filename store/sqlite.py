@@ -23,12 +23,13 @@
   write transaction its rows are stored, in arrival (rowid) order, exactly as each op
   stored its reading before (``meter_samples``, ``sample_repeats``, the last reading of
   samples without a transaction) and deleted, so a charger's leaf is written once per fold
-  instead of once per commit. Folding is deferred work done in the writer's idle time:
-  while this store has ``idle_fold_rows`` rows logged and not folded, ``maintain()`` (the
-  writer calls it when no batch waits) folds the oldest ``IDLE_FOLD_SLICE`` rows of the next
-  non-empty bucket (round robin) in a transaction of its own, a pause of about a
-  millisecond. A writer that is never idle lets the log grow to ``fold_rows``; from there
-  each ``apply`` folds one whole bucket inside its transaction. Before a read of samples
+  instead of once per commit. Folding is deferred work done between batches: while this
+  store has ``idle_fold_rows`` rows logged and not folded, ``maintain()`` (the writer calls
+  it when no batch waits, and under load as the deferred work's share, every few
+  milliseconds) folds the oldest ``IDLE_FOLD_SLICE`` rows of the next non-empty bucket
+  (round robin) in a transaction of its own, a pause of about a millisecond. A writer that
+  calls ``maintain()`` too rarely lets the log grow to ``fold_rows``; from there each
+  ``apply`` folds one whole bucket inside its transaction. Before a read of samples
   or readings, the charger's bucket (every bucket, for a read across chargers) is folded
   while it holds rows (rows other processes logged included: the fold reads the tables,
   under the write lock), so reads see every committed reading; every bucket on ``close``.
@@ -305,7 +306,7 @@ class SqliteStore(Store):
     IDLE_FOLD_ROWS = 20_000
     IDLE_FOLD_SLICE = 256  # rows an idle fold takes (a bucket's oldest): its pause stays short
     INBOX_BATCH = 128  # a batch logging fewer rows packs them into one inbox row
-    INBOX_MOVE_ROWS = 128  # inbox rows (at least) an idle move takes, oldest first; and its trigger
+    INBOX_MOVE_ROWS = 512  # inbox rows (at least) a move by maintain() takes, oldest first; its trigger
     INBOX_MAX = 4096  # with this many in the inbox, a batch moves it and logs into the buckets
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",

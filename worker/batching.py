@@ -14,7 +14,12 @@ from the commit. One sender task drains the queue:
   but an op never waits longer than ``batch_ms`` after it was added for that reason;
 * when nothing is queued and the store has deferred work (``store.maintenance_due()``,
   SQLite's sample log to fold), the sender runs one short ``store.maintain()`` slice before
-  it waits, so that work is done in the writer's idle time instead of inside a batch.
+  it waits, so that work is done in the writer's idle time instead of inside a batch;
+* under steady load a commit always ends with more ops queued, so the writer is never
+  idle: the deferred work then gets a share, one slice before the next batch whenever
+  ``maintain_every_ms`` have passed since the last one. Without it the work waits until
+  the store does it inside batches (SQLite: a whole log bucket per batch past
+  ``fold_rows``), longer pauses than the slices.
 
 Back-pressure: at most ``max_queued`` ops are queued. Beyond that, ``add`` still returns
 a future at once (handlers are plain callbacks), but the op waits in a bounded admission
@@ -86,7 +91,7 @@ class BatchWriter:
 
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
                  on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
-                 isolate_s: float = 1.0) -> None:
+                 isolate_s: float = 1.0, maintain_every_ms: float = 4.0) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
@@ -114,7 +119,9 @@ class BatchWriter:
         self._closed = False
         self._idle = False  # the sender waits for work: the next add wakes it
         self._maintain_after = 0.0  # loop time before which store maintenance is not tried
-        self.maintenance_runs = 0  # store.maintain() calls made while idle
+        self.maintain_every_s = max(0.0, maintain_every_ms) / 1000.0
+        self._last_maintain = 0.0
+        self.maintenance_runs = 0  # store.maintain() calls (idle, or the share under load)
         self.maintained_rows = 0
         # counters for tests and /metrics
         self.commits = 0
@@ -279,6 +286,10 @@ class BatchWriter:
                     await wake.wait()
                     self._idle = False
                     continue
+                now = loop.time()
+                if (self.maintain_every_s > 0 and now - self._last_maintain >= self.maintain_every_s
+                        and self._maintain_after <= now and not self._closed and self.store.maintenance_due()):
+                    await self._maintain()  # the deferred work's share under load: a slice this often
                 if busy and self.batch_s > 0 and len(self._queue) < self.batch_max and not self._closed:
                     delay = self._queue[0][2] + self.batch_s - loop.time()
                     if delay > 0:
@@ -310,6 +321,7 @@ class BatchWriter:
         try:
             self.maintained_rows += await self.store.maintain()
             self.maintenance_runs += 1
+            self._last_maintain = self._loop.time()  # type: ignore[union-attr]
         except Exception:
             log.exception("store maintenance failed; retrying in 1 s")
             self._maintain_after = self._loop.time() + 1.0  # type: ignore[union-attr]

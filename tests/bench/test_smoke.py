@@ -43,6 +43,10 @@ def test_smoke_comparison_writes_a_report(tmp_path):
         assert cy["closed"]["msgs"] > 0
         assert results["ratio_vs_baseline"] is not None
         assert results["ratio_vs_ceiling"] is not None
+        # the store's deferred rows at each sweep window's start and end
+        assert all(r["db_deferred_rows_start"] is not None and r["db_deferred_rows"] is not None
+                   for r in cy["sweep"])
+        assert "rows deferred (start → end)" in report
     else:
         print("chargeyard skipped in smoke:", cy["unavailable"])
     for key in ("ratio_vs_baseline", "ratio_vs_ceiling", "cpu_us_per_msg", "targets", "capacity"):
@@ -78,3 +82,22 @@ def test_store_commit_benchmark_runs(tmp_path):
         ("FULL", 1), ("NORMAL", 1), ("FULL", 3), ("NORMAL", 3)]
     assert all(f["commits"] >= 10 and f["cpu_us_per_commit"] > 0 and f["wall_us_per_commit"] > 0
                for f in figures)
+
+
+def test_report_notes_deferred_work_that_did_not_keep_up():
+    """A sweep phase whose deferred rows grew gets a note; one that held steady does not.
+    The input is a committed snapshot, its rows' start values set here."""
+    from pathlib import Path
+    from chargeyard.bench import report
+    snap = Path(__file__).resolve().parents[2] / "docs/benchmarks/20261126-011331/results.json"
+    results = json.loads(snap.read_text())
+    sweep = results["servers"]["chargeyard"]["sweep"]
+    for r in sweep:
+        r["db_deferred_rows_start"] = r["db_deferred_rows"]  # steady: no note
+    md = report.markdown(results)
+    assert "deferred rows grew" not in md and "| 28,774 → 28,774 |" in md
+    sweep[1]["db_deferred_rows_start"] = 19_883.0  # the 50 % phase grew by 8,891 rows
+    md = report.markdown(results)
+    notes = [line for line in md.splitlines() if "deferred rows grew" in line]
+    assert len(notes) == 1 and "at 50% offered load" in notes[0] and "19,883 to 28,774" in notes[0]
+    assert "| 19,883 → 28,774 |" in md

@@ -500,6 +500,36 @@ def test_add_reply_calls_its_target_after_commit_and_isolates_like_add(tmp_path,
 
 # -- the store's deferred work runs in the writer's idle time ------------------------------
 
+def test_a_writer_never_idle_still_gives_the_deferred_work_its_share(tmp_path, run):
+    """Under steady load the queue is never empty when a commit ends, so the writer is never
+    idle; it still runs a maintenance slice at least every ``maintain_every_ms`` (before the
+    next batch), so the deferred work keeps up instead of growing until batches must fold.
+    With the share switched off (0) the same load leaves the slices to idle time only."""
+    async def main(every_ms: float) -> tuple[int, int]:
+        store = SqliteStore(tmp_path / f"share{every_ms}.db", idle_fold_rows=50)
+        store.IDLE_FOLD_SLICE = 10
+        await store.open()
+        w = BatchWriter(store, maintain_every_ms=every_ms)
+        await w.start()
+        await asyncio.gather(*(w.add(MeterSample(f"CP{i % 5}", "", T0 + dt.timedelta(seconds=i), float(i), 1))
+                               for i in range(300)))  # 300 rows logged: maintenance is due
+        runs0 = w.maintenance_runs = 0
+        futs, i, end = [], 0, time.monotonic() + 0.5
+        while time.monotonic() < end:  # one op per loop turn: a commit always finds more queued
+            i += 1
+            futs.append(w.add(ChargerSeen(f"CP{i % 5}", T0 + dt.timedelta(seconds=i))))
+            await asyncio.sleep(0)
+        await asyncio.gather(*futs)
+        runs = w.maintenance_runs - runs0
+        await w.close()
+        await store.close()
+        return runs, w.commits
+    shared, commits = run(main(4.0))
+    assert commits >= 20 and shared >= 5, (shared, commits)
+    unshared, commits = run(main(0.0))
+    assert commits >= 20 and unshared <= 2, (unshared, commits)
+
+
 def test_idle_writer_folds_the_log_and_survives_a_failing_fold(tmp_path, run):
     """With nothing queued, the writer hands the store its deferred work one slice at a time
     (SQLite: the sample log past ``idle_fold_rows``) until none is due; a failing slice is
