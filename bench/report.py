@@ -241,8 +241,8 @@ def markdown(results: dict) -> str:
             if a is not None and b is not None and b - a > 0.02 * r["msgs_per_s"] * r["duration_s"]:
                 notes.append(f"- {s['label']}: at {r['fraction']:.0%} offered load the store's "
                              f"deferred rows grew from {a:,.0f} to {b:,.0f} "
-                             f"({(b - a) / r['duration_s']:,.0f}/s): the writer's idle time did not "
-                             f"keep up with the deferred work, so at this rate it would go on "
+                             f"({(b - a) / r['duration_s']:,.0f}/s): its slices between batches did "
+                             f"not keep up with the deferred work, so at this rate it would go on "
                              f"growing until batches do that work themselves (the in-batch "
                              f"threshold), with their latency.")
             if r.get("skipped", 0) > 0.01 * r["offered_per_s"] * r["duration_s"]:
