@@ -9,13 +9,17 @@ import time
 ORDER = {"ceiling": 0, "baseline": 1, "chargeyard": 2, "custom": 3}
 
 
+def _deferred_span(r: dict) -> tuple[float | None, float | None]:
+    """A sweep row's deferred rows (the store's gauge) at the window's start and end."""
+    return r.get("db_deferred_rows_start"), r.get("db_deferred_rows")
+
 
 def _deferred(r: dict) -> str:
-    """A sweep row's deferred rows (the store's gauge) at the window's start and end."""
-    a, b = r.get("db_deferred_rows_start"), r.get("db_deferred_rows")
+    a, b = _deferred_span(r)
     if b is None:
         return "—"
     return f"{a:,.0f} → {b:,.0f}" if a is not None else f"{b:,.0f}"
+
 
 def new_results_dir(root: str) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -237,7 +241,7 @@ def markdown(results: dict) -> str:
                          f"the pinned CPUs during {len(noisy)} measurement(s); latencies there "
                          f"are inflated by the neighbours — rerun on a quiet machine.")
         for r in s.get("sweep", []):
-            a, b = r.get("db_deferred_rows_start"), r.get("db_deferred_rows")
+            a, b = _deferred_span(r)
             if a is not None and b is not None and b - a > 0.02 * r["msgs_per_s"] * r["duration_s"]:
                 notes.append(f"- {s['label']}: at {r['fraction']:.0%} offered load the store's "
                              f"deferred rows grew from {a:,.0f} to {b:,.0f} "
