@@ -1,7 +1,8 @@
 """Versioned schema for the SQLite store.
 
-Each migration is ``(version, sql)``; versions are consecutive from 1 and never edited
-once released (add a new one instead). :func:`migrate` applies the missing ones inside
+Each migration is ``(version, sql)``, or ``(version, function)`` for one that needs Python
+(it gets the connection, inside the transaction); versions are consecutive from 1 and never
+edited once released (add a new one instead). :func:`migrate` applies the missing ones inside
 one ``BEGIN IMMEDIATE`` transaction and records each in ``schema_version``, so several
 processes opening the same file at once serialise on the write lock and the later ones
 find nothing to do.
@@ -14,12 +15,142 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import zlib
+from typing import Callable
+
+import msgspec
 
 from .base import StoreError
 
-LOG_BUCKETS = 64  # tables the sample log is split into (migration 3)
+LOG_BUCKETS = 64  # tables the sample log was split into (migrations 3 and 4; gone in 5)
+READING_LOGS = 16  # tables the reading log is split into (migration 5)
 
-MIGRATIONS: list[tuple[int, str]] = [
+
+def reading_log(charger_id: str) -> int:
+    """The reading log table of a charger: the same in every process (CRC-32, not ``hash``)."""
+    return zlib.crc32(charger_id.encode()) % READING_LOGS
+
+
+# a reading log row: msgpack of [[charger_id, tx_id, connector_id, at, energy_wh, kind], ...],
+# in arrival order; a chunk's data: msgpack of [[connector_id, at, energy_wh, kind], ...]
+pack = msgspec.msgpack.Encoder().encode
+unpack_log = msgspec.msgpack.Decoder(list[tuple[str, str, int, int, float, int]]).decode
+unpack_chunk = msgspec.msgpack.Decoder(list[tuple[int, int, float, int]]).decode
+
+
+def _chunks(conn: sqlite3.Connection) -> None:
+    """Version 5: readings are stored in chunks (see the SQL below). Every stored sample of a
+    transaction becomes its chunk 0, in key order, each stored key's repeats after it (the
+    highest and the last as closing readings, the lowest as a plain one: the same lowest,
+    highest and newest); readings still in the version 3/4 log go to the new log, in arrival
+    order (each old bucket's rows by rowid, then the inbox, which was newer)."""
+    for statement in _statements(_CHUNKS_SQL):
+        conn.execute(statement)
+    repeats: dict[tuple, list] = {}
+    for charger, tx, at, connector, low, high, last in conn.execute(
+            "SELECT charger_id, tx_id, at, connector_id, low_wh, high_wh, last_wh FROM sample_repeats"):
+        repeats.setdefault((charger, tx), []).append((connector, at, low, high, last))
+    rows: list[tuple] = []
+    key = None
+
+    def flush() -> None:
+        if rows:
+            for connector, at, low, high, last in repeats.pop(key, ()):
+                rows.append((connector, at, high, 2))
+                if low is not None:
+                    rows.append((connector, at, low, 0))
+                rows.append((connector, at, last, 2))
+            conn.execute(CHUNK_INSERT, (*key, 0, *chunk_summary(rows), len(rows), pack(rows)))
+            rows.clear()
+    for charger, tx, at, connector, wh, closing in conn.execute(
+            "SELECT charger_id, tx_id, at, connector_id, energy_wh, closing FROM meter_samples "
+            "ORDER BY charger_id, tx_id, at, connector_id"):
+        if (charger, tx) != key:
+            flush()
+            key = (charger, tx)
+        rows.append((connector, at, wh, 2 if closing else 0))
+    flush()
+    logged: list[list] = [[] for _ in range(READING_LOGS)]
+    for b in range(LOG_BUCKETS):
+        for r in conn.execute(f"SELECT charger_id, tx_id, connector_id, at, energy_wh, kind FROM sample_log_{b} "
+                              "ORDER BY rowid"):
+            logged[reading_log(r[0])].append(r)
+        conn.execute(f"DROP TABLE sample_log_{b}")
+    for (data,) in conn.execute("SELECT data FROM sample_inbox ORDER BY seq").fetchall():
+        try:
+            for r in unpack_log(data):
+                logged[reading_log(r[0])].append(r)
+        except msgspec.DecodeError as e:  # only a damaged file
+            raise StoreError(f"sqlite: a sample_inbox row is unreadable: {e}") from e
+    for b, part in enumerate(logged):
+        if part:
+            conn.execute(f"INSERT INTO reading_log_{b} (rows, data) VALUES (?1, ?2)", (len(part), pack(part)))
+    for table in ("sample_inbox", "sample_repeats", "meter_samples"):
+        conn.execute(f"DROP TABLE {table}")
+
+
+def chunk_summary(rows: list) -> tuple:
+    """(lowest not closing or None, highest, and the newest's at, connector and reading) of a
+    chunk's [connector, at, wh, kind] rows: newest by at, then the lowest connector; of a
+    repeated key, the last reading."""
+    cons, ats, whs, kinds = zip(*rows)
+    high = max(whs)
+    if 2 in kinds:
+        lows = [w for w, k in zip(whs, kinds) if k != 2]
+        low = min(lows) if lows else None
+    else:
+        low = min(whs)
+    at = max(ats)
+    if ats.count(at) == 1:
+        i = ats.index(at)
+    else:
+        con = min(c for c, a in zip(cons, ats) if a == at)
+        i = max(j for j, (c, a) in enumerate(zip(cons, ats)) if a == at and c == con)
+    return low, high, at, cons[i], whs[i]
+
+
+CHUNK_INSERT = """
+INSERT INTO meter_chunks (charger_id, tx_id, chunk, low_wh, high_wh, last_at, last_connector, last_wh, rows, data)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"""
+
+_CHUNKS_SQL = """
+-- A reading is stored in a chunk: the readings of one transaction (or of a charger without
+-- one, tx_id '') that one fold took from the log, packed (msgpack [connector_id, at,
+-- energy_wh, kind] in arrival order), with their lowest not closing, their highest and their
+-- newest (by at, then the lowest connector; of a repeated key, the last), so a transaction's
+-- readings are derived from its chunks' columns. A fold writes one row per transaction in it,
+-- instead of one per reading: the per-row work of the B-tree is paid per chunk. A read of a
+-- transaction's samples unpacks its chunks (the first reading of each key is its sample).
+-- chunk: the fold's number (fold_seq), increasing, so chunks keep arrival order.
+CREATE TABLE meter_chunks (
+    charger_id     TEXT NOT NULL,
+    tx_id          TEXT NOT NULL,
+    chunk          INTEGER NOT NULL,
+    low_wh         REAL,
+    high_wh        REAL NOT NULL,
+    last_at        INTEGER NOT NULL,
+    last_connector INTEGER NOT NULL,
+    last_wh        REAL NOT NULL,
+    rows           INTEGER NOT NULL,
+    data           BLOB NOT NULL,
+    PRIMARY KEY (charger_id, tx_id, chunk)
+) WITHOUT ROWID;
+CREATE TABLE fold_seq (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    n  INTEGER NOT NULL
+);
+INSERT INTO fold_seq (id, n) VALUES (0, 0);
+-- The log: a batch appends one row per table its readings' chargers fall in (CRC-32 of the
+-- id), their log rows packed (msgpack [charger_id, tx_id, connector_id, at, energy_wh, kind]
+-- in arrival order; kind 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended
+-- event's, closing). A fold takes a table's oldest rows.
+""" + "".join(f"""
+CREATE TABLE reading_log_{b} (
+    rows INTEGER NOT NULL,
+    data BLOB NOT NULL
+);""" for b in range(READING_LOGS))
+
+MIGRATIONS: list[tuple[int, str | Callable[[sqlite3.Connection], None]]] = [
     (1, """
 CREATE TABLE chargers (
     charger_id  TEXT PRIMARY KEY,
@@ -226,6 +357,7 @@ CREATE TABLE sample_inbox (
     rows INTEGER NOT NULL,
     data BLOB NOT NULL
 );"""),
+    (5, _chunks),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -253,8 +385,11 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         for version, sql in MIGRATIONS:
             if version <= have:
                 continue
-            for statement in _statements(sql):
-                conn.execute(statement)
+            if callable(sql):
+                sql(conn)
+            else:
+                for statement in _statements(sql):
+                    conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                          (version, time.time_ns() // 1000))
             applied.append(version)

@@ -62,7 +62,7 @@ from typing import Any, Callable
 import msgspec
 
 from . import migrations
-from .migrations import LOG_BUCKETS
+from .migrations import READING_LOGS, chunk_summary, pack, reading_log, unpack_chunk, unpack_log
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
 
@@ -98,104 +98,57 @@ ON CONFLICT (charger_id, evse_id, connector_id) DO UPDATE SET
     status = excluded.status, error_code = excluded.error_code, info = excluded.info, at = excluded.at
 WHERE excluded.at >= connectors.at"""
 
-# -- the sample log (kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended event's),
-# in LOG_BUCKETS tables by charger (``log_bucket``): one bucket is folded at a time
+# -- the reading log (kind: 0 a MeterSample, 1 a TransactionEvent's reading, 2 an Ended
+# event's), READING_LOGS tables by charger (``reading_log``), rows packed; folded into
+# meter_chunks, one table's oldest rows at a time
 
 
 class _LogSql:
-    """The statements of one log bucket's table."""
+    """The statements of one reading log table."""
 
-    def __init__(self, bucket: int) -> None:
-        log = f"sample_log_{bucket}"
-        self.row = f"""
-INSERT INTO {log} (charger_id, tx_id, connector_id, at, energy_wh, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"""
-        self.span = f"SELECT min(rowid), max(rowid) FROM {log}"
-        self.events = f"""
-SELECT rowid, charger_id, tx_id, connector_id, at, energy_wh, kind FROM {log} WHERE kind != 0 AND rowid <= ?1
-ORDER BY rowid"""
-        # the logged MeterSamples with rowid ?1..?2: kept raw (OR IGNORE, not ON CONFLICT DO
-        # NOTHING: a statement that can abort half-way journals every page it touches, ~1 us a row),
-        self.fold_raw = f"""
-INSERT OR IGNORE INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh)
-SELECT charger_id, tx_id, connector_id, at, energy_wh FROM {log} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"""
-        # read back when some of them repeat a key already stored,
-        self.fold_rows = f"""
-SELECT charger_id, tx_id, connector_id, at, energy_wh FROM {log} WHERE rowid BETWEEN ?1 AND ?2 ORDER BY rowid"""
-        # and those without a transaction: the newest by at (of equals, the last) is the last reading
-        self.fold_last = f"""
-INSERT INTO last_readings (charger_id, connector_id, at, energy_wh, tx_id)
-SELECT charger_id, connector_id, at, energy_wh, tx_id FROM {log} WHERE tx_id = '' AND kind = 0 AND rowid <= ?1
-ORDER BY rowid
+    def __init__(self, b: int) -> None:
+        log = f"reading_log_{b}"
+        self.add = f"INSERT INTO {log} (rows, data) VALUES (?1, ?2)"
+        self.take = f"SELECT rowid, rows, data FROM {log} ORDER BY rowid"
+        self.drop_prefix = f"DELETE FROM {log} WHERE rowid <= ?1"
+        self.empty = f"DELETE FROM {log}"  # the whole table: SQLite's truncate, no row by row
+        self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
+
+
+_LOGS = [_LogSql(b) for b in range(READING_LOGS)]
+_LOG_PENDING = "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM reading_log_{b})" for b in range(READING_LOGS))
+_LOG_COUNT = "SELECT " + " + ".join(f"(SELECT coalesce(sum(rows), 0) FROM reading_log_{b})"
+                                    for b in range(READING_LOGS))
+_FOLD_SEQ = "UPDATE fold_seq SET n = n + 1 RETURNING n"
+_CHUNK_ROWS = "SELECT data FROM meter_chunks WHERE charger_id = ?1 AND tx_id = ?2 ORDER BY chunk"
+_I64 = 2**63
+
+# the newest reading of samples without a transaction, per connector: by at, of equals the last
+_LAST_READING = """
+INSERT INTO last_readings (charger_id, connector_id, at, energy_wh, tx_id) VALUES (?1, ?2, ?3, ?4, '')
 ON CONFLICT (charger_id, connector_id) DO UPDATE SET
     at = excluded.at, energy_wh = excluded.energy_wh, tx_id = excluded.tx_id
 WHERE excluded.at >= last_readings.at"""
-        self.empty = f"DELETE FROM {log}"  # the whole table: SQLite's truncate, no row by row
-        self.drop_prefix = f"DELETE FROM {log} WHERE rowid <= ?1"
-        self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
-        # a read of one of its chargers: rows of that charger may still wait in the inbox
-        self.read_pending = f"SELECT EXISTS (SELECT 1 FROM {log}) OR EXISTS (SELECT 1 FROM sample_inbox)"
 
 
-_LOGS = [_LogSql(b) for b in range(LOG_BUCKETS)]
-_LOG_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox) OR " + " OR ".join(
-    f"EXISTS (SELECT 1 FROM sample_log_{b})" for b in range(LOG_BUCKETS))
-_INBOX_COUNT = "SELECT coalesce(sum(rows), 0) FROM sample_inbox"
-_LOG_COUNT = "SELECT " + " + ".join(f"(SELECT count(*) FROM sample_log_{b})" for b in range(LOG_BUCKETS)) + \
-    f" + ({_INBOX_COUNT})"
-
-# the inbox: a small batch's log rows packed into one row (msgpack), moved into the buckets later
-_INBOX_ADD = "INSERT INTO sample_inbox (rows, data) VALUES (?1, ?2)"
-_INBOX_TAKE = "SELECT seq, rows, data FROM sample_inbox ORDER BY seq"
-_INBOX_DROP = "DELETE FROM sample_inbox WHERE seq <= ?1"
-_INBOX_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox)"
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder(list[tuple[str, str, int, int, float, int]]).decode
-_I64 = 2**63
-
-
-def _packed(rows: list[tuple]) -> bytes | None:
-    """A batch's log rows packed for the inbox; None when a row holds what the log's columns
-    would refuse (a NaN reading, an integer beyond 64 bits, another type, text that is not
-    UTF-8). Such a batch takes the direct path and fails there, inside its transaction, as
-    it did before the inbox existed; packed, it would fail later, at every move."""
-    for charger, tx, connector, at, wh, _ in rows:
+def _checked(rows: list[tuple]) -> list[tuple]:
+    """A batch's log rows, refused (StoreError) when one holds what a reading cannot be: a NaN
+    reading, an integer beyond 64 bits, another type, text that is not UTF-8. The batch then
+    fails in its own transaction, and the writer isolates the op; packed, it would fail every
+    fold."""
+    for row in rows:
+        charger, tx, connector, at, wh, _ = row
         if (type(wh) is not float or wh != wh or type(connector) is not int or type(at) is not int
                 or not -_I64 <= connector < _I64 or not -_I64 <= at < _I64
                 or type(charger) is not str or type(tx) is not str):
-            return None
-    try:
-        return _pack(rows)
-    except (ValueError, TypeError, OverflowError):  # e.g. a lone surrogate in an id
-        return None
+            raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {row!r}")
+    return rows
 
 
 def log_bucket(charger_id: str) -> int:
-    """The log bucket of a charger: the same in every process (CRC-32, not ``hash``)."""
-    return zlib.crc32(charger_id.encode()) % LOG_BUCKETS
+    """The reading log table of a charger (``reading_log``: CRC-32, the same in every process)."""
+    return reading_log(charger_id)
 
-
-# a fold stores the MeterSamples between two event readings in slices of this many rows:
-# a repeated key makes ``_repeats`` read back its slice only
-_FOLD_SLICE = 512
-
-# ?6: 1 for an Ended event's reading (highest/newest, never a start estimate)
-_EVENT_SAMPLE = """
-INSERT INTO meter_samples (charger_id, tx_id, connector_id, at, energy_wh, closing) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-ON CONFLICT DO NOTHING"""
-
-# a reading for a key already stored (the raw record keeps the first) folds into its repeats
-_SAMPLE_REPEAT = """
-INSERT INTO sample_repeats (charger_id, tx_id, connector_id, at, low_wh, high_wh, last_wh)
-VALUES (?1, ?2, ?3, ?4, CASE WHEN ?6 THEN NULL ELSE ?5 END, ?5, ?5)
-ON CONFLICT DO UPDATE SET
-    low_wh = min(coalesce(low_wh, excluded.low_wh), coalesce(excluded.low_wh, low_wh)),
-    high_wh = max(high_wh, excluded.high_wh), last_wh = excluded.last_wh"""
-
-# a key's stored reading while it is a plain one (not closing, not repeated)
-_SAMPLE_PLAIN = """
-SELECT energy_wh FROM meter_samples WHERE charger_id = ?1 AND tx_id = ?2 AND connector_id = ?3 AND at = ?4
-AND NOT closing AND NOT EXISTS (
-    SELECT 1 FROM sample_repeats WHERE charger_id = ?1 AND tx_id = ?2 AND connector_id = ?3 AND at = ?4)"""
 
 _TX_ENSURE = """
 INSERT INTO transactions (charger_id, tx_id, kind) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING"""
@@ -236,26 +189,21 @@ _EVENT_END = """
 UPDATE transactions SET stopped_at = ?3, stop_reason = ?4, meter_stop_wh = ?5
 WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
 
-# the readings of a transaction t, from its samples and their repeats: the lowest not closing,
-_LOWEST = """(SELECT min(wh) FROM (
-        SELECT energy_wh AS wh FROM meter_samples s
-        WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id AND NOT s.closing
-        UNION ALL SELECT low_wh FROM sample_repeats r WHERE r.charger_id = t.charger_id AND r.tx_id = t.tx_id))"""
+# the readings of a transaction t, from its chunks: the lowest not closing,
+_LOWEST = """(SELECT min(low_wh) FROM meter_chunks c WHERE c.charger_id = t.charger_id AND c.tx_id = t.tx_id)"""
 # the highest,
-_HIGHEST = """(SELECT max(wh) FROM (
-        SELECT energy_wh AS wh FROM meter_samples s WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id
-        UNION ALL SELECT high_wh FROM sample_repeats r WHERE r.charger_id = t.charger_id AND r.tx_id = t.tx_id))"""
+_HIGHEST = """(SELECT max(high_wh) FROM meter_chunks c WHERE c.charger_id = t.charger_id AND c.tx_id = t.tx_id)"""
 # and the newest: by at, then the lowest connector (2.0.1 events after Started mostly carry 0);
-# of a repeated key, the last reading
-_NEWEST = """(SELECT {} FROM meter_samples s LEFT JOIN sample_repeats r USING (charger_id, tx_id, at, connector_id)
-        WHERE s.charger_id = t.charger_id AND s.tx_id = t.tx_id ORDER BY s.at DESC, s.connector_id LIMIT 1)"""
+# of a repeated key, the last reading (the later chunk's)
+_NEWEST = """(SELECT {} FROM meter_chunks c WHERE c.charger_id = t.charger_id AND c.tx_id = t.tx_id
+        ORDER BY c.last_at DESC, c.last_connector, c.chunk DESC LIMIT 1)"""
 # a transaction with its readings (the lowest and the highest where the energy rule needs them)
 _TX_SELECT = f"""
 SELECT charger_id, tx_id, connector_id, evse_id, id_tag, kind, start_reading_wh, meter_stop_wh, started_at,
     stopped_at, stop_reason, stop_id_tag, reservation_id,
     CASE WHEN start_reading_wh IS NULL THEN {_LOWEST} END,
     CASE WHEN kind != 16 OR meter_stop_wh IS NULL OR start_reading_wh IS NULL THEN {_HIGHEST} END,
-    {_NEWEST.format("coalesce(r.last_wh, s.energy_wh)")}, {_NEWEST.format("s.at")}
+    {_NEWEST.format("c.last_wh")}, {_NEWEST.format("c.last_at")}
 FROM {{}} t"""
 
 _TX_GET = _TX_SELECT.format("transactions") + " WHERE charger_id = ?1 AND tx_id = ?2"
@@ -268,8 +216,7 @@ SELECT connector_id, energy_wh, at, tx_id FROM (
            row_number() OVER (PARTITION BY connector_id ORDER BY at DESC, tx_id DESC) AS rn
     FROM (SELECT connector_id, energy_wh, at, tx_id FROM last_readings WHERE charger_id = ?1
           UNION ALL
-          SELECT connector_id, {_NEWEST.format("coalesce(r.last_wh, s.energy_wh)")},
-                 {_NEWEST.format("s.at")} AS at, tx_id
+          SELECT connector_id, {_NEWEST.format("c.last_wh")}, {_NEWEST.format("c.last_at")} AS at, tx_id
           FROM transactions t WHERE charger_id = ?1)
     WHERE at IS NOT NULL)
 WHERE rn = 1 ORDER BY connector_id"""
@@ -296,18 +243,14 @@ def _tx_dict(r: tuple) -> dict:
 class SqliteStore(Store):
     """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0, fold_rows=FOLD_ROWS,
     idle_fold_rows=IDLE_FOLD_ROWS)``: :meth:`maintain` (the writer calls it when it has no
-    batch waiting) moves the inbox's oldest rows into the buckets once ``INBOX_MOVE_ROWS``
-    wait, else, with ``idle_fold_rows`` readings logged by this store, folds the oldest
-    ``IDLE_FOLD_SLICE`` rows of a bucket; each in a transaction of its own. With
-    ``fold_rows`` (a writer that is never idle), ``apply`` folds one whole bucket inside
-    each batch's transaction."""
+    batch waiting, and every few milliseconds under load), with ``idle_fold_rows`` readings
+    logged by this store, folds the oldest ``IDLE_FOLD_SLICE`` readings of a log table in a
+    transaction of its own. With ``fold_rows`` (a writer that never calls it), ``apply``
+    folds one whole log table inside each batch's transaction."""
 
     FOLD_ROWS = 60_000
     IDLE_FOLD_ROWS = 20_000
-    IDLE_FOLD_SLICE = 256  # rows an idle fold takes (a bucket's oldest): its pause stays short
-    INBOX_BATCH = 128  # a batch logging fewer rows packs them into one inbox row
-    INBOX_MOVE_ROWS = 512  # inbox rows (at least) a move by maintain() takes, oldest first; its trigger
-    INBOX_MAX = 4096  # with this many in the inbox, a batch moves it and logs into the buckets
+    IDLE_FOLD_SLICE = 1024  # readings (at least: whole log rows) a maintain() fold takes, a table's oldest
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS,
@@ -321,8 +264,7 @@ class SqliteStore(Store):
         self.busy_timeout = busy_timeout
         self.fold_rows = fold_rows
         self.idle_fold_rows = min(fold_rows, self.IDLE_FOLD_ROWS if idle_fold_rows is None else idle_fold_rows)
-        self._logged = 0  # rows this store logged and has not folded (a trigger only)
-        self._inboxed = 0  # of those, rows in the inbox (also a trigger only)
+        self._logged = 0  # readings this store logged and has not folded (a trigger only)
         self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
         self._next_fold = 0  # the bucket the threshold folds next
         self._buckets: dict[str, int] = {}  # charger id -> log bucket
@@ -382,7 +324,6 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_size_limit = 67108864")
             migrations.migrate(conn)
             self._logged = conn.execute(_LOG_COUNT).fetchone()[0]
-            self._inboxed = conn.execute(_INBOX_COUNT).fetchone()[0]
         except BaseException:
             conn.close()
             raise
@@ -419,13 +360,13 @@ class SqliteStore(Store):
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         conn = self._db
-        counters = self._logged, self._inboxed  # they follow the transaction: restored on rollback
+        logged = self._logged  # it follows the transaction: restored on rollback
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException:
-            self._logged, self._inboxed = counters
+            self._logged = logged
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -437,14 +378,13 @@ class SqliteStore(Store):
         folded first, and the read runs in the fold's transaction."""
         conn = self._db
         b = None if charger_id is None else self._bucket(charger_id)
-        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].read_pending).fetchone()[0]:
+        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].pending).fetchone()[0]:
             return fn(conn)
 
         def fold_then_read(conn: sqlite3.Connection) -> Any:
             if b is None:
                 self._fold(conn)
             else:
-                self._move_inbox(conn)
                 self._fold_bucket(conn, b)
             return fn(conn)
         return self._write(fold_then_read)
@@ -482,73 +422,27 @@ class SqliteStore(Store):
         return results
 
     def _log(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
-        """Append a batch's log rows: a small batch packs them into one inbox row (a page or
-        two in the WAL instead of one per bucket it touches); a large one appends them to the
-        buckets, after moving whatever waits in the inbox (older rows) there first."""
-        if len(rows) < self.INBOX_BATCH and self._inboxed < self.INBOX_MAX:
-            data = _packed(rows)
-            if data is not None:
-                conn.execute(_INBOX_ADD, (len(rows), data))
-                self._inboxed += len(rows)
-                return
-        self._move_inbox(conn)  # one query when the inbox is empty (other processes' rows included)
-        self._append(conn, rows)
-
-    def _append(self, conn: sqlite3.Connection, rows: list) -> None:
-        """Log rows into their buckets, one ``executemany`` per bucket, in order."""
-        parts: list[list] = [[] for _ in range(LOG_BUCKETS)]
+        """Append a batch's log rows: one packed row per log table they fall in, in order."""
+        parts: list[list] = [[] for _ in range(READING_LOGS)]
         bucket = self._bucket
-        for r in rows:
+        for r in _checked(rows):
             parts[bucket(r[0])].append(r)
         for b, part in enumerate(parts):
             if part:
-                conn.executemany(_LOGS[b].row, part)
-
-    def _move_inbox(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
-        """Move the inbox's packed rows (the oldest, up to at least ``limit`` log rows, when
-        given) into the buckets, in order; returns how many log rows moved. Inbox rows are
-        newer than every bucket row, so buckets keep arrival order."""
-        moved, last, rows, drained = 0, None, [], True
-        cur = conn.execute(_INBOX_TAKE)
-        try:
-            for seq, n, data in cur:
-                try:
-                    rows += _unpack(data)
-                except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
-                    raise StoreError(f"sqlite: sample_inbox row {seq} is unreadable: {e}") from e
-                moved += n
-                last = seq
-                if limit is not None and moved >= limit:
-                    drained = False
-                    break
-        finally:
-            cur.close()
-        if last is not None:
-            self._append(conn, rows)
-            conn.execute(_INBOX_DROP, (last,))
-        self._inboxed = 0 if drained else max(0, self._inboxed - moved)
-        return moved
+                conn.execute(_LOGS[b].add, (len(part), pack(part)))
 
     def _fold_some(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
-        """``_fold_next``; when the buckets hold nothing (all logged rows wait in the inbox),
-        the inbox is moved first."""
-        folded = self._fold_next(conn, limit)
-        if not folded and self._inboxed:
-            self._move_inbox(conn)
-            folded = self._fold_next(conn, limit)
-        return folded
-
-    def _fold_next(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
-        """Fold the next non-empty bucket (round robin), or its oldest ``limit`` rows (the
-        bucket stays next until it is empty); returns how many rows were folded."""
-        for _ in range(LOG_BUCKETS):
+        """Fold the next non-empty log table (round robin), or its oldest ``limit`` readings
+        (at least; whole log rows: the table stays next until it is empty); returns how many
+        readings were folded."""
+        for _ in range(READING_LOGS):
             b = self._next_fold
             folded, rest = self._fold_bucket(conn, b, limit)
             if not rest:
-                self._next_fold = (b + 1) % LOG_BUCKETS
+                self._next_fold = (b + 1) % READING_LOGS
             if folded:
                 return folded
-        self._logged = self._inboxed
+        self._logged = 0
         return 0
 
     @property
@@ -556,25 +450,17 @@ class SqliteStore(Store):
         return self._logged
 
     def maintenance_due(self) -> bool:
-        return ((self._inboxed >= self.INBOX_MOVE_ROWS or self._logged >= self.idle_fold_rows)
-                and self._executor is not None)
+        return self._logged >= self.idle_fold_rows and self._executor is not None
 
     async def maintain(self) -> int:
-        """Move the inbox's oldest rows, or fold a bucket's oldest ``IDLE_FOLD_SLICE``
-        readings, in a transaction of its own committed without waiting for the disk: both
-        only move readings that are already durable, so losing one to a power cut loses
-        nothing (the rows are back where they were), and the next batch's COMMIT syncs the
-        WAL up to and including it. Returns the rows moved or folded."""
+        """Fold a log table's oldest ``IDLE_FOLD_SLICE`` readings, in a transaction of its own
+        committed without waiting for the disk: a fold only moves readings that are already
+        durable, so losing one to a power cut loses nothing (the rows are back where they
+        were), and the next batch's COMMIT syncs the WAL up to and including it. Returns the
+        readings folded."""
         if not self.maintenance_due():
             return 0
-        return await self._run(self._write_relaxed, self._maintain_slice)
-
-    def _maintain_slice(self, conn: sqlite3.Connection) -> int:
-        """With ``INBOX_MOVE_ROWS`` in the inbox, move its oldest (a bulk move: each bucket's
-        page written once for many batches); else fold a bucket's oldest rows."""
-        if self._inboxed >= self.INBOX_MOVE_ROWS:
-            return self._move_inbox(conn, self.INBOX_MOVE_ROWS)
-        return self._fold_some(conn, self.IDLE_FOLD_SLICE)
+        return await self._run(self._write_relaxed, lambda conn: self._fold_some(conn, self.IDLE_FOLD_SLICE))
 
     def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """``_write`` for a transaction that only moves durable rows (a fold): committed at
@@ -616,64 +502,63 @@ class SqliteStore(Store):
         self._logged += len(run)
 
     def _fold(self, conn: sqlite3.Connection) -> None:
-        """Fold the whole log (the inbox moved first); inside the caller's write transaction."""
-        self._move_inbox(conn)
-        for b in range(LOG_BUCKETS):
+        """Fold the whole log; inside the caller's write transaction."""
+        for b in range(READING_LOGS):
             self._fold_bucket(conn, b)
         self._logged = 0
 
     def _fold_bucket(self, conn: sqlite3.Connection, b: int, limit: int | None = None) -> tuple[int, int]:
-        """Store one bucket's logged readings (its oldest ``limit``, when given) in arrival
-        order, as each op stored them before the log existed, and delete them; returns how
-        many were folded (and counts them off ``_logged``) and how many stay logged. A
-        charger's readings are all in its bucket and a fold takes the oldest, so folding
-        buckets in any order, whole or a prefix at a time, keeps every charger's order."""
+        """Store one log table's readings (its oldest rows holding ``limit`` readings or more,
+        when given) as chunks, one per transaction (or charger without one), and the newest
+        reading per connector of samples without a transaction; delete them from the log.
+        Returns how many readings were folded (and counts them off ``_logged``) and how many
+        log rows stay. A charger's readings are all in one table and a fold takes the oldest,
+        so folding tables in any order, whole or a prefix at a time, keeps every charger's
+        order; chunks are numbered by fold (``fold_seq``), so they keep it too."""
         sql = _LOGS[b]
-        first, last = conn.execute(sql.span).fetchone()
-        if first is None:
+        rows: list[tuple] = []
+        folded, last, rest = 0, None, 0
+        cur = conn.execute(sql.take)
+        try:
+            for rowid, n, data in cur:
+                if limit is not None and folded >= limit:
+                    rest = 1
+                    break
+                try:
+                    rows += unpack_log(data)
+                except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
+                    raise StoreError(f"sqlite: reading_log_{b} row {rowid} is unreadable: {e}") from e
+                folded += n
+                last = rowid
+        finally:
+            cur.close()
+        if last is None:
             return 0, 0
-        end = last if limit is None else min(last, first + limit - 1)
-        start = first
-        for rowid, *sample, kind in conn.execute(sql.events, (end,)).fetchall():
-            self._fold_samples(sql, start, rowid - 1)
-            sample.append(kind - 1)  # a TransactionEvent's reading; closing for an Ended event
-            if conn.execute(_EVENT_SAMPLE, sample).rowcount == 0:
-                conn.execute(_SAMPLE_REPEAT, sample)
-            start = rowid + 1
-        self._fold_samples(sql, start, end)
-        conn.execute(sql.fold_last, (end,))
-        # what stays keeps consecutive rowids: new rows take the highest plus one
-        conn.execute(sql.empty if end == last else sql.drop_prefix, () if end == last else (end,))
-        folded = end - first + 1
-        self._logged = max(0, self._logged - folded)
-        return folded, last - end
-
-    def _fold_samples(self, sql: _LogSql, first: int, last: int) -> None:
-        """Store a bucket's logged MeterSamples with rowid first..last, a slice at a time; a
-        slice that stores fewer rows than it holds has repeats (log rowids are consecutive: a
-        row takes the highest plus one, and a fold empties its table)."""
-        conn = self._db
-        for lo in range(first, last + 1, _FOLD_SLICE):
-            hi = min(lo + _FOLD_SLICE - 1, last)
-            if conn.execute(sql.fold_raw, (lo, hi)).rowcount < hi - lo + 1:
-                self._repeats(conn.execute(sql.fold_rows, (lo, hi)).fetchall())
-
-    def _repeats(self, rows: list[tuple]) -> None:
-        """Record the samples of a run that repeat a key already stored. The bulk insert does not
-        say which samples stored their key: a key's first sample in the run is taken for it when
-        the stored reading is that sample's and plain (were it a repeat, recording it would change
-        nothing)."""
-        conn = self._db
-        firsts = set()
+        seq = conn.execute(_FOLD_SEQ).fetchone()[0]
+        groups: dict[tuple[str, str], list] = {}
+        newest: dict[tuple[str, int], tuple] = {}
         for r in rows:
-            if not r[1]:  # no transaction: no readings derived from it
-                continue
-            key = r[:4]
-            if key not in firsts:
-                firsts.add(key)
-                if conn.execute(_SAMPLE_PLAIN, key).fetchone() == (r[4],):
-                    continue
-            conn.execute(_SAMPLE_REPEAT, (*r, 0))
+            key = r[0], r[1]
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [r[2:]]
+            else:
+                g.append(r[2:])
+            if not r[1] and not r[5]:  # a MeterSample without a transaction: the newest by at, of equals the last
+                k = r[0], r[2]
+                had = newest.get(k)
+                if had is None or r[3] >= had[3]:
+                    newest[k] = r[:5]
+        conn.executemany(migrations.CHUNK_INSERT, [
+            (charger, tx, seq, *chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()])
+        if newest:
+            conn.executemany(_LAST_READING, [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
+        if rest:
+            conn.execute(sql.drop_prefix, (last,))
+        else:
+            conn.execute(sql.empty)
+        self._logged = max(0, self._logged - folded)
+        return folded, rest
 
     def _ensure_tx(self, charger_id: str, tx_id: str, kind: int) -> bool:
         return self._db.execute(_TX_ENSURE, (charger_id, tx_id, kind)).rowcount == 1
@@ -782,16 +667,11 @@ class SqliteStore(Store):
         return [_tx_dict(r) for r in rows]
 
     async def _fold_in_steps(self) -> None:
-        """Before a read across chargers: fold the log one bucket per transaction, so the
-        batches committed meanwhile wait for one bucket's fold at most, not for the whole
+        """Before a read across chargers: fold the log one table per transaction, so the
+        batches committed meanwhile wait for one table's fold at most, not for the whole
         log's; the read itself then folds only what was logged since, in its transaction."""
-        await self._run(self._move_if_pending)
-        for b in range(LOG_BUCKETS):
+        for b in range(READING_LOGS):
             await self._run(self._fold_if_pending, b)
-
-    def _move_if_pending(self) -> None:
-        if self._db.execute(_INBOX_PENDING).fetchone()[0]:
-            self._write_relaxed(self._move_inbox)
 
     def _fold_if_pending(self, b: int) -> None:
         if self._db.execute(_LOGS[b].pending).fetchone()[0]:
@@ -803,10 +683,18 @@ class SqliteStore(Store):
         return None if row is None else _tx_dict(row)
 
     async def list_meter_samples(self, charger_id: str, tx_id: str, limit: int = 10000) -> list[dict]:
-        rows = await self._run(self._read, lambda conn: conn.execute(
-            "SELECT connector_id, at, energy_wh FROM meter_samples WHERE charger_id = ? AND tx_id = ? "
-            "ORDER BY at LIMIT ?", (charger_id, tx_id, limit)).fetchall(), charger_id)
-        return [{"connector_id": c, "at": _iso(at), "energy_wh": wh} for c, at, wh in rows]
+        chunks = await self._run(self._read, lambda conn: conn.execute(
+            _CHUNK_ROWS, (charger_id, tx_id)).fetchall(), charger_id)
+        first: dict[tuple[int, int], float] = {}  # a key's sample is its first reading
+        for (data,) in chunks:
+            try:
+                readings = unpack_chunk(data)
+            except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
+                raise StoreError(f"sqlite: a meter_chunks row of {charger_id!r} is unreadable: {e}") from e
+            for connector, at, wh, _ in readings:
+                first.setdefault((at, connector), wh)
+        keys = sorted(first)[:max(0, int(limit))]
+        return [{"connector_id": c, "at": _iso(at), "energy_wh": first[at, c]} for at, c in keys]
 
     # -- authorization list ----------------------------------------------------------
 

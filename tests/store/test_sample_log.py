@@ -1,6 +1,7 @@
-"""The SQLite store's sample log: readings are appended to ``sample_log_<bucket>`` and folded
-into the samples in bulk (one bucket inside ``apply`` at ``fold_rows``, all before reads and
-on close); the results are those of storing every reading at once, in arrival order."""
+"""The SQLite store's reading log: readings are appended packed to ``reading_log_<table>`` and
+folded into ``meter_chunks`` in bulk (one table inside ``apply`` at ``fold_rows``, a slice by
+``maintain()``, all before reads and on close); the results are those of storing every
+reading at once, in arrival order."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import asyncio
 import datetime as dt
 import random
 import sqlite3
+import zlib
 
+import msgspec
 import pytest
 
 from chargeyard.store import migrations
@@ -29,20 +32,31 @@ def run(coro, timeout: float = 60.0):
 
 
 def counts(path) -> tuple[int, int]:
-    """(rows in the log, rows in meter_samples) as committed, seen from another connection."""
+    """(readings in the log, readings in meter_chunks) as committed, seen from another connection."""
     conn = sqlite3.connect(path)
     try:
         return (conn.execute(_LOG_COUNT).fetchone()[0],
-                conn.execute("SELECT count(*) FROM meter_samples").fetchone()[0])
+                conn.execute("SELECT coalesce(sum(rows), 0) FROM meter_chunks").fetchone()[0])
     finally:
         conn.close()
 
 
-def inbox(path) -> list[int]:
-    """The row counts of the packed inbox rows, oldest first."""
+def log_rows(path, table: int) -> list[int]:
+    """The reading counts of a log table's packed rows, oldest first."""
     conn = sqlite3.connect(path)
     try:
-        return [n for (n,) in conn.execute("SELECT rows FROM sample_inbox ORDER BY seq")]
+        return [n for (n,) in conn.execute(f"SELECT rows FROM reading_log_{table} ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def chunks(path, charger: str, tx: str) -> list[tuple]:
+    """A transaction's chunks: (chunk, low, high, newest at, its connector, its reading, readings)."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT chunk, low_wh, high_wh, last_at, last_connector, last_wh, data FROM meter_chunks "
+                            "WHERE charger_id = ? AND tx_id = ? ORDER BY chunk", (charger, tx)).fetchall()
+        return [(*r[:6], [tuple(x) for x in msgspec.msgpack.decode(r[6])]) for r in rows]
     finally:
         conn.close()
 
@@ -60,25 +74,27 @@ def test_apply_folds_at_fold_rows(tmp_path):
             await s.apply(samples("CP1", "1", range(1, 4)))
             assert counts(path) == (3, 0)  # committed in the log only
             # an event's reading is logged too: 3 + 1 + 1 reaches fold_rows, and the first
-            # non-empty bucket (round robin from 0: CP1's) is folded in the same commit
-            assert (log_bucket("CP1"), log_bucket("CS1")) == (37, 38)
+            # non-empty table (round robin from 0: CP1's) is folded in the same commit
+            assert (log_bucket("CP1"), log_bucket("CS1")) == (5, 6)
             await s.apply([TransactionEvent("CS1", "t", 1, "Updated", at(1), energy_wh=5.0),
                            MeterSample("CP1", "1", at(4), 4.0, 1), ChargerSeen("CP1", at(4))])
             assert counts(path) == (1, 4)
             await s.apply(samples("CP1", "1", range(5, 7)))
             assert counts(path) == (3, 4)  # 1 + 2 logged and not folded: below fold_rows
             assert (await s.get_transaction("CP1", "1"))["energy_wh"] == 6.0
-            assert counts(path) == (1, 6)  # a read of one charger folds its bucket
+            assert counts(path) == (1, 6)  # a read of one charger folds its table
             assert len(await s.list_transactions()) == 2
-            assert counts(path) == (0, 7)  # a read across chargers folds every bucket
+            assert counts(path) == (0, 7)  # a read across chargers folds every table
+            # one chunk per transaction per fold, numbered by fold: the first fold, then the read's
+            assert [(c[0], c[5], len(c[6])) for c in chunks(path, "CP1", "1")] == [(1, 4.0, 4), (2, 6.0, 2)]
     run(main())
 
 
 @pytest.mark.parametrize("bad", [
     StartTransaction("CP1", "2", 1, "T", "x", at(2)),  # not a number
-    # readings the log's columns refuse: a small batch holding one is not packed into the
-    # inbox (it would fail every later move) but fails in its own transaction, as a large one does
-    MeterSample("CP1", "1", at(2), float("nan"), 1),  # NOT NULL: SQLite stores NaN as NULL
+    # readings a chunk cannot hold: the batch fails in its own transaction (packed, the
+    # reading would fail every later fold)
+    MeterSample("CP1", "1", at(2), float("nan"), 1),
     MeterSample("CP1", "1", at(2), 2.0, 2**63),  # beyond INTEGER
     MeterSample("CP1", "1\udc80", at(2), 2.0, 1),  # not UTF-8
 ], ids=["start", "nan", "int65", "surrogate"])
@@ -86,13 +102,12 @@ def test_a_failed_batch_logs_nothing(tmp_path, bad):
     path = tmp_path / "f.db"
 
     async def main():
-        async with SqliteStore(path, fold_rows=2) as s:
+        async with SqliteStore(path, fold_rows=2, idle_fold_rows=1) as s:
             await s.apply(samples("CP1", "1", range(1, 2)))
             with pytest.raises(StoreError):  # the sample is logged, then the next op fails: neither stays
                 await s.apply([MeterSample("CP1", "1", at(3), 3.0, 1), bad])
-            assert counts(path) == (1, 0) and inbox(path) == [1]
-            s.INBOX_MOVE_ROWS = 1
-            assert await s.maintain() == 1  # the inbox still moves
+            assert counts(path) == (1, 0) and log_rows(path, log_bucket("CP1")) == [1]
+            assert await s.maintain() == 1  # the log still folds
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
     run(main())
 
@@ -159,17 +174,17 @@ def test_a_log_left_behind_is_folded_after_open(tmp_path):
     path = tmp_path / "left.db"
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.migrate(conn)
-    conn.executemany(f"INSERT INTO sample_log_{log_bucket('CP1')} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
-                     [("CP1", "", 1, to_us(at(m)), 100.0 + m) for m in range(3)])
+    add = f"INSERT INTO reading_log_{log_bucket('CP1')} (rows, data) VALUES (?, ?)"
+    conn.execute(add, (3, msgspec.msgpack.encode([("CP1", "", 1, to_us(at(m)), 100.0 + m, 0) for m in range(3)])))
     conn.close()
 
     async def main():
         async with SqliteStore(path, fold_rows=4) as s:
+            assert s.deferred_rows == 3
             await s.apply(samples("CP1", "", range(3, 4), 100.0))
-            assert counts(path) == (1, 3)  # the 3 left behind are folded; this batch's row waits in the inbox
+            assert counts(path) == (0, 4)  # the 3 left behind count: the batch's reaches fold_rows
         conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute(f"INSERT INTO sample_log_{log_bucket('CP1')} (charger_id, tx_id, connector_id, at, energy_wh) VALUES (?, ?, ?, ?, ?)",
-                     ("CP1", "", 1, to_us(at(9)), 109.0))
+        conn.execute(add, (1, msgspec.msgpack.encode([("CP1", "", 1, to_us(at(9)), 109.0, 0)])))
         conn.close()
         async with SqliteStore(path) as s:
             readings = (await s.get_charger("CP1"))["last_readings"]
@@ -260,13 +275,10 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
     batch, now and then, or only at the end (reads in between fold it too)."""
     batches = _random_batches(rng)
 
-    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0,
-                     inbox_batch: int | None = None, move_rows: int | None = None) -> tuple:
+    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0) -> tuple:
         async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows,
                                idle_fold_rows=1 if slice_rows else None) as s:
             s.IDLE_FOLD_SLICE = slice_rows or s.IDLE_FOLD_SLICE
-            s.INBOX_BATCH = s.INBOX_BATCH if inbox_batch is None else inbox_batch
-            s.INBOX_MOVE_ROWS = move_rows or s.INBOX_MOVE_ROWS
             results = []
             for batch in batches:
                 results.append(await s.apply(batch))
@@ -281,29 +293,28 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
         assert await replay("end", 10**9, False) == every
         assert await replay("sometimes", 3, False) == every
         assert await replay("reads", 10**9, True) == every
-        # idle folds take a bucket's oldest rows, a few at a time, between batches
-        assert await replay("slices", 10**9, False, slice_rows=2) == every
+        # idle folds take a table's oldest rows, a few at a time, between batches
+        assert await replay("slices", 10**9, False, slice_rows=1) == every
         assert await replay("slices-reads", 10**9, True, slice_rows=3) == every
-        # batches straight into the buckets, or some through the inbox, moved at idle time
-        assert await replay("direct", 1, False, inbox_batch=0) == every
-        assert await replay("mixed", 10**9, True, slice_rows=2, inbox_batch=4, move_rows=3) == every
     run(main())
 
 
-def test_idle_fold_takes_the_oldest_rows_of_a_bucket(tmp_path):
-    """``maintain`` folds at most IDLE_FOLD_SLICE rows, the bucket's oldest, only once
-    ``idle_fold_rows`` are logged; the rest stays logged in order and folds later."""
+def test_idle_fold_takes_the_oldest_rows_of_a_table(tmp_path):
+    """``maintain`` folds the table's oldest log rows holding IDLE_FOLD_SLICE readings (at
+    least: whole rows), only once ``idle_fold_rows`` are logged; the rest stays logged in
+    order and folds later."""
     path = tmp_path / "s.db"
 
     async def main():
-        async with SqliteStore(path, idle_fold_rows=5) as s:
+        async with SqliteStore(path, idle_fold_rows=6) as s:
             s.IDLE_FOLD_SLICE = 3
-            await s.apply(samples("CP1", "1", range(4), 1000.0))
+            await s.apply(samples("CP1", "1", range(2), 1000.0))
+            await s.apply(samples("CP1", "1", range(2, 4), 1000.0))
             assert not s.maintenance_due() and await s.maintain() == 0 and counts(path) == (4, 0)
             await s.apply(samples("CP1", "1", range(4, 7), 1000.0))
             assert s.maintenance_due() and s.deferred_rows == 7
-            assert await s.maintain() == 3 and counts(path) == (4, 3)
-            assert not s.maintenance_due()  # 4 logged: below idle_fold_rows again
+            assert await s.maintain() == 4 and counts(path) == (3, 4)  # two rows: 2 readings, then 2 more
+            assert not s.maintenance_due()  # 3 logged: below idle_fold_rows again
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [
                 1000.0 + i for i in range(7)]  # a read folds the rest, in order
             assert counts(path) == (0, 7)
@@ -343,14 +354,13 @@ def test_version_2_database_gets_the_log(tmp_path, monkeypatch):
             readings = (await s.get_charger("CP1"))["last_readings"]
             assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 2000.0), (2, 510.0)]
     run(main())
-    conn = sqlite3.connect(path)
-    try:
-        assert [r[1] for r in conn.execute("PRAGMA table_info(sample_log_0)")] == [
-            "charger_id", "tx_id", "connector_id", "at", "energy_wh", "kind"]
-        assert conn.execute("SELECT * FROM sample_repeats").fetchall() == [
-            ("CP1", "1", to_us(at(20)), 1, 1700.0, 1900.0, 1750.0)]
-    finally:
-        conn.close()
+    # the stored samples became chunk 0, the repeat of 20 min its highest, lowest and last
+    # after them; the later batch's readings, one chunk per transaction
+    assert chunks(path, "CP1", "1") == [
+        (0, 1500.0, 1900.0, to_us(at(20)), 1, 1850.0,
+         [(1, to_us(at(10)), 1500.0, 0), (1, to_us(at(20)), 1800.0, 0), (1, to_us(at(20)), 1900.0, 2),
+          (1, to_us(at(20)), 1700.0, 0), (1, to_us(at(20)), 1850.0, 2)]),
+        (1, 1750.0, 2000.0, to_us(at(25)), 1, 2000.0, [(1, to_us(at(25)), 2000.0, 0), (1, to_us(at(20)), 1750.0, 0)])]
 
 
 def test_fold_rows_must_be_positive(tmp_path):
@@ -383,7 +393,7 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
     async def main():
         async with SqliteStore(path) as s:
             chargers = [f"CP{i}" for i in range(400)]
-            assert len({log_bucket(c) for c in chargers}) == 64  # every bucket holds rows
+            assert len({log_bucket(c) for c in chargers}) == 16  # every table holds rows
             await s.apply([StartTransaction(c, "1", 1, "T", 1000.0, at(0)) for c in chargers])
             await s.apply([MeterSample(c, "1", at(m), 1000.0 + m, 1) for c in chargers for m in range(1, 4)])
             read = asyncio.ensure_future(s.list_transactions())
@@ -397,87 +407,82 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
     run(main())
 
 
-# -- the inbox: a small batch's log rows in one packed row ---------------------------------
+# -- the log: a batch's readings packed, one row per log table -----------------------------
 
-def test_a_small_batch_logs_one_inbox_row(tmp_path):
+def test_a_batch_logs_one_packed_row_per_table(tmp_path):
     path = tmp_path / "i.db"
 
     async def main():
         async with SqliteStore(path) as s:
             await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
             await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
-                          + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)])
-            assert inbox(path) == [4] and counts(path) == (4, 0) and s.deferred_rows == 4
-            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0, 1002.0, 1003.0]
-            assert inbox(path) == [] and counts(path) == (1, 3)  # moved; CP1's bucket folded by the read
+                          + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)]
+                          + samples("CP1", "1", range(4, 5), 1000.0))
+            assert log_rows(path, log_bucket("CP1")) == [4] and log_rows(path, log_bucket("CS1")) == [1]
+            assert counts(path) == (5, 0) and s.deferred_rows == 5
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0 + i for i in range(4)]
+            assert counts(path) == (1, 4)  # CP1's table folded by the read
             assert (await s.get_transaction("CS1", "t"))["meter_start_wh"] == 7.0
     run(main())
 
 
-def test_a_large_batch_moves_the_inbox_first(tmp_path):
-    """The inbox holds older rows than any batch after it: a batch logged straight into the
-    buckets moves the inbox there first, so the reading that came first keeps its key."""
-    path = tmp_path / "l.db"
-
-    async def main():
-        async with SqliteStore(path) as s:
-            s.INBOX_BATCH = 3
-            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
-            await s.apply(samples("CP1", "1", range(1, 3), 1000.0))  # 1001, 1002: into the inbox
-            assert inbox(path) == [2]
-            await s.apply(samples("CP1", "1", range(1, 5), 2000.0))  # the same keys again, and two new
-            assert inbox(path) == [] and counts(path) == (6, 0)
-            got = await s.list_meter_samples("CP1", "1")
-            assert [x["energy_wh"] for x in got] == [1001.0, 1002.0, 2003.0, 2004.0]
-            assert (await s.get_transaction("CP1", "1"))["last_reading_wh"] == 2004.0
-    run(main())
-
-
-def test_idle_time_moves_the_inbox_in_bulk(tmp_path):
-    path = tmp_path / "m.db"
-
-    async def main():
-        async with SqliteStore(path) as s:
-            s.INBOX_MOVE_ROWS = 5
-            await s.apply(samples("CP1", "1", range(0, 2)))
-            await s.apply(samples("CP1", "1", range(2, 4)))
-            assert not s.maintenance_due() and await s.maintain() == 0
-            await s.apply(samples("CP1", "1", range(4, 6)))
-            assert s.maintenance_due()
-            assert await s.maintain() == 6  # whole packed rows, oldest first, at least INBOX_MOVE_ROWS
-            assert inbox(path) == [] and counts(path) == (6, 0) and s.deferred_rows == 6
-            assert not s.maintenance_due()  # the rows wait in their bucket for a fold
-    run(main())
-
-
-def test_an_inbox_left_behind_is_counted_and_read(tmp_path):
-    """A process killed with rows in the inbox: they were committed; the next store counts
-    them, and a read sees them."""
-    import msgspec
-    path = tmp_path / "k.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    migrations.migrate(conn)
-    rows = [("CP1", "", 1, to_us(at(m)), 100.0 + m, 0) for m in range(3)]
-    conn.execute("INSERT INTO sample_inbox (rows, data) VALUES (?, ?)", (3, msgspec.msgpack.encode(rows)))
-    conn.close()
-
-    async def main():
-        async with SqliteStore(path) as s:
-            assert s.deferred_rows == 3
-            readings = (await s.get_charger("CP1"))["last_readings"]
-            assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 102.0)]
-            assert inbox(path) == []
-    run(main())
-
-
-def test_a_damaged_inbox_row_is_a_store_error(tmp_path):
+def test_a_damaged_log_row_is_a_store_error(tmp_path):
     path = tmp_path / "d.db"
 
     async def main():
         async with SqliteStore(path) as s:
             await s.apply(samples("CP1", "1", range(1, 3)))
-            await s._run(s._write, lambda conn: conn.execute("UPDATE sample_inbox SET data = x'c1'"))
+            table = f"reading_log_{log_bucket('CP1')}"
+            await s._run(s._write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'c1'"))
             with pytest.raises(StoreError, match="unreadable"):
                 await s.list_meter_samples("CP1", "1")
-            await s._run(s._write, lambda conn: conn.execute("DELETE FROM sample_inbox"))
+            await s._run(s._write, lambda conn: conn.execute(f"DELETE FROM {table}"))
     run(main())
+
+
+# -- schema version 5: chunks ---------------------------------------------------------------
+
+def test_version_4_database_keeps_every_reading(tmp_path, monkeypatch):
+    """A version 4 file with readings folded (samples and a repeat), in its log's buckets and
+    in its inbox: after the migration every read gives what version 4 gave."""
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    schema_at(conn, monkeypatch, 4)
+    us = lambda minutes: to_us(at(minutes))  # noqa: E731
+    conn.execute("INSERT INTO transactions (charger_id, tx_id, kind, connector_id, id_tag, started_at) "
+                 "VALUES ('CP1', '1', 16, 1, 'T', ?)", (us(0),))
+    conn.executemany("INSERT INTO meter_samples (charger_id, tx_id, at, connector_id, energy_wh, closing) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     [("CP1", "1", us(10), 1, 1500.0, 0), ("CP1", "1", us(20), 1, 1800.0, 0),
+                      ("CP1", "1", us(30), 1, 2100.0, 1), ("CP1", "", us(5), 2, 50.0, 0)])
+    conn.execute("INSERT INTO sample_repeats (charger_id, tx_id, connector_id, at, low_wh, high_wh, last_wh) "
+                 "VALUES ('CP1', '1', 1, ?, NULL, 2200.0, 2150.0)", (us(30),))
+    conn.execute("INSERT INTO last_readings (charger_id, connector_id, at, energy_wh) VALUES ('CP1', 2, ?, 50.0)",
+                 (us(5),))
+    old = f"sample_log_{zlib.crc32(b'CP1') % migrations.LOG_BUCKETS}"  # CP1's bucket in version 4
+    conn.execute(f"INSERT INTO {old} (charger_id, tx_id, connector_id, at, energy_wh) VALUES ('CP1', '1', 1, ?, 1400.0)",
+                 (us(8),))
+    conn.execute("INSERT INTO sample_inbox (rows, data) VALUES (2, ?)", (msgspec.msgpack.encode(
+        [("CP1", "1", 1, us(40), 2300.0, 0), ("CP1", "", 2, us(6), 60.0, 0)]),))
+    conn.close()
+
+    async def main():
+        async with SqliteStore(path) as s:
+            assert await s.schema_version() == migrations.LATEST == 5
+            assert s.deferred_rows == 3  # the old log's rows wait in the new log
+            tx = await s.get_transaction("CP1", "1")
+            assert (tx["meter_start_wh"], tx["energy_wh"], tx["last_reading_wh"]) == (1400.0, 900.0, 2300.0)
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [
+                1400.0, 1500.0, 1800.0, 2100.0, 2300.0]
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"], r["tx_id"]) for r in readings] == [
+                (1, 2300.0, "1"), (2, 60.0, "")]
+            assert len(await s.list_meter_samples("CP1", "")) == 2
+    run(main())
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not tables & {"meter_samples", "sample_repeats", "sample_inbox", "sample_log_0"}
+        assert {"meter_chunks", "fold_seq", "reading_log_0", "reading_log_15"} <= tables
+    finally:
+        conn.close()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import msgspec
 import pytest
 
 from chargeyard.store import migrations
@@ -131,9 +132,14 @@ def test_version_1_database_is_converted_in_place(tmp_path, monkeypatch):
     run(main())
     conn = sqlite3.connect(path)
     try:
-        closing = conn.execute("SELECT tx_id, connector_id, energy_wh FROM meter_samples WHERE closing").fetchall()
-        assert sorted(closing) == [("tx-a", 0, 11500.0), ("tx-c", 0, 40.0)]
-        assert conn.execute("SELECT * FROM sample_repeats").fetchall() == [("CP1", "4", _us(82), 1, 10.0, 30.0, 25.0)]
+        chunks = {(c, t): [tuple(r) for r in msgspec.msgpack.decode(data)] for c, t, data in conn.execute(
+            "SELECT charger_id, tx_id, data FROM meter_chunks WHERE chunk = 0")}
+        closing = [(t, con, wh) for (_, t), rows in chunks.items() for con, _, wh, kind in rows if kind == 2]
+        # the Ended events' readings; tx 4's repeat at 82 (lowest 10, highest 30, last 25)
+        # follows its samples as its highest and last (closing) and its lowest
+        assert sorted(closing) == [("4", 1, 25.0), ("4", 1, 30.0), ("tx-a", 0, 11500.0), ("tx-c", 0, 40.0)]
+        assert chunks["CP1", "4"] == [(1, _us(81), 10.0, 0), (1, _us(82), 20.0, 0), (1, _us(82), 30.0, 2),
+                                      (1, _us(82), 10.0, 0), (1, _us(82), 25.0, 2)]
         columns = {r[1] for r in conn.execute("PRAGMA table_xinfo(transactions)")}
         assert not columns & {"min_reading_wh", "max_reading_wh", "last_reading_wh", "last_reading_at",
                               "meter_start_wh", "energy_wh"}
