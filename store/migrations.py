@@ -42,8 +42,9 @@ def _chunks(conn: sqlite3.Connection) -> None:
     """Version 5: readings are stored in chunks (see the SQL below). Every stored sample of a
     transaction becomes its chunk 0, in key order, each stored key's repeats after it (the
     highest and the last as closing readings, the lowest as a plain one: the same lowest,
-    highest and newest); readings still in the version 3/4 log go to the new log, in arrival
-    order (each old bucket's rows by rowid, then the inbox, which was newer)."""
+    highest and newest); readings still in the version 3 log's buckets go to the new log
+    tables, in arrival order (each bucket's rows by rowid); the inbox (version 4) stays: its
+    rows are newer, and their format is the new log's."""
     for statement in _statements(_CHUNKS_SQL):
         conn.execute(statement)
     repeats: dict[tuple, list] = {}
@@ -76,16 +77,10 @@ def _chunks(conn: sqlite3.Connection) -> None:
                               "ORDER BY rowid"):
             logged[reading_log(r[0])].append(r)
         conn.execute(f"DROP TABLE sample_log_{b}")
-    for (data,) in conn.execute("SELECT data FROM sample_inbox ORDER BY seq").fetchall():
-        try:
-            for r in unpack_log(data):
-                logged[reading_log(r[0])].append(r)
-        except msgspec.DecodeError as e:  # only a damaged file
-            raise StoreError(f"sqlite: a sample_inbox row is unreadable: {e}") from e
     for b, part in enumerate(logged):
         if part:
             conn.execute(f"INSERT INTO reading_log_{b} (rows, data) VALUES (?1, ?2)", (len(part), pack(part)))
-    for table in ("sample_inbox", "sample_repeats", "meter_samples"):
+    for table in ("sample_repeats", "meter_samples"):
         conn.execute(f"DROP TABLE {table}")
 
 

@@ -113,12 +113,21 @@ class _LogSql:
         self.drop_prefix = f"DELETE FROM {log} WHERE rowid <= ?1"
         self.empty = f"DELETE FROM {log}"  # the whole table: SQLite's truncate, no row by row
         self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
+        # a read of one of its chargers: rows of that charger may still wait in the inbox
+        self.read_pending = f"SELECT EXISTS (SELECT 1 FROM {log}) OR EXISTS (SELECT 1 FROM sample_inbox)"
 
 
 _LOGS = [_LogSql(b) for b in range(READING_LOGS)]
-_LOG_PENDING = "SELECT " + " OR ".join(f"EXISTS (SELECT 1 FROM reading_log_{b})" for b in range(READING_LOGS))
+_LOG_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox) OR " + " OR ".join(
+    f"EXISTS (SELECT 1 FROM reading_log_{b})" for b in range(READING_LOGS))
+_INBOX_COUNT = "SELECT coalesce(sum(rows), 0) FROM sample_inbox"
 _LOG_COUNT = "SELECT " + " + ".join(f"(SELECT coalesce(sum(rows), 0) FROM reading_log_{b})"
-                                    for b in range(READING_LOGS))
+                                    for b in range(READING_LOGS)) + f" + ({_INBOX_COUNT})"
+# the inbox: a small batch's log rows packed into one row, moved into the log tables later
+_INBOX_ADD = "INSERT INTO sample_inbox (rows, data) VALUES (?1, ?2)"
+_INBOX_TAKE = "SELECT seq, rows, data FROM sample_inbox ORDER BY seq"
+_INBOX_DROP = "DELETE FROM sample_inbox WHERE seq <= ?1"
+_INBOX_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox)"
 _FOLD_SEQ = "UPDATE fold_seq SET n = n + 1 RETURNING n"
 _CHUNK_ROWS = "SELECT data FROM meter_chunks WHERE charger_id = ?1 AND tx_id = ?2 ORDER BY chunk"
 _I64 = 2**63
@@ -251,6 +260,9 @@ class SqliteStore(Store):
     FOLD_ROWS = 60_000
     IDLE_FOLD_ROWS = 20_000
     IDLE_FOLD_SLICE = 1024  # readings (at least: whole log rows) a maintain() fold takes, a table's oldest
+    INBOX_BATCH = 128  # a batch logging fewer readings packs them into one inbox row
+    INBOX_MOVE_ROWS = 512  # inbox readings (at least) a move by maintain() takes, oldest first; its trigger
+    INBOX_MAX = 4096  # with this many in the inbox, a batch moves it and logs into the tables
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS,
@@ -265,6 +277,7 @@ class SqliteStore(Store):
         self.fold_rows = fold_rows
         self.idle_fold_rows = min(fold_rows, self.IDLE_FOLD_ROWS if idle_fold_rows is None else idle_fold_rows)
         self._logged = 0  # readings this store logged and has not folded (a trigger only)
+        self._inboxed = 0  # of those, readings in the inbox (also a trigger only)
         self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
         self._next_fold = 0  # the bucket the threshold folds next
         self._buckets: dict[str, int] = {}  # charger id -> log bucket
@@ -324,6 +337,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_size_limit = 67108864")
             migrations.migrate(conn)
             self._logged = conn.execute(_LOG_COUNT).fetchone()[0]
+            self._inboxed = conn.execute(_INBOX_COUNT).fetchone()[0]
         except BaseException:
             conn.close()
             raise
@@ -360,13 +374,13 @@ class SqliteStore(Store):
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         conn = self._db
-        logged = self._logged  # it follows the transaction: restored on rollback
+        counters = self._logged, self._inboxed  # they follow the transaction: restored on rollback
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException:
-            self._logged = logged
+            self._logged, self._inboxed = counters
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
@@ -378,13 +392,14 @@ class SqliteStore(Store):
         folded first, and the read runs in the fold's transaction."""
         conn = self._db
         b = None if charger_id is None else self._bucket(charger_id)
-        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].pending).fetchone()[0]:
+        if not conn.execute(_LOG_PENDING if b is None else _LOGS[b].read_pending).fetchone()[0]:
             return fn(conn)
 
         def fold_then_read(conn: sqlite3.Connection) -> Any:
             if b is None:
                 self._fold(conn)
             else:
+                self._move_inbox(conn)
                 self._fold_bucket(conn, b)
             return fn(conn)
         return self._write(fold_then_read)
@@ -422,14 +437,59 @@ class SqliteStore(Store):
         return results
 
     def _log(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
-        """Append a batch's log rows: one packed row per log table they fall in, in order."""
+        """Append a batch's log rows: a small batch's as one inbox row (a page or two in the
+        WAL instead of one per log table it touches); a large batch's as one packed row per
+        log table they fall in, in order, after moving the inbox (older rows) there."""
+        _checked(rows)
+        if len(rows) < self.INBOX_BATCH and self._inboxed < self.INBOX_MAX:
+            try:
+                data = pack(rows)
+            except ValueError as e:  # e.g. a lone surrogate in an id
+                raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {e}") from e
+            conn.execute(_INBOX_ADD, (len(rows), data))
+            self._inboxed += len(rows)
+            return
+        self._move_inbox(conn)  # one query when the inbox is empty (other processes' rows included)
+        self._append(conn, rows)
+
+    def _append(self, conn: sqlite3.Connection, rows: list) -> None:
+        """Log rows into their tables, one packed row per table, in order."""
         parts: list[list] = [[] for _ in range(READING_LOGS)]
         bucket = self._bucket
-        for r in _checked(rows):
+        for r in rows:
             parts[bucket(r[0])].append(r)
         for b, part in enumerate(parts):
             if part:
-                conn.execute(_LOGS[b].add, (len(part), pack(part)))
+                try:
+                    data = pack(part)
+                except ValueError as e:  # e.g. a lone surrogate in an id
+                    raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {e}") from e
+                conn.execute(_LOGS[b].add, (len(part), data))
+
+    def _move_inbox(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
+        """Move the inbox's packed rows (the oldest, up to at least ``limit`` readings, when
+        given) into the log tables, in order; returns how many readings moved. Inbox rows are
+        newer than every log table row, so the tables keep arrival order."""
+        moved, last, rows, drained = 0, None, [], True
+        cur = conn.execute(_INBOX_TAKE)
+        try:
+            for seq, n, data in cur:
+                if limit is not None and moved >= limit:
+                    drained = False
+                    break
+                try:
+                    rows += unpack_log(data)
+                except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
+                    raise StoreError(f"sqlite: sample_inbox row {seq} is unreadable: {e}") from e
+                moved += n
+                last = seq
+        finally:
+            cur.close()
+        if last is not None:
+            self._append(conn, rows)
+            conn.execute(_INBOX_DROP, (last,))
+        self._inboxed = 0 if drained else max(0, self._inboxed - moved)
+        return moved
 
     def _fold_some(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
         """Fold the next non-empty log table (round robin), or its oldest ``limit`` readings
@@ -442,6 +502,9 @@ class SqliteStore(Store):
                 self._next_fold = (b + 1) % READING_LOGS
             if folded:
                 return folded
+        if self._inboxed:  # every logged reading waits in the inbox
+            self._move_inbox(conn)
+            return self._fold_some(conn, limit)
         self._logged = 0
         return 0
 
@@ -450,17 +513,23 @@ class SqliteStore(Store):
         return self._logged
 
     def maintenance_due(self) -> bool:
-        return self._logged >= self.idle_fold_rows and self._executor is not None
+        return ((self._inboxed >= self.INBOX_MOVE_ROWS or self._logged >= self.idle_fold_rows)
+                and self._executor is not None)
 
     async def maintain(self) -> int:
-        """Fold a log table's oldest ``IDLE_FOLD_SLICE`` readings, in a transaction of its own
-        committed without waiting for the disk: a fold only moves readings that are already
-        durable, so losing one to a power cut loses nothing (the rows are back where they
-        were), and the next batch's COMMIT syncs the WAL up to and including it. Returns the
-        readings folded."""
+        """Move the inbox's oldest ``INBOX_MOVE_ROWS`` readings into the log tables, or fold a
+        log table's oldest ``IDLE_FOLD_SLICE``, in a transaction of its own committed without
+        waiting for the disk: both only move readings that are already durable, so losing one
+        to a power cut loses nothing (the rows are back where they were), and the next batch's
+        COMMIT syncs the WAL up to and including it. Returns the readings moved or folded."""
         if not self.maintenance_due():
             return 0
-        return await self._run(self._write_relaxed, lambda conn: self._fold_some(conn, self.IDLE_FOLD_SLICE))
+        return await self._run(self._write_relaxed, self._maintain_slice)
+
+    def _maintain_slice(self, conn: sqlite3.Connection) -> int:
+        if self._inboxed >= self.INBOX_MOVE_ROWS:
+            return self._move_inbox(conn, self.INBOX_MOVE_ROWS)
+        return self._fold_some(conn, self.IDLE_FOLD_SLICE)
 
     def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """``_write`` for a transaction that only moves durable rows (a fold): committed at
@@ -502,7 +571,8 @@ class SqliteStore(Store):
         self._logged += len(run)
 
     def _fold(self, conn: sqlite3.Connection) -> None:
-        """Fold the whole log; inside the caller's write transaction."""
+        """Fold the whole log (the inbox moved first); inside the caller's write transaction."""
+        self._move_inbox(conn)
         for b in range(READING_LOGS):
             self._fold_bucket(conn, b)
         self._logged = 0
@@ -670,8 +740,13 @@ class SqliteStore(Store):
         """Before a read across chargers: fold the log one table per transaction, so the
         batches committed meanwhile wait for one table's fold at most, not for the whole
         log's; the read itself then folds only what was logged since, in its transaction."""
+        await self._run(self._move_if_pending)
         for b in range(READING_LOGS):
             await self._run(self._fold_if_pending, b)
+
+    def _move_if_pending(self) -> None:
+        if self._db.execute(_INBOX_PENDING).fetchone()[0]:
+            self._write_relaxed(self._move_inbox)
 
     def _fold_if_pending(self, b: int) -> None:
         if self._db.execute(_LOGS[b].pending).fetchone()[0]:

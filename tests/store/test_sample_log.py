@@ -41,6 +41,15 @@ def counts(path) -> tuple[int, int]:
         conn.close()
 
 
+def inbox(path) -> list[int]:
+    """The reading counts of the packed inbox rows, oldest first."""
+    conn = sqlite3.connect(path)
+    try:
+        return [n for (n,) in conn.execute("SELECT rows FROM sample_inbox ORDER BY seq")]
+    finally:
+        conn.close()
+
+
 def log_rows(path, table: int) -> list[int]:
     """The reading counts of a log table's packed rows, oldest first."""
     conn = sqlite3.connect(path)
@@ -92,8 +101,8 @@ def test_apply_folds_at_fold_rows(tmp_path):
 
 @pytest.mark.parametrize("bad", [
     StartTransaction("CP1", "2", 1, "T", "x", at(2)),  # not a number
-    # readings a chunk cannot hold: the batch fails in its own transaction (packed, the
-    # reading would fail every later fold)
+    # readings a chunk cannot hold: the batch fails in its own transaction (packed into the
+    # inbox or the log, the reading would fail every later move or fold)
     MeterSample("CP1", "1", at(2), float("nan"), 1),
     MeterSample("CP1", "1", at(2), 2.0, 2**63),  # beyond INTEGER
     MeterSample("CP1", "1\udc80", at(2), 2.0, 1),  # not UTF-8
@@ -106,8 +115,8 @@ def test_a_failed_batch_logs_nothing(tmp_path, bad):
             await s.apply(samples("CP1", "1", range(1, 2)))
             with pytest.raises(StoreError):  # the sample is logged, then the next op fails: neither stays
                 await s.apply([MeterSample("CP1", "1", at(3), 3.0, 1), bad])
-            assert counts(path) == (1, 0) and log_rows(path, log_bucket("CP1")) == [1]
-            assert await s.maintain() == 1  # the log still folds
+            assert counts(path) == (1, 0) and inbox(path) == [1]
+            assert await s.maintain() == 1  # the log still folds (the inbox moved first)
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
     run(main())
 
@@ -182,7 +191,9 @@ def test_a_log_left_behind_is_folded_after_open(tmp_path):
         async with SqliteStore(path, fold_rows=4) as s:
             assert s.deferred_rows == 3
             await s.apply(samples("CP1", "", range(3, 4), 100.0))
-            assert counts(path) == (0, 4)  # the 3 left behind count: the batch's reaches fold_rows
+            # the 3 left behind count: the batch's reading reaches fold_rows, and they are
+            # folded; the batch's waits in the inbox
+            assert counts(path) == (1, 3)
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute(add, (1, msgspec.msgpack.encode([("CP1", "", 1, to_us(at(9)), 109.0, 0)])))
         conn.close()
@@ -275,10 +286,13 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
     batch, now and then, or only at the end (reads in between fold it too)."""
     batches = _random_batches(rng)
 
-    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0) -> tuple:
+    async def replay(name: str, fold_rows: int, read_between: bool, slice_rows: int = 0,
+                     inbox_batch: int | None = None, move_rows: int | None = None) -> tuple:
         async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows,
                                idle_fold_rows=1 if slice_rows else None) as s:
             s.IDLE_FOLD_SLICE = slice_rows or s.IDLE_FOLD_SLICE
+            s.INBOX_BATCH = s.INBOX_BATCH if inbox_batch is None else inbox_batch
+            s.INBOX_MOVE_ROWS = move_rows or s.INBOX_MOVE_ROWS
             results = []
             for batch in batches:
                 results.append(await s.apply(batch))
@@ -296,6 +310,9 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
         # idle folds take a table's oldest rows, a few at a time, between batches
         assert await replay("slices", 10**9, False, slice_rows=1) == every
         assert await replay("slices-reads", 10**9, True, slice_rows=3) == every
+        # batches straight into the log tables, or some through the inbox, moved at idle time
+        assert await replay("direct", 1, False, inbox_batch=0) == every
+        assert await replay("mixed", 10**9, True, slice_rows=2, inbox_batch=4, move_rows=3) == every
     run(main())
 
 
@@ -307,7 +324,7 @@ def test_idle_fold_takes_the_oldest_rows_of_a_table(tmp_path):
 
     async def main():
         async with SqliteStore(path, idle_fold_rows=6) as s:
-            s.IDLE_FOLD_SLICE = 3
+            s.IDLE_FOLD_SLICE, s.INBOX_BATCH = 3, 0
             await s.apply(samples("CP1", "1", range(2), 1000.0))
             await s.apply(samples("CP1", "1", range(2, 4), 1000.0))
             assert not s.maintenance_due() and await s.maintain() == 0 and counts(path) == (4, 0)
@@ -414,6 +431,7 @@ def test_a_batch_logs_one_packed_row_per_table(tmp_path):
 
     async def main():
         async with SqliteStore(path) as s:
+            s.INBOX_BATCH = 5  # this batch of 5 readings skips the inbox
             await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
             await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
                           + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)]
@@ -431,6 +449,7 @@ def test_a_damaged_log_row_is_a_store_error(tmp_path):
 
     async def main():
         async with SqliteStore(path) as s:
+            s.INBOX_BATCH = 0
             await s.apply(samples("CP1", "1", range(1, 3)))
             table = f"reading_log_{log_bucket('CP1')}"
             await s._run(s._write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'c1'"))
@@ -440,11 +459,97 @@ def test_a_damaged_log_row_is_a_store_error(tmp_path):
     run(main())
 
 
+# -- the inbox: a small batch's readings in one packed row ----------------------------------
+
+def test_a_small_batch_logs_one_inbox_row(tmp_path):
+    path = tmp_path / "i.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
+            await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
+                          + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)])
+            assert inbox(path) == [4] and counts(path) == (4, 0) and s.deferred_rows == 4
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0, 1002.0, 1003.0]
+            assert inbox(path) == [] and counts(path) == (1, 3)  # moved; CP1's table folded by the read
+            assert (await s.get_transaction("CS1", "t"))["meter_start_wh"] == 7.0
+    run(main())
+
+
+def test_a_large_batch_moves_the_inbox_first(tmp_path):
+    """The inbox holds older rows than any batch after it: a batch logged straight into the
+    log tables moves the inbox there first, so the reading that came first keeps its key."""
+    path = tmp_path / "l.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            s.INBOX_BATCH = 3
+            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
+            await s.apply(samples("CP1", "1", range(1, 3), 1000.0))  # 1001, 1002: into the inbox
+            assert inbox(path) == [2]
+            await s.apply(samples("CP1", "1", range(1, 5), 2000.0))  # the same keys again, and two new
+            assert inbox(path) == [] and counts(path) == (6, 0)
+            got = await s.list_meter_samples("CP1", "1")
+            assert [x["energy_wh"] for x in got] == [1001.0, 1002.0, 2003.0, 2004.0]
+            assert (await s.get_transaction("CP1", "1"))["last_reading_wh"] == 2004.0
+    run(main())
+
+
+def test_idle_time_moves_the_inbox_in_bulk(tmp_path):
+    path = tmp_path / "m.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            s.INBOX_MOVE_ROWS = 5
+            await s.apply(samples("CP1", "1", range(0, 2)))
+            await s.apply(samples("CP1", "1", range(2, 4)))
+            assert not s.maintenance_due() and await s.maintain() == 0
+            await s.apply(samples("CP1", "1", range(4, 6)))
+            assert s.maintenance_due()
+            assert await s.maintain() == 6  # whole packed rows, oldest first, at least INBOX_MOVE_ROWS
+            assert inbox(path) == [] and counts(path) == (6, 0) and s.deferred_rows == 6
+            assert not s.maintenance_due()  # the readings wait in their table for a fold
+    run(main())
+
+
+def test_an_inbox_left_behind_is_counted_and_read(tmp_path):
+    """A process killed with rows in the inbox: they were committed; the next store counts
+    them, and a read sees them."""
+    path = tmp_path / "k.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrations.migrate(conn)
+    rows = [("CP1", "", 1, to_us(at(m)), 100.0 + m, 0) for m in range(3)]
+    conn.execute("INSERT INTO sample_inbox (rows, data) VALUES (?, ?)", (3, msgspec.msgpack.encode(rows)))
+    conn.close()
+
+    async def main():
+        async with SqliteStore(path) as s:
+            assert s.deferred_rows == 3
+            readings = (await s.get_charger("CP1"))["last_readings"]
+            assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 102.0)]
+            assert inbox(path) == []
+    run(main())
+
+
+def test_a_damaged_inbox_row_is_a_store_error(tmp_path):
+    path = tmp_path / "d.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            await s.apply(samples("CP1", "1", range(1, 3)))
+            await s._run(s._write, lambda conn: conn.execute("UPDATE sample_inbox SET data = x'c1'"))
+            with pytest.raises(StoreError, match="unreadable"):
+                await s.list_meter_samples("CP1", "1")
+            await s._run(s._write, lambda conn: conn.execute("DELETE FROM sample_inbox"))
+    run(main())
+
+
 # -- schema version 5: chunks ---------------------------------------------------------------
 
 def test_version_4_database_keeps_every_reading(tmp_path, monkeypatch):
     """A version 4 file with readings folded (samples and a repeat), in its log's buckets and
-    in its inbox: after the migration every read gives what version 4 gave."""
+    in its inbox (kept: newer than the buckets, and in the new log's format): after the
+    migration every read gives what version 4 gave."""
     path = tmp_path / "v4.db"
     conn = sqlite3.connect(path, isolation_level=None)
     schema_at(conn, monkeypatch, 4)
@@ -482,7 +587,7 @@ def test_version_4_database_keeps_every_reading(tmp_path, monkeypatch):
     conn = sqlite3.connect(path)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert not tables & {"meter_samples", "sample_repeats", "sample_inbox", "sample_log_0"}
-        assert {"meter_chunks", "fold_seq", "reading_log_0", "reading_log_15"} <= tables
+        assert not tables & {"meter_samples", "sample_repeats", "sample_log_0"}
+        assert {"meter_chunks", "fold_seq", "reading_log_0", "reading_log_15", "sample_inbox"} <= tables
     finally:
         conn.close()
