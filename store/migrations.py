@@ -23,7 +23,7 @@ import msgspec
 from .base import StoreError
 
 LOG_BUCKETS = 64  # tables the sample log was split into (migrations 3 and 4; gone in 5)
-READING_LOGS = 16  # tables the reading log is split into (migration 5)
+READING_LOGS = 64  # tables the reading log is split into (migration 5)
 
 
 def reading_log(charger_id: str) -> int:

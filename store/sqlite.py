@@ -52,7 +52,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import logging
 import sqlite3
+import threading
 import zlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +69,8 @@ from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op
                    StoreError, TransactionEvent, UpsertCharger)
 
 __all__ = ["SqliteStore"]
+
+log = logging.getLogger(__name__)
 
 TX_ID_MAX = 2**31 - 1  # positive signed 32-bit: what every 1.6 charger can hold
 
@@ -257,12 +261,15 @@ class SqliteStore(Store):
     transaction of its own. With ``fold_rows`` (a writer that never calls it), ``apply``
     folds one whole log table inside each batch's transaction."""
 
-    FOLD_ROWS = 60_000
-    IDLE_FOLD_ROWS = 20_000
+    FOLD_ROWS = 192_000
+    IDLE_FOLD_ROWS = 64_000
     IDLE_FOLD_SLICE = 1024  # readings (at least: whole log rows) a maintain() fold takes, a table's oldest
     INBOX_BATCH = 128  # a batch logging fewer readings packs them into one inbox row
     INBOX_MOVE_ROWS = 512  # inbox readings (at least) a move by maintain() takes, oldest first; its trigger
     INBOX_MAX = 4096  # with this many in the inbox, a batch moves it and logs into the tables
+    CHECKPOINT_S = 0.1  # the checkpoint thread's period
+    CHECKPOINT_PASSES = 8  # passes it makes to catch up with the writer, so the WAL can restart
+    WAL_AUTOCHECKPOINT = 4000  # pages: the writer checkpoints itself past this (a checkpoint thread fallen behind)
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS,
@@ -282,6 +289,9 @@ class SqliteStore(Store):
         self._next_fold = 0  # the bucket the threshold folds next
         self._buckets: dict[str, int] = {}  # charger id -> log bucket
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_stop = threading.Event()
+        self._checkpointer_failed = False  # the writer then checkpoints as SQLite does by default
         self._executor: ThreadPoolExecutor | None = None
         self._single: dict[type, Callable[[Any], Any]] = {
             StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event}
@@ -313,6 +323,45 @@ class SqliteStore(Store):
             self._executor.shutdown(wait=True)
             self._executor = None
             raise
+        self._checkpointer_stop.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="chargeyard-sqlite-checkpoint",
+                                              daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """The checkpoint thread: every ``CHECKPOINT_S``, PASSIVE checkpoints on a connection of
+        its own copy the WAL into the database file and sync it while the writer goes on
+        committing, so no batch waits for a checkpoint (SQLite's automatic one runs in the
+        COMMIT that crosses its threshold: 5-12 ms here). The writer appends meanwhile, so it
+        makes up to ``CHECKPOINT_PASSES`` passes, each shorter, until a pass finds nothing new:
+        every frame is copied, and the writer's next transaction starts the WAL over. A writer
+        past ``WAL_AUTOCHECKPOINT`` pages (this thread fallen behind) checkpoints by itself; if
+        this thread cannot open its connection, the writer goes back to SQLite's default."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        except sqlite3.Error as e:
+            log.warning("sqlite checkpoint thread cannot start (%s); the writer checkpoints by itself", e)
+            self._checkpointer_failed = True
+            return
+        failing = False
+        try:
+            while not self._checkpointer_stop.wait(self.CHECKPOINT_S):
+                seen = -1
+                try:
+                    for _ in range(self.CHECKPOINT_PASSES):
+                        busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                        if busy or frames == seen:  # nothing committed since the last pass: all copied
+                            break
+                        seen = frames
+                    failing = False
+                except sqlite3.Error as e:  # e.g. the disk: tried again next period
+                    if not failing:
+                        log.warning("sqlite checkpoint failed: %s", e)
+                    failing = True
+        finally:
+            conn.close()
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -335,6 +384,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute("PRAGMA cache_size = -32000")
             conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self.WAL_AUTOCHECKPOINT}")
             migrations.migrate(conn)
             self._logged = conn.execute(_LOG_COUNT).fetchone()[0]
             self._inboxed = conn.execute(_INBOX_COUNT).fetchone()[0]
@@ -346,6 +396,10 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if self._executor is None:
             return
+        self._checkpointer_stop.set()
+        if self._checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
+            self._checkpointer = None
         try:
             await self._run(self._close_sync)
         finally:
@@ -374,6 +428,9 @@ class SqliteStore(Store):
 
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         conn = self._db
+        if self._checkpointer_failed:
+            self._checkpointer_failed = False
+            conn.execute("PRAGMA wal_autocheckpoint = 1000")
         counters = self._logged, self._inboxed  # they follow the transaction: restored on rollback
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -192,6 +192,48 @@ def test_synchronous_setting(tmp_path):
     run(main())
 
 
+@pytest.mark.parametrize("thread", [True, False], ids=["checkpoint-thread", "no-thread"])
+def test_the_checkpoint_thread_copies_the_wal_while_the_writer_commits(tmp_path, thread):
+    """Committed pages reach the database file within a few checkpoint periods, copied by the
+    checkpoint thread; the writer's own (automatic) checkpoint would wait for
+    ``WAL_AUTOCHECKPOINT`` pages, which these commits do not reach: without the thread the
+    file is not written at all."""
+    path = tmp_path / "c.db"
+
+    async def main():
+        async with SqliteStore(path, idle_fold_rows=1) as s:
+            s.CHECKPOINT_S = 0.05 if thread else 3600.0
+            await asyncio.sleep(0.15)  # the thread (created at open) takes the new period after its wait
+            if not thread:
+                s._checkpointer_stop.set()  # stopped: no checkpoint at all (close joins it)
+            before = os.stat(path).st_mtime_ns  # in WAL mode only a checkpoint writes the file
+            for k in range(10):
+                await s.apply([MeterSample(f"CP{i}", "1", T0 + dt.timedelta(seconds=k), float(k), 1) for i in range(20)])
+                while await s.maintain():
+                    pass
+            assert 50 < os.path.getsize(f"{path}-wal") // 4096 < s.WAL_AUTOCHECKPOINT  # frames
+            deadline = time.monotonic() + 1.5
+            while os.stat(path).st_mtime_ns == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert (os.stat(path).st_mtime_ns != before) is thread
+    run(main())
+
+
+def test_a_writer_without_its_checkpoint_thread_checkpoints_by_itself(tmp_path):
+    (tmp_path / "a-dir.db").mkdir()  # what the thread's connection cannot open
+
+    async def main():
+        async with SqliteStore(tmp_path / "x.db") as s:
+            assert s.WAL_AUTOCHECKPOINT == await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            s.path = tmp_path / "a-dir.db"
+            s._checkpoint_loop()  # as the thread would: its connection fails
+            s.path = tmp_path / "x.db"
+            assert s._checkpointer_failed
+            await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])  # the writer's next transaction
+            assert await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
+    run(main())
+
+
 _OPENER = """
 import asyncio, sys
 from chargeyard.store.sqlite import SqliteStore
