@@ -5,44 +5,44 @@
   (``docs/adr/0002-reply-after-commit.md``). ``synchronous="NORMAL"`` keeps kill -9
   safety (the WAL write has reached the kernel before COMMIT returns) but not power loss.
 * All blocking work runs on one dedicated thread (a single-thread executor) that owns the
-  connection; the event loop only awaits.
+  connection; the event loop only awaits. A second thread checkpoints (copies the WAL into
+  the database file) on a connection of its own, so no COMMIT waits for a checkpoint.
 * ``apply`` is one ``BEGIN IMMEDIATE … COMMIT``; runs of consecutive ops of the same bulk
   type (MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger) go through
   ``executemany`` on cached prepared statements.
-* Readings (MeterSamples, and the reading a TransactionEvent carries) are appended to a
-  log, ``sample_log_<bucket>``, one of ``LOG_BUCKETS`` tables by charger (``log_bucket``:
-  CRC-32 of the id, the same in every process), a run of MeterSamples in one
-  ``executemany`` per bucket: consecutive rows share pages, so a commit writes a few log
-  pages rather than one ``meter_samples`` leaf per charger. A batch of fewer than
-  ``INBOX_BATCH`` log rows would still write one page per bucket it touches (a page per
-  reading at 1000 chargers and 64 buckets); it appends its rows packed (msgpack) as one row
-  of ``sample_inbox`` instead, a page or two. The inbox is moved into the buckets in bulk,
-  oldest first: by ``maintain()`` once ``INBOX_MOVE_ROWS`` wait, by a batch of
-  ``INBOX_BATCH`` rows or more (before its own, so buckets keep arrival order), before a
-  read, and inside a batch once ``INBOX_MAX`` wait. A bucket is *folded*: in one
-  write transaction its rows are stored, in arrival (rowid) order, exactly as each op
-  stored its reading before (``meter_samples``, ``sample_repeats``, the last reading of
-  samples without a transaction) and deleted, so a charger's leaf is written once per fold
-  instead of once per commit. Folding is deferred work done between batches: while this
-  store has ``idle_fold_rows`` rows logged and not folded, ``maintain()`` (the writer calls
-  it when no batch waits, and under load as the deferred work's share, every few
-  milliseconds) folds the oldest ``IDLE_FOLD_SLICE`` rows of the next non-empty bucket
-  (round robin) in a transaction of its own, a pause of about a millisecond. A writer that
-  calls ``maintain()`` too rarely lets the log grow to ``fold_rows``; from there each
-  ``apply`` folds one whole bucket inside its transaction. Before a read of samples
-  or readings, the charger's bucket (every bucket, for a read across chargers) is folded
-  while it holds rows (rows other processes logged included: the fold reads the tables,
-  under the write lock), so reads see every committed reading; every bucket on ``close``.
-  A read across chargers first folds the buckets one transaction each, so batches commit
-  in between, then folds what is left in its own transaction. A charger's readings are all
-  in one bucket, so buckets fold in any order. No other op reads or writes samples (a
-  transaction's readings are derived when read), so none needs a fold before it. Log rows
-  commit with their batch and a fold is all or nothing: kill -9 loses nothing, and a log
-  left at open is folded by the next read or threshold.
-* A transaction's lowest, highest and newest readings, hence its
-  ``meter_start_wh``/``energy_wh``, are derived when read: from its samples (one index
-  range; the newest is one index step) and from ``sample_repeats``, the readings that came
-  for a key already stored (the raw record keeps the first; rare, e.g. a clock standing still).
+* Readings (MeterSamples, and the reading a TransactionEvent carries) are *stored in
+  chunks* (``meter_chunks``): one row per transaction (or charger without one) per fold,
+  holding its readings packed (msgpack, arrival order) and their lowest not closing,
+  highest and newest, so a transaction's ``meter_start_wh``/``energy_wh`` and last reading
+  are derived from its chunks' columns, and a read of its samples unpacks its chunks (a
+  key's sample is its first reading; later ones for the same key, e.g. a clock standing
+  still, count as readings only). A row per chunk instead of one per reading pays the
+  B-tree's per-row work and a charger's leaf write once for many readings.
+* On the way there readings wait in a log: a batch appends them packed, one row per
+  ``reading_log_<n>`` table their chargers fall in (``READING_LOGS`` tables by CRC-32 of the
+  id, the same in every process), or, with fewer than ``INBOX_BATCH`` readings, as one row
+  of ``sample_inbox`` (a page or two in the WAL instead of one per table touched). The
+  inbox is moved into the tables in bulk, oldest first (its rows are newer than theirs): by
+  ``maintain()`` once ``INBOX_MOVE_ROWS`` wait, by a batch that logs into the tables, before
+  a read, and inside a batch once ``INBOX_MAX`` wait. A table is *folded*: its oldest rows
+  become one chunk per transaction in them (numbered by ``fold_seq``, so chunks keep arrival
+  order) and the newest reading per connector of samples without a transaction
+  (``last_readings``), and are deleted, in one write transaction. Folding is deferred work
+  done between batches: while this store has ``idle_fold_rows`` readings logged and not
+  folded, ``maintain()`` (the writer calls it when no batch waits, and under load as the
+  deferred work's share, every few milliseconds) folds the oldest ``IDLE_FOLD_SLICE``
+  readings of the next non-empty table (round robin), a pause of about a millisecond. The
+  threshold sets the chunks' size: a fold takes what a charger logged since its last one
+  (about 64 readings at 1,000 chargers). A writer that calls ``maintain()`` too rarely lets
+  the log grow to ``fold_rows``; from there each ``apply`` folds one whole table inside its
+  transaction. Before a read of samples or readings, the charger's table (every table, for
+  a read across chargers) is folded while it holds rows (rows other processes logged
+  included: the fold reads the tables, under the write lock), so reads see every committed
+  reading; every table on ``close``. A read across chargers first folds the tables one
+  transaction each, so batches commit in between. A charger's readings are all in one
+  table, so tables fold in any order. Log rows commit with their batch and a fold is all or
+  nothing: kill -9 loses nothing, and a log left at open is folded by the next read or
+  threshold.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
 """
