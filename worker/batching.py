@@ -13,12 +13,12 @@ from the commit. One sender task drains the queue:
 * when the writer is busy and the next batch is not full, it may wait for more rows,
   but an op never waits longer than ``batch_ms`` after it was added for that reason;
 * when nothing is queued and the store has deferred work (``store.maintenance_due()``,
-  SQLite's sample log to fold), the sender runs one short ``store.maintain()`` slice before
+  SQLite's reading log to fold), the sender runs one short ``store.maintain()`` slice before
   it waits, so that work is done in the writer's idle time instead of inside a batch;
 * under steady load a commit always ends with more ops queued, so the writer is never
   idle: the deferred work then gets a share, one slice before the next batch whenever
   ``maintain_every_ms`` have passed since the last one. Without it the work waits until
-  the store does it inside batches (SQLite: a whole log bucket per batch past
+  the store does it inside batches (SQLite: a whole log table per batch past
   ``fold_rows``), longer pauses than the slices.
 
 Back-pressure: at most ``max_queued`` ops are queued. Beyond that, ``add`` still returns
