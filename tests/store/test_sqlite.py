@@ -229,7 +229,9 @@ def test_a_writer_without_its_checkpoint_thread_checkpoints_by_itself(tmp_path):
             s._checkpoint_loop()  # as the thread would: its connection fails
             s.path = tmp_path / "x.db"
             assert s._checkpointer_failed
-            await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])  # the writer's next transaction
+            await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])  # a small batch: the loop's connection
+            assert s._loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+            await s.put_id_tag("T", "Accepted")  # a write of the store thread's connection
             assert await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
     run(main())
 
@@ -273,6 +275,51 @@ def test_event_loop_is_not_blocked_by_commits(tmp_path):
             stop = True
             await task
             assert len(gaps) > 20  # the loop kept turning while batches committed
+    run(main())
+
+
+def test_a_small_batch_commits_on_the_loop_thread_and_a_large_one_on_the_store_thread(tmp_path):
+    """With the store thread held up, a batch of up to LOOP_BATCH_MAX ops still commits (on
+    the event loop's thread, its own connection); a larger one waits for the store thread."""
+    async def main():
+        async with SqliteStore(tmp_path / "t.db") as s:
+            small = [MeterSample("CP1", "1", T0 + dt.timedelta(seconds=i), float(i), 1) for i in range(100)]
+            large = [MeterSample("CP2", "1", T0 + dt.timedelta(seconds=i), float(i), 1) for i in range(200)]
+            assert len(small) <= s.LOOP_BATCH_MAX < len(large)
+            blocker = asyncio.ensure_future(s._run(time.sleep, 0.5))
+            await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(s.apply(small), 0.3) == [None] * len(small)
+            later = asyncio.ensure_future(s.apply(large))
+            await asyncio.sleep(0.2)
+            assert not blocker.done() and not later.done()
+            await blocker
+            await later
+            assert len(await s.list_meter_samples("CP1", "1")) == len(small)
+            assert len(await s.list_meter_samples("CP2", "1")) == len(large)
+    run(main())
+
+
+def test_a_small_batch_does_not_block_the_loop_on_a_taken_write_lock(tmp_path):
+    """Another connection (a process) holds the write lock: the small batch goes to the store
+    thread, which waits for the lock while the loop keeps turning, and commits after."""
+    path = tmp_path / "w.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                batch = asyncio.ensure_future(s.apply([MeterSample("CP1", "1", T0, 1.0, 1)]))
+                turns = 0
+                for _ in range(20):
+                    await asyncio.sleep(0.01)
+                    turns += 1
+                assert turns == 20 and not batch.done()
+            finally:
+                other.execute("COMMIT")
+                other.close()
+            assert await asyncio.wait_for(batch, 5) == [None]
+            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1.0]
     run(main())
 
 
