@@ -287,8 +287,8 @@ class SqliteStore(Store):
         self._logged = 0  # readings this store logged and has not folded (a trigger only)
         self._inboxed = 0  # of those, readings in the inbox (also a trigger only)
         self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
-        self._next_fold = 0  # the bucket the threshold folds next
-        self._buckets: dict[str, int] = {}  # charger id -> log bucket
+        self._next_fold = 0  # the log table the threshold folds next
+        self._buckets: dict[str, int] = {}  # charger id -> its log table
         self._conn: sqlite3.Connection | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_stop = threading.Event()
@@ -461,7 +461,7 @@ class SqliteStore(Store):
 
     def _read(self, fn: Callable[[sqlite3.Connection], Any], charger_id: str | None = None) -> Any:
         """A read that looks at samples or readings (of one charger, or of all): when the log
-        holds rows for them (this or another process's), their bucket (or every bucket) is
+        holds rows for them (this or another process's), their log table (or every table) is
         folded first, and the read runs in the fold's transaction."""
         conn = self._db
         b = None if charger_id is None else self._bucket(charger_id)
@@ -527,7 +527,7 @@ class SqliteStore(Store):
             i += 1
         if log_rows:
             self._log(conn, log_rows)
-        if self._logged >= self.fold_rows:  # fold one bucket: a short pause, not one for the whole log
+        if self._logged >= self.fold_rows:  # fold one log table: a short pause, not one for the whole log
             self._fold_some(conn)
         return results
 
