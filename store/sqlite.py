@@ -676,8 +676,8 @@ class SqliteStore(Store):
         """Store one log table's readings (its oldest rows holding ``limit`` readings or more,
         when given) as chunks, one per transaction (or charger without one), and the newest
         reading per connector of samples without a transaction; delete them from the log.
-        Returns how many readings were folded (and counts them off ``_logged``) and how many
-        log rows stay. A charger's readings are all in one table and a fold takes the oldest,
+        Returns how many readings were folded (and counts them off ``_logged``) and whether
+        log rows stay (1) or not (0). A charger's readings are all in one table and a fold takes the oldest,
         so folding tables in any order, whole or a prefix at a time, keeps every charger's
         order; chunks are numbered by fold (``fold_seq``), so they keep it too."""
         sql = _LOGS[b]
