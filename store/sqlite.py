@@ -50,16 +50,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import logging
 import sqlite3
 import threading
-import zlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import msgspec
 
@@ -144,23 +144,62 @@ ON CONFLICT (charger_id, connector_id) DO UPDATE SET
 WHERE excluded.at >= last_readings.at"""
 
 
-def _checked(rows: list[tuple]) -> list[tuple]:
-    """A batch's log rows, refused (StoreError) when one holds what a reading cannot be: a NaN
-    reading, an integer beyond 64 bits, another type, text that is not UTF-8. The batch then
-    fails in its own transaction, and the writer isolates the op; packed, it would fail every
-    fold."""
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """SQLite's exceptions, and those of an op the schema cannot hold, as StoreError."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except sqlite3.Error as e:
+        raise StoreError(f"sqlite: {e}") from e
+    except (TypeError, ValueError, OverflowError) as e:  # an op the schema cannot hold
+        raise StoreError(f"sqlite: bad operation: {e!r}") from e
+
+
+def _checked(rows: list[tuple]) -> None:
+    """Refuse (StoreError) a batch's log rows when one holds what a reading cannot be: a NaN
+    reading, an integer beyond 64 bits, another type (text that is not UTF-8: ``_packed``).
+    The batch then fails in its own transaction, and the writer isolates the op; packed, it
+    would fail every fold."""
     for row in rows:
         charger, tx, connector, at, wh, _ = row
         if (type(wh) is not float or wh != wh or type(connector) is not int or type(at) is not int
                 or not -_I64 <= connector < _I64 or not -_I64 <= at < _I64
                 or type(charger) is not str or type(tx) is not str):
             raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {row!r}")
-    return rows
 
 
-def log_bucket(charger_id: str) -> int:
-    """The reading log table of a charger (``reading_log``: CRC-32, the same in every process)."""
-    return reading_log(charger_id)
+def _packed(rows: list) -> bytes:
+    try:
+        return pack(rows)
+    except ValueError as e:  # e.g. a lone surrogate in an id
+        raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {e}") from e
+
+
+log_bucket = reading_log  # a charger's log table (CRC-32: the same in every process)
+
+
+def _take(conn: sqlite3.Connection, sql: str, table: str, limit: int | None) -> tuple[list, int, int | None, bool]:
+    """The oldest packed rows of the inbox or a log table (``sql`` selects key, readings,
+    data in order), holding ``limit`` readings or more (all, without a limit): (their log
+    rows, how many, the last key taken or None, whether rows stay)."""
+    rows: list[tuple] = []
+    taken, last = 0, None
+    cur = conn.execute(sql)
+    try:
+        for key, n, data in cur:
+            if limit is not None and taken >= limit:
+                return rows, taken, last, True
+            try:
+                rows += unpack_log(data)
+            except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
+                raise StoreError(f"sqlite: {table} row {key} is unreadable: {e}") from e
+            taken += n
+            last = key
+    finally:
+        cur.close()
+    return rows, taken, last, False
 
 
 _TX_ENSURE = """
@@ -308,14 +347,8 @@ class SqliteStore(Store):
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
             raise StoreError("store is not open")
-        try:
+        with _store_errors():
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except StoreError:
-            raise
-        except sqlite3.Error as e:
-            raise StoreError(f"sqlite: {e}") from e
-        except (TypeError, ValueError, OverflowError) as e:  # an op the schema cannot hold
-            raise StoreError(f"sqlite: bad operation: {e!r}") from e
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -384,26 +417,29 @@ class SqliteStore(Store):
                     time.sleep(0.01)
             if mode.lower() != "wal":
                 raise StoreError(f"{self.path}: cannot use WAL journal (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute("PRAGMA cache_size = -32000")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {self.WAL_AUTOCHECKPOINT}")
+            self._configure(conn)
             migrations.migrate(conn)
             self._logged = conn.execute(_LOG_COUNT).fetchone()[0]
             self._inboxed = conn.execute(_INBOX_COUNT).fetchone()[0]
-            # the event loop's: it never waits for the write lock (busy_timeout 0: the batch
+            # the event loop's: it never waits for the write lock (busy timeout 0: the batch
             # then goes to the store thread), the rest as above
             loop_conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
                                         check_same_thread=False, cached_statements=256)
-            for pragma in (f"synchronous = {self.synchronous}", "temp_store = MEMORY", "cache_size = -32000",
-                           "journal_size_limit = 67108864", f"wal_autocheckpoint = {self.WAL_AUTOCHECKPOINT}",
-                           "busy_timeout = 0"):
-                loop_conn.execute(f"PRAGMA {pragma}")
+            try:
+                self._configure(loop_conn)
+            except BaseException:
+                loop_conn.close()
+                raise
         except BaseException:
             conn.close()
             raise
         self._conn, self._loop_conn = conn, loop_conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        """The settings of a connection that writes (the WAL mode is the file's)."""
+        for pragma in (f"synchronous = {self.synchronous}", "temp_store = MEMORY", "cache_size = -32000",
+                       "journal_size_limit = 67108864", f"wal_autocheckpoint = {self.WAL_AUTOCHECKPOINT}"):
+            conn.execute(f"PRAGMA {pragma}")
 
     async def close(self) -> None:
         if self._executor is None:
@@ -491,18 +527,13 @@ class SqliteStore(Store):
             return []
         conn = self._loop_conn
         if conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
-            try:
-                return self._write(lambda c: self._apply_ops(c, ops), conn)
-            except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
-                    raise StoreError(f"sqlite: {e}") from e
-                # BEGIN IMMEDIATE found the lock taken: nothing was done, the store thread waits for it
-            except StoreError:
-                raise
-            except sqlite3.Error as e:
-                raise StoreError(f"sqlite: {e}") from e
-            except (TypeError, ValueError, OverflowError) as e:  # an op the schema cannot hold
-                raise StoreError(f"sqlite: bad operation: {e!r}") from e
+            with _store_errors():
+                try:
+                    return self._write(lambda c: self._apply_ops(c, ops), conn)
+                except sqlite3.OperationalError as e:
+                    if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
+                        raise
+            # BEGIN IMMEDIATE found the lock taken: nothing was done, the store thread waits for it
         return await self._run(self._write, lambda c: self._apply_ops(c, ops))
 
     def _apply_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
@@ -537,11 +568,7 @@ class SqliteStore(Store):
         log table they fall in, in order, after moving the inbox (older rows) there."""
         _checked(rows)
         if len(rows) < self.INBOX_BATCH and self._inboxed < self.INBOX_MAX:
-            try:
-                data = pack(rows)
-            except ValueError as e:  # e.g. a lone surrogate in an id
-                raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {e}") from e
-            conn.execute(_INBOX_ADD, (len(rows), data))
+            conn.execute(_INBOX_ADD, (len(rows), _packed(rows)))
             self._inboxed += len(rows)
             return
         self._move_inbox(conn)  # one query when the inbox is empty (other processes' rows included)
@@ -555,35 +582,17 @@ class SqliteStore(Store):
             parts[bucket(r[0])].append(r)
         for b, part in enumerate(parts):
             if part:
-                try:
-                    data = pack(part)
-                except ValueError as e:  # e.g. a lone surrogate in an id
-                    raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {e}") from e
-                conn.execute(_LOGS[b].add, (len(part), data))
+                conn.execute(_LOGS[b].add, (len(part), _packed(part)))
 
     def _move_inbox(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
         """Move the inbox's packed rows (the oldest, up to at least ``limit`` readings, when
         given) into the log tables, in order; returns how many readings moved. Inbox rows are
         newer than every log table row, so the tables keep arrival order."""
-        moved, last, rows, drained = 0, None, [], True
-        cur = conn.execute(_INBOX_TAKE)
-        try:
-            for seq, n, data in cur:
-                if limit is not None and moved >= limit:
-                    drained = False
-                    break
-                try:
-                    rows += unpack_log(data)
-                except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
-                    raise StoreError(f"sqlite: sample_inbox row {seq} is unreadable: {e}") from e
-                moved += n
-                last = seq
-        finally:
-            cur.close()
+        rows, moved, last, more = _take(conn, _INBOX_TAKE, "sample_inbox", limit)
         if last is not None:
             self._append(conn, rows)
             conn.execute(_INBOX_DROP, (last,))
-        self._inboxed = 0 if drained else max(0, self._inboxed - moved)
+        self._inboxed = max(0, self._inboxed - moved) if more else 0
         return moved
 
     def _fold_some(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
@@ -592,8 +601,8 @@ class SqliteStore(Store):
         readings were folded."""
         for _ in range(READING_LOGS):
             b = self._next_fold
-            folded, rest = self._fold_bucket(conn, b, limit)
-            if not rest:
+            folded, more = self._fold_bucket(conn, b, limit)
+            if not more:
                 self._next_fold = (b + 1) % READING_LOGS
             if folded:
                 return folded
@@ -672,33 +681,18 @@ class SqliteStore(Store):
             self._fold_bucket(conn, b)
         self._logged = 0
 
-    def _fold_bucket(self, conn: sqlite3.Connection, b: int, limit: int | None = None) -> tuple[int, int]:
+    def _fold_bucket(self, conn: sqlite3.Connection, b: int, limit: int | None = None) -> tuple[int, bool]:
         """Store one log table's readings (its oldest rows holding ``limit`` readings or more,
         when given) as chunks, one per transaction (or charger without one), and the newest
         reading per connector of samples without a transaction; delete them from the log.
         Returns how many readings were folded (and counts them off ``_logged``) and whether
-        log rows stay (1) or not (0). A charger's readings are all in one table and a fold takes the oldest,
+        log rows stay. A charger's readings are all in one table and a fold takes the oldest,
         so folding tables in any order, whole or a prefix at a time, keeps every charger's
         order; chunks are numbered by fold (``fold_seq``), so they keep it too."""
         sql = _LOGS[b]
-        rows: list[tuple] = []
-        folded, last, rest = 0, None, 0
-        cur = conn.execute(sql.take)
-        try:
-            for rowid, n, data in cur:
-                if limit is not None and folded >= limit:
-                    rest = 1
-                    break
-                try:
-                    rows += unpack_log(data)
-                except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
-                    raise StoreError(f"sqlite: reading_log_{b} row {rowid} is unreadable: {e}") from e
-                folded += n
-                last = rowid
-        finally:
-            cur.close()
+        rows, folded, last, more = _take(conn, sql.take, f"reading_log_{b}", limit)
         if last is None:
-            return 0, 0
+            return 0, False
         seq = conn.execute(_FOLD_SEQ).fetchone()[0]
         groups: dict[tuple[str, str], list] = {}
         newest: dict[tuple[str, int], tuple] = {}
@@ -718,12 +712,12 @@ class SqliteStore(Store):
             (charger, tx, seq, *chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()])
         if newest:
             conn.executemany(_LAST_READING, [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
-        if rest:
+        if more:
             conn.execute(sql.drop_prefix, (last,))
         else:
             conn.execute(sql.empty)
         self._logged = max(0, self._logged - folded)
-        return folded, rest
+        return folded, more
 
     def _ensure_tx(self, charger_id: str, tx_id: str, kind: int) -> bool:
         return self._tx_conn.execute(_TX_ENSURE, (charger_id, tx_id, kind)).rowcount == 1

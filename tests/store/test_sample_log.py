@@ -424,57 +424,50 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
     run(main())
 
 
-# -- the log: a batch's readings packed, one row per log table -----------------------------
+# -- the log: a batch's readings packed, into the inbox or one row per log table ----------
 
-def test_a_batch_logs_one_packed_row_per_table(tmp_path):
+@pytest.mark.parametrize("inbox_batch", [SqliteStore.INBOX_BATCH, 5], ids=["inbox", "tables"])
+def test_a_batch_logs_its_readings_packed(tmp_path, inbox_batch):
+    """Fewer than INBOX_BATCH readings: one inbox row; more: one row per log table they fall
+    in. Either way a read of a charger moves the inbox and folds that charger's table."""
     path = tmp_path / "i.db"
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_BATCH = 5  # this batch of 5 readings skips the inbox
+            s.INBOX_BATCH = inbox_batch
             await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
             await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
                           + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)]
                           + samples("CP1", "1", range(4, 5), 1000.0))
-            assert log_rows(path, log_bucket("CP1")) == [4] and log_rows(path, log_bucket("CS1")) == [1]
+            if inbox_batch > 5:
+                assert inbox(path) == [5] and log_rows(path, log_bucket("CP1")) == []
+            else:
+                assert inbox(path) == [] and log_rows(path, log_bucket("CP1")) == [4]
+                assert log_rows(path, log_bucket("CS1")) == [1]
             assert counts(path) == (5, 0) and s.deferred_rows == 5
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0 + i for i in range(4)]
-            assert counts(path) == (1, 4)  # CP1's table folded by the read
+            assert inbox(path) == [] and counts(path) == (1, 4)  # CP1's table folded by the read
             assert (await s.get_transaction("CS1", "t"))["meter_start_wh"] == 7.0
     run(main())
 
 
-def test_a_damaged_log_row_is_a_store_error(tmp_path):
+@pytest.mark.parametrize("where", ["inbox", "table"])
+def test_a_damaged_packed_row_is_a_store_error(tmp_path, where):
     path = tmp_path / "d.db"
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_BATCH = 0
+            s.INBOX_BATCH = s.INBOX_BATCH if where == "inbox" else 0
             await s.apply(samples("CP1", "1", range(1, 3)))
-            table = f"reading_log_{log_bucket('CP1')}"
+            table = "sample_inbox" if where == "inbox" else f"reading_log_{log_bucket('CP1')}"
             await s._run(s._write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'c1'"))
-            with pytest.raises(StoreError, match="unreadable"):
+            with pytest.raises(StoreError, match=f"{table} row .* is unreadable"):
                 await s.list_meter_samples("CP1", "1")
             await s._run(s._write, lambda conn: conn.execute(f"DELETE FROM {table}"))
     run(main())
 
 
 # -- the inbox: a small batch's readings in one packed row ----------------------------------
-
-def test_a_small_batch_logs_one_inbox_row(tmp_path):
-    path = tmp_path / "i.db"
-
-    async def main():
-        async with SqliteStore(path) as s:
-            await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
-            await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
-                          + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)])
-            assert inbox(path) == [4] and counts(path) == (4, 0) and s.deferred_rows == 4
-            assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0, 1002.0, 1003.0]
-            assert inbox(path) == [] and counts(path) == (1, 3)  # moved; CP1's table folded by the read
-            assert (await s.get_transaction("CS1", "t"))["meter_start_wh"] == 7.0
-    run(main())
-
 
 def test_a_large_batch_moves_the_inbox_first(tmp_path):
     """The inbox holds older rows than any batch after it: a batch logged straight into the
@@ -528,19 +521,6 @@ def test_an_inbox_left_behind_is_counted_and_read(tmp_path):
             readings = (await s.get_charger("CP1"))["last_readings"]
             assert [(r["connector_id"], r["energy_wh"]) for r in readings] == [(1, 102.0)]
             assert inbox(path) == []
-    run(main())
-
-
-def test_a_damaged_inbox_row_is_a_store_error(tmp_path):
-    path = tmp_path / "d.db"
-
-    async def main():
-        async with SqliteStore(path) as s:
-            await s.apply(samples("CP1", "1", range(1, 3)))
-            await s._run(s._write, lambda conn: conn.execute("UPDATE sample_inbox SET data = x'c1'"))
-            with pytest.raises(StoreError, match="unreadable"):
-                await s.list_meter_samples("CP1", "1")
-            await s._run(s._write, lambda conn: conn.execute("DELETE FROM sample_inbox"))
     run(main())
 
 
