@@ -181,6 +181,13 @@ class Store(ABC):
         on the event loop each time the writer runs out of work."""
         return False
 
+    def maintenance_overlaps(self) -> bool:
+        """True when the next :meth:`maintain` slice lets batches commit while it runs, so
+        the writer need not wait for it (SQLite: while batches commit on the event loop's
+        thread, a slice reads and packs apart from the write lock). :meth:`apply` may then
+        run while :meth:`maintain` does."""
+        return False
+
     async def maintain(self) -> int:
         """Do one short, bounded slice of the deferred work; returns how much was done (rows).
         Never makes anything durable that was not, and never undoes anything: a backend

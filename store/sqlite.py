@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import datetime as dt
 import os
 import logging
@@ -111,10 +112,11 @@ class _LogSql:
     """The statements of one reading log table."""
 
     def __init__(self, b: int) -> None:
-        log = f"reading_log_{b}"
+        self.table = log = f"reading_log_{b}"
         self.add = f"INSERT INTO {log} (rows, data) VALUES (?1, ?2)"
         self.take = f"SELECT rowid, rows, data FROM {log} ORDER BY rowid"
         self.drop_prefix = f"DELETE FROM {log} WHERE rowid <= ?1"
+        self.span = f"SELECT count(*), min(rowid), coalesce(sum(length(data)), 0) FROM {log} WHERE rowid <= ?1"
         self.empty = f"DELETE FROM {log}"  # the whole table: SQLite's truncate, no row by row
         self.pending = f"SELECT EXISTS (SELECT 1 FROM {log})"
         # a read of one of its chargers: rows of that charger may still wait in the inbox
@@ -131,10 +133,12 @@ _LOG_COUNT = "SELECT " + " + ".join(f"(SELECT coalesce(sum(rows), 0) FROM readin
 _INBOX_ADD = "INSERT INTO sample_inbox (rows, data) VALUES (?1, ?2)"
 _INBOX_TAKE = "SELECT seq, rows, data FROM sample_inbox ORDER BY seq"
 _INBOX_DROP = "DELETE FROM sample_inbox WHERE seq <= ?1"
+_INBOX_SPAN = "SELECT count(*), min(seq), coalesce(sum(length(data)), 0) FROM sample_inbox WHERE seq <= ?1"
 _INBOX_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox)"
 _FOLD_SEQ = "UPDATE fold_seq SET n = n + 1 RETURNING n"
 _CHUNK_ROWS = "SELECT data FROM meter_chunks WHERE charger_id = ?1 AND tx_id = ?2 ORDER BY chunk"
 _I64 = 2**63
+_LOCK_TAKEN = object()  # _write_on_loop: the write lock was taken, nothing done
 
 # the newest reading of samples without a transaction, per connector: by at, of equals the last
 _LAST_READING = """
@@ -180,26 +184,33 @@ def _packed(rows: list) -> bytes:
 log_bucket = reading_log  # a charger's log table (CRC-32: the same in every process)
 
 
-def _take(conn: sqlite3.Connection, sql: str, table: str, limit: int | None) -> tuple[list, int, int | None, bool]:
+def _take(conn: sqlite3.Connection, sql: str, table: str,
+          limit: int | None) -> tuple[list, int, int | None, bool, tuple[int, int | None, int]]:
     """The oldest packed rows of the inbox or a log table (``sql`` selects key, readings,
     data in order), holding ``limit`` readings or more (all, without a limit): (their log
-    rows, how many, the last key taken or None, whether rows stay)."""
+    rows, how many, the last key taken or None, whether rows stay, and their span: how many
+    packed rows, the first key, their bytes). A transaction that drops rows taken outside
+    it first compares their span with what the table holds up to the last key."""
     rows: list[tuple] = []
-    taken, last = 0, None
+    taken, last, first, count, size = 0, None, None, 0, 0
     cur = conn.execute(sql)
     try:
         for key, n, data in cur:
             if limit is not None and taken >= limit:
-                return rows, taken, last, True
+                return rows, taken, last, True, (count, first, size)
             try:
                 rows += unpack_log(data)
             except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
                 raise StoreError(f"sqlite: {table} row {key} is unreadable: {e}") from e
             taken += n
             last = key
+            if first is None:
+                first = key
+            count += 1
+            size += len(data)
     finally:
         cur.close()
-    return rows, taken, last, False
+    return rows, taken, last, False, (count, first, size)
 
 
 _TX_ENSURE = """
@@ -335,6 +346,7 @@ class SqliteStore(Store):
         self._default_checkpoint: set[sqlite3.Connection] = set()  # connections told so
         self._loop_conn: sqlite3.Connection | None = None  # small batches' connection (the loop's thread)
         self._tx_conn: Any = None  # the connection of the batch being applied (its ops' statements)
+        self._batches_on_loop = True  # the last batch committed on the loop's thread (see maintain)
         self._executor: ThreadPoolExecutor | None = None
         self._single: dict[type, Callable[[Any], Any]] = {
             StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event}
@@ -483,8 +495,8 @@ class SqliteStore(Store):
         if self._checkpointer_failed and conn not in self._default_checkpoint:
             self._default_checkpoint.add(conn)
             conn.execute("PRAGMA wal_autocheckpoint = 1000")
-        counters = self._logged, self._inboxed  # they follow the transaction: restored on rollback
         conn.execute("BEGIN IMMEDIATE")
+        counters = self._logged, self._inboxed  # they follow the transaction: restored on rollback
         try:
             result = fn(conn)
             conn.execute("COMMIT")
@@ -525,16 +537,27 @@ class SqliteStore(Store):
         loop turning through their longer commits."""
         if not ops:
             return []
-        conn = self._loop_conn
-        if conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
-            with _store_errors():
-                try:
-                    return self._write(lambda c: self._apply_ops(c, ops), conn)
-                except sqlite3.OperationalError as e:
-                    if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
-                        raise
-            # BEGIN IMMEDIATE found the lock taken: nothing was done, the store thread waits for it
+        if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
+            result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
+            if result is not _LOCK_TAKEN:
+                self._batches_on_loop = True
+                return result
+        self._batches_on_loop = False
         return await self._run(self._write, lambda c: self._apply_ops(c, ops))
+
+    def _write_on_loop(self, write: Callable[..., Any], fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``write(fn, conn)`` (``_write`` or ``_write_relaxed``) on the loop's connection,
+        right here; ``_LOCK_TAKEN`` when BEGIN IMMEDIATE found the file's write lock taken
+        (nothing was done: the store thread, which waits for the lock, is the caller's
+        fallback)."""
+        conn = self._loop_conn
+        with _store_errors():
+            try:
+                return write(fn, conn)
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
+                    raise
+        return _LOCK_TAKEN
 
     def _apply_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
         self._tx_conn = conn
@@ -576,23 +599,46 @@ class SqliteStore(Store):
 
     def _append(self, conn: sqlite3.Connection, rows: list) -> None:
         """Log rows into their tables, one packed row per table, in order."""
+        for b, n, data in self._parts(rows):
+            conn.execute(_LOGS[b].add, (n, data))
+
+    def _parts(self, rows: list) -> list[tuple[int, int, bytes]]:
+        """Log rows as (table, readings, packed) per table they fall in, in order."""
         parts: list[list] = [[] for _ in range(READING_LOGS)]
         bucket = self._bucket
         for r in rows:
             parts[bucket(r[0])].append(r)
-        for b, part in enumerate(parts):
-            if part:
-                conn.execute(_LOGS[b].add, (len(part), _packed(part)))
+        return [(b, len(part), _packed(part)) for b, part in enumerate(parts) if part]
 
     def _move_inbox(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
         """Move the inbox's packed rows (the oldest, up to at least ``limit`` readings, when
         given) into the log tables, in order; returns how many readings moved. Inbox rows are
         newer than every log table row, so the tables keep arrival order."""
-        rows, moved, last, more = _take(conn, _INBOX_TAKE, "sample_inbox", limit)
-        if last is not None:
-            self._append(conn, rows)
-            conn.execute(_INBOX_DROP, (last,))
-        self._inboxed = max(0, self._inboxed - moved) if more else 0
+        plan = self._plan_move(conn, limit)
+        if plan is None:
+            self._inboxed = 0
+            return 0
+        return self._apply_move(conn, plan, False)
+
+    def _plan_move(self, conn: sqlite3.Connection, limit: int | None) -> tuple | None:
+        """A move's reads and packing (no write): None with an empty inbox."""
+        rows, moved, last, more, span = _take(conn, _INBOX_TAKE, "sample_inbox", limit)
+        if last is None:
+            return None
+        return last, more, span, moved, self._parts(rows)
+
+    def _apply_move(self, conn: sqlite3.Connection, plan: tuple, planned_apart: bool) -> int:
+        """A move's writes, in the caller's write transaction. ``planned_apart``: the plan
+        was read outside it, so the inbox may have changed since (a batch or a read moved it,
+        another process): nothing is done, 0 returned, unless its rows are still there."""
+        last, more, span, moved, parts = plan
+        if planned_apart and tuple(conn.execute(_INBOX_SPAN, (last,)).fetchone()) != span:
+            return 0
+        for b, n, data in parts:
+            conn.execute(_LOGS[b].add, (n, data))
+        conn.execute(_INBOX_DROP, (last,))
+        # batches may have added to the inbox since a plan read apart from this transaction
+        self._inboxed = max(0, self._inboxed - moved) if more or planned_apart else 0
         return moved
 
     def _fold_some(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
@@ -620,6 +666,9 @@ class SqliteStore(Store):
         return ((self._inboxed >= self.INBOX_MOVE_ROWS or self._logged >= self.idle_fold_rows)
                 and self._executor is not None)
 
+    def maintenance_overlaps(self) -> bool:
+        return self._loop_conn is not None and self._batches_on_loop
+
     async def maintain(self) -> int:
         """Move the inbox's oldest ``INBOX_MOVE_ROWS`` readings into the log tables, or fold a
         log table's oldest ``IDLE_FOLD_SLICE``, in a transaction of its own committed without
@@ -628,23 +677,51 @@ class SqliteStore(Store):
         COMMIT syncs the WAL up to and including it. Returns the readings moved or folded."""
         if not self.maintenance_due():
             return 0
-        return await self._run(self._write_relaxed, self._maintain_slice)
+        if not self.maintenance_overlaps():
+            return await self._run(self._write_relaxed, functools.partial(
+                self._slice_in_place, plan=None, planned_apart=False))
+        write, plan = await self._run(self._plan_slice)
+        apply = functools.partial(write, plan=plan, planned_apart=plan is not None)
+        result = self._write_on_loop(self._write_relaxed, apply)
+        if result is _LOCK_TAKEN:  # a batch on the store thread, a read, another process
+            result = await self._run(self._write_relaxed, apply)
+        return result
 
-    def _maintain_slice(self, conn: sqlite3.Connection) -> int:
+    def _plan_slice(self) -> tuple[Callable[..., int], tuple | None]:
+        """The reads and the CPU work of a ``maintain()`` slice, on the store thread and
+        outside any write transaction, so that batches commit meanwhile: (the writes to make
+        in a transaction, their plan). With nothing in the tables to fold (only the inbox, or
+        a counter to reset), the whole slice is left to the transaction."""
+        conn = self._db
+        if self._inboxed >= self.INBOX_MOVE_ROWS:
+            plan = self._plan_move(conn, self.INBOX_MOVE_ROWS)
+            if plan is not None:
+                return self._apply_move, plan
+        else:
+            for _ in range(READING_LOGS):
+                b = self._next_fold
+                plan = self._plan_fold(conn, b, self.IDLE_FOLD_SLICE)
+                if plan is None or not plan[2]:
+                    self._next_fold = (b + 1) % READING_LOGS
+                if plan is not None:
+                    return self._apply_fold, plan
+        return self._slice_in_place, None
+
+    def _slice_in_place(self, conn: sqlite3.Connection, plan: None, planned_apart: bool) -> int:
         if self._inboxed >= self.INBOX_MOVE_ROWS:
             return self._move_inbox(conn, self.INBOX_MOVE_ROWS)
         return self._fold_some(conn, self.IDLE_FOLD_SLICE)
 
-    def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any], conn: sqlite3.Connection | None = None) -> Any:
         """``_write`` for a transaction that only moves durable rows (a fold): committed at
         ``synchronous=NORMAL``, without waiting for the disk; the next synced COMMIT covers
         it, and losing it loses nothing."""
-        conn = self._db
+        conn = self._db if conn is None else conn
         relaxed = self.synchronous != "NORMAL"
         if relaxed:
             conn.execute("PRAGMA synchronous = NORMAL")
         try:
-            return self._write(fn)
+            return self._write(fn, conn)
         finally:
             if relaxed:
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -689,11 +766,16 @@ class SqliteStore(Store):
         log rows stay. A charger's readings are all in one table and a fold takes the oldest,
         so folding tables in any order, whole or a prefix at a time, keeps every charger's
         order; chunks are numbered by fold (``fold_seq``), so they keep it too."""
-        sql = _LOGS[b]
-        rows, folded, last, more = _take(conn, sql.take, f"reading_log_{b}", limit)
-        if last is None:
+        plan = self._plan_fold(conn, b, limit)
+        if plan is None:
             return 0, False
-        seq = conn.execute(_FOLD_SEQ).fetchone()[0]
+        return self._apply_fold(conn, plan, False), plan[2]
+
+    def _plan_fold(self, conn: sqlite3.Connection, b: int, limit: int | None) -> tuple | None:
+        """A fold's reads and packing (no write): None with an empty table."""
+        rows, folded, last, more, span = _take(conn, _LOGS[b].take, _LOGS[b].table, limit)
+        if last is None:
+            return None
         groups: dict[tuple[str, str], list] = {}
         newest: dict[tuple[str, int], tuple] = {}
         for r in rows:
@@ -708,16 +790,29 @@ class SqliteStore(Store):
                 had = newest.get(k)
                 if had is None or r[3] >= had[3]:
                     newest[k] = r[:5]
+        chunks = [(charger, tx, chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()]
+        lasts = [(c, con, at, wh) for c, _, con, at, wh in newest.values()]
+        return b, last, more, span, folded, chunks, lasts
+
+    def _apply_fold(self, conn: sqlite3.Connection, plan: tuple, planned_apart: bool) -> int:
+        """A fold's writes, in the caller's write transaction; returns the readings folded.
+        ``planned_apart``: as for ``_apply_move`` (another fold, or a batch's, took the rows:
+        0)."""
+        b, last, more, span, folded, chunks, lasts = plan
+        sql = _LOGS[b]
+        if planned_apart and tuple(conn.execute(sql.span, (last,)).fetchone()) != span:
+            return 0
+        seq = conn.execute(_FOLD_SEQ).fetchone()[0]
         conn.executemany(migrations.CHUNK_INSERT, [
-            (charger, tx, seq, *chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()])
-        if newest:
-            conn.executemany(_LAST_READING, [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
-        if more:
+            (charger, tx, seq, *summary, n, data) for charger, tx, summary, n, data in chunks])
+        if lasts:
+            conn.executemany(_LAST_READING, lasts)
+        if more or planned_apart:  # rows logged since a plan read apart are kept
             conn.execute(sql.drop_prefix, (last,))
         else:
             conn.execute(sql.empty)
         self._logged = max(0, self._logged - folded)
-        return folded, more
+        return folded
 
     def _ensure_tx(self, charger_id: str, tx_id: str, kind: int) -> bool:
         return self._tx_conn.execute(_TX_ENSURE, (charger_id, tx_id, kind)).rowcount == 1

@@ -121,6 +121,7 @@ class BatchWriter:
         self._maintain_after = 0.0  # loop time before which store maintenance is not tried
         self.maintain_every_s = max(0.0, maintain_every_ms) / 1000.0
         self._last_maintain = 0.0
+        self._maintaining: asyncio.Task | None = None  # the store maintenance slice under way
         self.maintenance_runs = 0  # store.maintain() calls (idle, or the share under load)
         self.maintained_rows = 0
         # counters for tests and /metrics
@@ -277,8 +278,11 @@ class BatchWriter:
                 if not self._queue:
                     busy = False
                     if self._closed:
+                        if self._maintaining is not None:
+                            await asyncio.wait([self._maintaining])
                         return
-                    if self._maintain_after <= loop.time() and self.store.maintenance_due():
+                    if (self._maintaining is None and self._maintain_after <= loop.time()
+                            and self.store.maintenance_due()):
                         await self._maintain()
                         continue
                     wake.clear()
@@ -287,7 +291,8 @@ class BatchWriter:
                     self._idle = False
                     continue
                 now = loop.time()
-                if (self.maintain_every_s > 0 and now - self._last_maintain >= self.maintain_every_s
+                if (self.maintain_every_s > 0 and self._maintaining is None
+                        and now - self._last_maintain >= self.maintain_every_s
                         and self._maintain_after <= now and not self._closed and self.store.maintenance_due()):
                     await self._maintain()  # the deferred work's share under load: a slice this often
                 if busy and self.batch_s > 0 and len(self._queue) < self.batch_max and not self._closed:
@@ -315,9 +320,19 @@ class BatchWriter:
             self.fail_all(stopped)
 
     async def _maintain(self) -> None:
-        """One slice of the store's deferred work, run only while no batch waits (ops added
-        meanwhile wait for it, a slice being short). A failure is logged, and maintenance
-        pauses for a second rather than retrying in a loop."""
+        """Start one slice of the store's deferred work, as a task of its own; the next slice
+        starts only after it. When the store says the slice overlaps batches
+        (``maintenance_overlaps()``; SQLite: it reads and packs on the store thread, and takes
+        the write lock only for its short writes), batches go on committing meanwhile;
+        otherwise the sender waits for it, and the ops queued meanwhile make the next batch."""
+        task = self._maintaining = self._loop.create_task(  # type: ignore[union-attr]
+            self._maintain_slice(), name="chargeyard-store-maintenance")
+        if not self.store.maintenance_overlaps():
+            await task
+
+    async def _maintain_slice(self) -> None:
+        """A failure is logged, and maintenance pauses for a second rather than retrying in
+        a loop. An idle sender is woken at the end, to start the next slice if one is due."""
         try:
             self.maintained_rows += await self.store.maintain()
             self.maintenance_runs += 1
@@ -325,6 +340,14 @@ class BatchWriter:
         except Exception:
             log.exception("store maintenance failed; retrying in 1 s")
             self._maintain_after = self._loop.time() + 1.0  # type: ignore[union-attr]
+            self._loop.call_later(1.0, self._wake_idle)  # type: ignore[union-attr]
+        finally:
+            self._maintaining = None
+            self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        if self._idle and self._wake is not None:
+            self._wake.set()
 
     async def _commit(self, batch: list[_Item]) -> None:
         self._inflight = batch

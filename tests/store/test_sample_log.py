@@ -387,15 +387,21 @@ def test_fold_rows_must_be_positive(tmp_path):
 
 def test_idle_fold_commits_without_a_sync_and_restores_the_level(tmp_path):
     """A fold moves readings that are durable already: its COMMIT does not wait for the disk,
-    and the batches after it are synced as configured."""
+    and the batches after it are synced as configured. The fold reads and packs on the store
+    thread, outside any transaction, and writes on the loop's connection."""
     async def main():
         async with SqliteStore(tmp_path / "n.db", idle_fold_rows=1) as s:
             await s.apply(samples("CP1", "1", range(3), 1000.0))
-            seen = []
-            s._db.set_trace_callback(seen.append)
+            read, wrote = [], []
+            s._db.set_trace_callback(read.append)
+            s._loop_conn.set_trace_callback(wrote.append)
             assert await s.maintain() == 3
             s._db.set_trace_callback(None)
-            assert seen[0] == "PRAGMA synchronous = NORMAL" and seen[-1] == "PRAGMA synchronous = FULL"
+            s._loop_conn.set_trace_callback(None)
+            assert read and all(q.startswith("SELECT") for q in read), read
+            assert wrote[0] == "PRAGMA synchronous = NORMAL" and wrote[-1] == "PRAGMA synchronous = FULL"
+            assert "COMMIT" in wrote and any(q.startswith("DELETE FROM reading_log_") for q in wrote)
+            assert s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 2
             assert await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
     run(main())
 

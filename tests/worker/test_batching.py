@@ -508,6 +508,7 @@ def test_a_writer_never_idle_still_gives_the_deferred_work_its_share(tmp_path, r
     async def main(every_ms: float) -> tuple[int, int]:
         store = SqliteStore(tmp_path / f"share{every_ms}.db", idle_fold_rows=50)
         store.IDLE_FOLD_SLICE = 10
+        store.LOOP_BATCH_MAX = 0  # every commit on the store thread: ops queue during each one
         await store.open()
         w = BatchWriter(store, maintain_every_ms=every_ms)
         await w.start()
