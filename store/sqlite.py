@@ -50,6 +50,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import datetime as dt
@@ -64,12 +65,14 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 
-from . import migrations
+from . import migrations, walsync
 from .migrations import READING_LOGS, chunk_summary, pack, reading_log, unpack_chunk, unpack_log
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
 
 __all__ = ["SqliteStore"]
+
+WalSync = walsync.select()
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +350,10 @@ class SqliteStore(Store):
         self._loop_conn: sqlite3.Connection | None = None  # small batches' connection (the loop's thread)
         self._tx_conn: Any = None  # the connection of the batch being applied (its ops' statements)
         self._batches_on_loop = True  # the last batch committed on the loop's thread (see maintain)
+        self._walsync: Any = None  # the WAL's sync thread's protocol (walsync.py), when it runs
+        self._syncer: threading.Thread | None = None
+        self._sync_waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+        self._loop_commits = 0  # commits numbered for the sync thread
         self._executor: ThreadPoolExecutor | None = None
         self._single: dict[type, Callable[[Any], Any]] = {
             StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event}
@@ -376,6 +383,74 @@ class SqliteStore(Store):
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="chargeyard-sqlite-checkpoint",
                                               daemon=True)
         self._checkpointer.start()
+        self._start_wal_sync()
+
+    def _start_wal_sync(self) -> None:
+        """The loop's batches commit at NORMAL, and a thread of its own syncs the WAL for
+        them (``walsync.py``); each batch's ``apply`` returns once a sync covered it. Not
+        needed at ``synchronous=NORMAL``; without the WAL file's descriptor, they sync in
+        their COMMIT instead."""
+        if self.synchronous == "NORMAL" or self._loop_conn is None:
+            return
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("sqlite: no WAL sync thread (%s): batches sync in their COMMIT", e)
+            return
+        try:
+            ws = WalSync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        asyncio.get_running_loop().add_reader(ws.done_fd, self._on_synced)
+        self._loop_conn.execute("PRAGMA synchronous = NORMAL")
+        self._walsync = ws
+        self._syncer = threading.Thread(target=ws.run, name="chargeyard-sqlite-walsync", daemon=True)
+        self._syncer.start()
+
+    async def _durable(self) -> None:
+        """Return once the WAL is synced up to the loop's last commit (see ``_start_wal_sync``)."""
+        self._loop_commits += 1
+        n = self._loop_commits
+        fut = asyncio.get_running_loop().create_future()
+        self._sync_waiters.append((n, fut))
+        self._walsync.request(n)
+        await fut
+
+    def _on_synced(self) -> None:
+        """The sync thread's report (its eventfd is readable): release the commits it
+        covered. A failed sync fails every commit it was for, whatever later syncs report:
+        after an fsync error the kernel may have dropped those pages."""
+        synced, failed, err = self._walsync.collect()
+        waiters = self._sync_waiters
+        while waiters and waiters[0][0] <= max(synced, failed):
+            n, fut = waiters.popleft()
+            if fut.done():
+                continue
+            if n <= failed:
+                fut.set_exception(StoreError(f"sqlite: the WAL could not be synced: {os.strerror(err)}"))
+                fut.exception()  # the caller gets it; never "never retrieved"
+            else:
+                fut.set_result(None)
+
+    def _stop_wal_sync(self) -> None:
+        ws, self._walsync = self._walsync, None
+        if ws is None:
+            return
+        asyncio.get_running_loop().remove_reader(ws.done_fd)
+        ws.stop()
+        if self._syncer is not None:
+            self._syncer.join()
+            self._syncer = None
+        try:
+            if self._sync_waiters:  # only when closed under a batch: sync it here
+                os.fdatasync(ws.wal_fd)
+            while self._sync_waiters:
+                _, fut = self._sync_waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+        finally:
+            ws.close()
 
     def _checkpoint_loop(self) -> None:
         """The checkpoint thread: every ``CHECKPOINT_S``, PASSIVE checkpoints on a connection of
@@ -456,6 +531,7 @@ class SqliteStore(Store):
     async def close(self) -> None:
         if self._executor is None:
             return
+        self._stop_wal_sync()
         self._checkpointer_stop.set()
         if self._checkpointer is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
@@ -541,6 +617,8 @@ class SqliteStore(Store):
             result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
             if result is not _LOCK_TAKEN:
                 self._batches_on_loop = True
+                if self._walsync is not None:
+                    await self._durable()
                 return result
         self._batches_on_loop = False
         return await self._run(self._write, lambda c: self._apply_ops(c, ops))
@@ -717,7 +795,7 @@ class SqliteStore(Store):
         ``synchronous=NORMAL``, without waiting for the disk; the next synced COMMIT covers
         it, and losing it loses nothing."""
         conn = self._db if conn is None else conn
-        relaxed = self.synchronous != "NORMAL"
+        relaxed = self.synchronous != "NORMAL" and not (conn is self._loop_conn and self._walsync is not None)
         if relaxed:
             conn.execute("PRAGMA synchronous = NORMAL")
         try:

@@ -399,10 +399,22 @@ def test_idle_fold_commits_without_a_sync_and_restores_the_level(tmp_path):
             s._db.set_trace_callback(None)
             s._loop_conn.set_trace_callback(None)
             assert read and all(q.startswith("SELECT") for q in read), read
-            assert wrote[0] == "PRAGMA synchronous = NORMAL" and wrote[-1] == "PRAGMA synchronous = FULL"
+            # the loop's connection commits at NORMAL (its batches are synced by the WAL's
+            # sync thread, folds need no sync), the store thread's at FULL
             assert "COMMIT" in wrote and any(q.startswith("DELETE FROM reading_log_") for q in wrote)
-            assert s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+            assert not any(q.startswith("PRAGMA") for q in wrote), wrote
+            assert s._walsync is not None and s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 1
             assert await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
+            # with the sync thread off, the fold sets NORMAL for its own transaction only
+            s._stop_wal_sync()
+            s._loop_conn.execute("PRAGMA synchronous = FULL")
+            await s.apply(samples("CP1", "1", range(3, 6), 1000.0))
+            wrote.clear()
+            s._loop_conn.set_trace_callback(wrote.append)
+            assert await s.maintain() == 3
+            s._loop_conn.set_trace_callback(None)
+            assert wrote[0] == "PRAGMA synchronous = NORMAL" and wrote[-1] == "PRAGMA synchronous = FULL"
+            assert s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     run(main())
 
 
