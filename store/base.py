@@ -181,6 +181,13 @@ class Store(ABC):
         on the event loop each time the writer runs out of work."""
         return False
 
+    async def apply_then(self, ops: list[Op]) -> tuple[list[Any], Any]:
+        """:meth:`apply`, split: (its results, None), or (its results, an awaitable done once
+        the batch is durable) when the backend commits first and syncs after, so that the
+        writer can commit the next batch meanwhile. Nothing may be acknowledged before that
+        awaitable is done; if it fails, the batch is not durable."""
+        return await self.apply(ops), None
+
     def maintenance_overlaps(self) -> bool:
         """True when the next :meth:`maintain` slice lets batches commit while it runs, so
         the writer need not wait for it (SQLite: while batches commit on the event loop's

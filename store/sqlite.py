@@ -408,14 +408,15 @@ class SqliteStore(Store):
         self._syncer = threading.Thread(target=ws.run, name="chargeyard-sqlite-walsync", daemon=True)
         self._syncer.start()
 
-    async def _durable(self) -> None:
-        """Return once the WAL is synced up to the loop's last commit (see ``_start_wal_sync``)."""
+    def _durable(self) -> asyncio.Future:
+        """A future done once the WAL is synced up to the loop's last commit (see
+        ``_start_wal_sync``)."""
         self._loop_commits += 1
         n = self._loop_commits
         fut = asyncio.get_running_loop().create_future()
         self._sync_waiters.append((n, fut))
         self._walsync.request(n)
-        await fut
+        return fut
 
     def _on_synced(self) -> None:
         """The sync thread's report (its eventfd is readable): release the commits it
@@ -622,6 +623,22 @@ class SqliteStore(Store):
                 return result
         self._batches_on_loop = False
         return await self._run(self._write, lambda c: self._apply_ops(c, ops))
+
+    async def apply_then(self, ops: list[Op]) -> tuple[list[Any], asyncio.Future | None]:
+        """``apply``, returning as soon as the batch is committed with a future that is done
+        when a sync of the WAL covered it (None: durable already): a batch committed on the
+        loop's thread while the WAL's sync thread runs (see ``_start_wal_sync``)."""
+        if not ops:
+            return [], None
+        if getattr(self.apply, "__func__", None) is not SqliteStore.apply:  # apply wrapped or overridden: its path only
+            return await self.apply(ops), None
+        if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
+            result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
+            if result is not _LOCK_TAKEN:
+                self._batches_on_loop = True
+                return result, (None if self._walsync is None else self._durable())
+        self._batches_on_loop = False
+        return await self._run(self._write, lambda c: self._apply_ops(c, ops)), None
 
     def _write_on_loop(self, write: Callable[..., Any], fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """``write(fn, conn)`` (``_write`` or ``_write_relaxed``) on the loop's connection,

@@ -109,6 +109,8 @@ class BatchWriter:
         self._queue: deque[_Item] = deque()
         self._waiting: deque[_Item] = deque()  # admission line
         self._inflight: list[_Item] = []
+        # committed batches waiting for their sync (Store.apply_then), oldest first
+        self._syncing: deque[tuple[list[_Item], Any]] = deque()
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -136,7 +138,8 @@ class BatchWriter:
     @property
     def queue_depth(self) -> int:
         """Ops added and not yet committed or failed (queued, waiting for room, in flight)."""
-        return len(self._queue) + len(self._waiting) + len(self._inflight)
+        return (len(self._queue) + len(self._waiting) + len(self._inflight)
+                + sum(len(b) for b, _ in self._syncing))
 
     @property
     def full(self) -> bool:
@@ -190,6 +193,8 @@ class BatchWriter:
                 raise
         except Exception:
             log.exception("batch writer task failed")
+        if self._syncing:  # committed batches: their replies go out once synced
+            await asyncio.wait([d for _, d in self._syncing])
         self.fail_all(WriterClosed("writer stopped"))
 
     def fail_all(self, exc: BaseException) -> None:
@@ -353,7 +358,11 @@ class BatchWriter:
         self._inflight = batch
         started = time.perf_counter()
         try:
-            results = await self._apply(batch)
+            ops = [item[0] for item in batch]
+            apply_then = getattr(self.store, "apply_then", None)
+            results, durable = await apply_then(ops) if apply_then else (await self.store.apply(ops), None)
+            if len(results) != len(batch):
+                raise StoreError(f"store returned {len(results)} results for {len(batch)} ops")
         except Exception as exc:
             took = time.perf_counter() - started
             self.failed_commits += 1
@@ -370,7 +379,27 @@ class BatchWriter:
             self._notify_flush()
             return
         self._inflight = []
+        if durable is not None:  # committed, not yet synced: the next batch commits meanwhile
+            self._syncing.append((batch, durable))
+            durable.add_done_callback(lambda d: self._synced(batch, results, started, d))
+            return
         self._resolve(batch, results, time.perf_counter() - started)
+        self._notify_flush()
+
+    def _synced(self, batch: list[_Item], results: list[Any], started: float, durable: Any) -> None:
+        """A committed batch's sync is done (in commit order): its replies, or, if the sync
+        failed, the failure for every op of it (the store's fault, not an op's: no isolation)."""
+        if self._syncing and self._syncing[0][0] is batch:
+            self._syncing.popleft()
+        else:
+            self._syncing = deque(x for x in self._syncing if x[0] is not batch)
+        exc = None if durable.cancelled() else durable.exception()
+        if durable.cancelled() or exc is not None:
+            self.failed_commits += 1
+            log.error("store sync of %d committed ops failed: %r", len(batch), exc)
+            self._fail(batch, exc if exc is not None else WriterClosed("sync cancelled"))
+        else:
+            self._resolve(batch, results, time.perf_counter() - started)
         self._notify_flush()
 
     async def _apply(self, items: list[_Item]) -> list[Any]:
@@ -460,6 +489,8 @@ class BatchWriter:
                 fut.exception()  # mark retrieved: an awaiting caller still gets it
 
     def _lowest_pending(self) -> int:
+        if self._syncing:
+            return self._syncing[0][0][0][3]
         for q in (self._inflight, self._queue, self._waiting):
             if q:
                 return q[0][3]
