@@ -606,32 +606,29 @@ class SqliteStore(Store):
 
     async def apply(self, ops: list[Op]) -> list[Any]:
         """One transaction. A batch of up to ``LOOP_BATCH_MAX`` ops commits right here, on
-        the event loop's thread and its own connection: the loop waits for its COMMIT (a few
-        hundred microseconds with the fsync) instead of handing it to the store thread and
-        back, two thread switches that cost more CPU and latency than that wait at partial
-        load. If the file's write lock is taken (a fold for a read, another process) it does
-        not wait: the batch goes to the store thread, as larger ones do, which keeps the
-        loop turning through their longer commits."""
-        if not ops:
-            return []
-        if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
-            result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
-            if result is not _LOCK_TAKEN:
-                self._batches_on_loop = True
-                if self._walsync is not None:
-                    await self._durable()
-                return result
-        self._batches_on_loop = False
-        return await self._run(self._write, lambda c: self._apply_ops(c, ops))
+        the event loop's thread and its own connection, instead of going to the store thread
+        and back (two thread switches that cost more CPU and latency at partial load); with
+        the WAL's sync thread running it commits at NORMAL and returns once a sync covered it
+        (``_start_wal_sync``). If the file's write lock is taken (a fold for a read, another
+        process) it does not wait: the batch goes to the store thread, as larger ones do,
+        which keeps the loop turning through their longer commits."""
+        results, durable = await self._apply_then(ops)
+        if durable is not None:
+            await durable
+        return results
 
     async def apply_then(self, ops: list[Op]) -> tuple[list[Any], asyncio.Future | None]:
-        """``apply``, returning as soon as the batch is committed with a future that is done
-        when a sync of the WAL covered it (None: durable already): a batch committed on the
-        loop's thread while the WAL's sync thread runs (see ``_start_wal_sync``)."""
+        """``apply``, returning as soon as the batch is committed, with a future done once a
+        sync of the WAL covered it (None: durable already), so that the writer commits the
+        next batch while the disk syncs this one. A subclass or wrapper of ``apply`` keeps
+        its path: then this awaits it."""
+        if getattr(self.apply, "__func__", None) is not SqliteStore.apply:
+            return await self.apply(ops), None
+        return await self._apply_then(ops)
+
+    async def _apply_then(self, ops: list[Op]) -> tuple[list[Any], asyncio.Future | None]:
         if not ops:
             return [], None
-        if getattr(self.apply, "__func__", None) is not SqliteStore.apply:  # apply wrapped or overridden: its path only
-            return await self.apply(ops), None
         if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
             result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
             if result is not _LOCK_TAKEN:

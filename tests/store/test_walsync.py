@@ -1,0 +1,80 @@
+"""The WAL's sync thread (``store/walsync.py`` and its compiled twin ``_walsync.pyx``): a
+batch committed on the loop's thread at NORMAL is acknowledged only after an fdatasync of
+the WAL that started after its commit, and a failed sync fails it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import errno
+import os
+import select
+import threading
+
+import pytest
+
+from chargeyard.store import walsync
+from chargeyard.store.base import MeterSample, StoreError
+from chargeyard.store.sqlite import SqliteStore
+from chargeyard.worker.batching import BatchWriter
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+IMPLS = [walsync.WalSync]
+try:
+    from chargeyard.store._walsync import WalSync as CWalSync
+    IMPLS.append(CWalSync)
+except ImportError:  # the pure-Python build: the twin alone
+    pass
+
+
+def _sync_once(impl: type, fd: int, n: int) -> tuple[int, int, int]:
+    ws = impl(fd)
+    t = threading.Thread(target=ws.run, daemon=True)
+    t.start()
+    try:
+        ws.request(n)
+        ready, _, _ = select.select([ws.done_fd], [], [], 5.0)
+        assert ready, "the sync thread did not report within 5 s"
+        return ws.collect()
+    finally:
+        ws.stop()
+        t.join(5.0)
+        assert not t.is_alive()
+        ws.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_the_sync_thread_reports_what_it_synced_and_what_failed(impl, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    assert _sync_once(impl, os.open(path, os.O_RDONLY), 7) == (7, 0, 0)
+    # /dev/null cannot be synced (EINVAL): a real failing fdatasync, reported with its commit
+    synced, failed, err = _sync_once(impl, os.open("/dev/null", os.O_RDONLY), 3)
+    assert (synced, failed, err) == (0, 3, errno.EINVAL)
+
+
+def test_a_loop_batch_is_acknowledged_after_a_sync_and_fails_if_the_sync_fails(tmp_path):
+    async def main():
+        async with SqliteStore(tmp_path / "w.db") as s:
+            assert s._walsync is not None and s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+            assert await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)]) == [None]
+            synced, failed, _ = s._walsync.collect()
+            assert s._loop_commits == 1 and synced >= 1 and failed == 0
+            # pipelined: the writer commits, then acknowledges when the sync's report comes
+            w = BatchWriter(s)
+            futs = [w.add(MeterSample("CP1", "1", T0 + dt.timedelta(seconds=i), float(i), 1)) for i in range(1, 50)]
+            assert await asyncio.gather(*futs) == [None] * 49
+            assert s._walsync.collect()[0] == s._loop_commits >= 2 and not s._sync_waiters
+            # the WAL's descriptor swapped for one that cannot sync: the batch fails, the store goes on
+            s._stop_wal_sync()
+            bad = walsync.WalSync(os.open("/dev/null", os.O_RDONLY))
+            asyncio.get_running_loop().add_reader(bad.done_fd, s._on_synced)
+            s._walsync = bad
+            s._syncer = threading.Thread(target=bad.run, daemon=True)
+            s._syncer.start()
+            with pytest.raises(StoreError, match="could not be synced"):
+                await w.add(MeterSample("CP1", "1", T0 + dt.timedelta(seconds=60), 60.0, 1))
+            await w.close()
+        async with SqliteStore(tmp_path / "w.db") as s:  # committed (not synced) rows are there after all
+            assert len(await s.list_meter_samples("CP1", "1")) == 51
+    asyncio.run(main())
