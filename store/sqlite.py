@@ -4,9 +4,14 @@
   written *and* fsynced, so a committed batch survives kill -9 and power loss
   (``docs/adr/0002-reply-after-commit.md``). ``synchronous="NORMAL"`` keeps kill -9
   safety (the WAL write has reached the kernel before COMMIT returns) but not power loss.
-* All blocking work runs on one dedicated thread (a single-thread executor) that owns the
-  connection; the event loop only awaits. A second thread checkpoints (copies the WAL into
-  the database file) on a connection of its own, so no COMMIT waits for a checkpoint.
+* Large batches, reads and the fold's reads run on one dedicated thread (a single-thread
+  executor) that owns the connection. Small batches (``LOOP_BATCH_MAX``) and the fold's
+  short writes commit on the event loop's thread, on a second connection at NORMAL; a
+  third thread, which never takes the GIL (``walsync.py``), fdatasyncs the WAL for those
+  batches, and ``apply`` (``apply_then``'s future) is done only once a sync covered its
+  batch: the same durability as FULL, without the loop sleeping through the disk. A fourth
+  thread checkpoints (copies the WAL into the database file) on a connection of its own,
+  so no COMMIT waits for a checkpoint.
 * ``apply`` is one ``BEGIN IMMEDIATE … COMMIT``; runs of consecutive ops of the same bulk
   type (MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger) go through
   ``executemany`` on cached prepared statements.
