@@ -24,9 +24,13 @@ cdef extern from *:
     static inline void cy_ws_store(unsigned long long *p, unsigned long long v) {
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
+    static inline unsigned long long cy_ws_take(unsigned long long *p) {
+        return __atomic_exchange_n(p, 0, __ATOMIC_ACQ_REL);
+    }
     """
     unsigned long long cy_ws_load(unsigned long long *p) nogil
     void cy_ws_store(unsigned long long *p, unsigned long long v) nogil
+    unsigned long long cy_ws_take(unsigned long long *p) nogil
 
 
 cdef inline void _signal(int fd) noexcept nogil:
@@ -78,11 +82,10 @@ cdef class WalSync:
     def collect(self):
         cdef uint64_t got
         read(self.done_fd, &got, 8)  # non-blocking: EAGAIN when already read
-        failed = cy_ws_load(&self._failed)
-        err = cy_ws_load(&self._errno)
-        if failed:
-            cy_ws_store(&self._failed, 0)
-            cy_ws_store(&self._errno, 0)
+        # taken, not read then reset: a failure stored in between would be lost. The thread
+        # stores errno before the commit, so a failure taken here has its errno (or a later one's)
+        failed = cy_ws_take(&self._failed)
+        err = cy_ws_take(&self._errno) if failed else 0
         return cy_ws_load(&self._synced), failed, <long long>err
 
     def stop(self):

@@ -185,7 +185,8 @@ class Store(ABC):
         """:meth:`apply`, split: (its results, None), or (its results, an awaitable done once
         the batch is durable) when the backend commits first and syncs after, so that the
         writer can commit the next batch meanwhile. Nothing may be acknowledged before that
-        awaitable is done; if it fails, the batch is not durable."""
+        awaitable is done; if it fails, the batch is not durable. The writer
+        (``BatchWriter``) calls only this; a backend that splits makes ``apply`` await it."""
         return await self.apply(ops), None
 
     def maintenance_overlaps(self) -> bool:

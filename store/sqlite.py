@@ -617,7 +617,7 @@ class SqliteStore(Store):
         (``_start_wal_sync``). If the file's write lock is taken (a fold for a read, another
         process) it does not wait: the batch goes to the store thread, as larger ones do,
         which keeps the loop turning through their longer commits."""
-        results, durable = await self._apply_then(ops)
+        results, durable = await self.apply_then(ops)
         if durable is not None:
             await durable
         return results
@@ -625,13 +625,7 @@ class SqliteStore(Store):
     async def apply_then(self, ops: list[Op]) -> tuple[list[Any], asyncio.Future | None]:
         """``apply``, returning as soon as the batch is committed, with a future done once a
         sync of the WAL covered it (None: durable already), so that the writer commits the
-        next batch while the disk syncs this one. A subclass or wrapper of ``apply`` keeps
-        its path: then this awaits it."""
-        if getattr(self.apply, "__func__", None) is not SqliteStore.apply:
-            return await self.apply(ops), None
-        return await self._apply_then(ops)
-
-    async def _apply_then(self, ops: list[Op]) -> tuple[list[Any], asyncio.Future | None]:
+        next batch while the disk syncs this one."""
         if not ops:
             return [], None
         if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
@@ -742,18 +736,26 @@ class SqliteStore(Store):
         """Fold the next non-empty log table (round robin), or its oldest ``limit`` readings
         (at least; whole log rows: the table stays next until it is empty); returns how many
         readings were folded."""
-        for _ in range(READING_LOGS):
-            b = self._next_fold
-            folded, more = self._fold_bucket(conn, b, limit)
-            if not more:
-                self._next_fold = (b + 1) % READING_LOGS
-            if folded:
-                return folded
+        plan = self._plan_next_fold(conn, limit)
+        if plan is not None:
+            return self._apply_fold(conn, plan, False)
         if self._inboxed:  # every logged reading waits in the inbox
             self._move_inbox(conn)
             return self._fold_some(conn, limit)
         self._logged = 0
         return 0
+
+    def _plan_next_fold(self, conn: sqlite3.Connection, limit: int | None) -> tuple | None:
+        """The fold plan of the next non-empty log table, round robin (a table stays next
+        until a plan takes its last rows); None when every table is empty."""
+        for _ in range(READING_LOGS):
+            b = self._next_fold
+            plan = self._plan_fold(conn, b, limit)
+            if plan is None or not plan[2]:
+                self._next_fold = (b + 1) % READING_LOGS
+            if plan is not None:
+                return plan
+        return None
 
     @property
     def deferred_rows(self) -> int:
@@ -775,36 +777,30 @@ class SqliteStore(Store):
         if not self.maintenance_due():
             return 0
         if not self.maintenance_overlaps():
-            return await self._run(self._write_relaxed, functools.partial(
-                self._slice_in_place, plan=None, planned_apart=False))
-        write, plan = await self._run(self._plan_slice)
-        apply = functools.partial(write, plan=plan, planned_apart=plan is not None)
+            return await self._run(self._write_relaxed, self._slice_in_place)
+        apply = await self._run(self._plan_slice)
         result = self._write_on_loop(self._write_relaxed, apply)
         if result is _LOCK_TAKEN:  # a batch on the store thread, a read, another process
             result = await self._run(self._write_relaxed, apply)
         return result
 
-    def _plan_slice(self) -> tuple[Callable[..., int], tuple | None]:
+    def _plan_slice(self) -> Callable[[sqlite3.Connection], int]:
         """The reads and the CPU work of a ``maintain()`` slice, on the store thread and
-        outside any write transaction, so that batches commit meanwhile: (the writes to make
-        in a transaction, their plan). With nothing in the tables to fold (only the inbox, or
-        a counter to reset), the whole slice is left to the transaction."""
+        outside any write transaction, so that batches commit meanwhile: returns its writes,
+        to make in a transaction. With nothing in the tables to fold (only the inbox, or a
+        counter to reset), the whole slice is left to the transaction."""
         conn = self._db
         if self._inboxed >= self.INBOX_MOVE_ROWS:
             plan = self._plan_move(conn, self.INBOX_MOVE_ROWS)
             if plan is not None:
-                return self._apply_move, plan
+                return functools.partial(self._apply_move, plan=plan, planned_apart=True)
         else:
-            for _ in range(READING_LOGS):
-                b = self._next_fold
-                plan = self._plan_fold(conn, b, self.IDLE_FOLD_SLICE)
-                if plan is None or not plan[2]:
-                    self._next_fold = (b + 1) % READING_LOGS
-                if plan is not None:
-                    return self._apply_fold, plan
-        return self._slice_in_place, None
+            plan = self._plan_next_fold(conn, self.IDLE_FOLD_SLICE)
+            if plan is not None:
+                return functools.partial(self._apply_fold, plan=plan, planned_apart=True)
+        return self._slice_in_place
 
-    def _slice_in_place(self, conn: sqlite3.Connection, plan: None, planned_apart: bool) -> int:
+    def _slice_in_place(self, conn: sqlite3.Connection) -> int:
         if self._inboxed >= self.INBOX_MOVE_ROWS:
             return self._move_inbox(conn, self.INBOX_MOVE_ROWS)
         return self._fold_some(conn, self.IDLE_FOLD_SLICE)

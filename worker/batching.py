@@ -358,11 +358,7 @@ class BatchWriter:
         self._inflight = batch
         started = time.perf_counter()
         try:
-            ops = [item[0] for item in batch]
-            apply_then = getattr(self.store, "apply_then", None)
-            results, durable = await apply_then(ops) if apply_then else (await self.store.apply(ops), None)
-            if len(results) != len(batch):
-                raise StoreError(f"store returned {len(results)} results for {len(batch)} ops")
+            results, durable = await self._apply(batch)
         except Exception as exc:
             took = time.perf_counter() - started
             self.failed_commits += 1
@@ -393,20 +389,21 @@ class BatchWriter:
             self._syncing.popleft()
         else:
             self._syncing = deque(x for x in self._syncing if x[0] is not batch)
-        exc = None if durable.cancelled() else durable.exception()
-        if durable.cancelled() or exc is not None:
+        exc = WriterClosed("sync cancelled") if durable.cancelled() else durable.exception()
+        if exc is not None:
             self.failed_commits += 1
             log.error("store sync of %d committed ops failed: %r", len(batch), exc)
-            self._fail(batch, exc if exc is not None else WriterClosed("sync cancelled"))
+            self._fail(batch, exc)
         else:
             self._resolve(batch, results, time.perf_counter() - started)
         self._notify_flush()
 
-    async def _apply(self, items: list[_Item]) -> list[Any]:
-        results = await self.store.apply([item[0] for item in items])
+    async def _apply(self, items: list[_Item]) -> tuple[list[Any], Any]:
+        """(results, None or the awaitable of their sync): ``Store.apply_then``."""
+        results, durable = await self.store.apply_then([item[0] for item in items])
         if len(results) != len(items):
             raise StoreError(f"store returned {len(results)} results for {len(items)} ops")
-        return results
+        return results, durable
 
     def _resolve(self, items: list[_Item], results: list[Any],
                  seconds: float) -> None:
@@ -452,7 +449,9 @@ class BatchWriter:
             probes += 1
             started = time.perf_counter()
             try:
-                results = await self._apply(part)
+                results, durable = await self._apply(part)
+                if durable is not None:  # isolating: each part durable before the next
+                    await durable
             except Exception as e:
                 self.failed_commits += 1
                 streak += 1

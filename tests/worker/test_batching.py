@@ -50,16 +50,16 @@ class Recording:
         self.fail_next = 0
         self.gate: asyncio.Event | None = None
 
-    async def apply(self, ops):
+    async def apply_then(self, ops):  # what the writer calls (Store.apply_then)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_next:
             self.fail_next -= 1
             raise StoreError("disk on fire")
-        results = await self.store.apply(ops)
+        results, durable = await self.store.apply_then(ops)
         self.committed.update(id(op) for op in ops)
         self.batches.append(len(ops))
-        return results
+        return results, durable
 
     def maintenance_due(self) -> bool:  # the writer's maintenance is tested on the real store
         return False
@@ -205,13 +205,13 @@ class RejectingStore(SqliteStore):
         self.calls = 0
         self.applied: list = []
 
-    async def apply(self, ops):
+    async def apply_then(self, ops):  # apply and the writer both come here
         self.calls += 1
         if any(type(o) is MeterSample and o.energy_wh == MAGIC for o in ops):
             raise StoreError("sqlite: CHECK constraint failed: magic reading")
-        results = await super().apply(ops)
+        results, durable = await super().apply_then(ops)
         self.applied.extend(ops)
-        return results
+        return results, durable
 
 
 def _ops(n: int, bad: set[int]) -> list:
@@ -302,7 +302,7 @@ class SlowFailingStore(RejectingStore):
 
     delay = 0.05
 
-    async def apply(self, ops):
+    async def apply_then(self, ops):
         self.calls += 1
         await asyncio.sleep(self.delay)
         raise StoreError("timed out")
@@ -337,13 +337,13 @@ def test_isolation_cost_on_1000_meter_samples(tmp_path, run):
     async def main():
         store = await _open(tmp_path, "p.db")
         calls = 0
-        real_apply = store.apply
+        real_apply = store.apply_then
 
         async def counting(ops):
             nonlocal calls
             calls += 1
             return await real_apply(ops)
-        store.apply = counting  # type: ignore[method-assign]
+        store.apply_then = counting  # type: ignore[method-assign]
         w = BatchWriter(store, batch_max=1000)
         await w.start()
         await w.add(StartTransaction("CP0", "1", 1, "T", 0.0, T0))
