@@ -78,3 +78,31 @@ def test_a_loop_batch_is_acknowledged_after_a_sync_and_fails_if_the_sync_fails(t
         async with SqliteStore(tmp_path / "w.db") as s:  # committed (not synced) rows are there after all
             assert len(await s.list_meter_samples("CP1", "1")) == 51
     asyncio.run(main())
+
+
+def test_the_write_that_restarts_the_wal_runs_on_the_store_thread(tmp_path):
+    """The first write after a checkpoint copied every frame restarts the WAL and syncs its
+    new header in that transaction: the loop's batch then goes to the store thread."""
+    import sqlite3
+
+    async def main():
+        async with SqliteStore(tmp_path / "r.db") as s:
+            s._checkpointer_stop.set()  # this test checkpoints by itself
+            s._checkpointer.join(5.0)
+            on_loop: list[str] = []
+            s._loop_conn.set_trace_callback(on_loop.append)
+            assert await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)]) == [None]
+            assert "BEGIN IMMEDIATE" in on_loop and not s._wal_restarts()
+            other = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+            try:
+                busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                other.close()
+            assert busy == 0 and frames == copied > 0 and s._wal_restarts()
+            on_loop.clear()
+            assert await s.apply([MeterSample("CP1", "1", T0 + dt.timedelta(seconds=1), 2.0, 1)]) == [None]
+            assert on_loop == [] and not s._wal_restarts()  # the store thread's, and the WAL restarted
+            assert await s.apply([MeterSample("CP1", "1", T0 + dt.timedelta(seconds=2), 3.0, 1)]) == [None]
+            assert "BEGIN IMMEDIATE" in on_loop  # the loop's again
+            assert len(await s.list_meter_samples("CP1", "1")) == 3
+    asyncio.run(main())
