@@ -657,8 +657,11 @@ class SqliteStore(Store):
         if not ops:
             return [], None
         if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
-            if self._wal_restarts():  # its COMMIT syncs the WAL's new header: not on the loop
-                return await self._run(self._write, lambda c: self._apply_ops(c, ops)), None
+            if self._wal_restarts():  # it syncs the WAL's new header: not on the loop
+                if self._walsync is None:
+                    return await self._run(self._write, lambda c: self._apply_ops(c, ops)), None
+                result = await self._run(self._write_relaxed, lambda c: self._apply_ops(c, ops))
+                return result, self._durable()  # synced like the loop's, by the sync thread
             result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
             if result is not _LOCK_TAKEN:
                 self._batches_on_loop = True
@@ -850,9 +853,10 @@ class SqliteStore(Store):
         return self._fold_some(conn, self.IDLE_FOLD_SLICE)
 
     def _write_relaxed(self, fn: Callable[[sqlite3.Connection], Any], conn: sqlite3.Connection | None = None) -> Any:
-        """``_write`` for a transaction that only moves durable rows (a fold): committed at
-        ``synchronous=NORMAL``, without waiting for the disk; the next synced COMMIT covers
-        it, and losing it loses nothing."""
+        """``_write`` committed at ``synchronous=NORMAL``, without waiting for the disk: for a
+        transaction that only moves durable rows (a fold), which the next synced COMMIT
+        covers and losing which loses nothing; or for a batch the WAL's sync thread then
+        syncs (``_durable``)."""
         conn = self._db if conn is None else conn
         relaxed = self.synchronous != "NORMAL" and not (conn is self._loop_conn and self._walsync is not None)
         if relaxed:
