@@ -381,6 +381,7 @@ class SqliteStore(Store):
         self._batches_on_loop = True  # the last batch committed on the loop's thread (see maintain)
         self._walsync: Any = None  # the WAL's sync thread's protocol (walsync.py), when it runs
         self._shm: mmap.mmap | None = None  # the wal-index, read only (see _wal_restarts)
+        self._fence_mark = 0  # the WAL's last frame when the checkpoint thread took its fence
         self._syncer: threading.Thread | None = None
         self._sync_waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
         self._loop_commits = 0  # commits numbered for the sync thread
@@ -508,7 +509,8 @@ class SqliteStore(Store):
         makes up to ``CHECKPOINT_PASSES`` passes, each shorter, until a pass finds nothing new:
         every frame is copied, and the writer's next transaction starts the WAL over. A writer
         past ``WAL_AUTOCHECKPOINT`` pages (this thread fallen behind) checkpoints by itself; if
-        this thread cannot open its connection, the writer goes back to SQLite's default."""
+        this thread cannot open its connection, the writer goes back to SQLite's default.
+        Between periods, every ``TRICKLE_S``, it makes the fenced passes of ``_trickle_pass``."""
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -533,8 +535,10 @@ class SqliteStore(Store):
                 tick += 1
                 try:
                     if tick % ticks:
-                        self._trickle_pass(conn, fence, db_fd)
+                        self._trickle_pass(conn, fence, db_fd, renew=(tick + 1) % ticks != 0)
                         continue
+                    if fence is not None and fence.in_transaction:  # left by a failed tick
+                        fence.execute("COMMIT")
                     seen = -1
                     for _ in range(self.CHECKPOINT_PASSES):
                         busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -553,35 +557,37 @@ class SqliteStore(Store):
             if db_fd is not None:
                 os.close(db_fd)
 
-    def _trickle_pass(self, conn: sqlite3.Connection, fence: sqlite3.Connection, db_fd: int) -> bool:
-        """Between the checkpoint thread's periods, while batches commit on the loop's thread
-        (partial load): one PASSIVE pass that stops short of the WAL's end, then the
-        writeback of the pages it copied is started (``sync_file_range``, no flush, no wait).
-        The period's passes then find little left to write when they sync the database file:
-        the disk gets about ten small writebacks instead of one burst, which delayed the
-        WAL's syncs (ADR 0005, decision 21). Durability is SQLite's own, unchanged: each pass
-        syncs the WAL before copying, and only a pass that copied every frame syncs the
-        database file and lets the WAL restart. To stop short, the pass is fenced by a read
-        transaction taken before it (a checkpoint copies no frame past a reader's snapshot),
-        and runs once the writer has committed past that snapshot (a commit within 2 ms, or
-        no pass). Returns whether a pass ran."""
+    def _trickle_pass(self, conn: sqlite3.Connection, fence: sqlite3.Connection, db_fd: int,
+                      renew: bool = True) -> bool:
+        """A tick between the checkpoint thread's periods, while batches commit on the loop's
+        thread (partial load). If the fence (a read transaction of a connection of its own,
+        taken at the previous tick) is held and the writer has committed past it: one PASSIVE
+        pass, which copies no frame past a reader's snapshot and so stops short of the WAL's
+        end, then ``sync_file_range`` starts the writeback of the pages it copied (no flush,
+        no wait). The fence is then let go, and taken again unless the next tick is a period's
+        (``renew``), whose passes must be able to copy every frame. The period's passes then
+        find little left to write when they sync the database file: the disk gets a small
+        writeback every tick instead of a burst every period, which delayed the WAL's syncs
+        (ADR 0005, decisions 20 and 21). Durability stays SQLite's own: each pass syncs the
+        WAL before copying, and only a pass that copied every frame syncs the database file
+        and lets the WAL restart, which a fenced pass never does. Returns whether a pass ran."""
         shm = self._shm
-        if shm is None or not self._batches_on_loop:
-            return False
-        fence.execute("BEGIN")
+        ran = False
         try:
-            fence.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()  # the snapshot
-            mark = _U32(shm, _SHM_MX_FRAME)[0]  # the snapshot's end, or later: a fence either way
-            deadline = time.monotonic() + 0.002
-            while _U32(shm, _SHM_MX_FRAME)[0] <= mark:
-                if time.monotonic() > deadline or self._checkpointer_stop.is_set():
-                    return False
-                time.sleep(0.0002)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if (fence.in_transaction and shm is not None and self._batches_on_loop
+                    and _U32(shm, _SHM_MX_FRAME)[0] > self._fence_mark):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                ran = True
         finally:
-            fence.execute("COMMIT")
-        _sync_file_range(db_fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # type: ignore[misc]
-        return True
+            if fence.in_transaction:
+                fence.execute("COMMIT")
+        if ran:
+            _sync_file_range(db_fd, 0, 0, _SYNC_FILE_RANGE_WRITE)  # type: ignore[misc]
+        if renew and shm is not None and self._batches_on_loop:
+            fence.execute("BEGIN")
+            fence.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()  # the snapshot
+            self._fence_mark = _U32(shm, _SHM_MX_FRAME)[0]  # its end, or later
+        return ran
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
