@@ -381,6 +381,8 @@ class SqliteStore(Store):
         self._batches_on_loop = True  # the last batch committed on the loop's thread (see maintain)
         self._walsync: Any = None  # the WAL's sync thread's protocol (walsync.py), when it runs
         self._shm: mmap.mmap | None = None  # the wal-index, read only (see _wal_restarts)
+        self._held_fds: list[int] = []  # descriptors of SQLite's files, closed last (see _hold)
+        self._db_fd: int | None = None  # the database file's, for the checkpoint thread
         self._fence_mark = 0  # the WAL's last frame when the checkpoint thread took its fence
         self._syncer: threading.Thread | None = None
         self._sync_waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
@@ -410,6 +412,10 @@ class SqliteStore(Store):
             self._executor.shutdown(wait=True)
             self._executor = None
             raise
+        try:
+            self._db_fd = self._hold(self.path)
+        except OSError as e:
+            log.warning("sqlite: no fenced checkpoint passes (%s)", e)
         self._checkpointer_stop.clear()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="chargeyard-sqlite-checkpoint",
                                               daemon=True)
@@ -417,21 +423,28 @@ class SqliteStore(Store):
         self._map_wal_index()
         self._start_wal_sync()
 
+    def _hold(self, path: str | os.PathLike[str]) -> int:
+        """A read-only descriptor of one of SQLite's files, closed only after the store's
+        connections (``close``). POSIX record locks belong to the process: closing any
+        descriptor of a file drops every lock the process holds on it, SQLite's included (the
+        shared lock its connections keep on the database file, their locks in the wal-index).
+        Another process could then take the wal-index for unused and truncate it (and every
+        process that maps it gets SIGBUS), or write while this one believes it holds a lock."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._held_fds.append(fd)
+        return fd
+
     def _map_wal_index(self) -> None:
         """Map the wal-index's first bytes, read only, for ``_wal_restarts`` (SQLite maps the
         same file: one page cache). Without it, the loop's writes restart the WAL themselves."""
         if self._loop_conn is None:
             return
         try:
-            fd = os.open(f"{self.path}-shm", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            log.warning("sqlite: cannot read the wal-index (%s): WAL restarts may block the loop", e)
-            return
-        try:
+            fd = self._hold(f"{self.path}-shm")
             if os.fstat(fd).st_size >= _SHM_HEAD:
                 self._shm = mmap.mmap(fd, _SHM_HEAD, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
+        except OSError as e:
+            log.warning("sqlite: cannot read the wal-index (%s): WAL restarts may block the loop", e)
 
     def _start_wal_sync(self) -> None:
         """The loop's batches commit at NORMAL, and a thread of its own syncs the WAL for
@@ -520,13 +533,12 @@ class SqliteStore(Store):
             self._checkpointer_failed = True
             return
         failing = False
-        fence = db_fd = None
-        if _sync_file_range is not None:
+        fence, db_fd = None, self._db_fd
+        if _sync_file_range is not None and db_fd is not None:
             try:
                 fence = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                         check_same_thread=False)
-                db_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except (sqlite3.Error, OSError) as e:
+            except sqlite3.Error as e:
                 log.warning("sqlite: no fenced checkpoint passes (%s)", e)
         ticks = max(1, round(self.CHECKPOINT_S / self.TRICKLE_S)) if fence is not None and db_fd is not None else 1
         tick = 0
@@ -554,8 +566,6 @@ class SqliteStore(Store):
             conn.close()
             if fence is not None:
                 fence.close()
-            if db_fd is not None:
-                os.close(db_fd)
 
     def _trickle_pass(self, conn: sqlite3.Connection, fence: sqlite3.Connection, db_fd: int,
                       renew: bool = True) -> bool:
@@ -646,6 +656,9 @@ class SqliteStore(Store):
         finally:
             self._executor.shutdown(wait=True)
             self._executor = None
+            fds, self._held_fds, self._db_fd = self._held_fds, [], None
+            for fd in fds:  # after the connections: see _hold
+                os.close(fd)
 
     def _close_sync(self) -> None:
         if self._loop_conn is not None:

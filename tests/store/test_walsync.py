@@ -126,7 +126,7 @@ def test_a_fenced_checkpoint_pass_copies_part_of_the_wal_without_completing(tmp_
                 await s.apply([MeterSample(f"CP{i}", "1", T0, float(i), 1)])
             conn = sqlite3.connect(tmp_path / "f.db", isolation_level=None)
             fence = sqlite3.connect(tmp_path / "f.db", isolation_level=None)
-            db_fd = os.open(tmp_path / "f.db", os.O_RDONLY)
+            db_fd = s._db_fd
             try:
                 assert s._trickle_pass(conn, fence, db_fd) is False and fence.in_transaction  # the fence
                 for i in range(20):  # the writer commits past it
@@ -143,6 +143,39 @@ def test_a_fenced_checkpoint_pass_copies_part_of_the_wal_without_completing(tmp_
             finally:
                 conn.close()
                 fence.close()
-                os.close(db_fd)
             assert len(await s.list_meter_samples("CPX", "1")) == 20
+    asyncio.run(main())
+
+
+_LOCK_PROBE = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hh4xqqi4x", fcntl.F_WRLCK, 0, int(sys.argv[2]), 1, 0))
+print(struct.unpack("hh4xqqi4x", got)[0] != fcntl.F_UNLCK)
+"""
+
+
+def _locked_by_another_process(path, offset: int) -> bool:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _LOCK_PROBE, str(path), str(offset)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip() == "True"
+
+
+def test_the_store_keeps_sqlites_locks_on_its_files(tmp_path):
+    """The store opens descriptors of SQLite's files of its own (the wal-index it maps, the
+    database file for the checkpoint thread). Closing any descriptor of a file drops every
+    POSIX lock the process holds on it, SQLite's included: the store must not, while its
+    connections are open. Otherwise another process that opens the database takes the
+    wal-index for unused and truncates it (SIGBUS in every process that maps it)."""
+    async def main():
+        async with SqliteStore(tmp_path / "l.db") as s:
+            await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])
+            assert s._shm is not None and s._db_fd is not None
+            # SQLite's "DMS" byte of the wal-index (os_unix.c: (22 + 8) * 4 + 8) and the
+            # first byte of the database file's SHARED range (PENDING_BYTE + 2)
+            assert _locked_by_another_process(tmp_path / "l.db-shm", 128)
+            assert _locked_by_another_process(tmp_path / "l.db", 0x40000002)
     asyncio.run(main())
