@@ -110,7 +110,9 @@ class BatchWriter:
         self._waiting: deque[_Item] = deque()  # admission line
         self._inflight: list[_Item] = []
         # committed batches waiting for their sync (Store.apply_then), oldest first
-        self._syncing: deque[tuple[list[_Item], Any]] = deque()
+        # committed batches whose replies wait, in commit order: (batch, its sync or None when
+        # durable already, results, started); a batch goes out only after every earlier one
+        self._syncing: deque[tuple[list[_Item], Any, list[Any], float]] = deque()
         self._seq = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -139,7 +141,7 @@ class BatchWriter:
     def queue_depth(self) -> int:
         """Ops added and not yet committed or failed (queued, waiting for room, in flight)."""
         return (len(self._queue) + len(self._waiting) + len(self._inflight)
-                + sum(len(b) for b, _ in self._syncing))
+                + sum(len(b[0]) for b in self._syncing))
 
     @property
     def full(self) -> bool:
@@ -194,7 +196,7 @@ class BatchWriter:
         except Exception:
             log.exception("batch writer task failed")
         if self._syncing:  # committed batches: their replies go out once synced
-            await asyncio.wait([d for _, d in self._syncing])
+            await asyncio.wait([s[1] for s in self._syncing if s[1] is not None])
         self.fail_all(WriterClosed("writer stopped"))
 
     def fail_all(self, exc: BaseException) -> None:
@@ -375,27 +377,30 @@ class BatchWriter:
             self._notify_flush()
             return
         self._inflight = []
-        if durable is not None:  # committed, not yet synced: the next batch commits meanwhile
-            self._syncing.append((batch, durable))
-            durable.add_done_callback(lambda d: self._synced(batch, results, started, d))
-            return
-        self._resolve(batch, results, time.perf_counter() - started)
-        self._notify_flush()
+        # committed; not yet synced (the next batch commits meanwhile), or behind one that is not
+        self._syncing.append((batch, durable, results, started))
+        if durable is not None:
+            durable.add_done_callback(self._synced)
+        else:
+            self._synced()
 
-    def _synced(self, batch: list[_Item], results: list[Any], started: float, durable: Any) -> None:
-        """A committed batch's sync is done (in commit order): its replies, or, if the sync
-        failed, the failure for every op of it (the store's fault, not an op's: no isolation)."""
-        if self._syncing and self._syncing[0][0] is batch:
-            self._syncing.popleft()
-        else:
-            self._syncing = deque(x for x in self._syncing if x[0] is not batch)
-        exc = WriterClosed("sync cancelled") if durable.cancelled() else durable.exception()
-        if exc is not None:
-            self.failed_commits += 1
-            log.error("store sync of %d committed ops failed: %r", len(batch), exc)
-            self._fail(batch, exc)
-        else:
-            self._resolve(batch, results, time.perf_counter() - started)
+    def _synced(self, _: Any = None) -> None:
+        """Send the replies of the committed batches whose sync is done, oldest first, up to
+        the first one still syncing: a batch durable at once (committed by a synced COMMIT)
+        waits behind earlier ones, so a charger's replies keep its order. A failed sync fails
+        every op of its batch (the store's fault, not an op's: no isolation)."""
+        syncing = self._syncing
+        while syncing and (syncing[0][1] is None or syncing[0][1].done()):
+            batch, durable, results, started = syncing.popleft()
+            exc = None
+            if durable is not None:
+                exc = WriterClosed("sync cancelled") if durable.cancelled() else durable.exception()
+            if exc is not None:
+                self.failed_commits += 1
+                log.error("store sync of %d committed ops failed: %r", len(batch), exc)
+                self._fail(batch, exc)
+            else:
+                self._resolve(batch, results, time.perf_counter() - started)
         self._notify_flush()
 
     async def _apply(self, items: list[_Item]) -> tuple[list[Any], Any]:

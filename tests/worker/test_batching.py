@@ -570,3 +570,48 @@ def test_idle_writer_folds_the_log_and_survives_a_failing_fold(tmp_path, run):
         assert [s["energy_wh"] for s in samples] == [float(i) for i in range(100)]
         await store.close()
     run(main())
+
+
+class HeldSync(Recording):
+    """The first batch commits with a sync the test releases; the later ones are durable at
+    once (as a batch committed by a synced COMMIT on the store thread is)."""
+
+    def __init__(self, store) -> None:
+        super().__init__(store)
+        self.sync: asyncio.Future | None = None
+
+    async def apply_then(self, ops):
+        results, _ = await super().apply_then(ops)
+        if self.sync is None:
+            self.sync = asyncio.get_running_loop().create_future()
+            return results, self.sync
+        return results, None
+
+
+def test_a_batch_durable_at_once_waits_behind_an_earlier_batch_still_syncing(tmp_path, run):
+    """One charger's replies keep its order: a later batch that needs no sync is answered
+    only after the earlier batch's sync (a pipelined backlog got its replies out of order)."""
+    async def main():
+        store = await _open(tmp_path)
+        rec = HeldSync(store)
+        w = BatchWriter(rec, batch_max=4, batch_ms=0.0)
+        await w.start()
+        done: list[int] = []
+        futs = []
+        for k in range(12):
+            fut = w.add(MeterSample("CP1", "1", T0 + dt.timedelta(seconds=k), float(k), 1))
+            fut.add_done_callback(lambda f, k=k: done.append(k))
+            futs.append(fut)
+        for _ in range(200):  # every batch committed: the first still waits for its sync
+            if sum(rec.batches) == 12:
+                break
+            await asyncio.sleep(0.005)
+        assert sum(rec.batches) == 12 and len(rec.batches) >= 2
+        await asyncio.sleep(0.01)
+        assert done == [] and w.queue_depth == 12
+        rec.sync.set_result(None)
+        assert await asyncio.gather(*futs) == [None] * 12
+        assert done == list(range(12)) and w.queue_depth == 0
+        await w.close()
+        await store.close()
+    run(main())
