@@ -437,8 +437,6 @@ class SqliteStore(Store):
     def _map_wal_index(self) -> None:
         """Map the wal-index's first bytes, read only, for ``_wal_restarts`` (SQLite maps the
         same file: one page cache). Without it, the loop's writes restart the WAL themselves."""
-        if self._loop_conn is None:
-            return
         try:
             fd = self._hold(f"{self.path}-shm")
             if os.fstat(fd).st_size >= _SHM_HEAD:
@@ -540,7 +538,7 @@ class SqliteStore(Store):
                                         check_same_thread=False)
             except sqlite3.Error as e:
                 log.warning("sqlite: no fenced checkpoint passes (%s)", e)
-        ticks = max(1, round(self.CHECKPOINT_S / self.TRICKLE_S)) if fence is not None and db_fd is not None else 1
+        ticks = 1 if fence is None else max(1, round(self.CHECKPOINT_S / self.TRICKLE_S))
         tick = 0
         try:
             while not self._checkpointer_stop.wait(self.CHECKPOINT_S / ticks):
@@ -740,18 +738,21 @@ class SqliteStore(Store):
         next batch while the disk syncs this one."""
         if not ops:
             return [], None
+
+        def apply(c: sqlite3.Connection) -> list[Any]:
+            return self._apply_ops(c, ops)
         if self._loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
             if self._wal_restarts():  # it syncs the WAL's new header: not on the loop
                 if self._walsync is None:
-                    return await self._run(self._write, lambda c: self._apply_ops(c, ops)), None
-                result = await self._run(self._write_relaxed, lambda c: self._apply_ops(c, ops))
+                    return await self._run(self._write, apply), None
+                result = await self._run(self._write_relaxed, apply)
                 return result, self._durable()  # synced like the loop's, by the sync thread
-            result = self._write_on_loop(self._write, lambda c: self._apply_ops(c, ops))
+            result = self._write_on_loop(self._write, apply)
             if result is not _LOCK_TAKEN:
                 self._batches_on_loop = True
                 return result, (None if self._walsync is None else self._durable())
         self._batches_on_loop = False
-        return await self._run(self._write, lambda c: self._apply_ops(c, ops)), None
+        return await self._run(self._write, apply), None
 
     def _wal_restarts(self) -> bool:
         """The next write transaction restarts the WAL: the checkpoint thread has copied every

@@ -9,6 +9,7 @@ import datetime as dt
 import errno
 import os
 import select
+import sqlite3
 import threading
 
 import pytest
@@ -83,8 +84,6 @@ def test_a_loop_batch_is_acknowledged_after_a_sync_and_fails_if_the_sync_fails(t
 def test_the_write_that_restarts_the_wal_runs_on_the_store_thread(tmp_path):
     """The first write after a checkpoint copied every frame restarts the WAL and syncs its
     new header in that transaction: the loop's batch then goes to the store thread."""
-    import sqlite3
-
     async def main():
         async with SqliteStore(tmp_path / "r.db") as s:
             s._checkpointer_stop.set()  # this test checkpoints by itself
@@ -112,8 +111,6 @@ def test_a_fenced_checkpoint_pass_copies_part_of_the_wal_without_completing(tmp_
     """Between checkpoint periods, a pass fenced by a read transaction copies frames but stops
     short of the WAL's end: the database file is then not synced by it and the WAL cannot
     restart (SQLite does both only after a pass that copied every frame)."""
-    import sqlite3
-
     from chargeyard.store.sqlite import _SHM_BACKFILL, _SHM_MX_FRAME, _U32, _sync_file_range
     if _sync_file_range is None:
         pytest.skip("no sync_file_range here")
