@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 
-from . import migrations, walsync
+from . import logrows, migrations, walsync
 from .migrations import READING_LOGS, chunk_summary, pack, reading_log, unpack_chunk, unpack_log
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
@@ -81,6 +81,8 @@ from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op
 __all__ = ["SqliteStore"]
 
 WalSync = walsync.select()
+_ROWS = logrows.select()  # the per-reading steps, compiled unless CHARGEYARD_PURE=1
+_checked = _ROWS.checked
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,6 @@ _INBOX_SPAN = "SELECT count(*), min(seq), coalesce(sum(length(data)), 0) FROM sa
 _INBOX_PENDING = "SELECT EXISTS (SELECT 1 FROM sample_inbox)"
 _FOLD_SEQ = "UPDATE fold_seq SET n = n + 1 RETURNING n"
 _CHUNK_ROWS = "SELECT data FROM meter_chunks WHERE charger_id = ?1 AND tx_id = ?2 ORDER BY chunk"
-_I64 = 2**63
 _LOCK_TAKEN = object()  # _write_on_loop: the write lock was taken, nothing done
 _U32 = struct.Struct("=I").unpack_from  # the wal-index is in the machine's byte order
 # The wal-index (the "-shm" file; SQLite's file format, "WAL-index format"): its first header
@@ -190,19 +191,6 @@ def _store_errors() -> Iterator[None]:
         raise StoreError(f"sqlite: {e}") from e
     except (TypeError, ValueError, OverflowError) as e:  # an op the schema cannot hold
         raise StoreError(f"sqlite: bad operation: {e!r}") from e
-
-
-def _checked(rows: list[tuple]) -> None:
-    """Refuse (StoreError) a batch's log rows when one holds what a reading cannot be: a NaN
-    reading, an integer beyond 64 bits, another type (text that is not UTF-8: ``_packed``).
-    The batch then fails in its own transaction, and the writer isolates the op; packed, it
-    would fail every fold."""
-    for row in rows:
-        charger, tx, connector, at, wh, _ = row
-        if (type(wh) is not float or wh != wh or type(connector) is not int or type(at) is not int
-                or not -_I64 <= connector < _I64 or not -_I64 <= at < _I64
-                or type(charger) is not str or type(tx) is not str):
-            raise StoreError(f"sqlite: bad operation: a reading cannot be stored: {row!r}")
 
 
 def _packed(rows: list) -> bytes:
@@ -827,10 +815,7 @@ class SqliteStore(Store):
 
     def _parts(self, rows: list) -> list[tuple[int, int, bytes]]:
         """Log rows as (table, readings, packed) per table they fall in, in order."""
-        parts: list[list] = [[] for _ in range(READING_LOGS)]
-        bucket = self._bucket
-        for r in rows:
-            parts[bucket(r[0])].append(r)
+        parts = _ROWS.split(rows, self._buckets, READING_LOGS, log_bucket)
         return [(b, len(part), _packed(part)) for b, part in enumerate(parts) if part]
 
     def _move_inbox(self, conn: sqlite3.Connection, limit: int | None = None) -> int:
@@ -968,13 +953,13 @@ class SqliteStore(Store):
     def _bucket(self, charger_id: str) -> int:
         b = self._buckets.get(charger_id)
         if b is None:
-            if len(self._buckets) >= 200_000:
+            if len(self._buckets) >= logrows._CACHE_MAX:
                 self._buckets.clear()
             b = self._buckets[charger_id] = log_bucket(charger_id)
         return b
 
     def _samples(self, run: list[MeterSample]) -> None:
-        self._log_rows += [(o.charger_id, o.tx_id, o.connector_id, _us(o.at), float(o.energy_wh), 0) for o in run]
+        _ROWS.sample_rows(run, self._log_rows)
         self._logged += len(run)
 
     def _fold(self, conn: sqlite3.Connection) -> None:
@@ -1002,20 +987,7 @@ class SqliteStore(Store):
         rows, folded, last, more, span = _take(conn, _LOGS[b].take, _LOGS[b].table, limit)
         if last is None:
             return None
-        groups: dict[tuple[str, str], list] = {}
-        newest: dict[tuple[str, int], tuple] = {}
-        for r in rows:
-            key = r[0], r[1]
-            g = groups.get(key)
-            if g is None:
-                groups[key] = [r[2:]]
-            else:
-                g.append(r[2:])
-            if not r[1] and not r[5]:  # a MeterSample without a transaction: the newest by at, of equals the last
-                k = r[0], r[2]
-                had = newest.get(k)
-                if had is None or r[3] >= had[3]:
-                    newest[k] = r[:5]
+        groups, newest = _ROWS.groups(rows)
         chunks = [(charger, tx, chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()]
         lasts = [(c, con, at, wh) for c, _, con, at, wh in newest.values()]
         return b, last, more, span, folded, chunks, lasts

@@ -1,0 +1,96 @@
+"""The SQLite store's per-reading work, in one place: building a batch's log rows, checking
+them, splitting them by log table, and grouping a log table's rows into chunks for a fold.
+
+A saturated worker runs these for every reading (ADR 0005, decision 22), so
+``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
+pure-Python twin, selected like the codec (``core.codec.pick``: ``CHARGEYARD_PURE=1``).
+
+A log row is ``(charger_id, tx_id, connector_id, at, energy_wh, kind)``: ``at`` in integer
+microseconds since the epoch, ``kind`` 0 for a MeterSample, 1 for a TransactionEvent's
+reading, 2 for an Ended event's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import StoreError, to_us
+
+__all__ = ["Rows", "select"]
+
+_I64 = 2**63
+_CACHE_MAX = 200_000  # charger ids whose log table is remembered
+
+
+def _bad(row: Any) -> StoreError:
+    return StoreError(f"sqlite: bad operation: a reading cannot be stored: {row!r}")
+
+
+class Rows:
+    """The per-reading steps, as static functions (the compiled class has the same)."""
+
+    impl = "python"
+
+    @staticmethod
+    def sample_rows(run: list, out: list) -> None:
+        """Append the log rows of a run of MeterSample ops to ``out``."""
+        out += [(o.charger_id, o.tx_id, o.connector_id, to_us(o.at), float(o.energy_wh), 0) for o in run]
+
+    @staticmethod
+    def checked(rows: list) -> None:
+        """Refuse (StoreError) a batch's log rows when one holds what a reading cannot be: a
+        NaN reading, an integer beyond 64 bits, another type (text that is not UTF-8 fails
+        when packed). The batch then fails in its own transaction, and the writer isolates
+        the op; packed, it would fail every fold."""
+        for row in rows:
+            charger, tx, connector, at, wh, _ = row
+            if (type(wh) is not float or wh != wh or type(connector) is not int or type(at) is not int
+                    or not -_I64 <= connector < _I64 or not -_I64 <= at < _I64
+                    or type(charger) is not str or type(tx) is not str):
+                raise _bad(row)
+
+    @staticmethod
+    def split(rows: list, cache: dict, n: int, table_of: Callable[[str], int]) -> list[list]:
+        """``rows`` by log table (``n`` lists, in order); ``cache`` remembers each charger's
+        table (``table_of``), and is cleared when it holds too many."""
+        parts: list[list] = [[] for _ in range(n)]
+        for r in rows:
+            charger = r[0]
+            b = cache.get(charger)
+            if b is None:
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                b = cache[charger] = table_of(charger)
+            parts[b].append(r)
+        return parts
+
+    @staticmethod
+    def groups(rows: list) -> tuple[dict, dict]:
+        """A fold's rows grouped: ({(charger, tx): [(connector, at, wh, kind), ...]} in
+        order, {(charger, connector): the newest reading (charger, tx, connector, at, wh)
+        of the samples without a transaction, by at, of equals the last})."""
+        groups: dict[tuple[str, str], list] = {}
+        newest: dict[tuple[str, int], tuple] = {}
+        for r in rows:
+            key = r[0], r[1]
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [r[2:]]
+            else:
+                g.append(r[2:])
+            if not r[1] and not r[5]:
+                k = r[0], r[2]
+                had = newest.get(k)
+                if had is None or r[3] >= had[3]:
+                    newest[k] = r[:5]
+        return groups, newest
+
+
+def select() -> type:
+    """The compiled Rows unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
+    from ..core.codec import pick
+
+    def compiled() -> type:
+        from ._logrows import Rows as CRows  # type: ignore[import-not-found]
+        return CRows
+    return pick(Rows, compiled)

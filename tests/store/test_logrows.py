@@ -1,0 +1,118 @@
+"""The store's per-reading steps (``store/logrows.py`` and its compiled twin
+``_logrows.pyx``): the same rows, tables, groups and errors from both."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from chargeyard.store import logrows
+from chargeyard.store.base import MeterSample, StoreError, to_us
+from chargeyard.store.migrations import READING_LOGS, reading_log
+
+IMPLS = [logrows.Rows]
+try:
+    from chargeyard.store._logrows import Rows as CRows
+    IMPLS.append(CRows)
+except ImportError:  # the pure-Python build: the twin alone
+    pass
+
+UTC = dt.timezone.utc
+TIMES = [
+    dt.datetime(2026, 1, 1, tzinfo=UTC),
+    dt.datetime(2026, 2, 28, 23, 59, 59, 999_999, tzinfo=UTC),
+    dt.datetime(2024, 2, 29, 12, 0, 0, 1, tzinfo=UTC),  # a leap day
+    dt.datetime(2000, 3, 1, tzinfo=UTC),
+    dt.datetime(1970, 1, 1, tzinfo=UTC),
+    dt.datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),  # before the epoch
+    dt.datetime(1, 1, 1, tzinfo=UTC),
+    dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    dt.datetime(2026, 6, 1, 10, 30),  # naive: UTC
+    dt.datetime(2026, 6, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))),  # an offset
+    dt.datetime(2026, 6, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(0))),  # +00:00, not the singleton
+]
+
+
+def test_the_compiled_twin_is_built():
+    assert len(IMPLS) == 2 or pytest.importorskip("chargeyard.store._logrows")
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_sample_rows_convert_times_like_to_us(impl):
+    run = [MeterSample(f"CP{i}", str(i), t, i + 0.5, i) for i, t in enumerate(TIMES)]
+    out = [("before",)]
+    impl.sample_rows(run, out)
+    assert out[0] == ("before",)
+    assert out[1:] == [(f"CP{i}", str(i), i, to_us(t), i + 0.5, 0) for i, t in enumerate(TIMES)]
+    rng = random.Random(7)
+    for _ in range(2000):
+        t = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=rng.randrange(-2**55, 2**57))
+        got: list = []
+        impl.sample_rows([MeterSample("CP", "", t, 1.0, 1)], got)
+        assert got[0][3] == to_us(t), t
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_sample_rows_refuse_what_to_us_refuses(impl):
+    with pytest.raises((TypeError, AttributeError)):
+        impl.sample_rows([MeterSample("CP", "", "2026-01-01", 1.0, 1)], [])  # type: ignore[arg-type]
+
+
+GOOD = ("CP1", "1", 1, 10, 1.0, 0)
+BAD = [
+    ("CP1", "1", 1, 10, float("nan"), 0),
+    ("CP1", "1", 1, 10, 1, 0),  # an int reading
+    ("CP1", "1", 2**63, 10, 1.0, 0),
+    ("CP1", "1", -2**63 - 1, 10, 1.0, 0),
+    ("CP1", "1", 1, 2**63, 1.0, 0),
+    ("CP1", "1", True, 10, 1.0, 0),  # a bool is not an int here
+    ("CP1", "1", 1.0, 10, 1.0, 0),
+    (b"CP1", "1", 1, 10, 1.0, 0),
+    ("CP1", None, 1, 10, 1.0, 0),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_checked(impl):
+    impl.checked([GOOD, ("CP1", "", -2**63, 2**63 - 1, float("inf"), 2)])
+    for bad in BAD:
+        with pytest.raises(StoreError, match="a reading cannot be stored") as e:
+            impl.checked([GOOD, bad])
+        assert repr(bad) in str(e.value)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_split_and_its_cache(impl, monkeypatch):
+    rows = [(f"CP{i % 97}", "1", 1, i, float(i), 0) for i in range(1000)]
+    cache: dict = {}
+    parts = impl.split(rows, cache, READING_LOGS, reading_log)
+    assert len(parts) == READING_LOGS
+    assert sorted(r for p in parts for r in p) == sorted(rows)
+    for b, part in enumerate(parts):
+        assert all(reading_log(r[0]) == b for r in part)
+        assert part == [r for r in rows if reading_log(r[0]) == b]  # arrival order kept
+    assert cache == {f"CP{i}": reading_log(f"CP{i}") for i in range(97)}
+    monkeypatch.setattr(logrows, "_CACHE_MAX", 10)  # the twin reads it at call time
+    if impl is logrows.Rows:
+        impl.split([(f"NEW{i}", "1", 1, i, 1.0, 0) for i in range(30)], cache, READING_LOGS, reading_log)
+        assert 0 < len(cache) <= 10
+    with pytest.raises(UnicodeEncodeError):
+        impl.split([("CP\udc80", "1", 1, 1, 1.0, 0)], {}, READING_LOGS, reading_log)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_groups_match_the_twin(impl):
+    rng = random.Random(3)
+    rows = [(f"CP{rng.randrange(5)}", rng.choice(["", "", "7", "8"]), rng.randrange(3), rng.randrange(50),
+             float(rng.randrange(1000)), rng.choice([0, 0, 1, 2])) for _ in range(3000)]
+    groups, newest = impl.groups(rows)
+    assert (groups, newest) == logrows.Rows.groups(rows)
+    assert list(groups) == list(dict.fromkeys((r[0], r[1]) for r in rows))  # first-seen order
+    for (charger, tx), g in groups.items():
+        assert g == [r[2:] for r in rows if (r[0], r[1]) == (charger, tx)]
+    for (charger, con), r in newest.items():
+        mine = [x for x in rows if x[0] == charger and x[2] == con and not x[1] and not x[5]]
+        top = max(x[3] for x in mine)
+        assert r == [x for x in mine if x[3] == top][-1][:5]  # the newest by at; of equals the last
