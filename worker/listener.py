@@ -23,6 +23,8 @@ from ..core import Call
 from .handlers import Commit
 from .metrics import handle as _handle
 
+observe = _handle  # the compiled twin counts the histogram itself (``_listener.observe``)
+
 __all__ = ["Listener", "select"]
 
 _TEXT, _BINARY, _CONT, _PONG, _CLOSE = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION,

@@ -49,3 +49,23 @@ def test_token_bucket(cls):
     time.sleep(0.05)  # 100/s: about 5 tokens back, capped at the burst of 3
     assert [lis._take_token() for _ in range(4)] == [True, True, True, False]
     assert 0.0 <= lis._tokens < 1.0
+
+
+def test_the_handle_histogram_is_counted_alike():
+    """The compiled listener counts chargeyard_ocpp_handle_duration_seconds without calling
+    metrics.handle: the same buckets (bisect_left of the bounds) and sum."""
+    from chargeyard.worker import metrics
+    try:
+        from chargeyard.worker._listener import observe
+    except ImportError:
+        pytest.skip("the compiled listener is not built")
+    values = [0.0, 1e-9, 2.6, 100.0]
+    for b in metrics.handle.BOUNDS:
+        values += [b, b * (1 - 1e-12), b * (1 + 1e-12)]
+    for action, count in (("TwinA", metrics.handle), ("TwinB", observe)):
+        metrics.handle.data.pop(action, None)
+        for v in values:
+            count(action, v)
+    a, b = metrics.handle.data["TwinA"], metrics.handle.data["TwinB"]
+    assert a == b and sum(a[:-1]) == len(values)
+    del metrics.handle.data["TwinA"], metrics.handle.data["TwinB"]
