@@ -21,6 +21,10 @@ from ..core.directions import CHARGER_INITIATED
 from ..core.messages import v16, v21, v201
 from ..store import base as ops
 from . import metrics as m
+from . import meter
+from .meter import energy_201, i64
+
+_METER = meter.select()  # MeterValues 1.6 readings, compiled unless CHARGEYARD_PURE=1
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chargeyard.worker")
 UTC = dt.timezone.utc
-ENERGY = "Energy.Active.Import.Register"
 
 Handler = Callable[["Session", Any], Any]
 
@@ -46,17 +49,7 @@ DEFAULT_RESPONSES: dict[str, dict] = {
 }
 
 
-I64 = 2**63 - 1
 UNSET = msgspec.UNSET
-
-
-def i64(n: int) -> int:
-    """Schema-valid integers can be arbitrarily large; the store keeps 64-bit ones."""
-    return n if -I64 <= n <= I64 else (I64 if n > 0 else -I64)
-
-
-def finite(x: float) -> float | None:
-    return x if x - x == 0.0 else None  # inf - inf and nan - nan are nan
 
 
 def now() -> dt.datetime:
@@ -105,55 +98,6 @@ def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:
     if not futs:
         out.set_result(response)
     return out
-
-
-def _energy(sampled: list, wh_of: Callable[[Any], float | None]) -> float | None:
-    """The ``Energy.Active.Import.Register`` reading (the default measurand) of a
-    sampledValue list in Wh, preferring the total over per-phase readings."""
-    best = None
-    for sv in sampled:
-        measurand = sv.measurand
-        if measurand is not UNSET and measurand != ENERGY:
-            continue
-        wh = wh_of(sv)
-        if wh is None:
-            continue
-        if sv.phase is UNSET:
-            return wh
-        if best is None:
-            best = wh
-    return best
-
-
-def _wh_16(sv: Any) -> float | None:
-    """1.6: a decimal string in Wh (the default) or kWh."""
-    try:
-        value = float(sv.value)
-    except ValueError:
-        return None
-    return finite(value * 1000.0 if sv.unit == "kWh" else value)
-
-
-def _wh_201(sv: Any) -> float | None:
-    """2.0.1/2.1: value x 10^multiplier in Wh (the default) or kWh."""
-    unit, mult = "Wh", 0
-    uom = sv.unit_of_measure
-    if uom is not UNSET:
-        if uom.unit is not UNSET:
-            unit = uom.unit
-        if uom.multiplier is not UNSET:
-            mult = uom.multiplier
-    if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
-        return None
-    return finite(sv.value * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0))
-
-
-def energy_16(sampled: list) -> float | None:
-    return _energy(sampled, _wh_16)
-
-
-def energy_201(sampled: list) -> float | None:
-    return _energy(sampled, _wh_201)
 
 
 class Common:
@@ -243,13 +187,11 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
                                                "at": r.timestamp.isoformat()})
         return T.StartTransactionResponse(id_tag_info=id_tag_info(status), transaction_id=int(tx))
 
+    samples_16 = _METER.samples_16
+    MeterSample = ops.MeterSample
+
     def _samples(s: Session, tx: str, connector: int, meter_value: list) -> list:
-        samples = []
-        for mv in meter_value:
-            wh = energy_16(mv.sampled_value)
-            if wh is not None:
-                samples.append(ops.MeterSample(s.charger_id, tx, mv.timestamp, wh, i64(connector)))
-        return samples
+        return samples_16(s.charger_id, tx, connector, meter_value, MeterSample)
 
     def MeterValues(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id) if r.transaction_id is not UNSET else ""

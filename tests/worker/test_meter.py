@@ -1,0 +1,72 @@
+"""The readings of a 1.6 MeterValues (``worker/meter.py`` and its compiled twin
+``_meter.pyx``): the same samples from both, for well-formed and quirky sampled values."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+import pytest
+
+from chargeyard.core.messages import v16
+from chargeyard.store.base import MeterSample
+from chargeyard.worker import meter
+
+IMPLS = [meter.Meter]
+try:
+    from chargeyard.worker._meter import Meter as CMeter
+    IMPLS.append(CMeter)
+except ImportError:  # the pure-Python build: the twin alone
+    pass
+
+T = "2026-01-01T00:00:00Z"
+
+
+def mv(*sampled: dict, at: str = T) -> dict:
+    return {"timestamp": at, "sampledValue": list(sampled)}
+
+
+def sv(value: str, **kw: str) -> dict:
+    return {"value": value, **kw}
+
+
+E = "Energy.Active.Import.Register"
+CASES = {
+    "plain": [mv(sv("1234"))],
+    "explicit": [mv(sv("10", measurand=E, unit="Wh"))],
+    "kWh": [mv(sv("1.5", measurand=E, unit="kWh"))],
+    "other measurands first": [mv(sv("11040", measurand="Power.Active.Import"), sv("16", measurand="Current.Import"),
+                                  sv("7", measurand=E))],
+    "total over phases": [mv(sv("1", measurand=E, phase="L1"), sv("2", measurand=E, phase="L2"), sv("3", measurand=E))],
+    "phases only: the first": [mv(sv("1", measurand=E, phase="L1"), sv("2", measurand=E, phase="L2"))],
+    "not a number, then one": [mv(sv("abc"), sv(" 5 "))],
+    "infinite and NaN": [mv(sv("inf")), mv(sv("nan")), mv(sv("1e308", unit="kWh")), mv(sv("-0"))],
+    "none": [mv(sv("5", measurand="Voltage"))],
+    "several values": [mv(sv(str(i)), at=f"2026-01-01T00:00:0{i}Z") for i in range(5)],
+    "underscores": [mv(sv("1_000"))],
+}
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("case", list(CASES), ids=str)
+def test_samples_16(impl, case):
+    req = msgspec.convert({"connectorId": 2**70, "transactionId": 3, "meterValue": CASES[case]},
+                          v16.MeterValuesRequest)
+    got = impl.samples_16("CP1", "3", req.connector_id, req.meter_value, MeterSample)
+    want = []
+    for m in req.meter_value:
+        wh = meter.energy_16(m.sampled_value)
+        if wh is not None:
+            want.append(MeterSample("CP1", "3", m.timestamp, wh, 2**63 - 1))
+    assert got == want
+    assert all(type(s.energy_wh) is float for s in got)
+    if case == "kWh":
+        assert got[0].energy_wh == 1500.0 and got[0].at == dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    if case == "total over phases":
+        assert [s.energy_wh for s in got] == [3.0]
+    if case == "phases only: the first":
+        assert [s.energy_wh for s in got] == [1.0]
+    if case == "infinite and NaN":
+        assert [s.energy_wh for s in got] == [-0.0]
+    if case == "none":
+        assert got == []
