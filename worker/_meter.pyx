@@ -4,10 +4,19 @@ twin's docstrings hold); calls between its steps stay in C."""
 
 from msgspec import UNSET
 
-from .meter import ENERGY, i64
+from .meter import ENERGY, I64
 
 cdef object _UNSET = UNSET
 cdef object _ENERGY = ENERGY
+cdef object _I64 = I64
+cdef object _MINUS_I64 = -I64
+
+
+cdef inline object _i64(n):
+    """``meter.i64``: clamped to 64 bits."""
+    if _MINUS_I64 <= n <= _I64:
+        return n
+    return _I64 if n > 0 else _MINUS_I64
 
 
 cdef object _wh_16(sv):
@@ -48,5 +57,5 @@ class Meter:
         for mv in meter_value:
             wh = _energy_16(mv.sampled_value)
             if wh is not None:
-                samples.append(sample(charger_id, tx, mv.timestamp, wh, i64(connector)))
+                samples.append(sample(charger_id, tx, mv.timestamp, wh, _i64(connector)))
         return samples

@@ -48,6 +48,14 @@ CASES = {
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("connector", [0, 1, 2**63 - 1, 2**63, -2**63 + 1, -2**63, -2**70])
+def test_the_connector_is_clamped_like_i64(impl, connector):
+    req = msgspec.convert({"connectorId": 1, "meterValue": [mv(sv("1"))]}, v16.MeterValuesRequest)
+    got = impl.samples_16("CP1", "", connector, req.meter_value, MeterSample)
+    assert got[0].connector_id == meter.i64(connector) and type(got[0].connector_id) is int
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
 @pytest.mark.parametrize("case", list(CASES), ids=str)
 def test_samples_16(impl, case):
     req = msgspec.convert({"connectorId": 2**70, "transactionId": 3, "meterValue": CASES[case]},
