@@ -195,7 +195,7 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
 
     def MeterValues(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id) if r.transaction_id is not UNSET else ""
-        samples = _samples(s, tx, r.connector_id, r.meter_value)
+        samples = samples_16(s.charger_id, tx, r.connector_id, r.meter_value, MeterSample)
         if not samples:
             return METER_VALUES_16
         wants = worker.wants_events(s.charger_id)
