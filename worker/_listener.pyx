@@ -9,6 +9,8 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from picows.picows cimport WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+import logging
+
 import msgspec
 
 from chargeyard.core import Call
@@ -18,6 +20,7 @@ from chargeyard.worker.metrics import handle as _handle
 cdef object _Call = Call
 cdef object _Commit = Commit
 cdef object _Struct = msgspec.Struct
+cdef object _log = logging.getLogger("chargeyard.worker.batching")
 # the handle-duration histogram (``metrics._Handle``), counted here without a call into Python
 cdef dict _handle_data = _handle.data
 cdef int _n_bounds = len(_handle.BOUNDS)
@@ -37,6 +40,27 @@ cdef inline void _observe(action, double seconds) except *:
         i += 1
     (<list>d)[i] += 1
     (<list>d)[_n_bounds + 1] += seconds
+
+
+def reply_all(list items, list results):
+    """``batching.reply_all`` compiled: a committed batch's replies, with a direct C call
+    into a compiled session's ``_committed`` (any other target: its ``committed``)."""
+    cdef Py_ssize_t i, n = min(len(items), len(results))
+    cdef tuple item
+    for i in range(n):
+        item = <tuple>items[i]
+        fut = item[1]
+        if fut is None:
+            target = item[4]
+            try:
+                if isinstance(target, Listener):
+                    (<Listener>target)._committed(item[5], item[6], item[7], item[8])
+                else:
+                    target.committed(item[5], item[6], item[7], item[8])
+            except Exception:
+                _log.exception("reply after commit failed")
+        elif not fut.done():
+            fut.set_result(results[i])
 
 
 def observe(action, double seconds):

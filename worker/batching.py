@@ -59,7 +59,7 @@ from typing import Any
 
 from ..store.base import Op, Store, StoreError
 
-__all__ = ["BatchWriter", "WriterClosed", "WriterFull"]
+__all__ = ["BatchWriter", "WriterClosed", "WriterFull", "reply_all"]
 
 log = logging.getLogger("chargeyard.worker.batching")
 
@@ -67,6 +67,22 @@ OnCommit = Callable[[int, float], Any]  # (rows, seconds)
 # add: (op, future, added_at, seq); add_reply: (op, None, added_at, seq, target, message_id, action,
 # response, t0)
 _Item = tuple
+
+
+def reply_all(items: list[_Item], results: list[Any]) -> None:
+    """Answer a committed batch: ``target.committed(...)`` for an ``add_reply`` item, the
+    result into an ``add`` item's future. The compiled listener has a faster twin
+    (``_listener.reply_all``: a direct C call into a compiled session), which the worker
+    passes as ``BatchWriter(reply_all=...)``."""
+    for item, result in zip(items, results):
+        fut = item[1]
+        if fut is None:
+            try:
+                item[4].committed(item[5], item[6], item[7], item[8])
+            except Exception:
+                log.exception("reply after commit failed")
+        elif not fut.done():
+            fut.set_result(result)
 
 
 class WriterFull(StoreError):
@@ -79,7 +95,11 @@ class WriterClosed(StoreError):
 
 class BatchWriter:
     """``BatchWriter(store, batch_max=1000, batch_ms=2.0, metrics=None, *, on_commit=None,
-    max_queued=100_000, add_timeout=5.0, isolate_s=1.0)``.
+    max_queued=100_000, add_timeout=5.0, isolate_s=1.0, maintain_every_ms=4.0,
+    reply_all=reply_all)``.
+
+    ``reply_all(items, results)`` answers a committed batch (:func:`reply_all`, or its
+    compiled twin).
 
     ``isolate_s``: time budget for isolating the failing ops of a failed batch (0 turns
     isolation off: a failed commit fails its whole batch).
@@ -91,10 +111,12 @@ class BatchWriter:
 
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
                  on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
-                 isolate_s: float = 1.0, maintain_every_ms: float = 4.0) -> None:
+                 isolate_s: float = 1.0, maintain_every_ms: float = 4.0,
+                 reply_all: Callable[[list[_Item], list[Any]], None] = reply_all) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
+        self._reply_all = reply_all
         self.batch_max = batch_max
         self.batch_s = max(0.0, batch_ms) / 1000.0
         self.max_queued = max_queued
@@ -412,15 +434,7 @@ class BatchWriter:
 
     def _resolve(self, items: list[_Item], results: list[Any],
                  seconds: float) -> None:
-        for item, result in zip(items, results):
-            fut = item[1]
-            if fut is None:
-                try:
-                    item[4].committed(item[5], item[6], item[7], item[8])
-                except Exception:
-                    log.exception("reply after commit failed")
-            elif not fut.done():
-                fut.set_result(result)
+        self._reply_all(items, results)
         self.commits += 1
         self.rows_committed += len(items)
         for hook in self._hooks:

@@ -129,3 +129,15 @@ def select() -> type:
         from ._listener import Listener as CListener  # type: ignore[import-not-found]
         return CListener
     return pick(Listener, compiled)
+
+
+def select_reply_all() -> Any:
+    """The writer's reply loop: the compiled listener's ``reply_all`` unless absent or
+    ``CHARGEYARD_PURE=1``, else its twin ``batching.reply_all``."""
+    from ..core.codec import pick
+    from .batching import reply_all
+
+    def compiled() -> Any:
+        from ._listener import reply_all as c_reply_all  # type: ignore[import-not-found]
+        return c_reply_all
+    return pick(reply_all, compiled)

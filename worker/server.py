@@ -28,6 +28,7 @@ from ..store.base import Store
 from . import metrics as m
 from .batching import BatchWriter
 from .handlers import all_handlers, now
+from .listener import select_reply_all
 from .session import Session
 
 log = logging.getLogger("chargeyard.worker")
@@ -173,7 +174,7 @@ class Worker:
         self.sinks = sinks or []
         self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
-                                  on_commit=self._on_commit)
+                                  on_commit=self._on_commit, reply_all=select_reply_all())
         self.auth = Auth(store, settings.accept_unknown_tags)
         self.tx_ids = TxIds(store)
         self.leniency = Leniency.from_file(settings.leniency_file)

@@ -69,3 +69,59 @@ def test_the_handle_histogram_is_counted_alike():
     a, b = metrics.handle.data["TwinA"], metrics.handle.data["TwinB"]
     assert a == b and sum(a[:-1]) == len(values)
     del metrics.handle.data["TwinA"], metrics.handle.data["TwinB"]
+
+
+def _reply_alls():
+    from chargeyard.worker import batching
+    out = [batching.reply_all]
+    try:
+        from chargeyard.worker._listener import reply_all
+    except ImportError:
+        pass
+    else:
+        out.append(reply_all)
+    return out
+
+
+def test_the_worker_replies_with_the_compiled_loop_unless_pure(monkeypatch):
+    monkeypatch.setenv("CHARGEYARD_PURE", "1")
+    assert listener.select_reply_all() is _reply_alls()[0]
+    monkeypatch.delenv("CHARGEYARD_PURE")
+    assert listener.select_reply_all() is _reply_alls()[-1]
+
+
+@pytest.mark.parametrize("reply_all", _reply_alls(), ids=lambda f: type(f).__name__)
+def test_reply_all_twins(reply_all, caplog):
+    """Replies in order, a failing target logged and skipped, futures resolved unless done,
+    and zip's length (the shorter of items and results)."""
+    import asyncio
+
+    class Target:
+        def __init__(self, fail=False):
+            self.got, self.fail = [], fail
+
+        def committed(self, message_id, action, response, t0):
+            if self.fail:
+                raise RuntimeError("boom")
+            self.got.append((message_id, action, response, t0))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, bad = Target(), Target(fail=True)
+        f1, f2 = loop.create_future(), loop.create_future()
+        f2.set_result("already")
+        cancelled = loop.create_future()
+        cancelled.cancel()
+        items = [(None, None, 0.0, 1, a, "m1", "MeterValues", "r1", 1.5),
+                 ("op", f1, 0.0, 2),
+                 (None, None, 0.0, 3, bad, "m2", "MeterValues", "r2", 2.5),
+                 ("op", f2, 0.0, 4),
+                 ("op", cancelled, 0.0, 5),
+                 (None, None, 0.0, 6, a, "m3", "Heartbeat", "r3", 3.5),
+                 (None, None, 0.0, 7, a, "m4", "Heartbeat", "r4", 4.5)]  # no result: not answered
+        reply_all(items, [None, "one", None, "two", "three", None])
+        assert a.got == [("m1", "MeterValues", "r1", 1.5), ("m3", "Heartbeat", "r3", 3.5)]
+        assert f1.result() == "one" and f2.result() == "already" and cancelled.cancelled()
+    with caplog.at_level("ERROR", logger="chargeyard.worker.batching"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records] == ["reply after commit failed"]
