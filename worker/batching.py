@@ -254,8 +254,18 @@ class BatchWriter:
                        WriterClosed("writer is closed"))
         else:
             self._seq += 1
-            self._enqueue((op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
-                           target, message_id, action, response, t0))
+            item = (op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
+                    target, message_id, action, response, t0)
+            queue = self._queue
+            if len(queue) < self.max_queued and not self._waiting:  # _enqueue's common case, inline
+                queue.append(item)
+                if self._idle:
+                    self._idle = False
+                    self._wake.set()  # type: ignore[union-attr]
+                if len(queue) >= self.batch_max:
+                    self._filled.set()  # type: ignore[union-attr]
+            else:
+                self._enqueue(item)
 
     def _enqueue(self, item: _Item) -> None:
         if len(self._queue) < self.max_queued and not self._waiting:
