@@ -44,7 +44,8 @@ cdef inline void _observe(action, double seconds) except *:
 
 def reply_all(list items, list results):
     """``batching.reply_all`` compiled: a committed batch's replies, with a direct C call
-    into a compiled session's ``_committed`` (any other target: its ``committed``)."""
+    into a compiled session's ``_committed`` (any other target: its ``committed``). So a
+    subclass of Listener must not override ``committed``: Session does not."""
     cdef Py_ssize_t i, n = min(len(items), len(results))
     cdef tuple item
     for i in range(n):

@@ -125,3 +125,10 @@ def test_reply_all_twins(reply_all, caplog):
     with caplog.at_level("ERROR", logger="chargeyard.worker.batching"):
         asyncio.run(main())
     assert [r.getMessage() for r in caplog.records] == ["reply after commit failed"]
+
+
+def test_sessions_keep_the_listeners_committed():
+    """The compiled reply loop calls a session's C-level _committed directly, so a session
+    class must not override committed."""
+    from chargeyard.worker.session import Session
+    assert "committed" not in vars(Session)
