@@ -66,16 +66,16 @@ class Reply:
         self.response = response
 
 
-class Commit:
+class Commit(msgspec.Struct, gc=False):
     """Answer ``response`` once ``op`` (one store write) has committed. The writer sends
     the reply from the commit itself (``BatchWriter.add_reply``): the cheapest way to
-    answer, for handlers that need nothing else done after the commit."""
+    answer, for handlers that need nothing else done after the commit. A Struct, made in C
+    (one per message: 42 against 119 ns for a class with ``__init__``); the listeners test
+    its exact type before they test for a response Struct. ``gc=False``: it holds an op and
+    a response, never a cycle."""
 
-    __slots__ = ("op", "response")
-
-    def __init__(self, op: Any, response: Any) -> None:
-        self.op = op
-        self.response = response
+    op: Any
+    response: Any
 
 
 def after(futs: list[asyncio.Future], response: Any) -> asyncio.Future:

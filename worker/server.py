@@ -171,7 +171,9 @@ class Worker:
         self.settings = settings
         self.store = store
         self.registry = registry
-        self.sinks = sinks or []
+        self.sinks = tuple(sinks or ())
+        if not self.sinks:  # per message, one call instead of two (see wants_events)
+            self.wants_events = registry.wants_events  # type: ignore[method-assign]
         self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=select_reply_all())
@@ -343,7 +345,8 @@ class Worker:
 
     # -- events, logs ------------------------------------------------------------------
     def wants_events(self, charger_id: str) -> bool:
-        """Whether anyone listens: per-message events are not even built otherwise."""
+        """Whether anyone listens: per-message events are not even built otherwise. Without
+        sinks (fixed at construction) it is the registry's own ``wants_events``."""
         return bool(self.sinks) or self.registry.wants_events(charger_id)
 
     def emit(self, s: Session, kind: str, data: dict) -> None:
