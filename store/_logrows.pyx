@@ -66,6 +66,7 @@ class Rows:
 
     @staticmethod
     def split(list rows, dict cache, int n, table_of):
+        # logrows.table, inline
         cdef list parts = [[] for _ in range(n)]
         cdef tuple r
         cdef object b

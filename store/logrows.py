@@ -16,10 +16,21 @@ from typing import Any, Callable
 
 from .base import StoreError, to_us
 
-__all__ = ["Rows", "select"]
+__all__ = ["Rows", "select", "table"]
 
 _I64 = 2**63
 _CACHE_MAX = 200_000  # charger ids whose log table is remembered
+
+
+def table(charger: str, cache: dict, table_of: Callable[[str], int]) -> int:
+    """A charger's log table (``table_of``), remembered in ``cache``, which is cleared when
+    it holds too many."""
+    b = cache.get(charger)
+    if b is None:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        b = cache[charger] = table_of(charger)
+    return b
 
 
 def _bad(row: Any) -> StoreError:
@@ -51,17 +62,10 @@ class Rows:
 
     @staticmethod
     def split(rows: list, cache: dict, n: int, table_of: Callable[[str], int]) -> list[list]:
-        """``rows`` by log table (``n`` lists, in order); ``cache`` remembers each charger's
-        table (``table_of``), and is cleared when it holds too many."""
+        """``rows`` by log table (``n`` lists, in order), each charger's through ``table``."""
         parts: list[list] = [[] for _ in range(n)]
         for r in rows:
-            charger = r[0]
-            b = cache.get(charger)
-            if b is None:
-                if len(cache) >= _CACHE_MAX:
-                    cache.clear()
-                b = cache[charger] = table_of(charger)
-            parts[b].append(r)
+            parts[table(r[0], cache, table_of)].append(r)
         return parts
 
     @staticmethod

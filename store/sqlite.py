@@ -951,12 +951,7 @@ class SqliteStore(Store):
             (o.charger_id, o.evse_id, o.connector_id, o.status, o.error_code, o.info, _us(o.at)) for o in run])
 
     def _bucket(self, charger_id: str) -> int:
-        b = self._buckets.get(charger_id)
-        if b is None:
-            if len(self._buckets) >= logrows._CACHE_MAX:
-                self._buckets.clear()
-            b = self._buckets[charger_id] = log_bucket(charger_id)
-        return b
+        return logrows.table(charger_id, self._buckets, log_bucket)
 
     def _samples(self, run: list[MeterSample]) -> None:
         _ROWS.sample_rows(run, self._log_rows)

@@ -25,6 +25,8 @@ cdef object _log = logging.getLogger("chargeyard.worker.batching")
 cdef dict _handle_data = _handle.data
 cdef int _n_bounds = len(_handle.BOUNDS)
 cdef double _bounds[32]
+if _n_bounds > 32:
+    raise ImportError(f"metrics.handle has {_n_bounds} bucket bounds; the listener holds 32")
 for _i, _b in enumerate(_handle.BOUNDS):
     _bounds[_i] = _b
 

@@ -131,7 +131,6 @@ class BatchWriter:
         self._queue: deque[_Item] = deque()
         self._waiting: deque[_Item] = deque()  # admission line
         self._inflight: list[_Item] = []
-        # committed batches waiting for their sync (Store.apply_then), oldest first
         # committed batches whose replies wait, in commit order: (batch, its sync or None when
         # durable already, results, started); a batch goes out only after every earlier one
         self._syncing: deque[tuple[list[_Item], Any, list[Any], float]] = deque()

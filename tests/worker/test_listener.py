@@ -13,15 +13,17 @@ from chargeyard.worker import listener
 SURFACE = {"on_ws_frame", "_take_token", "_process", "_dispatch", "committed"}
 
 
-def _twins():
-    out = [listener.Listener]
+def _with_compiled(pure, name):
+    """``[pure]``, and the compiled listener module's ``name`` when it is built."""
     try:
-        from chargeyard.worker._listener import Listener as CListener
+        from chargeyard.worker import _listener
     except ImportError:
-        pass
-    else:
-        out.append(CListener)
-    return out
+        return [pure]
+    return [pure, getattr(_listener, name)]
+
+
+def _twins():
+    return _with_compiled(listener.Listener, "Listener")
 
 
 def test_select_follows_the_switches(monkeypatch):
@@ -55,10 +57,10 @@ def test_the_handle_histogram_is_counted_alike():
     """The compiled listener counts chargeyard_ocpp_handle_duration_seconds without calling
     metrics.handle: the same buckets (bisect_left of the bounds) and sum."""
     from chargeyard.worker import metrics
-    try:
-        from chargeyard.worker._listener import observe
-    except ImportError:
+    twins = _with_compiled(metrics.handle, "observe")
+    if len(twins) == 1:
         pytest.skip("the compiled listener is not built")
+    observe = twins[1]
     values = [0.0, 1e-9, 2.6, 100.0]
     for b in metrics.handle.BOUNDS:
         values += [b, b * (1 - 1e-12), b * (1 + 1e-12)]
@@ -73,14 +75,7 @@ def test_the_handle_histogram_is_counted_alike():
 
 def _reply_alls():
     from chargeyard.worker import batching
-    out = [batching.reply_all]
-    try:
-        from chargeyard.worker._listener import reply_all
-    except ImportError:
-        pass
-    else:
-        out.append(reply_all)
-    return out
+    return _with_compiled(batching.reply_all, "reply_all")
 
 
 def test_the_worker_replies_with_the_compiled_loop_unless_pure(monkeypatch):
