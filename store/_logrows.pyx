@@ -99,3 +99,308 @@ class Rows:
                 if h is None or r[3] >= (<tuple>h)[3]:
                     newest[k] = r[:5]
         return groups, newest
+
+    @staticmethod
+    def fold(list datas):
+        return _fold(datas)
+
+
+# -- the fold, without a Python object per reading ----------------------------------------
+#
+# A log row's data is msgpack (msgspec's encoding, ``migrations.pack``) of
+# [[charger, tx, connector, at, wh, kind], ...]; a chunk's is [[connector, at, wh, kind], ...]:
+# the last four fields of a log reading, in the same encoding. So a chunk is built by
+# copying each reading's tail behind a new 4-array header, and only the group keys (charger,
+# tx) become Python objects. Anything outside the form msgspec writes (a float not 64-bit,
+# an integer beyond 64 bits, text that is not UTF-8, a NaN reading, a damaged row) returns
+# None: the caller then takes the twin's path, which decodes (and reports) as before.
+
+from libc.string cimport memcpy, memcmp
+from libc.stdlib cimport malloc, realloc, free
+from libc.stdint cimport uint8_t, uint64_t, int64_t
+from libc.math cimport isnan
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef struct _R:  # a reading
+    Py_ssize_t group
+    const uint8_t* tail  # its connector, at, wh, kind: copied as they are
+    Py_ssize_t tail_len
+
+
+cdef struct _G:  # a group: a (charger, tx) of the fold, in first-seen order
+    Py_ssize_t n, size, fill
+    double high, low, last_wh
+    long long last_at, last_con
+    bint has_low
+    char* out
+
+
+cdef struct _P:  # a parser over one row's data
+    const uint8_t* p
+    const uint8_t* end
+
+
+cdef inline int _arr(_P* s, Py_ssize_t* n):
+    if s.p >= s.end:
+        return -1
+    cdef uint8_t b = s.p[0]
+    if b & 0xf0 == 0x90:
+        n[0] = b & 0x0f
+        s.p += 1
+    elif b == 0xdc and s.end - s.p >= 3:
+        n[0] = (<Py_ssize_t>s.p[1] << 8) | s.p[2]
+        s.p += 3
+    elif b == 0xdd and s.end - s.p >= 5:
+        n[0] = ((<Py_ssize_t>s.p[1] << 24) | (<Py_ssize_t>s.p[2] << 16)
+                | (<Py_ssize_t>s.p[3] << 8) | s.p[4])
+        s.p += 5
+    else:
+        return -1
+    return 0
+
+
+cdef inline int _str(_P* s, const uint8_t** at, Py_ssize_t* n):
+    if s.p >= s.end:
+        return -1
+    cdef uint8_t b = s.p[0]
+    cdef Py_ssize_t k
+    if b & 0xe0 == 0xa0:
+        k = b & 0x1f
+        s.p += 1
+    elif b == 0xd9 and s.end - s.p >= 2:
+        k = s.p[1]
+        s.p += 2
+    elif b == 0xda and s.end - s.p >= 3:
+        k = (<Py_ssize_t>s.p[1] << 8) | s.p[2]
+        s.p += 3
+    elif b == 0xdb and s.end - s.p >= 5:
+        k = ((<Py_ssize_t>s.p[1] << 24) | (<Py_ssize_t>s.p[2] << 16)
+             | (<Py_ssize_t>s.p[3] << 8) | s.p[4])
+        s.p += 5
+    else:
+        return -1
+    if s.end - s.p < k:
+        return -1
+    at[0] = s.p
+    n[0] = k
+    s.p += k
+    return 0
+
+
+cdef inline uint64_t _be(const uint8_t* p, int k):
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(k):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline int _int(_P* s, long long* v):
+    """A msgpack integer of 64 bits, signed (an unsigned one above 2**63-1 fails)."""
+    if s.p >= s.end:
+        return -1
+    cdef uint8_t b = s.p[0]
+    cdef int k
+    cdef uint64_t u
+    if b <= 0x7f:
+        v[0] = b
+        s.p += 1
+        return 0
+    if b >= 0xe0:
+        v[0] = <long long>(<signed char>b)
+        s.p += 1
+        return 0
+    if 0xcc <= b <= 0xcf:
+        k = 1 << (b - 0xcc)
+        if s.end - s.p < 1 + k:
+            return -1
+        u = _be(s.p + 1, k)
+        if u > <uint64_t>9223372036854775807:
+            return -1
+        v[0] = <long long>u
+    elif 0xd0 <= b <= 0xd3:
+        k = 1 << (b - 0xd0)
+        if s.end - s.p < 1 + k:
+            return -1
+        u = _be(s.p + 1, k)
+        if k == 1:
+            v[0] = <signed char>u
+        elif k == 2:
+            v[0] = <short>u
+        elif k == 4:
+            v[0] = <int>u
+        else:
+            v[0] = <long long>u
+    else:
+        return -1
+    s.p += 1 + k
+    return 0
+
+
+cdef inline int _f64(_P* s, double* v):
+    cdef uint64_t u
+    if s.end - s.p < 9 or s.p[0] != 0xcb:
+        return -1
+    u = _be(s.p + 1, 8)
+    memcpy(v, &u, 8)
+    s.p += 9
+    return 0
+
+
+cdef class _Fold:
+    """The C arrays of one fold, freed with it (also when it fails half way)."""
+    cdef _R* rs
+    cdef Py_ssize_t nr, cap_r
+    cdef _G* gs
+    cdef Py_ssize_t ng, cap_g
+
+    def __dealloc__(self):
+        free(self.rs)
+        free(self.gs)
+
+    cdef int reading(self) except -1:
+        cdef void* m
+        if self.nr == self.cap_r:
+            self.cap_r = max(1024, self.cap_r * 2)
+            m = realloc(self.rs, self.cap_r * sizeof(_R))
+            if m == NULL:
+                raise MemoryError()
+            self.rs = <_R*>m
+        self.nr += 1
+        return 0
+
+    cdef int group(self) except -1:
+        cdef void* m
+        if self.ng == self.cap_g:
+            self.cap_g = max(64, self.cap_g * 2)
+            m = realloc(self.gs, self.cap_g * sizeof(_G))
+            if m == NULL:
+                raise MemoryError()
+            self.gs = <_G*>m
+        self.gs[self.ng].n = 0
+        self.gs[self.ng].size = 0
+        self.gs[self.ng].fill = 0
+        self.gs[self.ng].has_low = False
+        self.gs[self.ng].out = NULL
+        self.ng += 1
+        return 0
+
+
+cdef inline Py_ssize_t _header_len(Py_ssize_t n):
+    return 1 if n < 16 else (3 if n < 65536 else 5)
+
+
+cdef inline void _header(char* o, Py_ssize_t n):
+    cdef uint8_t* u = <uint8_t*>o
+    if n < 16:
+        u[0] = 0x90 | n
+    elif n < 65536:
+        u[0] = 0xdc
+        u[1] = (n >> 8) & 0xff
+        u[2] = n & 0xff
+    else:
+        u[0] = 0xdd
+        u[1] = (n >> 24) & 0xff
+        u[2] = (n >> 16) & 0xff
+        u[3] = (n >> 8) & 0xff
+        u[4] = n & 0xff
+
+
+cdef object _fold(list datas):
+    """``Rows.fold`` (see the twin); None when a row is not in msgspec's form."""
+    cdef _Fold f = _Fold()
+    cdef _P s
+    cdef Py_ssize_t count, i, j, k, cn, tn, g = -1
+    cdef const uint8_t* cs
+    cdef const uint8_t* ts
+    cdef const uint8_t* pc = NULL
+    cdef const uint8_t* pt = NULL
+    cdef Py_ssize_t pcn = -1, ptn = -1
+    cdef long long con, at, kind
+    cdef double wh
+    cdef _G* gr
+    cdef _R* r
+    cdef dict index = {}  # (charger, tx) -> group
+    cdef list keys = []  # the groups' (charger, tx)
+    cdef dict newest = {}  # (charger, connector) -> (charger, connector, at, wh)
+    cdef bytes data
+    cdef tuple key, had
+    cdef object gi
+    cdef list outs, chunks
+    for data in datas:
+        s.p = <const uint8_t*>PyBytes_AS_STRING(data)
+        s.end = s.p + len(data)
+        if _arr(&s, &count) < 0:
+            return None
+        for i in range(count):
+            if s.p >= s.end or s.p[0] != 0x96:
+                return None
+            s.p += 1
+            if _str(&s, &cs, &cn) < 0 or _str(&s, &ts, &tn) < 0:
+                return None
+            f.reading()
+            r = &f.rs[f.nr - 1]
+            r.tail = s.p
+            if _int(&s, &con) < 0 or _int(&s, &at) < 0 or _f64(&s, &wh) < 0 or _int(&s, &kind) < 0:
+                return None
+            if isnan(wh):
+                return None
+            r.tail_len = s.p - r.tail
+            if not (cn == pcn and tn == ptn and memcmp(cs, pc, cn) == 0 and memcmp(ts, pt, tn) == 0):
+                try:
+                    charger = PyUnicode_DecodeUTF8(<const char*>cs, cn, NULL)
+                    tx = PyUnicode_DecodeUTF8(<const char*>ts, tn, NULL)
+                except UnicodeDecodeError:
+                    return None
+                key = (charger, tx)
+                gi = index.get(key)
+                if gi is None:
+                    g = f.ng
+                    f.group()
+                    index[key] = g
+                    keys.append(key)
+                else:
+                    g = gi
+                pc, pcn, pt, ptn = cs, cn, ts, tn
+            r.group = g
+            gr = &f.gs[g]
+            if gr.n == 0 or wh > gr.high:
+                gr.high = wh
+            if kind != 2 and (not gr.has_low or wh < gr.low):
+                gr.low = wh
+                gr.has_low = True
+            if gr.n == 0 or at > gr.last_at or (at == gr.last_at and con <= gr.last_con):
+                gr.last_at, gr.last_con, gr.last_wh = at, con, wh
+            gr.n += 1
+            gr.size += 1 + r.tail_len
+            if tn == 0 and kind == 0:  # a sample without a transaction: the newest per connector
+                k2 = ((<tuple>keys[g])[0], con)
+                had = newest.get(k2)
+                if had is None or at >= <long long>had[2]:
+                    newest[k2] = ((<tuple>keys[g])[0], con, at, wh)
+        if s.p != s.end:
+            return None
+    outs = [None] * f.ng
+    for j in range(f.ng):
+        gr = &f.gs[j]
+        k = _header_len(gr.n)
+        b = PyBytes_FromStringAndSize(NULL, k + gr.size)
+        outs[j] = b
+        gr.out = PyBytes_AS_STRING(b)
+        _header(gr.out, gr.n)
+        gr.fill = k
+    for i in range(f.nr):
+        r = &f.rs[i]
+        gr = &f.gs[r.group]
+        gr.out[gr.fill] = <char>0x94
+        memcpy(gr.out + gr.fill + 1, r.tail, r.tail_len)
+        gr.fill += 1 + r.tail_len
+    chunks = []
+    for j in range(f.ng):
+        gr = &f.gs[j]
+        key = <tuple>keys[j]
+        chunks.append((key[0], key[1], (gr.low if gr.has_low else None, gr.high, gr.last_at, gr.last_con,
+                                        gr.last_wh), gr.n, outs[j]))
+    return chunks, list(newest.values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .base import StoreError, to_us
+from .migrations import chunk_summary, pack, unpack_log
 
 __all__ = ["Rows", "select", "table"]
 
@@ -88,6 +89,21 @@ class Rows:
                 if had is None or r[3] >= had[3]:
                     newest[k] = r[:5]
         return groups, newest
+
+    @staticmethod
+    def fold(datas: list[bytes]) -> tuple[list, list] | None:
+        """A fold's plan from a log table's packed rows (``datas``, in order): its chunks,
+        ``[(charger, tx, chunk_summary, readings, packed), ...]`` in first-seen order, and
+        the newest reading per connector of the samples without a transaction, ``[(charger,
+        connector, at, wh), ...]``. Raises msgspec.DecodeError (UnicodeDecodeError for text
+        that is not UTF-8) on a row that is not a log row; the compiled twin returns None
+        instead, for the caller to come here."""
+        rows: list = []
+        for data in datas:
+            rows += unpack_log(data)
+        groups, newest = Rows.groups(rows)
+        return ([(charger, tx, chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()],
+                [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
 
 
 def select() -> type:

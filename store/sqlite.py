@@ -74,7 +74,7 @@ from typing import Any, Callable, Iterator
 import msgspec
 
 from . import logrows, migrations, walsync
-from .migrations import READING_LOGS, chunk_summary, pack, reading_log, unpack_chunk, unpack_log
+from .migrations import READING_LOGS, pack, reading_log, unpack_chunk, unpack_log
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
                    StoreError, TransactionEvent, UpsertCharger)
 
@@ -203,24 +203,25 @@ def _packed(rows: list) -> bytes:
 log_bucket = reading_log  # a charger's log table (CRC-32: the same in every process)
 
 
-def _take(conn: sqlite3.Connection, sql: str, table: str,
-          limit: int | None) -> tuple[list, int, int | None, bool, tuple[int, int | None, int]]:
+def _take(conn: sqlite3.Connection, sql: str, table: str, limit: int | None,
+          packed: bool = False) -> tuple[list, int, int | None, bool, tuple[int, int | None, int]]:
     """The oldest packed rows of the inbox or a log table (``sql`` selects key, readings,
     data in order), holding ``limit`` readings or more (all, without a limit): (their log
-    rows, how many, the last key taken or None, whether rows stay, and their span: how many
-    packed rows, the first key, their bytes). A transaction that drops rows taken outside
-    it first compares their span with what the table holds up to the last key."""
-    rows: list[tuple] = []
+    rows, or with ``packed`` their (key, data) as stored, how many readings, the last key
+    taken or None, whether rows stay, and their span: how many packed rows, the first key,
+    their bytes). A transaction that drops rows taken outside it first compares their span
+    with what the table holds up to the last key."""
+    rows: list = []
     taken, last, first, count, size = 0, None, None, 0, 0
     cur = conn.execute(sql)
     try:
         for key, n, data in cur:
             if limit is not None and taken >= limit:
                 return rows, taken, last, True, (count, first, size)
-            try:
-                rows += unpack_log(data)
-            except msgspec.DecodeError as e:  # only a damaged file or a foreign writer
-                raise StoreError(f"sqlite: {table} row {key} is unreadable: {e}") from e
+            if packed:
+                rows.append((key, data))
+            else:
+                rows += _unpacked(table, key, data)
             taken += n
             last = key
             if first is None:
@@ -230,6 +231,26 @@ def _take(conn: sqlite3.Connection, sql: str, table: str,
     finally:
         cur.close()
     return rows, taken, last, False, (count, first, size)
+
+
+def _unpacked(table: str, key: int, data: bytes) -> list:
+    try:
+        return unpack_log(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # only a damaged file or a foreign writer
+        raise StoreError(f"sqlite: {table} row {key} is unreadable: {e}") from e
+
+
+def _fold_plan(table: str, rows: list[tuple[int, bytes]]) -> tuple[list, list]:
+    """``Rows.fold`` of a log table's (key, data) rows: compiled, or the twin's when the
+    compiled one finds a row it does not read (which the twin reads, or reports)."""
+    datas = [data for _, data in rows]
+    try:
+        plan = _ROWS.fold(datas)
+        return logrows.Rows.fold(datas) if plan is None else plan
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        for key, data in rows:
+            _unpacked(table, key, data)  # raises for the first unreadable row
+        raise
 
 
 _TX_ENSURE = """
@@ -979,12 +1000,10 @@ class SqliteStore(Store):
 
     def _plan_fold(self, conn: sqlite3.Connection, b: int, limit: int | None) -> tuple | None:
         """A fold's reads and packing (no write): None with an empty table."""
-        rows, folded, last, more, span = _take(conn, _LOGS[b].take, _LOGS[b].table, limit)
+        rows, folded, last, more, span = _take(conn, _LOGS[b].take, _LOGS[b].table, limit, packed=True)
         if last is None:
             return None
-        groups, newest = _ROWS.groups(rows)
-        chunks = [(charger, tx, chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()]
-        lasts = [(c, con, at, wh) for c, _, con, at, wh in newest.values()]
+        chunks, lasts = _fold_plan(_LOGS[b].table, rows)
         return b, last, more, span, folded, chunks, lasts
 
     def _apply_fold(self, conn: sqlite3.Connection, plan: tuple, planned_apart: bool) -> int:

@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import random
 
+import msgspec
 import pytest
 
 from chargeyard.store import logrows
@@ -119,3 +120,74 @@ def test_groups_match_the_twin(impl):
         mine = [x for x in rows if x[0] == charger and x[2] == con and not x[1] and not x[5]]
         top = max(x[3] for x in mine)
         assert r == [x for x in mine if x[3] == top][-1][:5]  # the newest by at; of equals the last
+
+
+def _log_rows(rng: random.Random, n: int) -> list[tuple]:
+    """Log rows with every msgpack integer width, ids of every str length class, repeated
+    keys and ties: what a fold must group and summarise as the twin does."""
+    ints = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, -1, -32, -33, -128, -129,
+            -32768, -32769, -2**31, -2**31 - 1, -2**63]
+    ids = ["CP1", "CP2", "é-ü", "x" * 31, "y" * 32, "z" * 255, "w" * 256, "v" * 70000]
+    rows = []
+    for _ in range(n):
+        rows.append((rng.choice(ids), rng.choice(["", "", "7", "8" * 40]), rng.choice(ints[:6] + [rng.choice(ints)]),
+                     rng.choice([rng.randrange(50), rng.choice(ints)]), rng.choice([float(rng.randrange(100)), -0.0,
+                     0.0, float("inf"), float("-inf"), 1e300]), rng.choice([0, 0, 1, 2])))
+    return rows
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_fold_matches_the_twin_byte_for_byte(impl):
+    from chargeyard.store.migrations import chunk_summary, pack, unpack_chunk
+    rng = random.Random(11)
+    rows = _log_rows(rng, 3000)
+    datas = []
+    i = 0
+    while i < len(rows):
+        k = rng.choice([1, 5, 15, 16, 17, 300])
+        datas.append(pack(rows[i:i + k]))
+        i += k
+    chunks, lasts = impl.fold(datas)
+    assert (chunks, lasts) == logrows.Rows.fold(datas)
+    groups, newest = logrows.Rows.groups(rows)
+    assert [(c, t) for c, t, *_ in chunks] == list(groups)
+    for charger, tx, summary, n, data in chunks:
+        g = groups[(charger, tx)]
+        assert (summary, n, unpack_chunk(data)) == (chunk_summary(g), len(g), g)
+    big = [("CP9", "1", 1, j, float(j), 0) for j in range(70000)]  # a chunk past 65,535 readings
+    assert impl.fold([pack(big[:30000]), pack(big[30000:])]) == logrows.Rows.fold([pack(big)])
+    assert impl.fold([]) == ([], [])
+
+
+NOT_LOG_ROWS = [
+    b"\xc1",  # not msgpack
+    msgspec.msgpack.encode([("CP1", "1", 1, 10, 1.0, 0)]) + b"\x00",  # trailing bytes
+    msgspec.msgpack.encode([("CP1", "1", 1, 10, 1.0)]),  # five fields
+    msgspec.msgpack.encode([("CP1", "1", 1, 10)])[:-1],  # cut short
+    msgspec.msgpack.encode([("CP1", "1", 1, 10, 1, 0)]),  # an integer reading
+    msgspec.msgpack.encode([("CP1", "1", 1, 2**64 - 1, 1.0, 0)]),  # beyond signed 64 bits
+    msgspec.msgpack.encode([("CP1", "1", 1, 10, float("nan"), 0)]),
+    msgspec.msgpack.Encoder().encode([("CP1", 1, 1, 10, 1.0, 0)]),  # a tx that is not text
+    b"\x91\x96\xa2\xff\xfe\xa1\x31\x01\x0a\xcb" + b"\x3f\xf0" + b"\x00" * 6 + b"\x00",  # ids not UTF-8
+    b"\x91\x96\xa3CP1\xa11\x01\x0a\xca\x3f\x80\x00\x00\x00",  # a 32-bit float
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("data", NOT_LOG_ROWS, ids=range(len(NOT_LOG_ROWS)))
+def test_fold_of_what_is_not_a_log_row(impl, data):
+    """The compiled fold returns None (its caller then asks the twin); the twin decodes as
+    the log's decoder does: it raises, or, for what the decoder accepts (a 32-bit float, an
+    integer reading, a NaN), folds it."""
+    good = msgspec.msgpack.encode([("CP1", "1", 1, 10, 1.0, 0)])
+    try:
+        want = repr(logrows.Rows.fold([good, data]))  # repr: a NaN equals itself
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        want = None
+    if impl is not logrows.Rows:
+        assert impl.fold([good, data]) is None
+    elif want is None:
+        with pytest.raises((msgspec.DecodeError, UnicodeDecodeError)):
+            impl.fold([good, data])
+    else:
+        assert repr(impl.fold([good, data])) == want

@@ -469,8 +469,9 @@ def test_a_batch_logs_its_readings_packed(tmp_path, inbox_batch):
     run(main())
 
 
+@pytest.mark.parametrize("damage", ["c1", "9196a2fffea1310c0acb3ff000000000000000"], ids=["not-msgpack", "not-utf8"])
 @pytest.mark.parametrize("where", ["inbox", "table"])
-def test_a_damaged_packed_row_is_a_store_error(tmp_path, where):
+def test_a_damaged_packed_row_is_a_store_error(tmp_path, where, damage):
     path = tmp_path / "d.db"
 
     async def main():
@@ -478,7 +479,7 @@ def test_a_damaged_packed_row_is_a_store_error(tmp_path, where):
             s.INBOX_BATCH = s.INBOX_BATCH if where == "inbox" else 0
             await s.apply(samples("CP1", "1", range(1, 3)))
             table = "sample_inbox" if where == "inbox" else f"reading_log_{log_bucket('CP1')}"
-            await s._run(s._write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'c1'"))
+            await s._run(s._write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'{damage}'"))
             with pytest.raises(StoreError, match=f"{table} row .* is unreadable"):
                 await s.list_meter_samples("CP1", "1")
             await s._run(s._write, lambda conn: conn.execute(f"DELETE FROM {table}"))
@@ -571,7 +572,7 @@ def test_version_4_database_keeps_every_reading(tmp_path, monkeypatch):
 
     async def main():
         async with SqliteStore(path) as s:
-            assert await s.schema_version() == migrations.LATEST == 5
+            assert await s.schema_version() == migrations.LATEST == 6
             assert s.deferred_rows == 3  # the old log's rows wait in the new log
             tx = await s.get_transaction("CP1", "1")
             assert (tx["meter_start_wh"], tx["energy_wh"], tx["last_reading_wh"]) == (1400.0, 900.0, 2300.0)
@@ -587,5 +588,67 @@ def test_version_4_database_keeps_every_reading(tmp_path, monkeypatch):
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert not tables & {"meter_samples", "sample_repeats", "sample_log_0"}
         assert {"meter_chunks", "fold_seq", "reading_log_0", "reading_log_15", "sample_inbox"} <= tables
+    finally:
+        conn.close()
+
+
+# -- schema version 6: chunks in a rowid table ------------------------------------------------
+
+def test_version_5_chunks_move_to_a_rowid_table(tmp_path, monkeypatch):
+    """A version 5 file (chunks in a WITHOUT ROWID table) migrates to version 6 (a rowid
+    table and a unique index on the key) with every chunk and every read unchanged; folds
+    after it go on numbering chunks, and a duplicate key is still refused."""
+    path = tmp_path / "v5.db"
+    samples = [MeterSample("CP1", "1", at(i), 1000.0 + 10 * i, 1) for i in range(6)]
+    samples += [MeterSample("CP2", "", at(i), 50.0 + i, 2) for i in range(3)]
+
+    async def reads(s):
+        return (await s.get_transaction("CP1", "1"), await s.list_meter_samples("CP1", "1"),
+                await s.list_meter_samples("CP2", ""), (await s.get_charger("CP2"))["last_readings"])
+
+    async def version_5():
+        with monkeypatch.context() as m:
+            m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:5])
+            m.setattr(migrations, "LATEST", 5)
+            async with SqliteStore(path) as s:
+                assert await s.schema_version() == 5
+                await s.apply([StartTransaction("CP1", "1", 1, "T", 990.0, at(0))])
+                await s.apply(samples[:4])
+                await s._fold_in_steps()  # one fold: chunks of it
+                await s.apply(samples[4:])
+                return await reads(s)
+    before = run(version_5())
+    conn = sqlite3.connect(path)
+    try:
+        assert "WITHOUT ROWID" in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'meter_chunks'").fetchone()[0]
+        chunks_5 = conn.execute("SELECT charger_id, tx_id, chunk, low_wh, high_wh, last_at, last_connector, "
+                                "last_wh, rows, data FROM meter_chunks ORDER BY charger_id, tx_id, chunk").fetchall()
+    finally:
+        conn.close()
+    assert len(chunks_5) >= 3
+
+    async def version_6():
+        async with SqliteStore(path) as s:
+            assert await s.schema_version() == migrations.LATEST == 6
+            got = await reads(s)
+            await s.apply([MeterSample("CP1", "1", at(10), 2000.0, 1)])
+            tx = await s.get_transaction("CP1", "1")
+            return got, tx
+    after, tx = run(version_6())
+    assert after == before
+    assert (tx["last_reading_wh"], tx["energy_wh"]) == (2000.0, 1010.0)
+    conn = sqlite3.connect(path)
+    try:
+        assert "WITHOUT ROWID" not in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'meter_chunks'").fetchone()[0]
+        assert conn.execute("SELECT sql FROM sqlite_master WHERE name = 'meter_chunks_key'").fetchone()[0]
+        rows = conn.execute("SELECT charger_id, tx_id, chunk, low_wh, high_wh, last_at, last_connector, last_wh, "
+                            "rows, data FROM meter_chunks ORDER BY charger_id, tx_id, chunk").fetchall()
+        new = [r for r in rows if r not in chunks_5]
+        assert [r for r in rows if r in chunks_5] == chunks_5 and len(new) == 1
+        assert new[0][:2] == ("CP1", "1") and new[0][2] > max(r[2] for r in chunks_5)  # numbered after them
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(migrations.CHUNK_INSERT, rows[0][:10])
     finally:
         conn.close()
