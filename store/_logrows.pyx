@@ -12,6 +12,7 @@ import datetime as _dt
 
 from .base import to_us as _py_to_us
 from .logrows import _bad, _CACHE_MAX
+from .migrations import reading_log as _reading_log
 
 import_datetime()
 
@@ -104,6 +105,12 @@ class Rows:
     def fold(list datas):
         return _fold(datas)
 
+    @staticmethod
+    def split_packed(list datas, int n, table_of):
+        if table_of is not _reading_log or n <= 0:
+            return None
+        return _split_packed(datas, n)
+
 
 # -- the fold, without a Python object per reading ----------------------------------------
 #
@@ -116,7 +123,7 @@ class Rows:
 # None: the caller then takes the twin's path, which decodes (and reports) as before.
 
 from libc.string cimport memcpy, memcmp
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.stdint cimport uint8_t, uint64_t, int64_t
 from libc.math cimport isnan
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
@@ -404,3 +411,147 @@ cdef object _fold(list datas):
         chunks.append((key[0], key[1], (gr.low if gr.has_low else None, gr.high, gr.last_at, gr.last_con,
                                         gr.last_wh), gr.n, outs[j]))
     return chunks, list(newest.values())
+
+
+# -- a move: packed log rows split by log table, without a Python object per reading --------
+
+cdef unsigned int _CRC[256]
+cdef unsigned int _c, _k, _j
+for _j in range(256):
+    _c = _j
+    for _k in range(8):
+        _c = (0xEDB88320 ^ (_c >> 1)) if (_c & 1) else (_c >> 1)
+    _CRC[_j] = _c
+
+
+cdef inline unsigned int _crc32(const uint8_t* p, Py_ssize_t n) noexcept:
+    """zlib.crc32 (the log table of a charger is that of its id's UTF-8 bytes)."""
+    cdef unsigned int c = 0xFFFFFFFF
+    cdef Py_ssize_t i
+    for i in range(n):
+        c = _CRC[(c ^ p[i]) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+cdef struct _S:  # a reading of a move: its packed bytes and its table
+    const uint8_t* at
+    Py_ssize_t size
+    int table
+
+
+cdef object _split_packed(list datas, int n):
+    """``Rows.split_packed`` (see the twin); None when a row is not in msgspec's form."""
+    cdef _P s
+    cdef Py_ssize_t count, i, cn, tn, nr = 0, cap = 0
+    cdef const uint8_t* cs
+    cdef const uint8_t* ts
+    cdef const uint8_t* start
+    cdef long long con, at, kind
+    cdef double wh
+    cdef _S* rs = NULL
+    cdef _S* m
+    cdef Py_ssize_t* counts = NULL
+    cdef Py_ssize_t* sizes = NULL
+    cdef Py_ssize_t* fills = NULL
+    cdef char** outs = NULL
+    cdef bytes data
+    cdef list parts = []
+    cdef int b
+    try:
+        counts = <Py_ssize_t*>calloc(n, sizeof(Py_ssize_t))
+        sizes = <Py_ssize_t*>calloc(n, sizeof(Py_ssize_t))
+        fills = <Py_ssize_t*>calloc(n, sizeof(Py_ssize_t))
+        outs = <char**>calloc(n, sizeof(char*))
+        if counts == NULL or sizes == NULL or fills == NULL or outs == NULL:
+            raise MemoryError()
+        for data in datas:
+            s.p = <const uint8_t*>PyBytes_AS_STRING(data)
+            s.end = s.p + len(data)
+            if _arr(&s, &count) < 0:
+                return None
+            for i in range(count):
+                start = s.p
+                if s.p >= s.end or s.p[0] != 0x96:
+                    return None
+                s.p += 1
+                if _str(&s, &cs, &cn) < 0 or _str(&s, &ts, &tn) < 0:
+                    return None
+                if _int(&s, &con) < 0 or _int(&s, &at) < 0 or _f64(&s, &wh) < 0 or _int(&s, &kind) < 0:
+                    return None
+                if isnan(wh):
+                    return None
+                if nr == cap:
+                    cap = max(1024, cap * 2)
+                    m = <_S*>realloc(rs, cap * sizeof(_S))
+                    if m == NULL:
+                        raise MemoryError()
+                    rs = m
+                b = _crc32(cs, cn) % n
+                rs[nr].at = start
+                rs[nr].size = s.p - start
+                rs[nr].table = b
+                nr += 1
+                counts[b] += 1
+                sizes[b] += s.p - start
+            if s.p != s.end:
+                return None
+        # the ids must be UTF-8 (the twin decodes them): checked once per distinct run below
+        for i in range(nr):
+            s.p = rs[i].at + 1
+            s.end = rs[i].at + rs[i].size
+            _str(&s, &cs, &cn)
+            _str(&s, &ts, &tn)
+            if not (_utf8(cs, cn) and _utf8(ts, tn)):
+                return None
+        for b in range(n):
+            if counts[b]:
+                blob = PyBytes_FromStringAndSize(NULL, _header_len(counts[b]) + sizes[b])
+                parts.append((b, counts[b], blob))
+                outs[b] = PyBytes_AS_STRING(blob)
+                _header(outs[b], counts[b])
+                fills[b] = _header_len(counts[b])
+        for i in range(nr):
+            b = rs[i].table
+            memcpy(outs[b] + fills[b], rs[i].at, rs[i].size)
+            fills[b] += rs[i].size
+        return parts
+    finally:
+        free(rs)
+        free(counts)
+        free(sizes)
+        free(fills)
+        free(outs)
+
+
+cdef inline bint _utf8(const uint8_t* p, Py_ssize_t n) noexcept:
+    """Valid UTF-8 as Python's strict decoder has it (no surrogates, no overlongs)."""
+    cdef Py_ssize_t i = 0
+    cdef uint8_t c, c1
+    while i < n:
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if c < 0xC2 or c > 0xF4:
+            return False
+        if c < 0xE0:
+            if i + 1 >= n or (p[i + 1] & 0xC0) != 0x80:
+                return False
+            i += 2
+            continue
+        if i + 1 >= n:
+            return False
+        c1 = p[i + 1]
+        if c < 0xF0:
+            if i + 2 >= n or (c1 & 0xC0) != 0x80 or (p[i + 2] & 0xC0) != 0x80:
+                return False
+            if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 > 0x9F):
+                return False
+            i += 3
+            continue
+        if i + 3 >= n or (c1 & 0xC0) != 0x80 or (p[i + 2] & 0xC0) != 0x80 or (p[i + 3] & 0xC0) != 0x80:
+            return False
+        if (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 > 0x8F):
+            return False
+        i += 4
+    return True

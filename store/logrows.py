@@ -106,6 +106,19 @@ class Rows:
                 [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
 
 
+    @staticmethod
+    def split_packed(datas: list[bytes], n: int, table_of: Callable[[str], int]) -> list | None:
+        """A move's rows: the log rows packed in ``datas`` (in order), split by log table
+        (``table_of``, ``n`` tables), as ``[(table, readings, packed), ...]`` by table, each
+        table's in order. Raises as ``fold`` does; the compiled twin returns None instead (also
+        for a ``table_of`` other than ``migrations.reading_log``)."""
+        rows: list = []
+        for data in datas:
+            rows += unpack_log(data)
+        parts = Rows.split(rows, {}, n, table_of)
+        return [(b, len(part), pack(part)) for b, part in enumerate(parts) if part]
+
+
 def select() -> type:
     """The compiled Rows unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
     from ..core.codec import pick

@@ -191,3 +191,61 @@ def test_fold_of_what_is_not_a_log_row(impl, data):
             impl.fold([good, data])
     else:
         assert repr(impl.fold([good, data])) == want
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_split_packed_matches_the_twin_byte_for_byte(impl):
+    from chargeyard.store.migrations import pack, unpack_log
+    rng = random.Random(5)
+    rows = _log_rows(rng, 3000) + [(f"CP{i}-ß€😀", "1", 1, i, 1.0, 0) for i in range(200)]
+    rng.shuffle(rows)
+    datas = [pack(rows[i:i + 77]) for i in range(0, len(rows), 77)]
+    parts = impl.split_packed(datas, READING_LOGS, reading_log)
+    assert parts == logrows.Rows.split_packed(datas, READING_LOGS, reading_log)
+    assert [b for b, _, _ in parts] == sorted({reading_log(r[0]) for r in rows})
+    for b, n, data in parts:
+        assert unpack_log(data) == [r for r in rows if reading_log(r[0]) == b] and n == len(unpack_log(data))
+    assert impl.split_packed([], READING_LOGS, reading_log) == []
+    if impl is not logrows.Rows:  # the compiled one hashes as reading_log does, and only that
+        assert impl.split_packed(datas, 7, lambda c: 0) is None
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("data", NOT_LOG_ROWS + [b"\x91\x96\xa3\xed\xa0\x80\xa11\x01\x0a\xcb" + b"\x00" * 8 + b"\x00"],
+                         ids=range(len(NOT_LOG_ROWS) + 1))
+def test_split_packed_of_what_is_not_a_log_row(impl, data):
+    """As for the fold: None from the compiled one, the decoder's answer from the twin (the
+    last case: a surrogate's UTF-8 bytes, which strict UTF-8 refuses)."""
+    good = msgspec.msgpack.encode([("CP1", "1", 1, 10, 1.0, 0)])
+    try:
+        want = repr(logrows.Rows.split_packed([good, data], READING_LOGS, reading_log))
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        want = None
+    if impl is not logrows.Rows:
+        assert impl.split_packed([good, data], READING_LOGS, reading_log) is None
+    elif want is None:
+        with pytest.raises((msgspec.DecodeError, UnicodeDecodeError)):
+            impl.split_packed([good, data], READING_LOGS, reading_log)
+    else:
+        assert repr(impl.split_packed([good, data], READING_LOGS, reading_log)) == want
+
+
+def test_split_packed_reads_ids_as_strict_utf8():
+    """The compiled move checks ids' UTF-8 itself: it must refuse exactly what Python's
+    strict decoder refuses (overlongs, surrogates, beyond U+10FFFF, cut sequences)."""
+    if len(IMPLS) < 2:
+        pytest.skip("the pure-Python build")
+    crows = IMPLS[1]
+    rng = random.Random(9)
+    pool = [0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xED, 0xEF, 0xF0, 0xF4, 0xF5, 0xFF,
+            0x90, 0x9F, 0xA0, 0x8F]
+    for _ in range(20000):
+        raw = bytes(rng.choice(pool) for _ in range(rng.randrange(1, 6)))
+        row = b"\x91\x96" + bytes([0xA0 | len(raw)]) + raw + b"\xa11\x01\x0a\xcb" + b"\x00" * 8 + b"\x00"
+        try:
+            raw.decode("utf-8")
+            ok = True
+        except UnicodeDecodeError:
+            ok = False
+        got = crows.split_packed([row], READING_LOGS, reading_log)
+        assert (got is not None) == ok, raw

@@ -512,7 +512,7 @@ def test_idle_time_moves_the_inbox_in_bulk(tmp_path):
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_MOVE_ROWS = 5
+            s.INBOX_MOVE_ROWS, s.INBOX_MOVE_BATCHES = 5, 0
             await s.apply(samples("CP1", "1", range(0, 2)))
             await s.apply(samples("CP1", "1", range(2, 4)))
             assert not s.maintenance_due() and await s.maintain() == 0
@@ -521,6 +521,34 @@ def test_idle_time_moves_the_inbox_in_bulk(tmp_path):
             assert await s.maintain() == 6  # whole packed rows, oldest first, at least INBOX_MOVE_ROWS
             assert inbox(path) == [] and counts(path) == (6, 0) and s.deferred_rows == 6
             assert not s.maintenance_due()  # the readings wait in their table for a fold
+    run(main())
+
+
+def test_a_move_takes_batches_worth_and_a_full_inbox_goes_to_the_tables(tmp_path):
+    """A move by maintain() takes INBOX_MOVE_BATCHES batches' worth (their moving mean), so
+    big batches move in big steps; every batch goes to the inbox until it holds INBOX_MAX,
+    then a batch moves it and logs into the tables itself."""
+    path = tmp_path / "b.db"
+
+    async def main():
+        async with SqliteStore(path) as s:
+            s.INBOX_MOVE_ROWS, s.INBOX_MOVE_BATCHES, s.INBOX_MOVE_MAX, s.INBOX_MAX = 4, 3, 1000, 100
+            assert s._move_rows == 4
+            for k in range(4):  # batches of 10: the mean goes up to 10 (at 1/8 a batch)
+                await s.apply([MeterSample(f"CP{k}{j}", "", at(k), float(j), 1) for j in range(10)])
+            assert inbox(path) == [10] * 4 and 4 < s._move_rows < 30
+            s._batch_readings = 10.0
+            assert s._move_rows == 30 and s.maintenance_due()
+            assert await s.maintain() == 30  # three inbox rows, the oldest
+            assert inbox(path) == [10] and counts(path) == (40, 0)
+            for k in range(9):
+                await s.apply([MeterSample(f"CQ{k}{j}", "", at(k), float(j), 1) for j in range(10)])
+            assert inbox(path) == [10] * 10  # 100: full
+            await s.apply([MeterSample(f"CR{j}", "", at(0), float(j), 1) for j in range(10)])
+            assert inbox(path) == [] and counts(path) == (140, 0)  # moved, then logged into the tables
+            s._batch_readings = 10_000.0
+            assert s._move_rows == 1000  # INBOX_MOVE_MAX
+            assert len(await s.list_meter_samples("CR3", "")) == 1
     run(main())
 
 
