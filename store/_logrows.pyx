@@ -106,6 +106,14 @@ class Rows:
         return _fold(datas)
 
     @staticmethod
+    def run_end(list ops, Py_ssize_t i):
+        cdef Py_ssize_t j = i + 1, n = len(ops)
+        cdef object t = type(ops[i])
+        while j < n and type(ops[j]) is t:
+            j += 1
+        return j
+
+    @staticmethod
     def split_packed(list datas, int n, table_of):
         if table_of is not _reading_log or n <= 0:
             return None
@@ -137,6 +145,10 @@ cdef struct _R:  # a reading
 
 
 cdef struct _G:  # a group: a (charger, tx) of the fold, in first-seen order
+    const uint8_t* cs  # its key, as first seen in the packed rows
+    const uint8_t* ts
+    Py_ssize_t cn, tn
+    size_t h
     Py_ssize_t n, size, fill
     double high, low, last_wh
     long long last_at, last_con
@@ -262,10 +274,59 @@ cdef class _Fold:
     cdef Py_ssize_t nr, cap_r
     cdef _G* gs
     cdef Py_ssize_t ng, cap_g
+    cdef Py_ssize_t* slots  # open addressing over the groups' keys: group + 1, 0 when free
+    cdef size_t mask
 
     def __dealloc__(self):
         free(self.rs)
         free(self.gs)
+        free(self.slots)
+
+    cdef Py_ssize_t find(self, const uint8_t* cs, Py_ssize_t cn, const uint8_t* ts, Py_ssize_t tn,
+                         size_t h) noexcept:
+        """The group of a key, or -1 (its free slot is then where ``add`` puts it)."""
+        cdef size_t i = h & self.mask
+        cdef Py_ssize_t g
+        cdef _G* gr
+        while True:
+            g = self.slots[i] - 1
+            if g < 0:
+                return -1
+            gr = &self.gs[g]
+            if (gr.h == h and gr.cn == cn and gr.tn == tn and memcmp(gr.cs, cs, cn) == 0
+                    and memcmp(gr.ts, ts, tn) == 0):
+                return g
+            i = (i + 1) & self.mask
+
+    cdef int grow(self) except -1:
+        """Twice the slots (or the first 256), the groups placed again."""
+        cdef size_t n = 256 if self.slots == NULL else (self.mask + 1) * 2
+        cdef Py_ssize_t* m = <Py_ssize_t*>calloc(n, sizeof(Py_ssize_t))
+        cdef Py_ssize_t g
+        cdef size_t i
+        if m == NULL:
+            raise MemoryError()
+        free(self.slots)
+        self.slots = m
+        self.mask = n - 1
+        for g in range(self.ng):
+            i = self.gs[g].h & self.mask
+            while self.slots[i]:
+                i = (i + 1) & self.mask
+            self.slots[i] = g + 1
+        return 0
+
+    cdef int add(self, Py_ssize_t g) except -1:
+        """Index group ``g`` (made by ``group``, its key set)."""
+        cdef size_t i
+        if self.slots == NULL or <size_t>(self.ng * 2) > self.mask:
+            self.grow()  # places every group, g included
+            return 0
+        i = self.gs[g].h & self.mask
+        while self.slots[i]:
+            i = (i + 1) & self.mask
+        self.slots[i] = g + 1
+        return 0
 
     cdef int reading(self) except -1:
         cdef void* m
@@ -315,6 +376,13 @@ cdef inline void _header(char* o, Py_ssize_t n):
         u[4] = n & 0xff
 
 
+cdef inline size_t _fnv(const uint8_t* p, Py_ssize_t n, size_t h) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * <size_t>1099511628211
+    return h
+
+
 cdef object _fold(list datas):
     """``Rows.fold`` (see the twin); None when a row is not in msgspec's form."""
     cdef _Fold f = _Fold()
@@ -329,12 +397,11 @@ cdef object _fold(list datas):
     cdef double wh
     cdef _G* gr
     cdef _R* r
-    cdef dict index = {}  # (charger, tx) -> group
+    cdef size_t h
     cdef list keys = []  # the groups' (charger, tx)
     cdef dict newest = {}  # (charger, connector) -> (charger, connector, at, wh)
     cdef bytes data
     cdef tuple key, had
-    cdef object gi
     cdef list outs, chunks
     for data in datas:
         s.p = <const uint8_t*>PyBytes_AS_STRING(data)
@@ -356,20 +423,20 @@ cdef object _fold(list datas):
                 return None
             r.tail_len = s.p - r.tail
             if not (cn == pcn and tn == ptn and memcmp(cs, pc, cn) == 0 and memcmp(ts, pt, tn) == 0):
-                try:
-                    charger = PyUnicode_DecodeUTF8(<const char*>cs, cn, NULL)
-                    tx = PyUnicode_DecodeUTF8(<const char*>ts, tn, NULL)
-                except UnicodeDecodeError:
-                    return None
-                key = (charger, tx)
-                gi = index.get(key)
-                if gi is None:
+                h = _fnv(ts, tn, _fnv(cs, cn, <size_t>14695981039346656037ULL) * <size_t>31 + <size_t>cn)
+                g = f.find(cs, cn, ts, tn, h) if f.slots != NULL else -1
+                if g < 0:
+                    try:
+                        charger = PyUnicode_DecodeUTF8(<const char*>cs, cn, NULL)
+                        tx = PyUnicode_DecodeUTF8(<const char*>ts, tn, NULL)
+                    except UnicodeDecodeError:
+                        return None
                     g = f.ng
                     f.group()
-                    index[key] = g
-                    keys.append(key)
-                else:
-                    g = gi
+                    gr = &f.gs[g]
+                    gr.cs, gr.cn, gr.ts, gr.tn, gr.h = cs, cn, ts, tn, h
+                    f.add(g)
+                    keys.append((charger, tx))
                 pc, pcn, pt, ptn = cs, cn, ts, tn
             r.group = g
             gr = &f.gs[g]

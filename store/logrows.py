@@ -91,6 +91,14 @@ class Rows:
         return groups, newest
 
     @staticmethod
+    def run_end(ops: list, i: int) -> int:
+        """The end of the run of ops of ``ops[i]``'s type from ``i`` on."""
+        j, n, t = i + 1, len(ops), type(ops[i])
+        while j < n and type(ops[j]) is t:
+            j += 1
+        return j
+
+    @staticmethod
     def fold(datas: list[bytes]) -> tuple[list, list] | None:
         """A fold's plan from a log table's packed rows (``datas``, in order): its chunks,
         ``[(charger, tx, chunk_summary, readings, packed), ...]`` in first-seen order, and

@@ -819,9 +819,7 @@ class SqliteStore(Store):
             t = type(ops[i])
             bulk = self._bulk.get(t)
             if bulk is not None:
-                j = i + 1
-                while j < n and type(ops[j]) is t:
-                    j += 1
+                j = _ROWS.run_end(ops, i)
                 bulk(ops[i:j])
                 i = j
                 continue

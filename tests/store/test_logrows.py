@@ -154,6 +154,9 @@ def test_fold_matches_the_twin_byte_for_byte(impl):
     for charger, tx, summary, n, data in chunks:
         g = groups[(charger, tx)]
         assert (summary, n, unpack_chunk(data)) == (chunk_summary(g), len(g), g)
+    many = [(f"CP{j % 5000}", str(j % 3), 1, j, float(j), 0) for j in range(40000)]  # 15,000 groups
+    rng.shuffle(many)
+    assert impl.fold([pack(many[:20000]), pack(many[20000:])]) == logrows.Rows.fold([pack(many)])
     big = [("CP9", "1", 1, j, float(j), 0) for j in range(70000)]  # a chunk past 65,535 readings
     assert impl.fold([pack(big[:30000]), pack(big[30000:])]) == logrows.Rows.fold([pack(big)])
     assert impl.fold([]) == ([], [])
@@ -249,3 +252,9 @@ def test_split_packed_reads_ids_as_strict_utf8():
             ok = False
         got = crows.split_packed([row], READING_LOGS, reading_log)
         assert (got is not None) == ok, raw
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_run_end(impl):
+    ops = [1, 2, "a", "b", "c", 3.0, 4]
+    assert [impl.run_end(ops, i) for i in range(len(ops))] == [2, 2, 5, 5, 5, 6, 7]
