@@ -19,6 +19,26 @@ from chargeyard.worker.metrics import handle as _handle
 
 cdef object _Call = Call
 cdef object _Commit = Commit
+
+# Call's and Commit's fields read from their slots (``_slots.pxi``)
+include "_slots.pxi"
+
+cdef Py_ssize_t _CALL_ID = _offset(_Call, "message_id")
+cdef Py_ssize_t _CALL_ACTION = _offset(_Call, "action")
+cdef Py_ssize_t _CALL_PAYLOAD = _offset(_Call, "payload")
+cdef Py_ssize_t _COMMIT_OP = _offset(_Commit, "op")
+cdef Py_ssize_t _COMMIT_RESPONSE = _offset(_Commit, "response")
+
+
+def _check():
+    call, commit = _Call("1", "Heartbeat", {}), _Commit(object(), object())
+    _check_slots("chargeyard.worker._listener", (
+        (call, _Call, _CALL_ID, "message_id"), (call, _Call, _CALL_ACTION, "action"),
+        (call, _Call, _CALL_PAYLOAD, "payload"), (commit, _Commit, _COMMIT_OP, "op"),
+        (commit, _Commit, _COMMIT_RESPONSE, "response")))
+
+
+_check()
 cdef object _Struct = msgspec.Struct
 cdef object _log = logging.getLogger("chargeyard.worker.batching")
 # the handle-duration histogram (``metrics._Handle``), counted here without a call into Python
@@ -138,7 +158,7 @@ cdef class Listener(WSListener):
         """``data``: bytes, or a view of picows' read buffer valid during this call only."""
         msg = self.codec.decode(data)
         if type(msg) is _Call:
-            action = msg.action
+            action = _field(msg, _Call, _CALL_ACTION, "action")
             counts = self._counts_in
             counts[action] = counts.get(action, 0) + 1
             self._dispatch_c(msg)
@@ -149,20 +169,23 @@ cdef class Listener(WSListener):
         self._process_c(data)
 
     cdef _dispatch_c(self, call):
-        handler = self.handlers.get(call.action)
+        action = _field(call, _Call, _CALL_ACTION, "action")
+        handler = self.handlers.get(action)
         if handler is None:
             self._no_handler(call)
             return
         cdef double t0 = self._last  # when the frame was taken in
         try:
-            res = handler(self, call.payload)
+            res = handler(self, _field(call, _Call, _CALL_PAYLOAD, "payload"))
         except Exception as exc:  # a handler bug must not kill the connection
             self._handler_failed(call, exc)
             return
         if type(res) is _Commit:
-            self.writer.add_reply(res.op, self, call.message_id, call.action, res.response, t0)
+            self.writer.add_reply(_field(res, _Commit, _COMMIT_OP, "op"), self,
+                                  _field(call, _Call, _CALL_ID, "message_id"), action,
+                                  _field(res, _Commit, _COMMIT_RESPONSE, "response"), t0)
         elif isinstance(res, _Struct):
-            self._committed(call.message_id, call.action, res, t0)
+            self._committed(_field(call, _Call, _CALL_ID, "message_id"), action, res, t0)
         else:
             self._deferred_reply(call, res, t0)
 

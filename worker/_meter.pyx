@@ -4,12 +4,47 @@ twin's docstrings hold); calls between its steps stay in C."""
 
 from msgspec import UNSET
 
+from chargeyard.core.messages import v16 as _v16
 from .meter import ENERGY, I64
 
 cdef object _UNSET = UNSET
 cdef object _ENERGY = ENERGY
 cdef object _I64 = I64
 cdef object _MINUS_I64 = -I64
+
+
+# -- the 1.6 MeterValues Structs' fields, read from their slots (``_slots.pxi``) for the exact
+# types the codec decodes; any other type (StopTransaction's transactionData, a subclass)
+# goes through getattr.
+
+include "_slots.pxi"
+
+cdef object _REQ = _v16.MeterValuesRequest
+cdef object _MV = _v16.MeterValuesRequestMeterValue
+cdef object _SV = _v16.MeterValuesRequestMeterValueSampledValue
+cdef Py_ssize_t _REQ_TX = _offset(_REQ, "transaction_id")
+cdef Py_ssize_t _REQ_CON = _offset(_REQ, "connector_id")
+cdef Py_ssize_t _REQ_MV = _offset(_REQ, "meter_value")
+cdef Py_ssize_t _MV_SAMPLED = _offset(_MV, "sampled_value")
+cdef Py_ssize_t _MV_AT = _offset(_MV, "timestamp")
+cdef Py_ssize_t _SV_VALUE = _offset(_SV, "value")
+cdef Py_ssize_t _SV_UNIT = _offset(_SV, "unit")
+cdef Py_ssize_t _SV_PHASE = _offset(_SV, "phase")
+cdef Py_ssize_t _SV_MEASURAND = _offset(_SV, "measurand")
+
+
+def _check():
+    sv = _SV(value="1", unit="Wh", measurand=_ENERGY)
+    mv = _MV(timestamp=None, sampled_value=[sv])
+    req = _REQ(connector_id=3, meter_value=[mv], transaction_id=7)
+    _check_slots("chargeyard.worker._meter", (
+        (sv, _SV, _SV_VALUE, "value"), (sv, _SV, _SV_UNIT, "unit"), (sv, _SV, _SV_PHASE, "phase"),
+        (sv, _SV, _SV_MEASURAND, "measurand"), (mv, _MV, _MV_SAMPLED, "sampled_value"),
+        (mv, _MV, _MV_AT, "timestamp"), (req, _REQ, _REQ_TX, "transaction_id"),
+        (req, _REQ, _REQ_CON, "connector_id"), (req, _REQ, _REQ_MV, "meter_value")))
+
+
+_check()
 
 
 cdef inline object _i64(n):
@@ -22,10 +57,10 @@ cdef inline object _i64(n):
 cdef object _wh_16(sv):
     cdef double v
     try:
-        v = float(sv.value)
+        v = float(_field(sv, _SV, _SV_VALUE, "value"))
     except ValueError:
         return None
-    if sv.unit == "kWh":
+    if _field(sv, _SV, _SV_UNIT, "unit") == "kWh":
         v = v * 1000.0
     if v - v == 0.0:  # finite: inf - inf and nan - nan are nan
         return v
@@ -35,17 +70,40 @@ cdef object _wh_16(sv):
 cdef object _energy_16(sampled):
     best = None
     for sv in sampled:
-        measurand = sv.measurand
+        measurand = _field(sv, _SV, _SV_MEASURAND, "measurand")
         if measurand is not _UNSET and measurand != _ENERGY:
             continue
         wh = _wh_16(sv)
         if wh is None:
             continue
-        if sv.phase is _UNSET:
+        if _field(sv, _SV, _SV_PHASE, "phase") is _UNSET:
             return wh
         if best is None:
             best = wh
     return best
+
+
+cdef list _samples_16(charger_id, tx, connector, meter_value, sample):
+    cdef list samples = []
+    for mv in meter_value:
+        wh = _energy_16(_field(mv, _MV, _MV_SAMPLED, "sampled_value"))
+        if wh is not None:
+            samples.append(sample(charger_id, tx, _field(mv, _MV, _MV_AT, "timestamp"), wh, _i64(connector)))
+    return samples
+
+
+cdef object _mv16(s, r, wants_events, sample, commit, response, rest):
+    charger_id = s.charger_id
+    t = _field(r, _REQ, _REQ_TX, "transaction_id")
+    tx = "" if t is _UNSET else str(t)
+    cdef list samples = _samples_16(charger_id, tx, _field(r, _REQ, _REQ_CON, "connector_id"),
+                                    _field(r, _REQ, _REQ_MV, "meter_value"), sample)
+    if not samples:
+        return response
+    wants = wants_events(charger_id)
+    if len(samples) == 1 and not wants:
+        return commit(samples[0], response)
+    return rest(s, r, tx, samples, wants)
 
 
 class Meter:
@@ -53,9 +111,10 @@ class Meter:
 
     @staticmethod
     def samples_16(charger_id, tx, connector, meter_value, sample):
-        cdef list samples = []
-        for mv in meter_value:
-            wh = _energy_16(mv.sampled_value)
-            if wh is not None:
-                samples.append(sample(charger_id, tx, mv.timestamp, wh, _i64(connector)))
-        return samples
+        return _samples_16(charger_id, tx, connector, meter_value, sample)
+
+    @staticmethod
+    def handler_16(wants_events, sample, commit, response, rest):
+        def MeterValues(s, r):
+            return _mv16(s, r, wants_events, sample, commit, response, rest)
+        return MeterValues

@@ -193,14 +193,8 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
     def _samples(s: Session, tx: str, connector: int, meter_value: list) -> list:
         return samples_16(s.charger_id, tx, connector, meter_value, MeterSample)
 
-    def MeterValues(s: Session, r: Any) -> Any:
-        tx = str(r.transaction_id) if r.transaction_id is not UNSET else ""
-        samples = samples_16(s.charger_id, tx, r.connector_id, r.meter_value, MeterSample)
-        if not samples:
-            return METER_VALUES_16
-        wants = worker.wants_events(s.charger_id)
-        if len(samples) == 1 and not wants:
-            return Commit(samples[0], METER_VALUES_16)
+    def meter_values_rest(s: Session, r: Any, tx: str, samples: list, wants: bool) -> Any:
+        """MeterValues with several readings, or whose event someone wants."""
         futs = [c.writer.add(op) for op in samples]
         fut = futs[0] if len(futs) == 1 else after(futs, None)
         if wants:
@@ -212,6 +206,10 @@ def handlers_16(worker: Worker) -> dict[str, Handler]:
                                                          "energy_wh": last[1], "at": last[0].isoformat()})
             fut.add_done_callback(publish)
         return Reply(fut, METER_VALUES_16)
+
+    # the common path (one reading, no event wanted) compiled unless CHARGEYARD_PURE=1
+    MeterValues = _METER.handler_16(worker.wants_events, MeterSample, Commit,
+                                    METER_VALUES_16, meter_values_rest)
 
     async def StopTransaction(s: Session, r: Any) -> Any:
         tx = str(r.transaction_id)

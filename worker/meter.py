@@ -95,6 +95,27 @@ class Meter:
                 samples.append(sample(charger_id, tx, mv.timestamp, wh, i64(connector)))
         return samples
 
+    @staticmethod
+    def handler_16(wants_events: Callable[[str], bool], sample: Callable[..., Any], commit: Callable[..., Any],
+                   response: Any, rest: Callable[..., Any]) -> Callable[[Any, Any], Any]:
+        """The 1.6 MeterValues handler's common path: the readings (``samples_16``, with the
+        transaction id as text); no reading: ``response``; one reading and no event wanted
+        (``wants_events(charger_id)``): ``commit(reading, response)``; anything else:
+        ``rest(session, request, tx, readings, wants)``."""
+        samples_16 = Meter.samples_16
+
+        def MeterValues(s: Any, r: Any) -> Any:
+            charger_id = s.charger_id
+            tx = str(r.transaction_id) if r.transaction_id is not UNSET else ""
+            samples = samples_16(charger_id, tx, r.connector_id, r.meter_value, sample)
+            if not samples:
+                return response
+            wants = wants_events(charger_id)
+            if len(samples) == 1 and not wants:
+                return commit(samples[0], response)
+            return rest(s, r, tx, samples, wants)
+        return MeterValues
+
 
 def select() -> type:
     """The compiled Meter unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""

@@ -78,3 +78,57 @@ def test_samples_16(impl, case):
         assert [s.energy_wh for s in got] == [-0.0]
     if case == "none":
         assert got == []
+
+
+class _Session:
+    charger_id = "CP1"
+
+
+class _Commit(msgspec.Struct):
+    op: object
+    response: object
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("case", list(CASES), ids=str)
+@pytest.mark.parametrize("tx", [3, None])
+@pytest.mark.parametrize("wants", [False, True])
+def test_handler_16(impl, case, tx, wants):
+    """The handler's paths: no reading, the response; one and no event wanted, a commit of
+    it; anything else, ``rest`` with the transaction id as text and the readings."""
+    body = {"connectorId": 1, "meterValue": CASES[case]}
+    if tx is not None:
+        body["transactionId"] = tx
+    req = msgspec.convert(body, v16.MeterValuesRequest)
+    asked: list = []
+    response = object()
+
+    def rest(s, r, tx_text, samples, w):
+        return ("rest", s, r, tx_text, samples, w)
+    h = impl.handler_16(lambda c: asked.append(c) or wants, MeterSample, _Commit, response, rest)
+    got = h(_Session, req)
+    tx_text = "" if tx is None else str(tx)
+    samples = meter.Meter.samples_16("CP1", tx_text, 1, req.meter_value, MeterSample)
+    if not samples:
+        assert got is response and asked == []
+    elif len(samples) == 1 and not wants:
+        assert got == _Commit(samples[0], response) and asked == ["CP1"]
+    else:
+        assert got == ("rest", _Session, req, tx_text, samples, wants)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+def test_other_types_than_the_codecs_read_through_getattr(impl):
+    """A subclass of the request types, and StopTransaction's transaction data (other
+    types with the same fields), give the same readings as the decoded types."""
+    class Sub(v16.MeterValuesRequestMeterValueSampledValue):
+        pass
+    base = msgspec.convert({"connectorId": 1, "meterValue": [mv(sv("7", measurand=E))]}, v16.MeterValuesRequest)
+    sub = Sub(value="7", measurand=E)
+    subbed = msgspec.structs.replace(base, meter_value=[msgspec.structs.replace(base.meter_value[0],
+                                                                                sampled_value=[sub])])
+    stop = msgspec.convert({"meterStop": 1, "timestamp": T, "transactionId": 1,
+                            "transactionData": [mv(sv("7", measurand=E))]}, v16.StopTransactionRequest)
+    want = impl.samples_16("CP1", "1", 1, base.meter_value, MeterSample)
+    assert want and want == impl.samples_16("CP1", "1", 1, subbed.meter_value, MeterSample)
+    assert want == impl.samples_16("CP1", "1", 1, stop.transaction_data, MeterSample)
