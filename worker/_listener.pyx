@@ -86,6 +86,37 @@ def reply_all(list items, list results):
             fut.set_result(results[i])
 
 
+cdef class Lane:
+    """``batching.Lane`` compiled (read its docstring): an item goes into the writer's queue
+    in C while the writer is open and the queue has room."""
+
+    cdef public object writer, queue, time, wake, filled
+    cdef public Py_ssize_t batch_max, max_queued
+    cdef public long long seq
+    cdef public bint open, idle
+    cdef object _append
+
+    def __init__(self, writer, queue, Py_ssize_t batch_max, Py_ssize_t max_queued):
+        self.writer, self.queue, self.batch_max, self.max_queued = writer, queue, batch_max, max_queued
+        self._append = queue.append
+        self.seq = 0
+        self.open = self.idle = False
+        self.time = self.wake = self.filled = None
+
+    def add_reply(self, op, target, message_id, action, response, double t0):
+        cdef Py_ssize_t n = len(self.queue)
+        if not self.open or n >= self.max_queued:
+            self.writer._add_reply(op, target, message_id, action, response, t0)
+            return
+        self.seq += 1
+        self._append((op, None, self.time(), self.seq, target, message_id, action, response, t0))
+        if self.idle:
+            self.idle = False
+            self.wake()
+        if n + 1 >= self.batch_max:
+            self.filled()
+
+
 def observe(action, double seconds):
     """``_observe`` for the tests (``listener.observe`` in the twin)."""
     _observe(action, seconds)

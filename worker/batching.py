@@ -85,6 +85,37 @@ def reply_all(items: list[_Item], results: list[Any]) -> None:
             fut.set_result(result)
 
 
+class Lane:
+    """The writer's queue as ``add_reply`` fills it, the hot path of a charger message: while
+    the writer is open (started, not closed, nobody waiting for room) and its queue has room,
+    an item goes straight in, without a call into the writer (``BatchWriter._add_reply``
+    otherwise). The writer keeps ``open``, ``idle`` and the numbering (``seq``) here. The
+    compiled listener has a twin (``_listener.Lane``), which the worker passes as
+    ``BatchWriter(lane=...)``."""
+
+    __slots__ = ("writer", "queue", "batch_max", "max_queued", "seq", "open", "idle", "time", "wake", "filled")
+
+    def __init__(self, writer: Any, queue: deque, batch_max: int, max_queued: int) -> None:
+        self.writer, self.queue, self.batch_max, self.max_queued = writer, queue, batch_max, max_queued
+        self.seq = 0
+        self.open = self.idle = False
+        self.time = self.wake = self.filled = None  # the loop's clock, the sender's events' set()
+
+    def add_reply(self, op: Op, target: Any, message_id: str, action: str, response: Any, t0: float) -> None:
+        """``BatchWriter.add_reply``."""
+        queue = self.queue
+        if not self.open or len(queue) >= self.max_queued:
+            self.writer._add_reply(op, target, message_id, action, response, t0)
+            return
+        self.seq += 1
+        queue.append((op, None, self.time(), self.seq, target, message_id, action, response, t0))
+        if self.idle:
+            self.idle = False
+            self.wake()
+        if len(queue) >= self.batch_max:
+            self.filled()
+
+
 class WriterFull(StoreError):
     """The write queue stayed full for ``add_timeout`` seconds."""
 
@@ -96,10 +127,10 @@ class WriterClosed(StoreError):
 class BatchWriter:
     """``BatchWriter(store, batch_max=1000, batch_ms=2.0, metrics=None, *, on_commit=None,
     max_queued=100_000, add_timeout=5.0, isolate_s=1.0, maintain_every_ms=4.0,
-    reply_all=reply_all)``.
+    reply_all=reply_all, lane=Lane)``.
 
     ``reply_all(items, results)`` answers a committed batch (:func:`reply_all`, or its
-    compiled twin).
+    compiled twin); ``lane`` makes the queue's :class:`Lane` (or its compiled twin).
 
     ``isolate_s``: time budget for isolating the failing ops of a failed batch (0 turns
     isolation off: a failed commit fails its whole batch).
@@ -112,7 +143,7 @@ class BatchWriter:
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
                  on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
                  isolate_s: float = 1.0, maintain_every_ms: float = 4.0,
-                 reply_all: Callable[[list[_Item], list[Any]], None] = reply_all) -> None:
+                 reply_all: Callable[[list[_Item], list[Any]], None] = reply_all, lane: Any = Lane) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
@@ -134,7 +165,8 @@ class BatchWriter:
         # committed batches whose replies wait, in commit order: (batch, its sync or None when
         # durable already, results, started); a batch goes out only after every earlier one
         self._syncing: deque[tuple[list[_Item], Any, list[Any], float]] = deque()
-        self._seq = 0
+        self._lane = lane(self, self._queue, batch_max, max_queued)  # holds seq, open, idle
+        self.add_reply = self._lane.add_reply  # type: ignore[method-assign]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -142,7 +174,6 @@ class BatchWriter:
         self._expiry: asyncio.TimerHandle | None = None
         self._flush_waiters: list[tuple[int, asyncio.Future]] = []
         self._closed = False
-        self._idle = False  # the sender waits for work: the next add wakes it
         self._maintain_after = 0.0  # loop time before which store maintenance is not tried
         self.maintain_every_s = max(0.0, maintain_every_ms) / 1000.0
         self._last_maintain = 0.0
@@ -173,6 +204,32 @@ class BatchWriter:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def _seq(self) -> int:
+        """The last op's number (ops are numbered in add order)."""
+        return self._lane.seq
+
+    @_seq.setter
+    def _seq(self, n: int) -> None:
+        self._lane.seq = n
+
+    @property
+    def _idle(self) -> bool:
+        """The sender waits for work: the next add wakes it."""
+        return self._lane.idle
+
+    @_idle.setter
+    def _idle(self, idle: bool) -> None:
+        self._lane.idle = idle
+
+    def _sync_lane(self) -> None:
+        """Tell the lane whether items may go straight into the queue (after any change of
+        the writer's start, close or admission line)."""
+        lane = self._lane
+        lane.open = self._task is not None and not self._closed and not self._waiting
+        if self._loop is not None and lane.time is None:
+            lane.time, lane.wake, lane.filled = self._loop.time, self._wake.set, self._filled.set  # type: ignore[union-attr]
+
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -186,6 +243,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._filled = asyncio.Event()
         self._task = self._loop.create_task(self._run(), name="chargeyard-batch-writer")
+        self._sync_lane()
         if self._queue:
             self._wake.set()
 
@@ -204,6 +262,7 @@ class BatchWriter:
     async def close(self) -> None:
         """Refuse new ops, commit everything queued, stop the sender task."""
         self._closed = True
+        self._sync_lane()
         if self._task is None:
             self.fail_all(WriterClosed("writer closed before it was started"))
             return
@@ -225,6 +284,7 @@ class BatchWriter:
         items = list(self._queue) + list(self._waiting)
         self._queue.clear()
         self._waiting.clear()
+        self._sync_lane()
         self._fail(items, exc)
         self._notify_flush()
 
@@ -245,26 +305,20 @@ class BatchWriter:
         """Queue ``op`` and, instead of resolving a future, call
         ``target.committed(message_id, action, response, t0)`` right after its COMMIT
         (``target.commit_failed(message_id, action, exc)`` if it fails). The hot path of a
-        charger message: no future, no callback handle, no closure per message."""
-        if self._task is None:
-            self._ensure_started()
+        charger message: no future, no callback handle, no closure per message; the
+        instance's ``add_reply`` is its lane's (:class:`Lane`), which comes here only when
+        the item cannot go straight into the queue."""
+        self._add_reply(op, target, message_id, action, response, t0)
+
+    def _add_reply(self, op: Op, target: Any, message_id: str, action: str, response: Any, t0: float) -> None:
+        self._ensure_started()
         if self._closed:
             self._fail([(op, None, 0.0, 0, target, message_id, action, response, t0)],
                        WriterClosed("writer is closed"))
         else:
             self._seq += 1
-            item = (op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
-                    target, message_id, action, response, t0)
-            queue = self._queue
-            if len(queue) < self.max_queued and not self._waiting:  # _enqueue's common case, inline
-                queue.append(item)
-                if self._idle:
-                    self._idle = False
-                    self._wake.set()  # type: ignore[union-attr]
-                if len(queue) >= self.batch_max:
-                    self._filled.set()  # type: ignore[union-attr]
-            else:
-                self._enqueue(item)
+            self._enqueue((op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
+                           target, message_id, action, response, t0))
 
     def _enqueue(self, item: _Item) -> None:
         if len(self._queue) < self.max_queued and not self._waiting:
@@ -276,6 +330,7 @@ class BatchWriter:
                 self._filled.set()  # type: ignore[union-attr]
         elif len(self._waiting) < self.max_queued:
             self._waiting.append(item)
+            self._sync_lane()
             if self._expiry is None:
                 self._expiry = self._loop.call_later(self.add_timeout, self._expire)  # type: ignore[union-attr]
         else:
@@ -283,8 +338,10 @@ class BatchWriter:
             self._notify_flush()
 
     def _admit(self) -> None:
-        while self._waiting and len(self._queue) < self.max_queued:
-            self._queue.append(self._waiting.popleft())
+        if self._waiting:
+            while self._waiting and len(self._queue) < self.max_queued:
+                self._queue.append(self._waiting.popleft())
+            self._sync_lane()
         if not self._waiting and self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -302,6 +359,7 @@ class BatchWriter:
         if self._waiting:
             delay = self._waiting[0][2] + self.add_timeout - now
             self._expiry = self._loop.call_later(max(0.0, delay), self._expire)  # type: ignore[union-attr]
+        self._sync_lane()
 
     # -- the sender ------------------------------------------------------------------------
 
@@ -351,6 +409,7 @@ class BatchWriter:
             # normal exit is close() with nothing left; otherwise (cancelled, crashed) nothing
             # queued can be committed any more: fail it rather than leave callers hanging
             self._closed = True
+            self._sync_lane()
             stopped = WriterClosed("writer stopped")
             if self._inflight:
                 self._fail(self._inflight, stopped)

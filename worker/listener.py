@@ -131,6 +131,18 @@ def select() -> type:
     return pick(Listener, compiled)
 
 
+def select_lane() -> Any:
+    """The writer's queue lane: the compiled listener's ``Lane`` unless absent or
+    ``CHARGEYARD_PURE=1``, else its twin ``batching.Lane``."""
+    from ..core.codec import pick
+    from .batching import Lane
+
+    def compiled() -> Any:
+        from ._listener import Lane as CLane  # type: ignore[import-not-found]
+        return CLane
+    return pick(Lane, compiled)
+
+
 def select_reply_all() -> Any:
     """The writer's reply loop: the compiled listener's ``reply_all`` unless absent or
     ``CHARGEYARD_PURE=1``, else its twin ``batching.reply_all``."""

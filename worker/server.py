@@ -28,7 +28,7 @@ from ..store.base import Store
 from . import metrics as m
 from .batching import BatchWriter
 from .handlers import all_handlers, now
-from .listener import select_reply_all
+from .listener import select_lane, select_reply_all
 from .session import Session
 
 log = logging.getLogger("chargeyard.worker")
@@ -176,7 +176,7 @@ class Worker:
             self.wants_events = registry.wants_events  # type: ignore[method-assign]
         self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
-                                  on_commit=self._on_commit, reply_all=select_reply_all())
+                                  on_commit=self._on_commit, reply_all=select_reply_all(), lane=select_lane())
         self.auth = Auth(store, settings.accept_unknown_tags)
         self.tx_ids = TxIds(store)
         self.leniency = Leniency.from_file(settings.leniency_file)

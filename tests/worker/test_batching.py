@@ -615,3 +615,49 @@ def test_a_batch_durable_at_once_waits_behind_an_earlier_batch_still_syncing(tmp
         await w.close()
         await store.close()
     run(main())
+
+
+def _lanes():
+    from chargeyard.worker.batching import Lane
+    out = [Lane]
+    try:
+        from chargeyard.worker._listener import Lane as CLane
+        out.append(CLane)
+    except ImportError:  # the pure-Python build
+        pass
+    return out
+
+
+@pytest.mark.parametrize("lane", _lanes(), ids=lambda c: c.__module__.rsplit(".", 1)[-1])
+def test_both_lanes_queue_replies_in_order_through_the_admission_line(tmp_path, run, lane):
+    """``add_reply`` through either lane: the first starts the writer (the slow path); a
+    burst past ``max_queued`` waits in the admission line (the lane closed meanwhile) and is
+    answered in add order; items are numbered like ``add``'s; after close, a refusal."""
+    async def main():
+        store = SqliteStore(tmp_path / "lane.db")
+        await store.open()
+        w = BatchWriter(store, batch_max=4, max_queued=8, lane=lane)
+        assert type(w._lane) is lane and not w._lane.open
+        target = ReplyTarget()
+        ops = [MeterSample("CP1", "", T0 + dt.timedelta(seconds=i), float(i), 1) for i in range(30)]
+        w.add_reply(ops[0], target, "0", "MeterValues", "r", 0.0)
+        assert w._lane.open and w._seq == 1
+        for i in range(1, 14):
+            w.add_reply(ops[i], target, str(i), "MeterValues", "r", 0.0)
+        assert len(w._waiting) > 0 and not w._lane.open  # the queue held 8: the rest wait
+        fut = w.add(ops[14])
+        await fut
+        await w.flush()
+        assert w._lane.open and w._seq == 15
+        assert [c[1] for c in target.calls] == [str(i) for i in range(14)]
+        await asyncio.sleep(0.05)  # the sender goes idle; the next item wakes it
+        assert w._idle
+        w.add_reply(ops[21], target, "21", "MeterValues", "r", 0.0)
+        await w.flush()
+        assert target.calls[-1][:2] == ("ok", "21")
+        await w.close()
+        assert not w._lane.open
+        w.add_reply(ops[22], target, "x", "MeterValues", "r", 0.0)
+        assert target.calls[-1] == ("failed", "x", "MeterValues", "WriterClosed")
+        await store.close()
+    run(main())
