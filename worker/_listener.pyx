@@ -94,11 +94,11 @@ cdef class Lane:
     cdef public Py_ssize_t batch_max, max_queued
     cdef public long long seq
     cdef public bint open, idle
-    cdef object _append
+    cdef object _append, _popleft
 
     def __init__(self, writer, queue, Py_ssize_t batch_max, Py_ssize_t max_queued):
         self.writer, self.queue, self.batch_max, self.max_queued = writer, queue, batch_max, max_queued
-        self._append = queue.append
+        self._append, self._popleft = queue.append, queue.popleft
         self.seq = 0
         self.open = self.idle = False
         self.time = self.wake = self.filled = None
@@ -115,6 +115,21 @@ cdef class Lane:
             self.wake()
         if n + 1 >= self.batch_max:
             self.filled()
+
+    def take(self, Py_ssize_t n):
+        cdef list batch = []
+        cdef Py_ssize_t i
+        for i in range(n):
+            batch.append(self._popleft())
+        return batch
+
+    @staticmethod
+    def ops(list items):
+        cdef list out = []
+        cdef tuple item
+        for item in items:
+            out.append(item[0])
+        return out
 
 
 def observe(action, double seconds):
@@ -133,7 +148,8 @@ cdef class Listener(WSListener):
     """Fields are set by ``Session.__init__``; the clock is ``time.monotonic``."""
 
     cdef public WSTransport transport
-    cdef public object codec, handlers, writer, _backlog, _frag
+    cdef public object codec, writer, _backlog, _frag
+    cdef public dict handlers
     cdef public dict _counts_in, _counts_out
     cdef public Py_ssize_t max_frame
     cdef public double _tokens, _last, _rate, _burst, _alive, _ping_at

@@ -115,6 +115,16 @@ class Lane:
         if len(queue) >= self.batch_max:
             self.filled()
 
+    def take(self, n: int) -> list[_Item]:
+        """The queue's first ``n`` items, taken off it."""
+        popleft = self.queue.popleft
+        return [popleft() for _ in range(n)]
+
+    @staticmethod
+    def ops(items: list[_Item]) -> list[Op]:
+        """The items' ops."""
+        return [item[0] for item in items]
+
 
 class WriterFull(StoreError):
     """The write queue stayed full for ``add_timeout`` seconds."""
@@ -400,8 +410,7 @@ class BatchWriter:
                                 await filled.wait()
                         except TimeoutError:
                             pass
-                n = min(len(self._queue), self.batch_max)
-                batch = [self._queue.popleft() for _ in range(n)]
+                batch = self._lane.take(min(len(self._queue), self.batch_max))
                 self._admit()
                 await self._commit(batch)
                 busy = bool(self._queue)
@@ -495,7 +504,7 @@ class BatchWriter:
 
     async def _apply(self, items: list[_Item]) -> tuple[list[Any], Any]:
         """(results, None or the awaitable of their sync): ``Store.apply_then``."""
-        results, durable = await self.store.apply_then([item[0] for item in items])
+        results, durable = await self.store.apply_then(self._lane.ops(items))
         if len(results) != len(items):
             raise StoreError(f"store returned {len(results)} results for {len(items)} ops")
         return results, durable
