@@ -64,6 +64,55 @@ cdef inline void _observe(action, double seconds) except *:
     (<list>d)[_n_bounds + 1] += seconds
 
 
+# -- a CALLRESULT whose payload is an empty object, written here --------------------------
+# Most replies to a charger's message carry no fields (MeterValues, StatusNotification,
+# ...): ``[3,"<id>",{}]``. For a Struct type without fields that the codec itself encodes
+# so (checked once per type) and an id of printable ASCII without a quote or backslash (what
+# a JSON string holds as it is), the frame is built without the encoder; the same bytes.
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_GET_LENGTH
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    const char* PyUnicode_1BYTE_DATA(object)
+
+cdef dict _empty_object = {}  # payload type -> its codec encodes it as {}
+
+
+cdef object _result(codec, message_id, payload):
+    """``codec.encode_result(message_id, payload)``."""
+    cdef Py_ssize_t n, i
+    cdef const char* p
+    cdef char* o
+    cdef unsigned char c
+    t = type(payload)
+    empty = _empty_object.get(t)
+    if empty is None:  # a Struct type without fields (one with optional fields may be {} or not)
+        empty = _empty_object[t] = (isinstance(payload, _Struct) and len(t.__struct_fields__) == 0
+                                    and codec.encode_result("x", payload) == b'[3,"x",{}]')
+    if empty is True and type(message_id) is str and PyUnicode_IS_ASCII(message_id):
+        n = PyUnicode_GET_LENGTH(message_id)
+        p = PyUnicode_1BYTE_DATA(message_id)
+        for i in range(n):
+            c = <unsigned char>p[i]
+            if c < 0x20 or c == 0x22 or c == 0x5c or c == 0x7f:
+                return codec.encode_result(message_id, payload)
+        b = PyBytes_FromStringAndSize(NULL, n + 9)
+        o = PyBytes_AS_STRING(b)
+        memcpy(o, b'[3,"', 4)
+        memcpy(o + 4, p, n)
+        memcpy(o + 4 + n, b'",{}]', 5)
+        return b
+    return codec.encode_result(message_id, payload)
+
+
+def result(codec, message_id, payload):
+    """``_result``, for the tests."""
+    return _result(codec, message_id, payload)
+
+
 def reply_all(list items, list results):
     """``batching.reply_all`` compiled: a committed batch's replies, with a direct C call
     into a compiled session's ``_committed`` (any other target: its ``committed``). So a
@@ -243,7 +292,7 @@ cdef class Listener(WSListener):
         cdef WSTransport tr = self.transport
         if tr is None or tr.is_disconnected:
             return
-        tr.send(WSMsgType.TEXT, self.codec.encode_result(message_id, payload))
+        tr.send(WSMsgType.TEXT, _result(self.codec, message_id, payload))
         _observe(action, _monotonic() - t0)
         counts = self._counts_out
         counts[action] = counts.get(action, 0) + 1

@@ -127,3 +127,34 @@ def test_sessions_keep_the_listeners_committed():
     class must not override committed."""
     from chargeyard.worker.session import Session
     assert "committed" not in vars(Session)
+
+
+def test_the_compiled_reply_frame_is_the_codecs():
+    """An empty-object CALLRESULT is written without the encoder; every id and payload
+    gives the codec's bytes (ids that need escaping, non-ASCII ids and payloads with fields
+    go to the codec)."""
+    try:
+        from chargeyard.worker._listener import result
+    except ImportError:
+        pytest.skip("the pure-Python build")
+    import msgspec
+
+    from chargeyard.core.codec import Codec
+    from chargeyard.core.messages import v16, v201
+
+    class Tagged(msgspec.Struct, tag="t"):
+        pass
+
+    class Array(msgspec.Struct, array_like=True):
+        pass
+    ids = ["m1", "", "a b", 'q"uote', "back\\slash", "tab\t", "\x7f", "é", "😀", "x" * 36, "~!@#$%^&*()"]
+    payloads = [v16.MeterValuesResponse(), v16.StopTransactionResponse(),  # no fields; all fields optional
+                v16.StopTransactionResponse(id_tag_info=v16.StopTransactionResponseIdTagInfo(status="Accepted")),
+                v16.StatusNotificationResponse(), v201.MeterValuesResponse(),
+                v16.HeartbeatResponse(current_time=__import__("datetime").datetime(2026, 1, 1)), {}, {"a": 1},
+                Tagged(), Array(), None]
+    for version in ("1.6", "2.0.1"):
+        codec = Codec(version)
+        for mid in ids:
+            for payload in payloads:
+                assert result(codec, mid, payload) == codec.encode_result(mid, payload), (mid, payload)
