@@ -1,7 +1,10 @@
 # cython: language_level=3
 """``logrows.py`` compiled: the store's per-reading steps, with the same results and errors
 (the twin's docstrings hold). Times: a datetime whose tzinfo is None or UTC is converted in
-C; any other value goes through ``base.to_us``, as in the twin."""
+C; any other value goes through ``base.to_us``, as in the twin. ``fold`` and
+``split_packed`` read the packed log rows in C, without a Python object per reading, and
+return None for anything outside the form msgspec writes (the store then takes the twin's
+path, which decodes, or reports, as before)."""
 
 from cpython.datetime cimport (import_datetime, datetime_tzinfo, datetime_year, datetime_month,
                                datetime_day, datetime_hour, datetime_minute, datetime_second,
@@ -80,26 +83,6 @@ class Rows:
                 b = cache[charger] = table_of(charger)
             (<list>parts[b]).append(r)
         return parts
-
-    @staticmethod
-    def groups(list rows):
-        cdef dict groups = {}
-        cdef dict newest = {}
-        cdef tuple r, key, had
-        cdef object g
-        for r in rows:
-            key = (r[0], r[1])
-            g = groups.get(key)
-            if g is None:
-                groups[key] = [r[2:]]
-            else:
-                (<list>g).append(r[2:])
-            if not r[1] and not r[5]:
-                k = (r[0], r[2])
-                h = newest.get(k)
-                if h is None or r[3] >= (<tuple>h)[3]:
-                    newest[k] = r[:5]
-        return groups, newest
 
     @staticmethod
     def fold(list datas):

@@ -1,7 +1,8 @@
 """The SQLite store's per-reading work, in one place: building a batch's log rows, checking
-them, splitting them by log table, and grouping a log table's rows into chunks for a fold.
+them, splitting them by log table (a move of packed inbox rows: ``split_packed``), and
+turning a log table's packed rows into chunks (a fold: ``fold``).
 
-A saturated worker runs these for every reading (ADR 0005, decision 22), so
+A saturated worker runs these for every reading (ADR 0005, decisions 22 and 23), so
 ``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
 pure-Python twin, selected like the codec (``core.codec.pick``: ``CHARGEYARD_PURE=1``).
 
