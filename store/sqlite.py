@@ -372,7 +372,7 @@ class SqliteStore(Store):
     IDLE_FOLD_SLICE = 1024  # readings (at least: whole log rows) a maintain() fold takes, a table's oldest
     INBOX_BATCH = 1 << 30  # a batch logging fewer readings (every batch) packs them into one inbox row
     INBOX_MOVE_ROWS = 512  # the least inbox readings a move by maintain() takes, oldest first; its trigger
-    INBOX_MOVE_BATCHES = 16  # ... or this many batches' worth (their mean), whichever is more,
+    INBOX_MOVE_BATCHES = 64  # ... or this many batches' worth (their mean), whichever is more,
     INBOX_MOVE_MAX = 16384  # up to this many
     INBOX_MAX = 65536  # with this many in the inbox, a batch moves it and logs into the tables
     CHECKPOINT_S = 0.1  # the checkpoint thread's period
