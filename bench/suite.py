@@ -290,8 +290,18 @@ def summarize(results: dict) -> None:
         "idle memory <= 12 KiB/conn at 50k": _verdict(
             mem_top.get("kib_per_conn"),
             mem_top.get("kib_per_conn") is not None and mem_top["kib_per_conn"] <= 12,
-            f"at {mem_top.get('conns')} connections" if mem_top else None),
+            _memory_note(mem_top, cy_srv.get("memory", {})), judged=(mem_top.get("conns") or 0) >= 50_000),
     }
+
+
+def _memory_note(top: dict, memory: dict) -> str | None:
+    """Where idle memory was measured; below 50k connections the target is not judged."""
+    if not top:
+        return None
+    if (top.get("conns") or 0) >= 50_000:
+        return f"at {top['conns']} connections"
+    why = memory.get("note") or "fewer levels asked for"
+    return f"at {top.get('conns')} connections; 50k not reached: {why}"
 
 
 def _round_ratios(results: dict, names: dict) -> None:
@@ -313,8 +323,10 @@ def _round_ratios(results: dict, names: dict) -> None:
     results["round_ratios"] = {"per_round": per_round, "median": medians, "rounds": len(per_round)}
 
 
-def _verdict(value, met: bool, note: str | None = None) -> dict:
-    return {"measured": value, "met": bool(met) if value is not None else None, "note": note}
+def _verdict(value, met: bool, note: str | None = None, judged: bool = True) -> dict:
+    """A target's line: ``met`` is None (not measured) without a value, or when what was
+    measured is not what the target names (``judged`` False)."""
+    return {"measured": value, "met": bool(met) if value is not None and judged else None, "note": note}
 
 
 def compare(o: Options, logdir: str) -> dict:
