@@ -251,6 +251,33 @@ cdef inline int _f64(_P* s, double* v):
     return 0
 
 
+cdef void* _grown(void* p, Py_ssize_t* cap, Py_ssize_t least, size_t size) except NULL:
+    """A full C array ``p`` of ``*cap`` items of ``size`` bytes, reallocated to twice its
+    capacity (or ``least``); on failure MemoryError, and ``p`` stays the caller's to free."""
+    cdef Py_ssize_t n = max(least, cap[0] * 2)
+    cdef void* m = realloc(p, n * size)
+    if m == NULL:
+        raise MemoryError()
+    cap[0] = n
+    return m
+
+
+cdef inline int _reading(_P* s, const uint8_t** cs, Py_ssize_t* cn, const uint8_t** ts, Py_ssize_t* tn,
+                         const uint8_t** tail, long long* con, long long* at, double* wh,
+                         long long* kind) noexcept:
+    """One log reading ``[charger, tx, connector, at, wh, kind]`` in msgspec's form, ``tail``
+    at its connector; -1 for anything else (a NaN reading included)."""
+    if s.p >= s.end or s.p[0] != 0x96:
+        return -1
+    s.p += 1
+    if _str(s, cs, cn) < 0 or _str(s, ts, tn) < 0:
+        return -1
+    tail[0] = s.p
+    if _int(s, con) < 0 or _int(s, at) < 0 or _f64(s, wh) < 0 or _int(s, kind) < 0:
+        return -1
+    return -1 if isnan(wh[0]) else 0
+
+
 cdef class _Fold:
     """The C arrays of one fold, freed with it (also when it fails half way)."""
     cdef _R* rs
@@ -312,24 +339,14 @@ cdef class _Fold:
         return 0
 
     cdef int reading(self) except -1:
-        cdef void* m
         if self.nr == self.cap_r:
-            self.cap_r = max(1024, self.cap_r * 2)
-            m = realloc(self.rs, self.cap_r * sizeof(_R))
-            if m == NULL:
-                raise MemoryError()
-            self.rs = <_R*>m
+            self.rs = <_R*>_grown(self.rs, &self.cap_r, 1024, sizeof(_R))
         self.nr += 1
         return 0
 
     cdef int group(self) except -1:
-        cdef void* m
         if self.ng == self.cap_g:
-            self.cap_g = max(64, self.cap_g * 2)
-            m = realloc(self.gs, self.cap_g * sizeof(_G))
-            if m == NULL:
-                raise MemoryError()
-            self.gs = <_G*>m
+            self.gs = <_G*>_grown(self.gs, &self.cap_g, 64, sizeof(_G))
         self.gs[self.ng].n = 0
         self.gs[self.ng].size = 0
         self.gs[self.ng].fill = 0
@@ -375,6 +392,7 @@ cdef object _fold(list datas):
     cdef const uint8_t* ts
     cdef const uint8_t* pc = NULL
     cdef const uint8_t* pt = NULL
+    cdef const uint8_t* tail
     cdef Py_ssize_t pcn = -1, ptn = -1
     cdef long long con, at, kind
     cdef double wh
@@ -392,19 +410,12 @@ cdef object _fold(list datas):
         if _arr(&s, &count) < 0:
             return None
         for i in range(count):
-            if s.p >= s.end or s.p[0] != 0x96:
-                return None
-            s.p += 1
-            if _str(&s, &cs, &cn) < 0 or _str(&s, &ts, &tn) < 0:
+            if _reading(&s, &cs, &cn, &ts, &tn, &tail, &con, &at, &wh, &kind) < 0:
                 return None
             f.reading()
             r = &f.rs[f.nr - 1]
-            r.tail = s.p
-            if _int(&s, &con) < 0 or _int(&s, &at) < 0 or _f64(&s, &wh) < 0 or _int(&s, &kind) < 0:
-                return None
-            if isnan(wh):
-                return None
-            r.tail_len = s.p - r.tail
+            r.tail = tail
+            r.tail_len = s.p - tail
             if not (cn == pcn and tn == ptn and memcmp(cs, pc, cn) == 0 and memcmp(ts, pt, tn) == 0):
                 h = _fnv(ts, tn, _fnv(cs, cn, <size_t>14695981039346656037ULL) * <size_t>31 + <size_t>cn)
                 g = f.find(cs, cn, ts, tn, h) if f.slots != NULL else -1
@@ -496,10 +507,10 @@ cdef object _split_packed(list datas, int n):
     cdef const uint8_t* cs
     cdef const uint8_t* ts
     cdef const uint8_t* start
+    cdef const uint8_t* tail
     cdef long long con, at, kind
     cdef double wh
     cdef _S* rs = NULL
-    cdef _S* m
     cdef Py_ssize_t* counts = NULL
     cdef Py_ssize_t* sizes = NULL
     cdef Py_ssize_t* fills = NULL
@@ -521,21 +532,12 @@ cdef object _split_packed(list datas, int n):
                 return None
             for i in range(count):
                 start = s.p
-                if s.p >= s.end or s.p[0] != 0x96:
+                if _reading(&s, &cs, &cn, &ts, &tn, &tail, &con, &at, &wh, &kind) < 0:
                     return None
-                s.p += 1
-                if _str(&s, &cs, &cn) < 0 or _str(&s, &ts, &tn) < 0:
-                    return None
-                if _int(&s, &con) < 0 or _int(&s, &at) < 0 or _f64(&s, &wh) < 0 or _int(&s, &kind) < 0:
-                    return None
-                if isnan(wh):
+                if not (_utf8(cs, cn) and _utf8(ts, tn)):  # the twin decodes them
                     return None
                 if nr == cap:
-                    cap = max(1024, cap * 2)
-                    m = <_S*>realloc(rs, cap * sizeof(_S))
-                    if m == NULL:
-                        raise MemoryError()
-                    rs = m
+                    rs = <_S*>_grown(rs, &cap, 1024, sizeof(_S))
                 b = _crc32(cs, cn) % n
                 rs[nr].at = start
                 rs[nr].size = s.p - start
@@ -544,14 +546,6 @@ cdef object _split_packed(list datas, int n):
                 counts[b] += 1
                 sizes[b] += s.p - start
             if s.p != s.end:
-                return None
-        # the ids must be UTF-8 (the twin decodes them): checked once per distinct run below
-        for i in range(nr):
-            s.p = rs[i].at + 1
-            s.end = rs[i].at + rs[i].size
-            _str(&s, &cs, &cn)
-            _str(&s, &ts, &tn)
-            if not (_utf8(cs, cn) and _utf8(ts, tn)):
                 return None
         for b in range(n):
             if counts[b]:

@@ -243,26 +243,14 @@ def _unpacked(table: str, key: int, data: bytes) -> list:
         raise StoreError(f"sqlite: {table} row {key} is unreadable: {e}") from e
 
 
-def _move_parts(rows: list[tuple[int, bytes]]) -> list[tuple[int, int, bytes]]:
-    """``Rows.split_packed`` of the inbox's (key, data) rows: compiled, or the twin's (see
-    ``_fold_plan``)."""
+def _packed_rows(step: str, table: str, rows: list[tuple[int, bytes]], *args: Any) -> Any:
+    """``Rows.<step>`` (``fold``, ``split_packed``) of a table's (key, data) rows: compiled,
+    or the twin's when the compiled one finds a row it does not read (which the twin reads,
+    or reports as unreadable with its key)."""
     datas = [data for _, data in rows]
     try:
-        parts = _ROWS.split_packed(datas, READING_LOGS, log_bucket)
-        return logrows.Rows.split_packed(datas, READING_LOGS, log_bucket) if parts is None else parts
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        for key, data in rows:
-            _unpacked("sample_inbox", key, data)  # raises for the first unreadable row
-        raise
-
-
-def _fold_plan(table: str, rows: list[tuple[int, bytes]]) -> tuple[list, list]:
-    """``Rows.fold`` of a log table's (key, data) rows: compiled, or the twin's when the
-    compiled one finds a row it does not read (which the twin reads, or reports)."""
-    datas = [data for _, data in rows]
-    try:
-        plan = _ROWS.fold(datas)
-        return logrows.Rows.fold(datas) if plan is None else plan
+        out = getattr(_ROWS, step)(datas, *args)
+        return getattr(logrows.Rows, step)(datas, *args) if out is None else out
     except (msgspec.DecodeError, UnicodeDecodeError):
         for key, data in rows:
             _unpacked(table, key, data)  # raises for the first unreadable row
@@ -873,7 +861,7 @@ class SqliteStore(Store):
         rows, moved, last, more, span = _take(conn, _INBOX_TAKE, "sample_inbox", limit, packed=True)
         if last is None:
             return None
-        return last, more, span, moved, _move_parts(rows)
+        return last, more, span, moved, _packed_rows("split_packed", "sample_inbox", rows, READING_LOGS, log_bucket)
 
     def _apply_move(self, conn: sqlite3.Connection, plan: tuple, planned_apart: bool) -> int:
         """A move's writes, in the caller's write transaction. ``planned_apart``: the plan
@@ -1034,7 +1022,7 @@ class SqliteStore(Store):
         rows, folded, last, more, span = _take(conn, _LOGS[b].take, _LOGS[b].table, limit, packed=True)
         if last is None:
             return None
-        chunks, lasts = _fold_plan(_LOGS[b].table, rows)
+        chunks, lasts = _packed_rows("fold", _LOGS[b].table, rows)
         return b, last, more, span, folded, chunks, lasts
 
     def _apply_fold(self, conn: sqlite3.Connection, plan: tuple, planned_apart: bool) -> int:
