@@ -1,5 +1,5 @@
-"""Pure-Python twin of ``_codec.pyx``: same API, same answers, used when the
-extension is absent or ``CHARGEYARD_PURE=1``.
+"""The OCPP-J codec in pure Python, twin of the compiled ``_codec.pyx``: same API, same
+answers (and the same bytes out). ``core/__init__.py`` picks one with ``twins.load``.
 
 Fast path: a well-formed ``[2,"id","Action",{...}]`` (whitespace allowed between
 tokens, as in the C scan) is split without a generic JSON parse and its payload
@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from . import twins
 from .checks import datetime_plan, dt_suspect
 from .framing import CALL, Call, FrameError, PayloadError, Tables
 
@@ -95,6 +96,8 @@ class Codec:
 
     # -- encoding --------------------------------------------------------------------
     def encode_result(self, message_id: str, payload: Any) -> bytes:
+        """The CALLRESULT ``[3, message_id, payload]``: every reply to a charger's CALL is
+        built here (the compiled twin writes an empty-object payload without the encoder)."""
         return self._enc.encode((3, message_id, payload))
 
     def encode_call(self, message_id: str, action: str, payload: Any) -> bytes:
@@ -107,6 +110,18 @@ class Codec:
 
     def encode_reply_error(self, err: FrameError) -> bytes:
         return self.encode_error(err.message_id, err.code, err.description)
+
+
+def pick(pure: Any, compiled: Any) -> Any:
+    """Deprecated: use ``twins.load``. Kept only while worker/meter.py, store/logrows.py and
+    store/walsync.py still select their compiled class through it."""
+    if not twins.pure_requested():
+        try:
+            return compiled()
+        except ImportError:
+            if twins.require_ext():
+                raise
+    return pure
 
 
 __all__ = ["Codec", "PayloadError"]
