@@ -22,14 +22,13 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
                     ws_create_server)
 
 from ..core import IMPL as CODEC_IMPL
-from ..core import SUBPROTOCOLS, Codec
+from ..core import SUBPROTOCOLS, Codec, twins
 from ..router.registry import NotConnected, Registry
 from ..store.base import Store
 from . import metrics as m
-from .batching import BatchWriter
 from .handlers import all_handlers, now
-from .listener import select_lane, select_reply_all
 from .session import Session
+from .writer import BatchWriter
 
 log = logging.getLogger("chargeyard.worker")
 _PATH = re.compile(r"^/(?:ocpp/)?([^/?#]+)/?$")
@@ -175,8 +174,10 @@ class Worker:
         if not self.sinks:  # per message, one call instead of two (see wants_events)
             self.wants_events = registry.wants_events  # type: ignore[method-assign]
         self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
+        per_message = twins.load("chargeyard.worker.writer")  # Lane, reply_all: compiled unless pure
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
-                                  on_commit=self._on_commit, reply_all=select_reply_all(), lane=select_lane())
+                                  on_commit=self._on_commit, reply_all=per_message.reply_all,
+                                  lane=per_message.Lane)
         self.auth = Auth(store, settings.accept_unknown_tags)
         self.tx_ids = TxIds(store)
         self.leniency = Leniency.from_file(settings.leniency_file)

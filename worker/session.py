@@ -2,7 +2,7 @@
 
 A frame's path: ``on_ws_frame`` -> ``Codec.decode`` (core) -> the version's
 handler (``handlers.py``) -> reply now, or after the batch commit of its write
-(``batching.py``). That per-message path is the base class (``listener.py``, compiled
+(``writer.py``). That per-message path is the base class (``listener.py``, compiled
 from ``_listener.pyx`` when built); this class has everything else.
 """
 
@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from picows import WSCloseCode, WSMsgType, WSTransport
 
-from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send
+from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send, twins
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
 from . import metrics as m
 from .handlers import Reply
-from .listener import select
 
 if TYPE_CHECKING:
     from .server import Worker
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("chargeyard.worker")
 _ids = itertools.count(1)
 _COUNTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
-Listener = select()
+Listener = twins.load("chargeyard.worker.listener").Listener
 LISTENER_IMPL: str = Listener.impl
 
 

@@ -17,7 +17,7 @@ import pytest
 from chargeyard.store import walsync
 from chargeyard.store.base import MeterSample, StoreError
 from chargeyard.store.sqlite import SqliteStore
-from chargeyard.worker.batching import BatchWriter
+from chargeyard.worker.writer import BatchWriter
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 IMPLS = [walsync.WalSync]
