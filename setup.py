@@ -23,9 +23,11 @@ def cimport_path() -> str:
     os.makedirs(top, exist_ok=True)
     open(os.path.join(top, "__init__.pxd"), "a").close()
     for package in ("core", "worker"):
-        link = os.path.join(top, package)
+        link, target = os.path.join(top, package), os.path.join(ROOT, package)
+        if os.path.islink(link) and os.readlink(link) != target:  # a moved checkout
+            os.remove(link)
         if not os.path.islink(link):
-            os.symlink(os.path.join(ROOT, package), link)
+            os.symlink(target, link)
     return os.path.dirname(top)
 
 
