@@ -49,9 +49,14 @@ class Edge:
     dst: str  # imported module (one of ours)
     where: str  # path:line
     implicit: bool = False  # a parent package's __init__, run by importing dst
+    note: str = ""  # "in a function", "TYPE_CHECKING", "twins.load(...)"
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.src} -> {self.dst}"
+        return f"{self.where}: {self.src} -> {self.dst}" + (f" [{self.note}]" if self.note else "")
+
+    def order(self) -> tuple[str, int]:
+        path, _, line = self.where.rpartition(":")
+        return path, int(line)
 
 
 @dataclass(repr=False)
@@ -132,8 +137,8 @@ def _resolve(name: str, g: Graph) -> str | None:
     return None
 
 
-# (file, line, level, module, names): one import statement or literal import call
-Raw = tuple[Path, int, int, "str | None", list[str]]
+# (file, line, level, module, names, note): one import statement or literal import call
+Raw = tuple[Path, int, int, "str | None", list[str], str]
 
 
 def _raw_imports(path: Path) -> list[Raw]:
@@ -142,23 +147,43 @@ def _raw_imports(path: Path) -> list[Raw]:
     return _pyx_imports(path)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _py_imports(path: Path) -> list[Raw]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    lazy: set[int] = set()
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):  # which lines are inside a function, or under TYPE_CHECKING
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            lazy.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            for stmt in node.body:
+                typing_only.update(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
+
+    def note(line: int) -> str:
+        return "TYPE_CHECKING" if line in typing_only else "in a function" if line in lazy else ""
+
     out: list[Raw] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out.extend((path, node.lineno, 0, a.name, []) for a in node.names)
+            out.extend((path, node.lineno, 0, a.name, [], note(node.lineno)) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            out.append((path, node.lineno, node.level, node.module, [a.name for a in node.names]))
+            out.append((path, node.lineno, node.level, node.module, [a.name for a in node.names],
+                        note(node.lineno)))
         elif isinstance(node, ast.Call) and node.args:
             fn = node.func
             fname = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", None)
             arg = node.args[0]
             if (fname in IMPORT_CALLS and isinstance(arg, ast.Constant) and isinstance(arg.value, str)
                     and arg.value.startswith(TOP + ".")):
-                out.append((path, node.lineno, 0, arg.value, []))
+                call = f"{fname}({arg.value!r})"
+                out.append((path, node.lineno, 0, arg.value, [], call))
                 if fname == "load":  # twins.load: the compiled module too
                     pkg, _, leaf = arg.value.rpartition(".")
-                    out.append((path, node.lineno, 0, f"{pkg}._{leaf}", []))
+                    out.append((path, node.lineno, 0, f"{pkg}._{leaf}", [], call))
     return out
 
 
@@ -193,16 +218,16 @@ def _pyx_imports(path: Path, seen: set[Path] | None = None) -> list[Raw]:
                 while ")" not in tail and i < len(lines):
                     tail += " " + lines[i]
                     i += 1
-            out.append((path, lineno, len(m.group(1)), m.group(2) or None, _names(tail)))
+            out.append((path, lineno, len(m.group(1)), m.group(2) or None, _names(tail), ""))
         elif m := _IMPORT.match(line):
-            out.extend((path, lineno, 0, n, []) for n in _names(m.group(1)))
+            out.extend((path, lineno, 0, n, [], "") for n in _names(m.group(1)))
     return out
 
 
 def build(root: Path = ROOT) -> Graph:
     g = discover(package_dirs(root))
     for module, path in g.modules.items():
-        for file, lineno, level, target, names in _raw_imports(path):
+        for file, lineno, level, target, names, note in _raw_imports(path):
             absolute = _absolute(module, level, target, g)
             if absolute != TOP and not absolute.startswith(TOP + "."):
                 continue
@@ -218,13 +243,13 @@ def build(root: Path = ROOT) -> Graph:
                 if dst is None:
                     continue
                 where = f"{file.resolve().relative_to(root.resolve())}:{lineno}"
-                g.edges.append(Edge(module, dst, where))
+                g.edges.append(Edge(module, dst, where, note=note))
                 # the parent packages' __init__ run too, unless the importer is inside them
                 parts = dst.split(".")
                 for k in range(1, len(parts)):
                     parent = ".".join(parts[:k])
                     if parent in g.modules and not (module == parent or module.startswith(parent + ".")):
-                        g.edges.append(Edge(module, parent, where, implicit=True))
+                        g.edges.append(Edge(module, parent, where, implicit=True, note="package __init__"))
     return g
 
 
@@ -243,7 +268,7 @@ def _matches(dst: str, allowed: str) -> bool:
 
 def violations(g: Graph) -> list[str]:
     bad = []
-    for e in g.edges:
+    for e in sorted(set(g.edges), key=Edge.order):
         if e.implicit:
             continue
         src, dst = subpackage(e.src, g), subpackage(e.dst, g)
@@ -311,8 +336,8 @@ def cycles(g: Graph) -> list[str]:
     out = []
     for comp in strongly_connected(adj):
         members = set(comp)
-        lines = sorted({str(e) + ("  (package __init__)" if e.implicit else "")
-                        for e in g.edges if e.src in members and e.dst in members and e.src != e.dst})
+        edges = {e for e in g.edges if e.src in members and e.dst in members and e.src != e.dst}
+        lines = [str(e) for e in sorted(edges, key=Edge.order)]
         out.append(f"cycle among {', '.join(comp)}:\n    " + "\n    ".join(lines))
     return out
 
@@ -334,12 +359,14 @@ def test_the_graph_covers_the_product(graph):
 
 def test_no_import_cycles(graph):
     found = cycles(graph)
-    assert not found, "import cycles (lazy and TYPE_CHECKING imports count):\n" + "\n".join(found)
+    if found:
+        pytest.fail("import cycles (lazy and TYPE_CHECKING imports count):\n" + "\n".join(found), pytrace=False)
 
 
 def test_imports_point_one_way(graph):
     bad = violations(graph)
-    assert not bad, "imports against the layering (docs/architecture.md):\n" + "\n".join(bad)
+    if bad:
+        pytest.fail("imports against the layering (docs/architecture.md):\n" + "\n".join(bad), pytrace=False)
 
 
 # -- the checker itself, on a made-up tree --------------------------------------------------
