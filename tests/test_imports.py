@@ -1,10 +1,11 @@
 """The import graph of chargeyard: no cycles, and imports point one way.
 
-Every ``.py``, ``.pyx`` (and the ``.pxi`` files they ``include``) under the folders that
-pyproject's ``package-dir`` maps to ``chargeyard.*`` is read from source, so lazy imports
-inside functions, imports under ``TYPE_CHECKING`` and the compiled modules all count, and so
-do ``twins.load("chargeyard.x.y")`` / ``importlib.import_module("chargeyard.x.y")`` calls
-with a literal name. Nothing is imported to build the graph.
+Every ``.py`` and ``.pyx`` (with its ``.pxd`` and the ``.pxi`` files it includes) under
+the folders that pyproject's ``package-dir`` maps to ``chargeyard.*`` is read from source,
+so lazy imports inside functions, imports under ``TYPE_CHECKING`` and the compiled modules
+all count, and so do ``twins.load("chargeyard.x.y")`` and
+``importlib.import_module("chargeyard.x.y")`` calls with a literal name. Nothing is
+imported to build the graph.
 
 The rules (docs/architecture.md, issue 18):
 
@@ -144,7 +145,8 @@ Raw = tuple[Path, int, int, "str | None", list[str], str]
 def _raw_imports(path: Path) -> list[Raw]:
     if path.suffix == ".py":
         return _py_imports(path)
-    return _pyx_imports(path)
+    pxd = path.with_suffix(".pxd")  # a compiled module's declarations cimport too
+    return _pyx_imports(path) + (_pyx_imports(pxd) if pxd.is_file() else [])
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -395,6 +397,7 @@ def test_checker_sees_lazy_type_checking_and_cython_imports(tmp_path):
         "store/y.py": "",
         "store/_y.pyx": "from libc.string cimport memcpy\nfrom .x import (\n    R,\n)\ninclude 'z.pxi'\n",
         "store/z.pxi": "from chargeyard.router import api\n",
+        "store/_y.pxd": "from chargeyard.core.twins cimport T\n",
         "core/twins.py": "",
         "router/api.py": "",
     })
@@ -403,7 +406,8 @@ def test_checker_sees_lazy_type_checking_and_cython_imports(tmp_path):
             ("chargeyard.worker.c", "chargeyard.worker.a"), ("chargeyard.store.x", "chargeyard.core.twins"),
             ("chargeyard.store.x", "chargeyard.store.y"), ("chargeyard.store.x", "chargeyard.store._y"),
             ("chargeyard.store._y", "chargeyard.store.x"),
-            ("chargeyard.store._y", "chargeyard.router.api")} <= edges, edges
+            ("chargeyard.store._y", "chargeyard.router.api"),
+            ("chargeyard.store._y", "chargeyard.core.twins")} <= edges, edges
     found = cycles(g)
     assert len(found) == 2, found
     assert any("among chargeyard.worker.a, chargeyard.worker.b, chargeyard.worker.c:" in c for c in found)
