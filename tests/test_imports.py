@@ -7,7 +7,7 @@ all count, and so do ``twins.load("chargeyard.x.y")`` and
 ``importlib.import_module("chargeyard.x.y")`` calls with a literal name. Nothing is
 imported to build the graph.
 
-The rules (docs/architecture.md, issue 18):
+The rules (docs/architecture.md, Layout):
 
 * ``core`` imports nothing of ours;
 * ``store`` imports only ``core``;
@@ -356,13 +356,15 @@ def test_the_graph_covers_the_product(graph):
     subs = {subpackage(m, graph) for m in graph.modules}
     assert {"app", "core", "worker", "router", "store"} <= subs, subs
     assert any(m.endswith("._codec") for m in graph.modules), "the .pyx modules are read too"
-    assert any(subpackage(e.src, graph) == "worker" and subpackage(e.dst, graph) == "core" for e in graph.edges)
+    assert any(subpackage(e.src, graph) == "worker" and subpackage(e.dst, graph) == "core"
+               for e in graph.edges)
 
 
 def test_no_import_cycles(graph):
     found = cycles(graph)
     if found:
-        pytest.fail("import cycles (lazy and TYPE_CHECKING imports count):\n" + "\n".join(found), pytrace=False)
+        pytest.fail("import cycles (lazy and TYPE_CHECKING imports count):\n" + "\n".join(found),
+                    pytrace=False)
 
 
 def test_imports_point_one_way(graph):
@@ -413,7 +415,8 @@ def test_checker_sees_lazy_type_checking_and_cython_imports(tmp_path):
     assert any("among chargeyard.worker.a, chargeyard.worker.b, chargeyard.worker.c:" in c for c in found)
     assert any("among chargeyard.store._y, chargeyard.store.x:" in c for c in found)
     bad = violations(g)
-    assert len(bad) == 1 and bad[0].startswith("store/z.pxi:1: chargeyard.store._y -> chargeyard.router.api"), bad
+    assert len(bad) == 1, bad
+    assert bad[0].startswith("store/z.pxi:1: chargeyard.store._y -> chargeyard.router.api"), bad
 
 
 def test_checker_direction_rules(tmp_path):
