@@ -1,0 +1,162 @@
+"""OCPP 2.0.1 handlers: one function per charger-initiated action (``handlers(services)``
+maps the action names to them). 2.1 (``ocpp21.py``) reuses them where the two schemas
+agree; where only the response types differ, the steps here take the version's message
+module. The answer forms are in ``common.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+from typing import Any
+
+from ...core import twins
+from ...core.messages import v201
+from ...store import base as ops
+from ..services import Services
+from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
+                     heartbeat_seen, now, route_data_transfer)
+
+__all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values",
+           "status_notification", "transaction_event"]
+
+METER = twins.load("chargeyard.worker.meter")
+i64, energy_201 = METER.i64, METER.energy_201
+
+METER_VALUES_ACCEPTED = v201.MeterValuesResponse()
+STATUS_NOTIFICATION_ACCEPTED = v201.StatusNotificationResponse()
+TRANSACTION_EVENT_ACCEPTED = v201.TransactionEventResponse()
+EVENT_TYPES = {"Started": "transaction.started", "Updated": "transaction.meter", "Ended": "transaction.ended"}
+
+
+# -- the steps 2.0.1 and 2.1 share; ``messages`` is the version's message module ----------
+
+def boot_for(messages: ModuleType, session: Session, req: Any) -> Any:
+    services = session.services
+    if not services.boot_admitted():
+        return messages.BootNotificationResponse(status="Pending", current_time=now(),
+                                                 interval=services.boot_retry_interval())
+    accepted = messages.BootNotificationResponse(status="Accepted", current_time=now(),
+                                                 interval=services.settings.heartbeat_interval)
+    station = req.charging_station
+    return boot_accepted(session, station.vendor_name, station.model, station.serial_number or "",
+                         station.firmware_version or "", accepted)
+
+
+async def authorize_for(messages: ModuleType, session: Session, req: Any) -> Any:
+    status = await session.services.authorization.status(req.id_token.id_token)
+    return messages.AuthorizeResponse(id_token_info=messages.IdTokenInfoType(status=status))
+
+
+def transaction_event_for(messages: ModuleType, accepted: Any, session: Session, req: Any) -> Any:
+    """The event is written at once (applied once per transaction and seqNo). No id token
+    and no listener: ``Commit``. Otherwise the answer waits for the token's status and the
+    event for the commit (sent only if the write was not a repeat)."""
+    services = session.services
+    info = req.transaction_info
+    meter_wh = None
+    if req.meter_value is not UNSET:
+        for mv in req.meter_value:
+            wh = energy_201(mv.sampled_value)
+            if wh is not None:
+                meter_wh = wh
+    evse_id = connector_id = 0
+    if req.evse is not UNSET:
+        evse_id = i64(req.evse.id)
+        connector_id = i64(req.evse.connector_id or 0)
+    tag = req.id_token.id_token if req.id_token is not UNSET else ""
+    op = ops.TransactionEvent(session.charger_id, info.transaction_id, i64(req.seq_no), req.event_type,
+                              req.timestamp, req.trigger_reason, tag, evse_id, connector_id, meter_wh,
+                              info.stopped_reason or "")
+    wants_event = services.events.wants_events(session.charger_id)
+    if not tag and not wants_event:
+        return Commit(op, accepted)
+    event = None
+    if wants_event:
+        event = (EVENT_TYPES[req.event_type], {
+            "transaction_id": info.transaction_id, "seq_no": req.seq_no, "event_type": req.event_type,
+            "energy_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
+            "stop_reason": info.stopped_reason or ""})
+    return _transaction_event_after(messages, accepted, session, tag, services.writer.add(op), event)
+
+
+async def _transaction_event_after(messages: ModuleType, accepted: Any, session: Session, tag: str,
+                                   write: asyncio.Future, event: tuple[str, dict] | None) -> Any:
+    services = session.services
+    status = await services.authorization.status(tag) if tag else None
+    applied = await write
+    if event is not None and applied:
+        services.events.emit(session.charger_id, *event)
+    if status is None:
+        return accepted
+    return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
+
+
+# -- the 2.0.1 handlers ------------------------------------------------------------------
+
+def boot_notification(session: Session, req: v201.BootNotificationRequest
+                      ) -> v201.BootNotificationResponse | Deferred[v201.BootNotificationResponse]:
+    return boot_for(v201, session, req)
+
+
+def heartbeat(session: Session, req: v201.HeartbeatRequest) -> v201.HeartbeatResponse:
+    heartbeat_seen(session)
+    return v201.HeartbeatResponse(current_time=now())
+
+
+def authorize(session: Session, req: v201.AuthorizeRequest) -> Deferred[v201.AuthorizeResponse]:
+    return authorize_for(v201, session, req)
+
+
+def status_notification(session: Session, req: v201.StatusNotificationRequest) -> v201.StatusNotificationResponse:
+    """Answered before the commit (the durability rule allows it for statuses)."""
+    services = session.services
+    services.writer.add(ops.ConnectorStatus(session.charger_id, i64(req.evse_id), i64(req.connector_id),
+                                            req.connector_status, "", req.timestamp))
+    services.events.emit(session.charger_id, "charger.status", {
+        "evse_id": req.evse_id, "connector_id": req.connector_id, "status": req.connector_status,
+        "at": req.timestamp.isoformat()})
+    return STATUS_NOTIFICATION_ACCEPTED
+
+
+def meter_values(session: Session, req: v201.MeterValuesRequest
+                 ) -> v201.MeterValuesResponse | Commit | Deferred[v201.MeterValuesResponse]:
+    """Readings outside a transaction (its readings come in TransactionEvent): each with an
+    energy register is kept as the connector's last reading."""
+    readings = []
+    for mv in req.meter_value:
+        wh = energy_201(mv.sampled_value)
+        if wh is not None:
+            readings.append(ops.MeterSample(session.charger_id, "", mv.timestamp, wh, 0))
+    if not readings:
+        return METER_VALUES_ACCEPTED
+    if len(readings) == 1:
+        return Commit(readings[0], METER_VALUES_ACCEPTED)
+    writer = session.services.writer
+    return after_commits([writer.add(op) for op in readings], METER_VALUES_ACCEPTED)
+
+
+def transaction_event(session: Session, req: v201.TransactionEventRequest
+                      ) -> Commit | Deferred[v201.TransactionEventResponse]:
+    return transaction_event_for(v201, TRANSACTION_EVENT_ACCEPTED, session, req)
+
+
+def data_transfer(session: Session, req: v201.DataTransferRequest) -> v201.DataTransferResponse:
+    return route_data_transfer(session, req, UNKNOWN_VENDOR)
+
+
+UNKNOWN_VENDOR = v201.DataTransferResponse(status="UnknownVendorId")
+
+
+def handlers(services: Services) -> dict[str, Handler]:
+    """Action name -> handler for a worker's 2.0.1 sessions; every other charger-initiated
+    action gets its default answer (``common.complete``)."""
+    table: dict[str, Handler] = {
+        "BootNotification": boot_notification,
+        "Heartbeat": heartbeat,
+        "Authorize": authorize,
+        "StatusNotification": status_notification,
+        "MeterValues": meter_values,
+        "TransactionEvent": transaction_event,
+        "DataTransfer": data_transfer,
+    }
+    return complete("2.0.1", v201, table)
