@@ -90,6 +90,8 @@ def worker_settings(s: Settings) -> Any:
     """The worker's typed settings (``worker/settings.py``) from the app's."""
     from chargeyard.worker.settings import WorkerSettings
 
+    # last_seen's write period has no flag of its own yet: the default unless the settings carry one
+    extra = {"seen_interval": float(s.seen_interval)} if hasattr(s, "seen_interval") else {}
     return WorkerSettings(
         worker_id=s.worker_id, host=s.host, ws_port=s.ws_port, max_frame=s.max_frame,
         ws_read_buffer=s.ws_read_buffer, handshake_rate=s.handshake_rate, rate_limit=s.rate_limit,
@@ -97,7 +99,7 @@ def worker_settings(s: Settings) -> Any:
         idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, heartbeat_interval=s.heartbeat_interval,
         max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
         accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
-        batch_max=s.batch_max)
+        batch_max=s.batch_max, **extra)
 
 
 class Node:

@@ -1,13 +1,15 @@
 """The worker: a picows WebSocket server holding one Session per charger.
 
 Lifecycle only (uvicorn's shape): start listening, admit handshakes, keep the
-session table, hand operator calls to sessions, drain on SIGTERM. What sessions and handlers use lives in ``services.py`` and the modules it
+session table, hand operator calls to sessions, keep last_seen current, drain on
+SIGTERM. What sessions and handlers use lives in ``services.py`` and the modules it
 composes (``authorization``, ``txids``, ``leniency``, ``events``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import random
 import re
@@ -129,6 +131,8 @@ class Worker:
         self.port = self._server.sockets[0].getsockname()[1]
         if s.ping_interval > 0:
             self.spawn(self._keepalive())
+        if s.seen_interval > 0:
+            self.spawn(self._last_seen())
         m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
         self.ready = True
         log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
@@ -140,6 +144,7 @@ class Worker:
         self.ready, self.draining = False, True
         if self._server is not None:
             self._server.close()
+        self._write_last_seen()
         try:
             await asyncio.wait_for(self.writer.flush(), self.settings.drain_timeout)
         except asyncio.TimeoutError:
@@ -174,6 +179,27 @@ class Worker:
                     sess.keepalive(now, ping_after, reply_timeout)
                 except Exception:
                     log.exception("keepalive of %s failed", sess.charger_id)
+
+    async def _last_seen(self) -> None:
+        """Every ``seen_interval``, last_seen = the time of the last message of each charger
+        that sent one since: one write per charger and interval, none per message."""
+        while True:
+            await asyncio.sleep(self.settings.seen_interval)
+            self._write_last_seen()
+
+    def _write_last_seen(self) -> None:
+        wall, now = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        for sess in list(self.sessions.values()):
+            self._write_seen(sess, wall, now)
+
+    def _write_seen(self, sess: Session, wall: dt.datetime, now: float) -> None:
+        op = sess.seen_since_written(wall, now)
+        if op is None or self.writer.closed:
+            return
+        try:
+            self.writer.add(op).add_done_callback(_ignore_failure)
+        except Exception as exc:  # a full or closed writer: the next write moves it
+            log.debug("last_seen of %s not written: %r", sess.charger_id, exc)
 
     def spawn(self, coro: Any) -> None:
         self.services.spawn(coro)
@@ -231,6 +257,7 @@ class Worker:
         m.WS_CLOSED.labels(reason).inc()
         if self.sessions.get(s.charger_id) is s:
             del self.sessions[s.charger_id]
+            self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
             self.services.events.emit(s.charger_id, "charger.disconnected", {"reason": reason})
@@ -258,3 +285,9 @@ class Worker:
         m.BATCH_COMMIT.observe(seconds)
         m.WRITE_QUEUE.set(self.writer.queue_depth)
         m.DEFERRED.set(self.writer.store.deferred_rows)
+
+
+def _ignore_failure(fut: asyncio.Future) -> None:
+    """A last_seen write that failed is not retried: the next one moves it further."""
+    if not fut.cancelled():
+        fut.exception()

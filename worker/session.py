@@ -11,6 +11,7 @@ worker's table of open sessions), so it imports neither the server nor the handl
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
 import itertools
 import logging
@@ -23,6 +24,7 @@ from picows import WSCloseCode, WSMsgType, WSTransport
 
 from ..core import Call, CallError, CallResult, Codec, FrameError, PayloadError, Send, twins
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
+from ..store.base import ChargerSeen
 from . import metrics as m
 from .services import Services
 
@@ -54,7 +56,8 @@ class Session(Listener):  # type: ignore[misc,valid-type]
     """The listener picows calls for one charger's WebSocket."""
 
     __slots__ = ("services", "table", "charger_id", "protocol", "version", "tables", "epoch",
-                 "vendor", "model", "leniency", "closed_reason", "_pending", "_call_lock", "_queued")
+                 "vendor", "model", "leniency", "closed_reason", "_seen_written", "_pending", "_call_lock",
+                 "_queued")
 
     def __init__(self, services: Services, table: SessionTable, charger_id: str, protocol: str, version: str,
                  codec: Codec, handlers: dict[str, Any]) -> None:
@@ -86,7 +89,8 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self._rate = settings.rate_limit
         self._burst = float(settings.rate_burst)
         self._tokens = self._burst
-        self._last = time.monotonic()
+        self._last = time.monotonic()  # also the time of the last message taken in
+        self._seen_written = self._last  # the _last that last_seen was last written for
         self._backlog: deque[bytes] | None = None
         # keepalive (Worker._keepalive): last pong, and when the unanswered ping was sent
         self._alive = time.monotonic()
@@ -297,6 +301,22 @@ class Session(Listener):  # type: ignore[misc,valid-type]
                 self._call_lock.release()
         finally:
             self._queued -= 1
+
+    # -- last_seen -------------------------------------------------------------------
+    def seen_now(self) -> ChargerSeen:
+        """last_seen = now (a Heartbeat); the periodic write need not repeat it."""
+        self._seen_written = self._last
+        return ChargerSeen(self.charger_id, dt.datetime.now(dt.timezone.utc))
+
+    def seen_since_written(self, wall_now: dt.datetime, now: float) -> ChargerSeen | None:
+        """last_seen = the time of the last message, if one came since the last write
+        (``now``: the monotonic clock at ``wall_now``). The worker asks every session
+        periodically, so last_seen follows a charger's messages without a write per message."""
+        last = self._last
+        if last <= self._seen_written:
+            return None
+        self._seen_written = last
+        return ChargerSeen(self.charger_id, wall_now - dt.timedelta(seconds=max(0.0, now - last)))
 
     # -- lifecycle -------------------------------------------------------------------
     def keepalive(self, now: float, ping_after: float, reply_timeout: float) -> None:

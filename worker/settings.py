@@ -35,3 +35,4 @@ class WorkerSettings:
     # the store
     batch_ms: float = 0.5               # most extra wait for a fuller batch when busy (ms)
     batch_max: int = 1000
+    seen_interval: float = 30.0         # how often last_seen follows the chargers' messages (s)

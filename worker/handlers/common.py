@@ -72,6 +72,10 @@ class Session(Protocol):
     leniency: frozenset[str]
     services: Services
 
+    def seen_now(self) -> ops.ChargerSeen:
+        """last_seen = now, and the periodic last_seen write need not repeat it."""
+        ...
+
 
 Handler = Callable[[Any, Any], Any]
 """``handler(session, request) -> answer``; typed per action in the version modules."""
@@ -85,7 +89,7 @@ async def after_commits(writes: list[asyncio.Future], response: R) -> R:
 
 def heartbeat_seen(session: Session) -> None:
     """Heartbeat: last_seen now (answered before the commit, which the rule allows)."""
-    session.services.writer.add(ops.ChargerSeen(session.charger_id, now()))
+    session.services.writer.add(session.seen_now())
 
 
 def boot_accepted(session: Session, vendor: str, model: str, serial: str, firmware: str,
