@@ -62,7 +62,8 @@ def test_sse_stream_shows_status_and_transaction_updates(node):
                   "transaction.ended"):
             assert t in types, types
         meter = next(e for e in seen if e["type"] == "transaction.meter")
-        assert meter["charger_id"] == "sse-1" and meter["data"]["energy_wh"] == 600
+        assert meter["charger_id"] == "sse-1" and meter["data"]["meter_wh"] == 600  # the register
+        assert "energy_wh" not in meter["data"]  # a transaction's energy_wh is the energy delivered
         assert {"id", "type", "source", "time", "charger_id", "data"} <= set(meter)
 
     run(scenario())

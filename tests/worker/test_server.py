@@ -1,5 +1,5 @@
 """The worker in-process (``worker/server.py``) on a real socket with a SQLite store:
-last_seen follows the chargers' messages."""
+last_seen follows the chargers' messages, and the events' fields."""
 
 from __future__ import annotations
 
@@ -114,3 +114,27 @@ def test_last_seen_is_one_write_per_interval_not_per_message(tmp_path):
                 w._write_last_seen()
                 assert len(written) == 2 and written[1].at >= written[0].at
     run(scenario())
+
+
+# -- events (issue 19, bug 5) -----------------------------------------------------------
+
+def test_the_meter_event_carries_the_register_as_meter_wh(tmp_path):
+    events: list[dict] = []
+
+    async def scenario():
+        async with worker(tmp_path, [events.append], accept_unknown_tags=True) as w:
+            async with websockets.connect(url(w, "ev-16"), subprotocols=["ocpp1.6"]) as ws:
+                start = await rpc(ws, [2, "s", "StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 1000,
+                                                                    "timestamp": "2026-01-01T00:00:00Z"}])
+                await rpc(ws, meter_values(500, tx=start[2]["transactionId"]))
+            async with websockets.connect(url(w, "ev-201"), subprotocols=["ocpp2.0.1"]) as ws:
+                for seq, kind in enumerate(("Started", "Updated")):
+                    await rpc(ws, [2, f"t{seq}", "TransactionEvent", {
+                        "eventType": kind, "timestamp": "2026-01-01T00:00:00Z", "triggerReason": "MeterValuePeriodic",
+                        "seqNo": seq, "transactionInfo": {"transactionId": "TX-1"},
+                        "meterValue": [{"timestamp": "2026-01-01T00:00:00Z",
+                                        "sampledValue": [{"value": 2000.0 + seq}]}]}])
+    run(scenario())
+    meters = {e["charger_id"]: e["data"] for e in events if e["type"] == "transaction.meter"}
+    assert meters["ev-16"]["meter_wh"] == 1500.0 and "energy_wh" not in meters["ev-16"]
+    assert meters["ev-201"]["meter_wh"] == 2001.0 and "energy_wh" not in meters["ev-201"]

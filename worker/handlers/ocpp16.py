@@ -77,8 +77,8 @@ async def start_transaction(session: Session, req: v16.StartTransactionRequest) 
 def meter_values_several(session: Session, req: v16.MeterValuesRequest, tx: str, readings: list[ops.MeterSample],
                          wants_event: bool) -> Deferred[v16.MeterValuesResponse]:
     """MeterValues with several readings, or whose ``transaction.meter`` event someone
-    wants: every reading committed, then the event (the last reading's register) and the
-    answer. The common case (no reading, or one and no listener) is
+    wants: every reading committed, then the event (the last reading's register, as
+    ``meter_wh``) and the answer. The common case (no reading, or one and no listener) is
     answered by ``meter.meter_values_16`` (compiled), which calls this for the rest."""
     writes = [session.services.writer.add(op) for op in readings]
     if not wants_event:
@@ -90,7 +90,7 @@ async def _meter_event_after(session: Session, connector_id: int, tx: str, last:
                              writes: list[asyncio.Future]) -> v16.MeterValuesResponse:
     await asyncio.gather(*writes)
     session.services.events.emit(session.charger_id, "transaction.meter", {
-        "transaction_id": tx, "connector_id": connector_id, "energy_wh": last.energy_wh,
+        "transaction_id": tx, "connector_id": connector_id, "meter_wh": last.energy_wh,
         "at": last.at.isoformat()})
     return METER_VALUES_ACCEPTED
 

@@ -74,7 +74,7 @@ def transaction_event_for(messages: ModuleType, accepted: Any, session: Session,
     if wants_event:
         event = (EVENT_TYPES[req.event_type], {
             "transaction_id": info.transaction_id, "seq_no": req.seq_no, "event_type": req.event_type,
-            "energy_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
+            "meter_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
             "stop_reason": info.stopped_reason or ""})
     return _transaction_event_after(messages, accepted, session, tag, services.writer.add(op), event)
 
