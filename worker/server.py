@@ -80,6 +80,12 @@ def _version() -> str:
         return "unknown"
 
 
+def _event(event: str, **fields: Any) -> dict[str, Any]:
+    """The structured fields of one info line (``extra={"fields": ...}``; the JSON log
+    formatter puts them into the line's object)."""
+    return {"fields": {"event": event, **fields}}
+
+
 class Worker:
     """One worker process's charger endpoint. ``sinks`` receive every event too (tests,
     in-process consumers)."""
@@ -208,6 +214,9 @@ class Worker:
     def _refuse(self, request: WSUpgradeRequest, status: int, reason: str, body: str,
                 headers: dict | None = None) -> Any:
         m.WS_REFUSED.labels(reason).inc()
+        if reason != "overload":  # a storm refused for overload would log a line per attempt
+            log.info("handshake refused", extra=_event(
+                "refused", reason=reason, status=status, path=request.path.decode("latin-1")[:100]))
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_error_response(status, body.encode(), headers), None)
 
@@ -237,11 +246,15 @@ class Worker:
 
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
+        s.address = _peer(s)
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
+        log.info("charger connected", extra=_event(
+            "connect", charger_id=s.charger_id, protocol=s.protocol, address=s.address))
         if old is not None:
-            log.info("charger %s reconnected: closing its previous connection", s.charger_id)
+            log.info("charger reconnected: closing its previous connection", extra=_event(
+                "takeover", charger_id=s.charger_id, by="reconnect", address=s.address))
             old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
         self.spawn(self._claim(s))
         self.services.events.emit(s.charger_id, "charger.connected", {"protocol": s.protocol})
@@ -255,6 +268,10 @@ class Worker:
     def session_closed(self, s: Session, reason: str) -> None:
         m.WS_CONNECTIONS.labels(s.protocol).dec()
         m.WS_CLOSED.labels(reason).inc()
+        code, text = s.close_info()
+        log.info("charger disconnected", extra=_event(
+            "disconnect", charger_id=s.charger_id, code=code, reason=reason, close_reason=text,
+            duration_s=round(time.monotonic() - s.connected_at, 3)))
         if self.sessions.get(s.charger_id) is s:
             del self.sessions[s.charger_id]
             self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
@@ -272,6 +289,8 @@ class Worker:
         """Another worker now owns this charger: close our connection to it."""
         s = self.sessions.get(charger_id)
         if s is not None and 0 < s.epoch < new_epoch:  # epoch 0: our own claim is still pending
+            log.info("charger connected elsewhere: closing its connection here", extra=_event(
+                "takeover", charger_id=charger_id, by="other_worker"))
             s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
     async def execute_call(self, charger_id: str, action: str, payload: dict, timeout: float) -> dict:
@@ -285,6 +304,18 @@ class Worker:
         m.BATCH_COMMIT.observe(seconds)
         m.WRITE_QUEUE.set(self.writer.queue_depth)
         m.DEFERRED.set(self.writer.store.deferred_rows)
+
+
+def _peer(s: Session) -> str:
+    """The charger's address as ``host:port`` ("" when the transport does not say)."""
+    tr = s.transport
+    try:
+        peer = tr.underlying_transport.get_extra_info("peername") if tr is not None else None
+    except Exception:
+        peer = None
+    if not peer:
+        return ""
+    return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
 
 
 def _ignore_failure(fut: asyncio.Future) -> None:

@@ -55,9 +55,9 @@ class SessionTable(Protocol):
 class Session(Listener):  # type: ignore[misc,valid-type]
     """The listener picows calls for one charger's WebSocket."""
 
-    __slots__ = ("services", "table", "charger_id", "protocol", "version", "tables", "epoch",
-                 "vendor", "model", "leniency", "closed_reason", "_seen_written", "_pending", "_call_lock",
-                 "_queued")
+    __slots__ = ("services", "table", "charger_id", "protocol", "version", "address", "tables", "epoch",
+                 "vendor", "model", "leniency", "closed_reason", "connected_at", "_seen_written", "_pending",
+                 "_call_lock", "_queued")
 
     def __init__(self, services: Services, table: SessionTable, charger_id: str, protocol: str, version: str,
                  codec: Codec, handlers: dict[str, Any]) -> None:
@@ -67,6 +67,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self.charger_id = charger_id
         self.protocol = protocol
         self.version = version
+        self.address = ""  # the peer's host:port, once connected (for the logs)
         self.codec = codec
         self.tables = codec.tables
         self.handlers = handlers
@@ -79,6 +80,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self.model = ""
         self.leniency: frozenset[str] = services.leniency.for_charger(charger_id, "", "")
         self.closed_reason: str | None = None
+        self.connected_at = time.monotonic()
         # CSMS -> charger calls: one in flight (OCPP-J), the rest wait their turn
         self._pending: dict[str, tuple[str, asyncio.Future]] = {}
         self._call_lock: asyncio.Lock | None = None  # created on the first operator call
@@ -89,7 +91,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self._rate = settings.rate_limit
         self._burst = float(settings.rate_burst)
         self._tokens = self._burst
-        self._last = time.monotonic()  # also the time of the last message taken in
+        self._last = self.connected_at  # also the time of the last message taken in
         self._seen_written = self._last  # the _last that last_seen was last written for
         self._backlog: deque[bytes] | None = None
         # keepalive (Worker._keepalive): last pong, and when the unanswered ping was sent
@@ -317,6 +319,17 @@ class Session(Listener):  # type: ignore[misc,valid-type]
             return None
         self._seen_written = last
         return ChargerSeen(self.charger_id, wall_now - dt.timedelta(seconds=max(0.0, now - last)))
+
+    def close_info(self) -> tuple[int | None, str]:
+        """The close code and reason text received, else the ones sent; ``(None, "")`` when
+        the connection dropped without a close frame."""
+        tr = self.transport
+        hs = tr.close_handshake if tr is not None else None
+        if hs is not None:
+            for info in (hs.recv, hs.sent):
+                if info is not None:
+                    return int(info.code), info.reason or ""
+        return None, ""
 
     # -- lifecycle -------------------------------------------------------------------
     def keepalive(self, now: float, ping_after: float, reply_timeout: float) -> None:

@@ -1,11 +1,12 @@
 """The worker in-process (``worker/server.py``) on a real socket with a SQLite store:
-last_seen follows the chargers' messages, and the events' fields."""
+last_seen follows the chargers' messages, the events' fields, and the lifecycle log lines."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -138,3 +139,61 @@ def test_the_meter_event_carries_the_register_as_meter_wh(tmp_path):
     meters = {e["charger_id"]: e["data"] for e in events if e["type"] == "transaction.meter"}
     assert meters["ev-16"]["meter_wh"] == 1500.0 and "energy_wh" not in meters["ev-16"]
     assert meters["ev-201"]["meter_wh"] == 2001.0 and "energy_wh" not in meters["ev-201"]
+
+
+# -- log lines (issue 19, rough edge 9) ---------------------------------------------------
+
+def _lines(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if hasattr(r, "fields") and r.levelno == logging.INFO]
+
+
+def test_lifecycle_log_lines(tmp_path, caplog):
+    async def scenario():
+        async with worker(tmp_path) as w:
+            async with websockets.connect(url(w, "log-1"), subprotocols=["ocpp1.6"]) as ws:
+                await rpc(ws, BOOT16)
+                before = len(caplog.records)
+                for i in range(10):
+                    await rpc(ws, '[2,"h%d","Heartbeat",{}]' % i)
+                    await rpc(ws, meter_values(i))
+                assert len(caplog.records) == before  # nothing per message
+                async with websockets.connect(url(w, "log-1"), subprotocols=["ocpp1.6"]):
+                    await asyncio.wait_for(ws.wait_closed(), 5)
+
+                    async def both_closed():
+                        return sum(f["event"] == "disconnect" for f in _lines(caplog)) >= 1
+                    assert await until(both_closed)
+            with pytest.raises(websockets.exceptions.InvalidStatus):
+                async with websockets.connect(url(w, "log-2"), subprotocols=["ocpp9"]):
+                    pass
+
+            async def all_closed():
+                return not w.sessions
+            assert await until(all_closed)
+
+    with caplog.at_level(logging.INFO, logger="chargeyard.worker"):
+        run(scenario())
+    lines = _lines(caplog)
+    by_event: dict[str, list[dict]] = {}
+    for f in lines:
+        by_event.setdefault(f["event"], []).append(f)
+    connect = by_event["connect"][0]
+    assert connect["charger_id"] == "log-1" and connect["protocol"] == "ocpp1.6"
+    assert connect["address"].startswith("127.0.0.1:")
+    assert by_event["boot"] == [{"event": "boot", "charger_id": "log-1", "vendor": "ACME", "model": "AC22",
+                                 "firmware": ""}]
+    assert [f["charger_id"] for f in by_event["takeover"]] == ["log-1"]
+    replaced = next(f for f in by_event["disconnect"] if f["reason"] == "takeover")
+    assert replaced["charger_id"] == "log-1" and replaced["code"] == 1000 and replaced["duration_s"] >= 0
+    assert replaced["close_reason"] == "replaced by a new connection"
+    assert [(f["reason"], f["status"]) for f in by_event["refused"]] == [("no_subprotocol", 400)]
+    assert len(by_event["connect"]) == 2 and len(by_event["disconnect"]) == 2
+
+
+def test_the_json_log_line_carries_the_fields():
+    from chargeyard.logs import JsonFormatter
+
+    record = logging.LogRecord("chargeyard.worker", logging.INFO, __file__, 1, "charger connected", None, None)
+    record.fields = {"event": "connect", "charger_id": "CP-1", "protocol": "ocpp1.6", "address": "127.0.0.1:5"}
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "charger connected" and line["event"] == "connect" and line["charger_id"] == "CP-1"

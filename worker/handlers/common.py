@@ -113,6 +113,9 @@ async def _booted(session: Session, write: asyncio.Future, firmware: str, respon
         await write
     finally:
         services.boots_in_flight -= 1
+    log.info("charger booted", extra={"fields": {
+        "event": "boot", "charger_id": session.charger_id, "vendor": session.vendor, "model": session.model,
+        "firmware": firmware}})
     services.events.emit(session.charger_id, "charger.booted",
                          {"vendor": session.vendor, "model": session.model, "firmware": firmware})
     return response
