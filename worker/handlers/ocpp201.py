@@ -1,7 +1,7 @@
 """OCPP 2.0.1 handlers: one function per charger-initiated action (``handlers(services)``
-maps the action names to them). 2.1 (``ocpp21.py``) reuses them where the two schemas
-agree; where only the response types differ, the steps here take the version's message
-module. The answer forms are in ``common.py``."""
+maps the action names to them). 2.1 (``ocpp21.py``) reuses them: as they are where the
+two schemas agree, and with its own message types (the ``messages`` argument) where only
+the response types differ. The answer forms are in ``common.py``."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ i64, energy_201 = METER.i64, METER.energy_201
 METER_VALUES_ACCEPTED = v201.MeterValuesResponse()
 STATUS_NOTIFICATION_ACCEPTED = v201.StatusNotificationResponse()
 TRANSACTION_EVENT_ACCEPTED = v201.TransactionEventResponse()
+UNKNOWN_VENDOR = v201.DataTransferResponse(status="UnknownVendorId")
 EVENT_TYPES = {"Started": "transaction.started", "Updated": "transaction.meter", "Ended": "transaction.ended"}
 
 
-# -- the steps 2.0.1 and 2.1 share; ``messages`` is the version's message module ----------
-
-def boot_for(messages: ModuleType, session: Session, req: Any) -> Any:
+def boot_notification(session: Session, req: v201.BootNotificationRequest, messages: ModuleType = v201
+                      ) -> v201.BootNotificationResponse | Deferred[v201.BootNotificationResponse]:
+    """``messages``: the version's message types (2.1 passes its own)."""
     services = session.services
     if not services.boot_admitted():
         return messages.BootNotificationResponse(status="Pending", current_time=now(),
@@ -42,69 +43,16 @@ def boot_for(messages: ModuleType, session: Session, req: Any) -> Any:
                          station.firmware_version or "", accepted)
 
 
-async def authorize_for(messages: ModuleType, session: Session, req: Any) -> Any:
-    status = await session.services.authorization.status(req.id_token.id_token)
-    return messages.AuthorizeResponse(id_token_info=messages.IdTokenInfoType(status=status))
-
-
-def transaction_event_for(messages: ModuleType, accepted: Any, session: Session, req: Any) -> Any:
-    """The event is written at once (applied once per transaction and seqNo). No id token
-    and no listener: ``Commit``. Otherwise the answer waits for the token's status and the
-    event for the commit (sent only if the write was not a repeat)."""
-    services = session.services
-    info = req.transaction_info
-    meter_wh = None
-    if req.meter_value is not UNSET:
-        for mv in req.meter_value:
-            wh = energy_201(mv.sampled_value)
-            if wh is not None:
-                meter_wh = wh
-    evse_id = connector_id = 0
-    if req.evse is not UNSET:
-        evse_id = i64(req.evse.id)
-        connector_id = i64(req.evse.connector_id or 0)
-    tag = req.id_token.id_token if req.id_token is not UNSET else ""
-    op = ops.TransactionEvent(session.charger_id, info.transaction_id, i64(req.seq_no), req.event_type,
-                              req.timestamp, req.trigger_reason, tag, evse_id, connector_id, meter_wh,
-                              info.stopped_reason or "")
-    wants_event = services.events.wants_events(session.charger_id)
-    if not tag and not wants_event:
-        return Commit(op, accepted)
-    event = None
-    if wants_event:
-        event = (EVENT_TYPES[req.event_type], {
-            "transaction_id": info.transaction_id, "seq_no": req.seq_no, "event_type": req.event_type,
-            "meter_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
-            "stop_reason": info.stopped_reason or ""})
-    return _transaction_event_after(messages, accepted, session, tag, services.writer.add(op), event)
-
-
-async def _transaction_event_after(messages: ModuleType, accepted: Any, session: Session, tag: str,
-                                   write: asyncio.Future, event: tuple[str, dict] | None) -> Any:
-    services = session.services
-    status = await services.authorization.status(tag) if tag else None
-    applied = await write
-    if event is not None and applied:
-        services.events.emit(session.charger_id, *event)
-    if status is None:
-        return accepted
-    return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
-
-
-# -- the 2.0.1 handlers ------------------------------------------------------------------
-
-def boot_notification(session: Session, req: v201.BootNotificationRequest
-                      ) -> v201.BootNotificationResponse | Deferred[v201.BootNotificationResponse]:
-    return boot_for(v201, session, req)
-
-
 def heartbeat(session: Session, req: v201.HeartbeatRequest) -> v201.HeartbeatResponse:
     heartbeat_seen(session)
     return v201.HeartbeatResponse(current_time=now())
 
 
-def authorize(session: Session, req: v201.AuthorizeRequest) -> Deferred[v201.AuthorizeResponse]:
-    return authorize_for(v201, session, req)
+async def authorize(session: Session, req: v201.AuthorizeRequest, messages: ModuleType = v201
+                    ) -> v201.AuthorizeResponse:
+    """``messages``: the version's message types (2.1 passes its own)."""
+    status = await session.services.authorization.status(req.id_token.id_token)
+    return messages.AuthorizeResponse(id_token_info=messages.IdTokenInfoType(status=status))
 
 
 def status_notification(session: Session, req: v201.StatusNotificationRequest) -> v201.StatusNotificationResponse:
@@ -135,16 +83,54 @@ def meter_values(session: Session, req: v201.MeterValuesRequest
     return after_commits([writer.add(op) for op in readings], METER_VALUES_ACCEPTED)
 
 
-def transaction_event(session: Session, req: v201.TransactionEventRequest
+def transaction_event(session: Session, req: v201.TransactionEventRequest, messages: ModuleType = v201
                       ) -> Commit | Deferred[v201.TransactionEventResponse]:
-    return transaction_event_for(v201, TRANSACTION_EVENT_ACCEPTED, session, req)
+    """The event is written at once (applied once per transaction and seqNo). No id token
+    and no listener: ``Commit``. Otherwise the answer waits for the token's status, and the
+    event for the commit (sent only if the write was not a repeat). ``messages``: the
+    version's message types (2.1 passes its own; the empty answer is the same in both)."""
+    services = session.services
+    info = req.transaction_info
+    meter_wh = None
+    if req.meter_value is not UNSET:
+        for mv in req.meter_value:
+            wh = energy_201(mv.sampled_value)
+            if wh is not None:
+                meter_wh = wh
+    evse_id = connector_id = 0
+    if req.evse is not UNSET:
+        evse_id = i64(req.evse.id)
+        connector_id = i64(req.evse.connector_id or 0)
+    tag = req.id_token.id_token if req.id_token is not UNSET else ""
+    op = ops.TransactionEvent(session.charger_id, info.transaction_id, i64(req.seq_no), req.event_type,
+                              req.timestamp, req.trigger_reason, tag, evse_id, connector_id, meter_wh,
+                              info.stopped_reason or "")
+    wants_event = services.events.wants_events(session.charger_id)
+    if not tag and not wants_event:
+        return Commit(op, TRANSACTION_EVENT_ACCEPTED)
+    event = None
+    if wants_event:
+        event = (EVENT_TYPES[req.event_type], {
+            "transaction_id": info.transaction_id, "seq_no": req.seq_no, "event_type": req.event_type,
+            "meter_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
+            "stop_reason": info.stopped_reason or ""})
+    return _transaction_event_after(messages, session, tag, services.writer.add(op), event)
+
+
+async def _transaction_event_after(messages: ModuleType, session: Session, tag: str, write: asyncio.Future,
+                                   event: tuple[str, dict] | None) -> Any:
+    services = session.services
+    status = await services.authorization.status(tag) if tag else None
+    applied = await write
+    if event is not None and applied:
+        services.events.emit(session.charger_id, *event)
+    if status is None:
+        return TRANSACTION_EVENT_ACCEPTED
+    return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
 
 
 def data_transfer(session: Session, req: v201.DataTransferRequest) -> v201.DataTransferResponse:
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
-
-
-UNKNOWN_VENDOR = v201.DataTransferResponse(status="UnknownVendorId")
 
 
 def handlers(services: Services) -> dict[str, Handler]:

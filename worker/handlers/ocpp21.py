@@ -1,7 +1,7 @@
 """OCPP 2.1 handlers. Where the 2.0.1 and 2.1 schemas agree on what a handler reads and
-answers (Heartbeat, StatusNotification, MeterValues), the 2.0.1 function is reused; where
-only the response types differ, the 2.0.1 steps run with the 2.1 message types. 2.1's own
-actions are here."""
+answers (Heartbeat, StatusNotification, MeterValues), the 2.0.1 function is the handler;
+where only the response types differ, the 2.0.1 function runs with the 2.1 message types.
+2.1's own actions are here."""
 
 from __future__ import annotations
 
@@ -13,22 +13,21 @@ from .common import Commit, Deferred, Handler, Session, complete, now, route_dat
 __all__ = ["authorize", "boot_notification", "data_transfer", "get_certificate_chain_status", "handlers",
            "transaction_event", "vat_number_validation"]
 
-TRANSACTION_EVENT_ACCEPTED = v21.TransactionEventResponse()
 UNKNOWN_VENDOR = v21.DataTransferResponse(status="UnknownVendorId")
 
 
 def boot_notification(session: Session, req: v21.BootNotificationRequest
                       ) -> v21.BootNotificationResponse | Deferred[v21.BootNotificationResponse]:
-    return ocpp201.boot_for(v21, session, req)
+    return ocpp201.boot_notification(session, req, v21)
 
 
 def authorize(session: Session, req: v21.AuthorizeRequest) -> Deferred[v21.AuthorizeResponse]:
-    return ocpp201.authorize_for(v21, session, req)
+    return ocpp201.authorize(session, req, v21)
 
 
 def transaction_event(session: Session, req: v21.TransactionEventRequest
                       ) -> Commit | Deferred[v21.TransactionEventResponse]:
-    return ocpp201.transaction_event_for(v21, TRANSACTION_EVENT_ACCEPTED, session, req)
+    return ocpp201.transaction_event(session, req, v21)
 
 
 def data_transfer(session: Session, req: v21.DataTransferRequest) -> v21.DataTransferResponse:
