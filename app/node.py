@@ -86,6 +86,22 @@ def tune_gc() -> None:
     sys.setswitchinterval(0.0005)
 
 
+def worker_settings(s: Settings) -> Any:
+    """The worker's typed settings (``worker/settings.py``) from the app's."""
+    from chargeyard.worker.settings import WorkerSettings
+
+    # last_seen's write period has no flag of its own yet: the default unless the settings carry one
+    extra = {"seen_interval": float(s.seen_interval)} if hasattr(s, "seen_interval") else {}
+    return WorkerSettings(
+        worker_id=s.worker_id, host=s.host, ws_port=s.ws_port, max_frame=s.max_frame,
+        ws_read_buffer=s.ws_read_buffer, handshake_rate=s.handshake_rate, rate_limit=s.rate_limit,
+        rate_burst=s.rate_burst, max_pending_calls=s.max_pending_calls, ping_interval=s.ping_interval,
+        idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, heartbeat_interval=s.heartbeat_interval,
+        max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
+        accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
+        batch_max=s.batch_max, **extra)
+
+
 class Node:
     """A worker and/or the operator API in one process."""
 
@@ -110,7 +126,7 @@ class Node:
         self.registry = make_registry(s)
         await self.registry.start()
         if self.with_worker:
-            self.worker = Worker(s, self.store, self.registry)
+            self.worker = Worker(worker_settings(s), self.store, self.registry)
             await self.worker.start()
         if self.with_api:
             tokens = make_tokens(s)
@@ -120,7 +136,7 @@ class Node:
                             "127.0.0.1 only, without authentication")
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
-                           on_id_tag_change=self.worker.auth.forget if self.worker else None)
+                           on_id_tag_change=self.worker.authorization.forget if self.worker else None)
             await self.api.start(host, s.http_port)
 
     async def stop(self) -> None:
