@@ -113,8 +113,8 @@ class Codec:
 
 
 def pick(pure: Any, compiled: Any) -> Any:
-    """Deprecated: use ``twins.load``. Kept only while worker/meter.py, store/logrows.py and
-    store/walsync.py still select their compiled class through it."""
+    """Deprecated: use ``twins.load``. Kept only while store/logrows.py and store/walsync.py
+    still select their compiled class through it."""
     if not twins.pure_requested():
         try:
             return compiled()
