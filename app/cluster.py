@@ -27,7 +27,7 @@ from .config import Settings
 log = logging.getLogger("chargeyard.cluster")
 
 # set per process by the cluster, never forwarded from the parent's settings
-_OWN = {"host", "ws_port", "http_port", "redis_url", "worker_id", "api_host", "extra"}
+_OWN = {"host", "ws_port", "http_port", "redis_url", "worker_id", "api_host"}
 
 
 def child_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:

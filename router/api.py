@@ -74,9 +74,9 @@ class Api:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("operator API on http://%s:%d/api/v1", host, self.port)
@@ -218,33 +218,39 @@ class Api:
         return ok({"result": answer})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        cid = request.match_info["id"]
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        await resp.write(b": subscribed\n\n")
-        stream = self.registry.subscribe(cid)
-        it = stream.__aiter__()
+        return await self.sse(request, request.match_info["id"])
+
+    async def sse(self, request: web.Request, stream: str) -> web.StreamResponse:
+        """Server-Sent Events of one registry stream (every SSE endpoint goes through here).
+
+        The response starts only once the subscription exists, with ``: subscribed``;
+        then one ``id:``/``event:``/``data:`` block per event, and a ``: keep-alive``
+        comment after ``sse_keepalive`` seconds of silence, for as long as the client
+        stays. ``Last-Event-ID`` (header, or ``?last_event_id=``) replays the newer
+        events of the stream's window first."""
+        after = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        sub = await self.registry.events(stream, after)
         try:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+            await resp.prepare(request)
+            await resp.write(b": subscribed\n\n")
+            keepalive = float(getattr(self.settings, "sse_keepalive", 15.0))
             while True:
                 try:
-                    ev = await asyncio.wait_for(it.__anext__(), 15.0)
-                except asyncio.TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
-                    continue
+                    item = await sub.next(keepalive)
                 except StopAsyncIteration:
                     break
-                await resp.write(f"id: {ev.get('id', '')}\nevent: {ev.get('type', 'message')}\n"
+                if item is None:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                sid, ev = item
+                await resp.write(f"id: {sid}\nevent: {ev.get('type', 'message')}\n"
                                  f"data: {_dumps(ev)}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except (ConnectionResetError, asyncio.CancelledError, RegistryError):
+            pass  # the client left, or the registry went away: end the stream
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    pass
+            await sub.close()
         return resp
 
     async def list_transactions(self, request: web.Request) -> web.Response:

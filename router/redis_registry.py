@@ -15,7 +15,8 @@ Keys (hash tags keep every multi-key script inside one slot, so Redis Cluster wo
 
 Channels: ``cy:worker:{<w>}:control`` (takeover notices), ``cy:worker:{<w>}:calls``
 (forwarded CALLs), ``cy:node:{<node>}:replies`` (replies to this process),
-``cy:events:{<charger>}`` and the firehose ``cy:events``.
+and the streams (XADD, capped; the SSE replay window) ``cy:events:{<charger>}``
+and the firehose ``cy:events``.
 
 Failure model: Redis calls fail fast (no retries, short socket timeouts). ``claim``
 and ``release`` never raise because Redis is down: this process keeps what it owns
@@ -31,9 +32,10 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -43,6 +45,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from .registry import (
+    REPLAY_ALL,
+    REPLAY_EVENTS,
+    REPLAY_SECONDS,
     CallRejected,
     CallTimeout,
     NotConnected,
@@ -50,6 +55,7 @@ from .registry import (
     PayloadInvalid,
     Registry,
     RegistryUnavailable,
+    Subscription,
 )
 
 log = logging.getLogger("chargeyard.router.redis")
@@ -87,7 +93,8 @@ def reply_channel(node_id: str) -> str:
     return f"cy:node:{{{node_id}}}:replies"
 
 
-def events_channel(charger_id: str) -> str:
+def events_key(charger_id: str) -> str:
+    """The stream of one charger's live events (``"*"``: of all chargers)."""
     return "cy:events" if charger_id == "*" else f"cy:events:{{{charger_id}}}"
 
 
@@ -692,10 +699,14 @@ class RedisRegistry(Registry):
             raise PayloadInvalid(err.get("message", ""))
         raise RegistryUnavailable(err.get("message", "owner failed"))
 
-    # -- live events ---------------------------------------------------------------
+    # -- live events ----------------------------------------------------------------
 
     async def publish(self, event: dict) -> None:
-        """Best effort, never raises: a charger reply must not wait on Redis."""
+        """Best effort, never raises: a charger reply must not wait on Redis.
+
+        Each event is appended to its charger's stream and to the firehose, both
+        capped (``REPLAY_EVENTS`` / ``REPLAY_ALL``); a charger's stream expires
+        ``REPLAY_SECONDS`` after its last event. The stream ids are the SSE ids."""
         if not self._healthy and self._started:
             return  # dropped while Redis is down: live events are best effort
         data = json.dumps(event, default=str)
@@ -703,33 +714,66 @@ class RedisRegistry(Registry):
             async with self._pipe() as p:
                 cid = event.get("charger_id")
                 if cid:
-                    p.publish(events_channel(cid), data)
-                p.publish(events_channel("*"), data)
+                    key = events_key(cid)
+                    p.xadd(key, {"e": data}, maxlen=REPLAY_EVENTS, approximate=True)
+                    p.pexpire(key, int(REPLAY_SECONDS * 1000))
+                p.xadd(events_key("*"), {"e": data}, maxlen=REPLAY_ALL, approximate=True)
                 await p.execute()
         except _DOWN:
             pass
 
-    async def subscribe(self, charger_id: str) -> AsyncIterator[dict]:  # type: ignore[override]
-        """Events of one charger (``"*"``: all). Ends when the registry stops;
-        raises RegistryUnavailable if Redis goes away."""
-        ps = self._ps.pubsub(ignore_subscribe_messages=True)
-        try:
+    async def events(self, charger_id: str, after: str | None = None) -> Subscription:
+        """Subscribed at once: the stream's current last id is the starting point
+        (``after``, when it is a stream id, replays what came since)."""
+        key = events_key(charger_id)
+        start = after if after and _STREAM_ID.match(after) else None
+        if start is None:
             try:
-                await ps.subscribe(events_channel(charger_id))
+                info = await self._ps.xinfo_stream(key)
+                start = info.get("last-generated-id") or "0-0"
+            except aioredis.ResponseError:  # no such stream yet
+                start = "0-0"
             except _DOWN as exc:
                 raise RegistryUnavailable(str(exc)) from exc
-            while self._started and not self._stopping:
-                try:
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                except _DOWN as exc:
-                    raise RegistryUnavailable(str(exc)) from exc
-                if msg is not None and msg.get("type") == "message":
-                    with contextlib.suppress(ValueError):
-                        yield json.loads(msg["data"])
-        finally:
-            with contextlib.suppress(*_DOWN):
-                await ps.aclose()
+        return _RedisSubscription(self, key, start)
+
+
+# an SSE Last-Event-ID we accept: a Redis stream id
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+class _RedisSubscription(Subscription):
+    """Reads one event stream with blocking XREADs of at most 0.5 s (the client's
+    socket timeout is short), continuing after the last id it delivered."""
+
+    def __init__(self, reg: RedisRegistry, key: str, last: str) -> None:
+        self._reg, self._key, self._last = reg, key, last
+        self._buf: deque[tuple[str, dict]] = deque()
+
+    async def next(self, timeout: float) -> tuple[str, dict] | None:
+        deadline = time.monotonic() + timeout
+        reg = self._reg
+        while not self._buf:
+            if not reg._started or reg._stopping:
+                raise StopAsyncIteration
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                got = await reg._ps.xread({self._key: self._last}, count=100,
+                                          block=max(1, int(min(left, 0.5) * 1000)))
+            except _DOWN as exc:
+                raise RegistryUnavailable(str(exc)) from exc
+            for _key, entries in got or ():
+                for sid, fields in entries:
+                    self._last = sid
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        self._buf.append((sid, json.loads(fields["e"])))
+        return self._buf.popleft()
+
+    async def close(self) -> None:
+        self._buf.clear()
 
 
 __all__ = ["RedisRegistry", "owner_key", "epoch_key", "lease_key", "chargers_key",
-           "calls_channel", "control_channel", "events_channel"]
+           "calls_channel", "control_channel", "events_key"]

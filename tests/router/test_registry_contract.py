@@ -198,3 +198,49 @@ def test_publish_subscribe(make, arun):
             assert got_all == [ev1, ev2]
 
     arun(body())
+
+
+def test_events_subscribed_on_return_ids_increase_and_replay(make, arun):
+    """``events()`` has subscribed when it returns (no sleep needed); a quiet ``next``
+    returns None and the subscription survives; ``after`` replays the newer events."""
+    from chargeyard.router.registry import REPLAY_EVENTS
+
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            sub = await reg.events("CP-R")
+            assert await sub.next(0.3) is None  # silence: nothing, and still subscribed
+            evs = [{"id": f"e{i}", "type": "charger.status", "charger_id": "CP-R", "data": {"i": i}}
+                   for i in range(5)]
+            for ev in evs[:3]:
+                await reg.publish(ev)
+            got = [await sub.next(3.0) for _ in range(3)]
+            assert [g[1] for g in got] == evs[:3]
+            ids = [g[0] for g in got]
+            assert _ordered(ids) and len(set(ids)) == 3
+            await sub.close()
+            for ev in evs[3:]:  # nobody listens now; the window keeps them
+                await reg.publish(ev)
+            again = await reg.events("CP-R", after=ids[1])
+            replay = [await again.next(3.0) for _ in range(3)]
+            assert [r[1] for r in replay] == evs[2:]
+            assert _ordered([ids[1]] + [r[0] for r in replay])
+            assert await again.next(0.2) is None
+            await again.close()
+            # the window is bounded
+            for i in range(4 * REPLAY_EVENTS):
+                await reg.publish({"id": f"f{i}", "type": "charger.status", "charger_id": "CP-R"})
+            late = await reg.events("CP-R", after=ids[0])
+            n = 0
+            while await late.next(0.3) is not None:
+                n += 1
+            assert REPLAY_EVENTS <= n < 4 * REPLAY_EVENTS
+            await late.close()
+
+    arun(body())
+
+
+def _ordered(ids: list[str]) -> bool:
+    """Stream ids increase: integers on one node, ``ms-seq`` stream ids on Redis."""
+    keys = [tuple(int(p) for p in i.split("-")) for i in ids]
+    return all(a < b for a, b in zip(keys, keys[1:]))
