@@ -113,10 +113,28 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class PortInUse(Exception):
+    """A listener's port is taken: one line naming the setting's flag (exit status 2)."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        super().__init__(f"{flag(name)} {port}: {host}:{port} is already in use "
+                         f"(choose another port with {flag(name)} or {env_name(name)})")
+        self.name, self.port = name, port
+
+
+def port_in_use(exc: BaseException, name: str, host: str, port: int) -> BaseException:
+    """``PortInUse`` for an EADDRINUSE bind error, else ``exc`` itself."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return PortInUse(name, host, port)
+    return exc
+
+
 def _default_text(value: Any) -> str:
     if isinstance(value, bool):
         return "off"
-    return repr(value) if value == "" else str(value)
+    return '""' if value == "" else str(value)
 
 
 def add_arguments(ap: argparse.ArgumentParser, only: set[str] | None = None) -> None:

@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from .config import Settings
+from .config import PortInUse, Settings, port_in_use
 
 log = logging.getLogger("chargeyard")
 
@@ -111,7 +111,10 @@ class Node:
         await self.registry.start()
         if self.with_worker:
             self.worker = Worker(s, self.store, self.registry)
-            await self.worker.start()
+            try:
+                await self.worker.start()
+            except OSError as exc:
+                raise port_in_use(exc, "ws_port", s.host, s.ws_port) from None
         if self.with_api:
             tokens = make_tokens(s)
             host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
@@ -121,7 +124,10 @@ class Node:
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
                            on_id_tag_change=self.worker.auth.forget if self.worker else None)
-            await self.api.start(host, s.http_port)
+            try:
+                await self.api.start(host, s.http_port)
+            except OSError as exc:
+                raise port_in_use(exc, "http_port", host, s.http_port) from None
 
     async def stop(self) -> None:
         if self.worker is not None:
@@ -147,7 +153,11 @@ class Node:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        await self.start()
+        try:
+            await self.start()
+        except PortInUse:
+            await self.stop()  # what did start: the store, the registry, the worker's writer
+            raise
         tune_gc()
         print(self.banner(), flush=True)
         await self._stop.wait()
@@ -173,4 +183,8 @@ def run(settings: Settings, worker: bool = True, api: bool = True) -> None:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
-    runner(Node(settings, worker, api).serve_forever())
+    try:
+        runner(Node(settings, worker, api).serve_forever())
+    except PortInUse as exc:
+        print(f"chargeyard: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
