@@ -43,7 +43,15 @@ class Charger(ChargePoint):
     def spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, websockets.ConnectionClosed):  # closed: main says so
+            log.warning("%s failed: %r", task.get_coro().__name__, exc)
 
     async def route_message(self, raw_msg):
         """As the library's, but a call this charger does not implement (or cannot
