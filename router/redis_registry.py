@@ -15,6 +15,7 @@ Keys (hash tags keep every multi-key script inside one slot, so Redis Cluster wo
 
 Channels: ``cy:worker:{<w>}:control`` (takeover notices), ``cy:worker:{<w>}:calls``
 (forwarded CALLs), ``cy:node:{<node>}:replies`` (replies to this process),
+``cy:watch`` (a charger's events are wanted; with the sorted set ``cy:watched``),
 and the streams (XADD, capped; the SSE replay window) ``cy:events:{<charger>}``
 and the firehose ``cy:events``.
 
@@ -99,6 +100,13 @@ def events_key(charger_id: str) -> str:
 
 
 WORKERS_KEY = "cy:workers"
+# Chargers someone watches (SSE): sorted set charger (or "*") -> until (epoch s), and
+# the channel announcing a new watch to every worker at once. Workers build events
+# only for watched chargers (wants_events), as on one node; they re-read the set
+# every WATCH_SYNC_S (and at start) for what they missed.
+WATCH_KEY = "cy:watched"
+WATCH_CHANNEL = "cy:watch"
+WATCH_SYNC_S = 30.0
 
 # Epoch = INCR, but never below Redis' clock in ms: a Redis that lost its data still
 # hands out epochs above every one issued before. Returns {epoch, previous owner}.
@@ -261,6 +269,8 @@ class RedisRegistry(Registry):
         self._pending_release: dict[str, int] = {}
         self._last_epoch = 0
         self._dirty = True  # re-assert everything at the next successful renew
+        self._watched: dict[str, float] = {}  # charger (or "*") -> until (epoch s)
+        self._watch_sync_at = 0.0
         self._healthy = False
         self._pending: dict[str, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -349,6 +359,7 @@ class RedisRegistry(Registry):
         w = self.worker_id
         self._dirty = False  # a claim failing meanwhile sets it again; so does an error here
         await self._r.sadd(WORKERS_KEY, w)
+        await self._sync_watched()
         # forget records of a previous incarnation that we do not hold any more
         stale = await self._r.hgetall(chargers_key(w))
         for cid, val in stale.items():
@@ -400,6 +411,8 @@ class RedisRegistry(Registry):
             self._wake.clear()
             try:
                 await self._renew()
+                if self.worker_id and time.monotonic() >= self._watch_sync_at:
+                    await self._sync_watched()
             except asyncio.CancelledError:
                 raise
             except _DOWN as exc:
@@ -422,7 +435,7 @@ class RedisRegistry(Registry):
     def _channels(self) -> list[str]:
         chans = [reply_channel(self.node_id)]
         if self.worker_id:
-            chans += [control_channel(self.worker_id), calls_channel(self.worker_id)]
+            chans += [control_channel(self.worker_id), calls_channel(self.worker_id), WATCH_CHANNEL]
         return chans
 
     async def _listen_loop(self) -> None:
@@ -479,6 +492,10 @@ class RedisRegistry(Registry):
             fut = self._pending.get(msg.get("id"))
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif channel == WATCH_CHANNEL:
+            cid, until = msg.get("charger_id"), msg.get("until")
+            if isinstance(cid, str) and isinstance(until, (int, float)):
+                self._watched[cid] = max(until, self._watched.get(cid, 0.0))
         elif self.worker_id and channel == control_channel(self.worker_id):
             if msg.get("type") == "takeover":
                 self._lose(msg["charger_id"], int(msg["epoch"]))
@@ -701,6 +718,28 @@ class RedisRegistry(Registry):
 
     # -- live events ----------------------------------------------------------------
 
+    def wants_events(self, charger_id: str) -> bool:
+        """Someone watches this charger (or all of them), or did within REPLAY_SECONDS."""
+        return charger_id in self._watched or "*" in self._watched
+
+    async def _sync_watched(self) -> None:
+        now = time.time()
+        self._watch_sync_at = time.monotonic() + WATCH_SYNC_S
+        async with self._pipe() as p:
+            p.zremrangebyscore(WATCH_KEY, "-inf", now)
+            p.zrangebyscore(WATCH_KEY, now, "+inf", withscores=True)
+            _, rows = await p.execute()
+        self._watched = {cid: until for cid, until in rows}
+
+    async def _watch(self, charger_id: str) -> None:
+        """Mark ``charger_id`` watched for REPLAY_SECONDS from now, on every worker."""
+        until = time.time() + REPLAY_SECONDS
+        self._watched[charger_id] = until
+        async with self._pipe() as p:
+            p.zadd(WATCH_KEY, {charger_id: until}, gt=True)  # GT still adds a new member
+            p.publish(WATCH_CHANNEL, json.dumps({"charger_id": charger_id, "until": until}))
+            await p.execute()
+
     async def publish(self, event: dict) -> None:
         """Best effort, never raises: a charger reply must not wait on Redis.
 
@@ -727,6 +766,10 @@ class RedisRegistry(Registry):
         (``after``, when it is a stream id, replays what came since)."""
         key = events_key(charger_id)
         start = after if after and _STREAM_ID.match(after) else None
+        try:
+            await self._watch(charger_id)  # from now on the workers build its events
+        except _DOWN as exc:
+            raise RegistryUnavailable(str(exc)) from exc
         if start is None:
             try:
                 info = await self._ps.xinfo_stream(key)
@@ -735,7 +778,7 @@ class RedisRegistry(Registry):
                 start = "0-0"
             except _DOWN as exc:
                 raise RegistryUnavailable(str(exc)) from exc
-        return _RedisSubscription(self, key, start)
+        return _RedisSubscription(self, charger_id, key, start)
 
 
 # an SSE Last-Event-ID we accept: a Redis stream id
@@ -746,9 +789,10 @@ class _RedisSubscription(Subscription):
     """Reads one event stream with blocking XREADs of at most 0.5 s (the client's
     socket timeout is short), continuing after the last id it delivered."""
 
-    def __init__(self, reg: RedisRegistry, key: str, last: str) -> None:
-        self._reg, self._key, self._last = reg, key, last
+    def __init__(self, reg: RedisRegistry, charger_id: str, key: str, last: str) -> None:
+        self._reg, self._cid, self._key, self._last = reg, charger_id, key, last
         self._buf: deque[tuple[str, dict]] = deque()
+        self._rewatch_at = time.monotonic() + REPLAY_SECONDS / 3
 
     async def next(self, timeout: float) -> tuple[str, dict] | None:
         deadline = time.monotonic() + timeout
@@ -756,6 +800,10 @@ class _RedisSubscription(Subscription):
         while not self._buf:
             if not reg._started or reg._stopping:
                 raise StopAsyncIteration
+            if time.monotonic() >= self._rewatch_at:  # still watching: keep it marked
+                self._rewatch_at = time.monotonic() + REPLAY_SECONDS / 3
+                with contextlib.suppress(*_DOWN):
+                    await reg._watch(self._cid)
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
@@ -772,7 +820,11 @@ class _RedisSubscription(Subscription):
         return self._buf.popleft()
 
     async def close(self) -> None:
+        """The window is kept REPLAY_SECONDS from now, for a client coming back."""
         self._buf.clear()
+        if self._reg._started and not self._reg._stopping:
+            with contextlib.suppress(*_DOWN):
+                await self._reg._watch(self._cid)
 
 
 __all__ = ["RedisRegistry", "owner_key", "epoch_key", "lease_key", "chargers_key",

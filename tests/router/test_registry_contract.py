@@ -180,15 +180,16 @@ def test_publish_subscribe(make, arun):
             got_one: list[dict] = []
             got_all: list[dict] = []
 
-            async def consume(cid, sink, n):
-                async for ev in reg.subscribe(cid):
-                    sink.append(ev)
-                    if len(sink) == n:
-                        return
+            async def consume(sub, sink, n):
+                while len(sink) < n:
+                    item = await sub.next(5.0)
+                    if item is not None:
+                        sink.append(item[1])
+                await sub.close()
 
-            t1 = asyncio.create_task(consume("CP-1", got_one, 1))
-            t2 = asyncio.create_task(consume("*", got_all, 2))
-            await asyncio.sleep(0.2)  # let both subscriptions land
+            # events() returns once subscribed: no sleep before publishing
+            t1 = asyncio.create_task(consume(await reg.events("CP-1"), got_one, 1))
+            t2 = asyncio.create_task(consume(await reg.events("*"), got_all, 2))
             ev1 = {"id": "1", "type": "charger.status", "charger_id": "CP-1", "data": {"s": "A"}}
             ev2 = {"id": "2", "type": "charger.status", "charger_id": "CP-2", "data": {"s": "B"}}
             await reg.publish(ev1)
