@@ -48,7 +48,7 @@ def ok(obj: Any, status: int = 200) -> web.Response:
     return web.json_response(obj, status=status, dumps=_dumps)
 
 
-def _page_limit(request: web.Request, default: int = 100) -> int:
+def _page_limit(request: web.Request, default: int = PAGE_MAX) -> int:
     try:
         limit = int(request.query.get("limit", default))
     except ValueError:
@@ -314,7 +314,7 @@ class Api:
         return ok(t.IdTag(tag, status))
 
     async def list_id_tags(self, request: web.Request) -> web.Response:
-        """Paged by tag: ``?limit=`` (1-1000, default 100) and ``?cursor=`` (next_cursor)."""
+        """Paged by tag: ``?limit=`` (1-1000, default 1000) and ``?cursor=`` (next_cursor)."""
         limit = _page_limit(request)
         lister = getattr(self.store, "list_id_tags", None)
         if lister is None:

@@ -175,7 +175,7 @@ class Route:
 
 _ID = Param("id", "path", "charger id (OCPP identity, 1-48 characters)")
 _TAG = Param("tag", "path", "id tag, 1-36 characters")
-_LIMIT = Param("limit", "query", "most items per page", "integer")
+_LIMIT = Param("limit", "query", "most items per page, 1-1000 (default 1000)", "integer")
 _CURSOR = Param("cursor", "query", "next_cursor of the previous page")
 _AUTH = {401: "missing or unknown bearer token", 403: "the token lacks the scope or the charger"}
 

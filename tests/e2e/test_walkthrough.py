@@ -7,6 +7,7 @@ The README's steps, which ``walkthrough`` follows literally:
     curl -X PUT $API/id-tags/TAG-1 -d '{"status":"Accepted"}'
     curl -N $API/chargers/CP-1/events &
     curl -X POST $API/chargers/CP-1/calls/RemoteStartTransaction -d '{"idTag":"TAG-1","connectorId":1}'
+    sleep 5     # the charger starts metering (here: wait for its first transaction.meter event)
     TX=$(curl -s "$API/transactions?charger_id=CP-1&active=true" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["tx_id"])')
     curl -X POST $API/chargers/CP-1/calls/RemoteStopTransaction -d "{\"transactionId\":$TX}"
     curl $API/chargers/CP-1/transactions/$TX

@@ -128,6 +128,10 @@ def test_responses_match_their_schemas():
                         break
                 assert seen == sorted(store.tags)
                 await get("/api/v1/id-tags?limit=0", "Error", 400)
+                page = await get("/api/v1/chargers?limit=1", "ChargerPage")
+                assert [i["id"] for i in page["items"]] == ["CP-1"] and page["next_cursor"] is None
+                page = await get("/api/v1/chargers?cursor=CP-1", "ChargerPage")
+                assert page["items"] == []
         finally:
             await api.stop()
 
