@@ -1,7 +1,9 @@
 """The operator API (JSON over HTTP, ``/api/v1``), plus /metrics, /healthz, /readyz.
 
 It reaches chargers only through the registry (``Registry.call``), reads state from
-the store, and streams live events from ``Registry.subscribe`` as Server-Sent Events.
+the store, and streams live events from ``Registry.events`` as Server-Sent Events.
+The routes, their scopes and their body types come from ``router/openapi.py``
+(``ROUTES``), which also builds the OpenAPI document from them.
 Errors are always ``{"error": {"code", "message"}}``.
 """
 
