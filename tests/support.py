@@ -143,6 +143,9 @@ class ClusterProc(NodeProc):
     def __init__(self, data_dir: Path, workers: int = 3, *, restart_delay: float | None = 1.0,
                  **settings: object) -> None:
         super().__init__(data_dir)
+        from chargeyard import procs
+
+        self.ws_port, self.http_port = procs.cluster_ports(workers)  # the nodes take the ports above
         self.n_workers = workers
         self.restart_delay = restart_delay
         self.settings_kw = settings
