@@ -15,7 +15,7 @@ import time
 import msgspec
 import pytest
 
-from chargeyard.store import migrations
+from chargeyard.store.sqlite import migrations
 from chargeyard.store.base import MeterSample, StartTransaction, StoreError, TransactionEvent, from_us, to_us
 from chargeyard.store.sqlite import SqliteStore
 from tests.support import schema_at
@@ -187,7 +187,7 @@ def test_synchronous_setting(tmp_path):
 
     async def main():
         async with SqliteStore(tmp_path / "s.db") as s:
-            level = await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0])
+            level = await s._run(lambda: s.batches.db.execute("PRAGMA synchronous").fetchone()[0])
             assert level == 2  # FULL
     run(main())
 
@@ -202,16 +202,16 @@ def test_the_checkpoint_thread_copies_the_wal_while_the_writer_commits(tmp_path,
 
     async def main():
         async with SqliteStore(path, idle_fold_rows=1) as s:
-            s.CHECKPOINT_S = 0.05 if thread else 3600.0
+            s.wal.CHECKPOINT_S = 0.05 if thread else 3600.0
             await asyncio.sleep(0.15)  # the thread (created at open) takes the new period after its wait
             if not thread:
-                s._checkpointer_stop.set()  # stopped: no checkpoint at all (close joins it)
+                s.wal.checkpointer_stop.set()  # stopped: no checkpoint at all (close joins it)
             before = os.stat(path).st_mtime_ns  # in WAL mode only a checkpoint writes the file
             for k in range(10):
                 await s.apply([MeterSample(f"CP{i}", "1", T0 + dt.timedelta(seconds=k), float(k), 1) for i in range(20)])
                 while await s.maintain():
                     pass
-            assert 50 < os.path.getsize(f"{path}-wal") // 4096 < s.WAL_AUTOCHECKPOINT  # frames
+            assert 50 < os.path.getsize(f"{path}-wal") // 4096 < s.wal.WAL_AUTOCHECKPOINT  # frames
             deadline = time.monotonic() + 1.5
             while os.stat(path).st_mtime_ns == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -224,15 +224,15 @@ def test_a_writer_without_its_checkpoint_thread_checkpoints_by_itself(tmp_path):
 
     async def main():
         async with SqliteStore(tmp_path / "x.db") as s:
-            assert s.WAL_AUTOCHECKPOINT == await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-            s.path = tmp_path / "a-dir.db"
-            s._checkpoint_loop()  # as the thread would: its connection fails
-            s.path = tmp_path / "x.db"
-            assert s._checkpointer_failed
+            assert s.wal.WAL_AUTOCHECKPOINT == await s._run(lambda: s.batches.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            s.wal.path = tmp_path / "a-dir.db"
+            s.wal._checkpoint_loop()  # as the thread would: its connection fails
+            s.wal.path = tmp_path / "x.db"
+            assert s.wal.checkpointer_failed
             await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])  # a small batch: the loop's connection
-            assert s._loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+            assert s.batches.loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
             await s.put_id_tag("T", "Accepted")  # a write of the store thread's connection
-            assert await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
+            assert await s._run(lambda: s.batches.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
     run(main())
 
 
