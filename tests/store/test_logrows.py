@@ -1,4 +1,4 @@
-"""The store's per-reading steps (``store/logrows.py`` and its compiled twin
+"""The store's per-reading steps (``store/sqlite/logrows.py`` and its compiled twin
 ``_logrows.pyx``): the same rows, tables, groups and errors from both."""
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ import pytest
 from chargeyard.store.sqlite import logrows
 from chargeyard.store.base import MeterSample, StoreError, to_us
 from chargeyard.store.sqlite.logrows import READING_LOGS, reading_log
+from tests.support import twin_modules
 
-IMPLS = [logrows.Rows]
-try:
-    from chargeyard.store.sqlite._logrows import Rows as CRows
-    IMPLS.append(CRows)
-except ImportError:  # the pure-Python build: the twin alone
-    pass
+IMPLS = [m.Rows for m in twin_modules("chargeyard.store.sqlite.logrows")]
 
 UTC = dt.timezone.utc
 TIMES = [

@@ -1,4 +1,4 @@
-"""The WAL's sync thread (``store/walsync.py`` and its compiled twin ``_walsync.pyx``): a
+"""The WAL's sync thread (``store/sqlite/walsync.py`` and its compiled twin ``_walsync.pyx``): a
 batch committed on the loop's thread at NORMAL is acknowledged only after an fdatasync of
 the WAL that started after its commit, and a failed sync fails it."""
 
@@ -17,15 +17,10 @@ import pytest
 from chargeyard.store.sqlite import walsync
 from chargeyard.store.base import MeterSample, StoreError
 from chargeyard.store.sqlite import SqliteStore
-from chargeyard.worker.batching import BatchWriter
+from tests.support import twin_modules
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-IMPLS = [walsync.WalSync]
-try:
-    from chargeyard.store.sqlite._walsync import WalSync as CWalSync
-    IMPLS.append(CWalSync)
-except ImportError:  # the pure-Python build: the twin alone
-    pass
+IMPLS = [m.WalSync for m in twin_modules("chargeyard.store.sqlite.walsync")]
 
 
 def _sync_once(impl: type, fd: int, n: int) -> tuple[int, int, int]:
@@ -61,10 +56,14 @@ def test_a_loop_batch_is_acknowledged_after_a_sync_and_fails_if_the_sync_fails(t
             assert await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)]) == [None]
             synced, failed, _ = s.wal.walsync.collect()
             assert s.wal.loop_commits == 1 and synced >= 1 and failed == 0
-            # pipelined: the writer commits, then acknowledges when the sync's report comes
-            w = BatchWriter(s)
-            futs = [w.add(MeterSample("CP1", "1", T0 + dt.timedelta(seconds=i), float(i), 1)) for i in range(1, 50)]
-            assert await asyncio.gather(*futs) == [None] * 49
+            # pipelined, as the writer does: commit, commit, ..., each acknowledged when the
+            # sync's report covers it
+            durable = []
+            for i in range(1, 50):
+                results, synced = await s.apply_then([MeterSample("CP1", "1", T0 + dt.timedelta(seconds=i), float(i), 1)])
+                assert results == [None] and synced is not None
+                durable.append(synced)
+            await asyncio.gather(*durable)
             assert s.wal.walsync.collect()[0] == s.wal.loop_commits >= 2 and not s.wal.waiters
             # the WAL's descriptor swapped for one that cannot sync: the batch fails, the store goes on
             s.wal.stop_sync()
@@ -74,8 +73,7 @@ def test_a_loop_batch_is_acknowledged_after_a_sync_and_fails_if_the_sync_fails(t
             s.wal.syncer = threading.Thread(target=bad.run, daemon=True)
             s.wal.syncer.start()
             with pytest.raises(StoreError, match="could not be synced"):
-                await w.add(MeterSample("CP1", "1", T0 + dt.timedelta(seconds=60), 60.0, 1))
-            await w.close()
+                await s.apply([MeterSample("CP1", "1", T0 + dt.timedelta(seconds=60), 60.0, 1)])
         async with SqliteStore(tmp_path / "w.db") as s:  # committed (not synced) rows are there after all
             assert len(await s.list_meter_samples("CP1", "1")) == 51
     asyncio.run(main())
