@@ -316,7 +316,7 @@ CREATE TABLE sample_inbox (
 );"""),
     (5, _chunks),
     (6, """
--- meter_chunks becomes a rowid table with its key in a unique index. A chunk (~1.7 KB at 64
+-- meter_chunks becomes a rowid table with its key in a unique index. A chunk (a kilobyte or two at 64
 -- readings) is too big for a WITHOUT ROWID table: its key's B-tree keeps it in leaf cells
 -- that spill into overflow pages, and a fold's inserts land all over the tree and move those
 -- cells around. Here a fold appends its chunks at the table's end and only the small key goes

@@ -138,7 +138,7 @@ _HIGHEST = """(SELECT max(high_wh) FROM meter_chunks c WHERE c.charger_id = t.ch
 _NEWEST = """(SELECT {} FROM meter_chunks c WHERE c.charger_id = t.charger_id AND c.tx_id = t.tx_id
         ORDER BY c.last_at DESC, c.last_connector, c.chunk DESC LIMIT 1)"""
 # a transaction with its readings (the lowest and the highest where the energy rule needs them);
-# its columns are ``reads.TxRow``'s
+# its columns are unpacked by name in ``reads._tx_dict``
 TX_SELECT = f"""
 SELECT charger_id, tx_id, connector_id, evse_id, id_tag, kind, start_reading_wh, meter_stop_wh, started_at,
     stopped_at, stop_reason, stop_id_tag, reservation_id,

@@ -25,7 +25,7 @@ import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from ..base import Op, Store, StoreError, to_us
 from . import migrations, reads, sql
@@ -173,16 +173,17 @@ class SqliteStore(Store):
 
     async def apply(self, ops: list[Op]) -> list[Any]:
         """One transaction, durable when this returns (``batch.py``)."""
-        results, durable = await self.batches.apply_then(ops)
+        results, durable = await self.apply_then(ops)
         if durable is not None:
             await durable
         return results
 
-    async def apply_then(self, ops: list[Op]) -> tuple[list[Any], asyncio.Future | None]:
+    def apply_then(self, ops: list[Op]) -> Coroutine[Any, Any, tuple[list[Any], asyncio.Future | None]]:
         """``apply``, returning as soon as the batch is committed, with a future done once a
         sync of the WAL covered it (None: durable already), so that the writer commits the
-        next batch while the disk syncs this one (``batch.Batches.apply_then``)."""
-        return await self.batches.apply_then(ops)
+        next batch while the disk syncs this one: ``batch.Batches.apply_then``'s coroutine,
+        handed over as it is (no coroutine of its own here)."""
+        return self.batches.apply_then(ops)
 
     @property
     def deferred_rows(self) -> int:
