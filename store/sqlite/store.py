@@ -10,7 +10,7 @@ the modules beside it:
 * ``reads.py``: the operator API's reads;
 * ``sql.py``: the statements; ``migrations.py``: the schema.
 
-Four threads: the event loop's commits small batches on a connection of its own; the store
+Four threads: the event loop commits small batches on a connection of its own; the store
 thread (a single-thread executor that owns the main connection) commits large batches and
 runs the reads and the folds; the WAL's sync thread syncs for the loop's batches; the
 checkpoint thread copies the WAL into the database file.
@@ -64,7 +64,7 @@ class SqliteStore(Store):
         self.batches = Batches(self.synchronous, self.readings, self.wal)
         self._executor: ThreadPoolExecutor | None = None
 
-    # The knobs a writer's tests tune on the store.
+    # Two knobs of the parts, settable on the store (the writer's tests shrink them).
     @property
     def IDLE_FOLD_SLICE(self) -> int:  # noqa: N802
         return self.readings.IDLE_FOLD_SLICE
