@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test test-pure bench bench-codec bench-store cluster clean generate
 
-$(STAMP): pyproject.toml setup.py core/_codec.pyx worker/_listener.pyx store/sqlite/_walsync.pyx store/sqlite/_logrows.pyx worker/_meter.pyx worker/_slots.pxi
+$(STAMP): pyproject.toml setup.py core/_codec.pyx worker/_listener.pyx store/_walsync.pyx store/_logrows.pyx worker/_meter.pyx worker/_slots.pxi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,cluster,bench]'

@@ -17,8 +17,8 @@ if os.environ.get("CHARGEYARD_NO_EXT") != "1":
         [Extension("chargeyard.core._codec", ["core/_codec.pyx"]),
          # cimports picows' extension types: build against the exact picows it runs with
          Extension("chargeyard.worker._listener", ["worker/_listener.pyx"]),
-         Extension("chargeyard.store.sqlite._walsync", ["store/sqlite/_walsync.pyx"]),
-         Extension("chargeyard.store.sqlite._logrows", ["store/sqlite/_logrows.pyx"]),
+         Extension("chargeyard.store._walsync", ["store/_walsync.pyx"]),
+         Extension("chargeyard.store._logrows", ["store/_logrows.pyx"]),
          Extension("chargeyard.worker._meter", ["worker/_meter.pyx"])],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )

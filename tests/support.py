@@ -207,7 +207,7 @@ class ClusterProc(NodeProc):
 def schema_at(conn, monkeypatch, version: int) -> None:
     """Migrate a new SQLite database only up to schema ``version`` (to test the later
     migrations on a database made by an older release)."""
-    from chargeyard.store.sqlite import migrations
+    from chargeyard.store import migrations
 
     with monkeypatch.context() as m:
         m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])

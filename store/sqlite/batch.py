@@ -3,7 +3,7 @@ every writer of the store uses.
 
 * A batch is one ``BEGIN IMMEDIATE … COMMIT``; runs of consecutive ops of the same bulk type
   (MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger) go through ``executemany`` on
-  cached prepared statements. Its readings become log rows (``logrows``), checked, and
+  cached prepared statements. Its readings become log rows (``store/logrows.py``), checked, and
   packed into one row of the readings' inbox (``readings.py`` moves and folds them later).
 * A batch of up to ``LOOP_BATCH_MAX`` ops commits right on the event loop's thread, on a
   connection of its own, instead of going to the store thread and back (two thread

@@ -12,11 +12,11 @@
   ``sample_inbox`` (``batch.py``; its bytes in the WAL, not a page per log table it
   touches). The inbox is moved in bulk, oldest first (its rows are newer than theirs), into
   the ``reading_log_<n>`` tables, one packed row per table its readings' chargers fall in
-  (``logrows.READING_LOGS`` tables by CRC-32 of the id, the same in every process): by
+  (``store/logrows.py``: ``READING_LOGS`` tables by CRC-32 of the id, the same in every process): by
   ``maintain()`` once ``move_rows`` wait (``INBOX_MOVE_BATCHES`` batches' worth, so a move
   takes many readings per table under load), before a read, and by a batch once
   ``INBOX_MAX`` wait, which then logs into the tables itself (as does a batch of
-  ``INBOX_BATCH`` readings). The moves and folds read the packed rows in C (``logrows``).
+  ``INBOX_BATCH`` readings). The moves and folds read the packed rows in C (``store/_logrows.pyx``).
 * A table is *folded*: its oldest rows become one chunk per transaction in them (numbered
   by ``fold_seq``, so chunks keep arrival order) and the newest reading per connector of
   samples without a transaction (``last_readings``), and are deleted, in one write
@@ -46,12 +46,13 @@ import msgspec
 
 from ...core import twins
 from ..base import StoreError
-from . import logrows, sql
-from .logrows import READING_LOGS, pack, reading_log, unpack_log
+from .. import logrows
+from ..logrows import READING_LOGS, pack, reading_log, unpack_log
+from . import sql
 
 __all__ = ["FoldPlan", "MovePlan", "Readings", "ROWS", "packed"]
 
-ROWS = twins.load("chargeyard.store.sqlite.logrows").Rows  # the per-reading steps, compiled unless pure
+ROWS = twins.load("chargeyard.store.logrows").Rows  # the per-reading steps, compiled unless pure
 
 
 class Taken:

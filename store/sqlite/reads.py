@@ -11,7 +11,7 @@ import msgspec
 
 from ..base import StoreError, from_us
 from . import sql
-from .logrows import unpack_chunk
+from ..logrows import unpack_chunk
 
 __all__ = ["charger", "chargers", "chunks", "id_tag_status", "meter_samples", "transaction", "transactions"]
 

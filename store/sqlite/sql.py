@@ -1,12 +1,12 @@
 """Every SQL statement of the SQLite store, as module constants: sqlite3's statement cache
 keys on the text, so each is prepared once per connection.
 
-Tables: ``migrations.py`` creates them and says what each column means.
+Tables: ``store/migrations.py`` creates them and says what each column means.
 """
 
 from __future__ import annotations
 
-from .logrows import READING_LOGS
+from ..logrows import READING_LOGS
 
 # -- a batch's ops ---------------------------------------------------------------------
 

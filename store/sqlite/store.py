@@ -5,15 +5,16 @@ the modules beside it:
 
 * ``batch.py``: one batch's transaction, the write path of every message that writes;
 * ``wal.py``: the WAL's settings, its checkpoints, and the sync that makes a batch durable;
-* ``readings.py``: readings from the inbox to the log tables to chunks (``logrows.py`` and
-  its compiled twin ``_logrows.pyx`` do the per-reading work);
+* ``readings.py``: readings from the inbox to the log tables to chunks (``store/logrows.py``
+  and its compiled twin ``store/_logrows.pyx`` do the per-reading work, and hold the rows'
+  packed format);
 * ``reads.py``: the operator API's reads;
-* ``sql.py``: the statements; ``migrations.py``: the schema.
+* ``sql.py``: the statements (the schema: ``store/migrations.py``).
 
 Four threads: the event loop commits small batches on a connection of its own; the store
 thread (a single-thread executor that owns the main connection) commits large batches and
-runs the reads and the folds; the WAL's sync thread syncs for the loop's batches; the
-checkpoint thread copies the WAL into the database file.
+runs the reads and the folds; the WAL's sync thread (``store/walsync.py``,
+compiled ``store/_walsync.pyx``) syncs for the loop's batches; the checkpoint thread copies the WAL into the database file.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from ..base import Op, Store, StoreError, to_us
-from . import migrations, reads, sql
+from .. import migrations
+from . import reads, sql
 from .batch import LOCK_TAKEN, TX_ID_MAX, Batches, not_open, store_errors
-from .logrows import READING_LOGS
+from ..logrows import READING_LOGS
 from .readings import Readings
 from .wal import Wal, configure, use_wal
 

@@ -5,7 +5,7 @@
   (``docs/adr/0002-reply-after-commit.md``). ``synchronous="NORMAL"`` keeps kill -9
   safety (the WAL write has reached the kernel before COMMIT returns) but not power loss.
 * Batches committed on the event loop's thread commit at NORMAL; a thread that never takes
-  the GIL (``walsync.py``) fdatasyncs the WAL for them, and a batch's durability future
+  the GIL (``store/walsync.py``, compiled ``store/_walsync.pyx``) fdatasyncs the WAL for them, and a batch's durability future
   (:meth:`Wal.durable`) is done only once a sync covered its commit: the durability of
   FULL, without the loop sleeping through the disk.
 * Another thread checkpoints (copies the WAL into the database file) on a connection of its
@@ -37,7 +37,7 @@ __all__ = ["Wal", "configure", "use_wal"]
 
 log = logging.getLogger("chargeyard.store.sqlite")
 
-WalSync = twins.load("chargeyard.store.sqlite.walsync").WalSync
+WalSync = twins.load("chargeyard.store.walsync").WalSync
 
 _U32 = struct.Struct("=I").unpack_from  # the wal-index is in the machine's byte order
 # The wal-index (the "-shm" file; SQLite's file format, "WAL-index format"): its first header

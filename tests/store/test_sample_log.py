@@ -14,11 +14,11 @@ import zlib
 import msgspec
 import pytest
 
-from chargeyard.store.sqlite import migrations
+from chargeyard.store import migrations
 from chargeyard.store.base import (ChargerSeen, MeterSample, StartTransaction, StopTransaction, StoreError,
                                    TransactionEvent, to_us)
 from chargeyard.store.sqlite import SqliteStore
-from chargeyard.store.sqlite.logrows import reading_log
+from chargeyard.store.logrows import reading_log
 from chargeyard.store.sqlite.readings import Readings
 from chargeyard.store.sqlite.sql import CHUNK_INSERT, LOG_COUNT
 from tests.support import schema_at

@@ -15,7 +15,7 @@ import time
 import msgspec
 import pytest
 
-from chargeyard.store.sqlite import migrations
+from chargeyard.store import migrations
 from chargeyard.store.base import MeterSample, StartTransaction, StoreError, TransactionEvent, from_us, to_us
 from chargeyard.store.sqlite import SqliteStore
 from tests.support import schema_at

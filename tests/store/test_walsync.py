@@ -1,4 +1,4 @@
-"""The WAL's sync thread (``store/sqlite/walsync.py`` and its compiled twin ``_walsync.pyx``): a
+"""The WAL's sync thread (``store/walsync.py`` and its compiled twin ``_walsync.pyx``): a
 batch committed on the loop's thread at NORMAL is acknowledged only after an fdatasync of
 the WAL that started after its commit, and a failed sync fails it."""
 
@@ -14,13 +14,13 @@ import threading
 
 import pytest
 
-from chargeyard.store.sqlite import walsync
+from chargeyard.store import walsync
 from chargeyard.store.base import MeterSample, StoreError
 from chargeyard.store.sqlite import SqliteStore
 from tests.support import twin_modules
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-IMPLS = [m.WalSync for m in twin_modules("chargeyard.store.sqlite.walsync")]
+IMPLS = [m.WalSync for m in twin_modules("chargeyard.store.walsync")]
 
 
 def _sync_once(impl: type, fd: int, n: int) -> tuple[int, int, int]:

@@ -17,11 +17,16 @@ import sqlite3
 import time
 from typing import Callable
 
-from ..base import StoreError
+from .base import StoreError
 from .logrows import READING_LOGS, chunk_summary, pack, reading_log
-from .sql import CHUNK_INSERT
 
 LOG_BUCKETS = 64  # tables the sample log was split into (migrations 3 and 4; gone in 5)
+
+
+# version 5's chunk insert, kept as it was (the store's own is sqlite/sql.py's)
+_CHUNK_INSERT_V5 = """
+INSERT INTO meter_chunks (charger_id, tx_id, chunk, low_wh, high_wh, last_at, last_connector, last_wh, rows, data)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"""
 
 
 def _chunks(conn: sqlite3.Connection) -> None:
@@ -47,7 +52,7 @@ def _chunks(conn: sqlite3.Connection) -> None:
                 if low is not None:
                     rows.append((connector, at, low, 0))
                 rows.append((connector, at, last, 2))
-            conn.execute(CHUNK_INSERT, (*key, 0, *chunk_summary(rows), len(rows), pack(rows)))
+            conn.execute(_CHUNK_INSERT_V5, (*key, 0, *chunk_summary(rows), len(rows), pack(rows)))
             rows.clear()
     for charger, tx, at, connector, wh, closing in conn.execute(
             "SELECT charger_id, tx_id, at, connector_id, energy_wh, closing FROM meter_samples "

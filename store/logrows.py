@@ -12,11 +12,11 @@ The per-reading steps: building a batch's log rows, checking them, splitting the
 table (a move of packed inbox rows: ``split_packed``), and turning a log table's packed rows
 into chunks (a fold: ``fold``). A saturated worker runs them for every reading, so
 ``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
-pure-Python twin, chosen by ``core.twins.load("chargeyard.store.sqlite.logrows")``.
+pure-Python twin, chosen by ``core.twins.load("chargeyard.store.logrows")``.
 
 Log rows, chunks and their summaries stay tuples: the compiled steps build them in C, one
 per reading or chunk, and msgpack packs a tuple as the array the format wants. Their first
-Python reader unpacks them into named variables (``readings.Readings.apply_fold``).
+Python reader unpacks them into named variables (``sqlite/readings.py``, ``apply_fold``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from ..base import StoreError, to_us
+from .base import StoreError, to_us
 
 __all__ = ["READING_LOGS", "Rows", "chunk_summary", "pack", "reading_log", "table", "unpack_chunk",
            "unpack_log"]

@@ -1,12 +1,12 @@
 """The WAL's sync thread: makes small batches durable off the event loop.
 
-A batch that commits on the event loop's thread (``batch.Batches.apply_then``) commits at
+A batch that commits on the event loop's thread (``sqlite/batch.py``) commits at
 ``synchronous=NORMAL``: its WAL frames reach the kernel, and the loop goes on at once. This
 thread then ``fdatasync``s the WAL file, and reports which commits that covered; the batch's
 ``apply`` returns (and its chargers get their replies) only then, as at ``FULL``. While a
 sync runs the loop reads, handles and commits the next messages, instead of sleeping
 through the disk in each COMMIT; a sync covers every commit made before it started, so
-commits made during one share the next. ``wal.Wal`` drives it.
+commits made during one share the next. ``sqlite/wal.py`` drives it.
 
 Protocol (one writer, the loop; one syncer, the thread):
 
@@ -20,7 +20,7 @@ Protocol (one writer, the loop; one syncer, the thread):
 ``_walsync.pyx`` is the same thread compiled, which runs without the GIL: a Python thread
 needs the GIL back after each sync, and on a busy core waits for it up to the interpreter's
 switch interval; this one signals the loop without it. Chosen by
-``core.twins.load("chargeyard.store.sqlite.walsync")``.
+``core.twins.load("chargeyard.store.walsync")``.
 """
 
 from __future__ import annotations

@@ -13,9 +13,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 import datetime as _dt
 
-from ..base import to_us as _py_to_us
-from .logrows import _bad, _CACHE_MAX
-from .logrows import reading_log as _reading_log
+from .base import to_us as _py_to_us
+from .logrows import _bad, _CACHE_MAX, reading_log as _reading_log
 
 import_datetime()
 
