@@ -321,12 +321,13 @@ CREATE TABLE sample_inbox (
 );"""),
     (5, _chunks),
     (6, """
--- meter_chunks becomes a rowid table with its key in a unique index. A chunk (a kilobyte or two at 64
--- readings) is too big for a WITHOUT ROWID table: its key's B-tree keeps it in leaf cells
+-- meter_chunks becomes a rowid table with its key in a unique index. A chunk (a kilobyte
+-- or two) is too big for a WITHOUT ROWID table: its key's B-tree keeps it in leaf cells
 -- that spill into overflow pages, and a fold's inserts land all over the tree and move those
 -- cells around. Here a fold appends its chunks at the table's end and only the small key goes
--- into the index, so a fold writes far fewer pages and spends less CPU per chunk (ADR 0005,
--- decision 23). Chunks are copied in key order; reads use the index.
+-- into the index, so a fold writes far fewer pages and spends less CPU per chunk
+-- (docs/adr/0011-readings-log-inbox-chunks.md). Chunks are copied in key order; reads use
+-- the index.
 CREATE TABLE meter_chunks_v6 (
     id             INTEGER PRIMARY KEY,
     charger_id     TEXT NOT NULL,

@@ -333,7 +333,7 @@ class Wal:
         (``renew``), whose passes must be able to copy every frame. The period's passes then
         find little left to write when they sync the database file: the disk gets a small
         writeback every tick instead of a burst every period, which delayed the WAL's syncs
-        (ADR 0005, decisions 20 and 21). Durability stays SQLite's own: each pass syncs the
+        (``docs/adr/0014-checkpoints.md``). Durability stays SQLite's own: each pass syncs the
         WAL before copying, and only a pass that copied every frame syncs the database file
         and lets the WAL restart, which a fenced pass never does. Returns whether a pass ran."""
         shm = self.shm
