@@ -318,10 +318,7 @@ class Api:
     async def list_id_tags(self, request: web.Request) -> web.Response:
         """Paged by tag: ``?limit=`` (1-1000, default 1000) and ``?cursor=`` (next_cursor)."""
         limit = _page_limit(request)
-        lister = getattr(self.store, "list_id_tags", None)
-        if lister is None:
-            return error(501, "not_implemented", "this store cannot list id tags")
-        rows = await lister(after=request.query.get("cursor") or None, limit=limit + 1)
+        rows = await self.store.list_id_tags(after=request.query.get("cursor") or None, limit=limit + 1)
         items = [t.IdTag(r["id_tag"], r["status"]) for r in rows[:limit]]
         return ok(t.IdTagPage(items, items[-1].id_tag if len(rows) > limit else None))
 

@@ -214,7 +214,7 @@ ROUTES: tuple[Route, ...] = (
                   Param("active", "query", "true: running only; false: ended only", "boolean"),
                   _LIMIT, _CURSOR)),
     Route("GET", "/api/v1/id-tags", "list_id_tags", "The authorization list, by tag, paged",
-          response=IdTagPage, errors={400: "bad limit", 501: "this store cannot list id tags"},
+          response=IdTagPage, errors={400: "bad limit"},
           params=(_LIMIT, _CURSOR)),
     Route("GET", "/api/v1/id-tags/{tag}", "get_id_tag", "Status of an id tag", response=IdTag,
           errors={404: "unknown id tag"}, params=(_TAG,)),

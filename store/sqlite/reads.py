@@ -95,7 +95,16 @@ def id_tag_status(conn: sqlite3.Connection, tag: str) -> str | None:
     row = conn.execute(sql.ID_TAG_GET, (tag,)).fetchone()
     if row is None:
         return None
-    status, expiry = row
+    return _effective_status(*row)
+
+
+def _effective_status(status: str, expiry: int | None) -> str:
     if expiry is not None and expiry < time.time_ns() // 1000 and status == "Accepted":
         return "Expired"
     return status
+
+
+def id_tags(conn: sqlite3.Connection, after: str | None, limit: int) -> list[dict]:
+    rows = conn.execute(sql.ID_TAG_PAGE, (after or "", int(limit))).fetchall()
+    return [{"id_tag": tag, "status": _effective_status(status, expiry), "expiry": from_us(expiry)}
+            for tag, status, expiry in rows]

@@ -77,6 +77,7 @@ ID_TAG_GET = "SELECT status, expiry FROM id_tags WHERE tag = ?"
 ID_TAG_PUT = ("INSERT INTO id_tags (tag, status, expiry) VALUES (?, ?, ?) ON CONFLICT (tag) DO UPDATE SET "
               "status = excluded.status, expiry = excluded.expiry")
 ID_TAG_DELETE = "DELETE FROM id_tags WHERE tag = ?"
+ID_TAG_PAGE = "SELECT tag, status, expiry FROM id_tags WHERE tag > ? ORDER BY tag LIMIT ?"
 
 # -- the readings: the inbox, the log tables, the chunks -------------------------------
 

@@ -280,6 +280,11 @@ class SqliteStore(Store):
     async def get_id_tag(self, tag: str) -> str | None:
         return await self._run(lambda: reads.id_tag_status(self.batches.db, tag))
 
+    async def list_id_tags(self, after: str | None = None, limit: int = 1000) -> list[dict]:
+        if int(limit) <= 0:
+            return []
+        return await self._run(lambda: reads.id_tags(self.batches.db, after, limit))
+
     async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None:
         args = (tag, status, None if expiry is None else to_us(expiry))
         await self._run(self.batches.write, lambda conn: conn.execute(sql.ID_TAG_PUT, args))

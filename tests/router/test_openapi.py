@@ -138,23 +138,6 @@ def test_responses_match_their_schemas():
     asyncio.run(asyncio.wait_for(body(), 30))
 
 
-def test_id_tags_list_needs_a_store_that_lists():
-    class Older(FakeStore):
-        list_id_tags = None  # type: ignore[assignment]
-
-    async def body():
-        api = Api(Settings(), Older(), LocalRegistry())  # type: ignore[arg-type]
-        await api.start("127.0.0.1", 0)
-        try:
-            async with aiohttp.ClientSession() as s:
-                async with s.get(f"http://127.0.0.1:{api.port}/api/v1/id-tags") as r:
-                    assert r.status == 501
-        finally:
-            await api.stop()
-
-    asyncio.run(asyncio.wait_for(body(), 30))
-
-
 @pytest.mark.parametrize("name", ["IdTagBody", "TokenBody", "Transaction", "Charger", "IdTagPage"])
 def test_schemas_come_from_the_structs(name):
     import msgspec
