@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 
-from . import twins
 from .checks import datetime_plan, dt_suspect
 from .framing import CALL, Call, FrameError, PayloadError, Tables
 
@@ -110,18 +109,6 @@ class Codec:
 
     def encode_reply_error(self, err: FrameError) -> bytes:
         return self.encode_error(err.message_id, err.code, err.description)
-
-
-def pick(pure: Any, compiled: Any) -> Any:
-    """Deprecated: use ``twins.load``. Kept only while store/logrows.py and store/walsync.py
-    still select their compiled class through it."""
-    if not twins.pure_requested():
-        try:
-            return compiled()
-        except ImportError:
-            if twins.require_ext():
-                raise
-    return pure
 
 
 __all__ = ["Codec", "PayloadError"]

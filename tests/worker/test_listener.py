@@ -11,6 +11,7 @@ import pytest
 
 from chargeyard.core import twins
 from chargeyard.worker import listener
+from tests.support import twin_modules
 
 SURFACE = {"on_ws_frame", "_take_token", "_process", "_dispatch", "committed"}
 
@@ -18,13 +19,7 @@ SURFACE = {"on_ws_frame", "_take_token", "_process", "_dispatch", "committed"}
 def _with_compiled(pure, name):
     """``[pure]``, and the compiled listener module's ``name`` when it is built (required
     under ``CHARGEYARD_REQUIRE_EXT``)."""
-    try:
-        compiled = twins.load("chargeyard.worker.listener", pure=False)
-    except ImportError:
-        if twins.require_ext():
-            raise
-        return [pure]
-    return [pure, getattr(compiled, name)]
+    return [pure] + [getattr(m, name) for m in twin_modules("chargeyard.worker.listener")[1:]]
 
 
 def _twins():

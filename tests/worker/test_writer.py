@@ -13,13 +13,15 @@ import time
 
 import pytest
 
+from chargeyard.core import twins
 from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
                                    StoreError)
 from chargeyard.store.sqlite import SqliteStore
-from chargeyard.core import twins
 from chargeyard.worker.writer import BatchWriter, WriterClosed, WriterFull
+from tests.support import twin_modules
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
+WRITER = "chargeyard.worker.writer"  # the per-message twins: writer.py, _writer.pyx
 
 
 def _loops():
@@ -622,26 +624,15 @@ def test_a_batch_durable_at_once_waits_behind_an_earlier_batch_still_syncing(tmp
 
 
 def _twins():
-    """The writer's per-message twins: this module, and the compiled one when it is built
-    (required under ``CHARGEYARD_REQUIRE_EXT``)."""
-    out = [twins.load("chargeyard.worker.writer", pure=True)]
-    try:
-        out.append(twins.load("chargeyard.worker.writer", pure=False))
-    except ImportError:  # the pure-Python build
-        if twins.require_ext():
-            raise
-    return out
-
-
-def _twin_id(module):
-    return module.__name__.rsplit(".", 1)[-1]
+    """Both writer twins (the compiled one when built), for the tests that compare them."""
+    return twin_modules(WRITER)
 
 
 def test_the_worker_takes_the_compiled_twin_unless_pure(monkeypatch):
     monkeypatch.setenv("CHARGEYARD_PURE", "1")
-    assert twins.load("chargeyard.worker.writer") is _twins()[0]
+    assert twins.load(WRITER) is _twins()[0]
     monkeypatch.delenv("CHARGEYARD_PURE")
-    assert twins.load("chargeyard.worker.writer") is _twins()[-1]
+    assert twins.load(WRITER) is _twins()[-1]
 
 
 def test_the_twins_share_their_names_and_fields():
@@ -659,10 +650,10 @@ def test_the_twins_share_their_names_and_fields():
             assert callable(getattr(twin.Lane, name))
 
 
-@pytest.mark.parametrize("twin", _twins(), ids=_twin_id)
 def test_reply_all_twins(twin, caplog):
     """Replies in order, a failing target logged and skipped, futures resolved unless done,
     and zip's length (the shorter of items and results)."""
+    twin = twin(WRITER)
     class Target:
         def __init__(self, fail=False):
             self.got, self.fail = [], fail
@@ -749,11 +740,11 @@ def test_the_lane_twins_behave_alike():
     assert items[0] == ["op1", None, 0.0, 1, "t", "m1", "A", "r", 1.5]
 
 
-@pytest.mark.parametrize("twin", _twins(), ids=_twin_id)
 def test_both_lanes_queue_replies_in_order_through_the_admission_line(tmp_path, run, twin):
     """``add_reply`` through either lane: the first starts the writer (the slow path); a
     burst past ``max_queued`` waits in the admission line (the lane closed meanwhile) and is
     answered in add order; items are numbered like ``add``'s; after close, a refusal."""
+    twin = twin(WRITER)
     async def main():
         store = SqliteStore(tmp_path / "lane.db")
         await store.open()
