@@ -58,7 +58,10 @@ class Backend:
 @pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path) -> Backend:
     hosts = request.getfixturevalue("cassandra").hosts if request.param == "scylla" else ""
-    return Backend(request.param, tmp_path, hosts)
+    b = Backend(request.param, tmp_path, hosts)
+    if b.kind == "scylla":  # its schema exists before any process opens it: `chargeyard store migrate`
+        run(b.make().migrate())
+    return b
 
 
 # -- chargers and connectors -----------------------------------------------------------
