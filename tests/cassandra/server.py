@@ -68,7 +68,7 @@ _JVM17 = [
 # few threads because the test machine has 2 cores shared with the suite, and no wait
 # for a ring that has one node.
 _JVM = [
-    "-Xms256m", "-Xmx1g", "-Xss512k", "-XX:+UseSerialGC",
+    "-Xms256m", "-Xmx1g", "-Xss512k", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
     "-XX:-UsePerfData", "-XX:+PerfDisableSharedMem", "-XX:CICompilerCount=2",
     "-Dcassandra.skip_wait_for_gossip_to_settle=0", "-Dcassandra.ring_delay_ms=100",
     "-Dcassandra.load_ring_state=false", "-Dcassandra.superuser_setup_delay_ms=0",
