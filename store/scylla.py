@@ -245,7 +245,8 @@ _Q = {
     "bucket_put": "INSERT INTO {ks}.tx_buckets (scope, bucket) VALUES (?, ?)",
     "seq_claim": "INSERT INTO {ks}.tx_event_seqs (charger_id, tx_id, seq_no, event_type, trigger_reason, at) "
                  "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
-    "seq_done": "UPDATE {ks}.tx_event_seqs USING TTL ? SET done = true WHERE charger_id = ? AND tx_id = ? AND seq_no = ?",
+    "seq_done": "UPDATE {ks}.tx_event_seqs USING TTL ? SET done = true "
+                "WHERE charger_id = ? AND tx_id = ? AND seq_no = ?",
     "alloc_read": "SELECT next_id FROM {ks}.tx_id_alloc WHERE name = 'ocpp16'",
     "alloc_cas": "UPDATE {ks}.tx_id_alloc SET next_id = ? WHERE name = 'ocpp16' IF next_id = ?",
     "get_charger": "SELECT " + _CHARGER_COLS + " FROM {ks}.chargers WHERE charger_id = ?",
