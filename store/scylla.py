@@ -92,7 +92,8 @@ _CACHE_MAX = 100_000  # entries of the "already written" caches before they star
 
 INSTALL_HINT = ("the ScyllaDB store needs the scylla-driver package (import name 'cassandra'): "
                 "pip install scylla-driver  (or: pip install 'chargeyard[scylla]')")
-MIGRATE_HINT = "run `chargeyard store migrate --store scylla` with the same --scylla-* settings (the k8s Job does)"
+MIGRATE_HINT = ("run `chargeyard store migrate --store scylla` with the same --scylla-hosts, --keyspace and "
+                "--scylla-* settings before starting pods (in k8s: the store-migrate Job)")
 
 
 def _load_driver() -> Any:
