@@ -58,7 +58,7 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
            listen_http: int | str, *, run_dir: str | os.PathLike = ".",
            access_log: bool = False, daemon: bool = False, worker_processes: int | str = "auto",
            worker_connections: int = 65536, ws_timeout: str = "3600s",
-           api_timeout: str = "60s", template: str | os.PathLike | None = None) -> str:
+           api_timeout: str = "60s", shutdown_timeout: str = "30s", template: str | os.PathLike | None = None) -> str:
     """The nginx configuration text.
 
     ``workers``/``api_upstreams`` are ``host:port`` strings; ``listen_ws``/``listen_http``
@@ -87,6 +87,7 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
         "LISTEN_HTTP": _listen(listen_http),
         "WS_TIMEOUT": ws_timeout,
         "API_TIMEOUT": api_timeout,
+        "SHUTDOWN_TIMEOUT": shutdown_timeout,
     }
     for key, val in values.items():
         text = text.replace(f"@@{key}@@", val)
@@ -114,12 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--worker-connections", type=int, default=65536,
                    help="per nginx worker process; each charger uses two")
     p.add_argument("--ws-timeout", default="3600s")
+    p.add_argument("--shutdown-timeout", default="30s",
+                   help="worker_shutdown_timeout: how long old nginx processes keep proxied "
+                        "WebSockets after a reload")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     a = p.parse_args(argv)
     text = render(a.workers, a.ws_port, a.api, a.http_port, run_dir=a.run_dir,
                   access_log=a.access_log, daemon=a.daemon,
                   worker_processes=a.worker_processes,
-                  worker_connections=a.worker_connections, ws_timeout=a.ws_timeout)
+                  worker_connections=a.worker_connections, ws_timeout=a.ws_timeout,
+                  shutdown_timeout=a.shutdown_timeout)
     if a.output:
         Path(a.output).write_text(text)
     else:

@@ -229,6 +229,25 @@ def check_kustomization(m: dict) -> list[str]:
     return p
 
 
+def check_nginx_hpa(m: dict, h: dict) -> list[str]:
+    ref = h["spec"]["scaleTargetRef"]
+    dep = one(m, "Deployment", ref.get("name"))
+    if ref.get("kind") != "Deployment" or dep is None or ref.get("name") != "chargeyard-nginx":
+        return [f"nginx HPA scaleTargetRef {ref} names no nginx Deployment of the manifests"]
+    p = []
+    if "replicas" in dep["spec"]:
+        p.append("Deployment chargeyard-nginx sets replicas: its HPA owns the count")
+    if h["spec"].get("minReplicas", 1) < 2:
+        p.append("nginx HPA minReplicas below 2: one nginx is a single point of failure")
+    cpu = [mt for mt in h["spec"].get("metrics") or [] if (mt.get("resource") or {}).get("name") == "cpu"]
+    if not cpu:
+        p.append("nginx HPA does not scale on CPU")
+    nginx = [c for c in pod_spec(dep)["containers"] if c["name"] == "nginx"]
+    if not nginx or "cpu" not in ((nginx[0].get("resources") or {}).get("requests") or {}):
+        p.append("nginx container has no CPU request: a CPU-utilisation HPA cannot work")
+    return p
+
+
 def check_hpa(m: dict) -> list[str]:
     p = []
     hpas = objects(m, "HorizontalPodAutoscaler")
@@ -237,6 +256,9 @@ def check_hpa(m: dict) -> list[str]:
     metrics = exported_metrics()
     for h in hpas:
         ref = h["spec"]["scaleTargetRef"]
+        if h["metadata"]["name"] == "chargeyard-nginx":  # nginx scales on CPU (nginx-hpa.yaml)
+            p += check_nginx_hpa(m, h)
+            continue
         sts = one(m, ref.get("kind"), ref.get("name"))
         if ref.get("kind") != "StatefulSet" or ref.get("apiVersion") != "apps/v1" or sts is None:
             p.append(f"HPA scaleTargetRef {ref} names no StatefulSet of the manifests")
@@ -660,6 +682,8 @@ def _expr(m, text):
 
 MUTATIONS = {
     "missing resource": (lambda m: m["missing"].append("gone.yaml"), "gone.yaml does not exist"),
+    "nginx HPA replicas": (lambda m: one(m, "Deployment", "chargeyard-nginx")["spec"].update(replicas=2),
+                           "its HPA owns the count"),
     "HPA target renamed": (lambda m: one(m, "StatefulSet", "chargeyard-worker")["metadata"].update(name="cy-worker"),
                            "names no StatefulSet"),
     "replicas in StatefulSet": (lambda m: one(m, "StatefulSet", "chargeyard-worker")["spec"].update(replicas=3),

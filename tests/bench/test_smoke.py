@@ -92,15 +92,15 @@ def test_report_notes_deferred_work_that_did_not_keep_up():
     The input is a committed snapshot, its rows' start values set here."""
     from pathlib import Path
     from chargeyard.bench import report
-    snap = Path(__file__).resolve().parents[2] / "docs/benchmarks/20261126-011331/results.json"
+    snap = Path(__file__).resolve().parents[2] / "docs/benchmarks/20261126-131327/results.json"
     results = json.loads(snap.read_text())
     sweep = results["servers"]["chargeyard"]["sweep"]
     for r in sweep:
         r["db_deferred_rows_start"] = r["db_deferred_rows"]  # steady: no note
     md = report.markdown(results)
-    assert "deferred rows grew" not in md and "| 28,774 → 28,774 |" in md
-    sweep[1]["db_deferred_rows_start"] = 19_883.0  # the 50 % phase grew by 8,891 rows
+    assert "deferred rows grew" not in md and "| 63,256 → 63,256 |" in md
+    sweep[1]["db_deferred_rows_start"] = 19_883.0  # the 50 % phase grew by 43,373 rows
     md = report.markdown(results)
     notes = [line for line in md.splitlines() if "deferred rows grew" in line]
-    assert len(notes) == 1 and "at 50% offered load" in notes[0] and "19,883 to 28,774" in notes[0]
-    assert "| 19,883 → 28,774 |" in md
+    assert len(notes) == 1 and "at 50% offered load" in notes[0] and "19,883 to 63,256" in notes[0]
+    assert "| 19,883 → 63,256 |" in md
