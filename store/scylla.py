@@ -193,6 +193,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # expiry 0 = none (a null would be a tombstone on every put)
         """CREATE TABLE IF NOT EXISTS {ks}.id_tags (
     tag text PRIMARY KEY, status text, expiry bigint)""",
+        # every tag, in _SHARDS sorted partitions like charger_index: listed in pages by tag
+        """CREATE TABLE IF NOT EXISTS {ks}.id_tag_index (
+    shard int, tag text,
+    PRIMARY KEY (shard, tag))""",
     ]),
 ]
 
@@ -270,6 +274,9 @@ _Q = {
     "get_tag": "SELECT status, expiry FROM {ks}.id_tags WHERE tag = ?",
     "put_tag": "UPDATE {ks}.id_tags SET status = ?, expiry = ? WHERE tag = ?",
     "delete_tag": "DELETE FROM {ks}.id_tags WHERE tag = ?",
+    "tag_index": "INSERT INTO {ks}.id_tag_index (shard, tag) VALUES (?, ?)",
+    "tag_unindex": "DELETE FROM {ks}.id_tag_index WHERE shard = ? AND tag = ?",
+    "tag_ids": "SELECT tag FROM {ks}.id_tag_index WHERE shard = ? AND tag > ? LIMIT ?",
 }
 _READS = frozenset(n for n, q in _Q.items() if q.startswith("SELECT"))
 _LWT = frozenset(n for n, q in _Q.items() if " IF " in q)
@@ -280,8 +287,8 @@ def _day(at_us: int) -> int:
     return at_us // _DAY_US
 
 
-def _shard(charger_id: str) -> int:
-    return zlib.crc32(charger_id.encode()) % _SHARDS
+def _shard(key: str) -> int:
+    return zlib.crc32(key.encode()) % _SHARDS
 
 
 def _encode_cursor(key: list) -> str:
@@ -959,12 +966,16 @@ class ScyllaStore(Store):
         Reads at most ``limit`` ids from each of the index's shards, then those chargers."""
         limit = max(1, min(int(limit), _PAGE_MAX))
         key = _decode_cursor(cursor, (str,))
-        after = key[0] if key else ""
-        slices = await asyncio.gather(*(self._q("charger_ids", shard, after, limit) for shard in range(_SHARDS)))
-        ids = list(heapq.merge(*([r["charger_id"] for r in rows] for rows in slices)))[:limit]
+        ids = await self._sharded_keys("charger_ids", "charger_id", key[0] if key else "", limit)
         rows = await asyncio.gather(*(self._q("get_charger", cid) for cid in ids))
         page = [self._charger_dict(r[0] if r else {"charger_id": cid}) for cid, r in zip(ids, rows)]
         return page, (_encode_cursor([ids[-1]]) if len(ids) == limit else None)
+
+    async def _sharded_keys(self, stmt: str, column: str, after: str, limit: int) -> list[str]:
+        """The first ``limit`` keys above ``after`` of a sharded sorted index: one slice per
+        shard, merged (a shard never needs more than ``limit`` of its own)."""
+        slices = await asyncio.gather(*(self._q(stmt, shard, after, limit) for shard in range(_SHARDS)))
+        return list(heapq.merge(*([r[column] for r in rows] for rows in slices)))[:limit]
 
     async def _with_samples(self, rows: list[dict]) -> list[dict]:
         samples = await asyncio.gather(*(self._q("tx_samples", r["charger_id"], r["tx_id"]) for r in rows))
@@ -1055,19 +1066,41 @@ class ScyllaStore(Store):
 
     # -- authorization list ------------------------------------------------------------
 
-    async def get_id_tag(self, tag: str) -> str | None:
-        rows = await self._q("get_tag", tag)
-        if not rows or rows[0].get("status") is None:
-            return None
-        status, expiry = rows[0]["status"], rows[0].get("expiry")
+    @staticmethod
+    def _tag_status(row: dict) -> str:
+        status, expiry = row["status"], row.get("expiry")
         if expiry and expiry < time.time_ns() // 1000 and status == "Accepted":
             return "Expired"
         return status
 
+    async def get_id_tag(self, tag: str) -> str | None:
+        rows = await self._q("get_tag", tag)
+        if not rows or rows[0].get("status") is None:
+            return None
+        return self._tag_status(rows[0])
+
+    async def list_id_tags(self, after: str | None = None, limit: int = 1000) -> list[dict]:
+        limit = min(int(limit), _PAGE_MAX)
+        out: list[dict] = []
+        after = after or ""
+        while len(out) < limit:
+            tags = await self._sharded_keys("tag_ids", "tag", after, limit - len(out))
+            if not tags:
+                break
+            rows = await asyncio.gather(*(self._q("get_tag", t) for t in tags))
+            for t, r in zip(tags, rows):
+                if r and r[0].get("status") is not None:  # else: a delete whose unindex failed
+                    out.append({"id_tag": t, "status": self._tag_status(r[0]),
+                                "expiry": _iso(r[0]["expiry"]) if r[0].get("expiry") else None})
+            after = tags[-1]
+        return out
+
     async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None:
-        await self._q("put_tag", status, 0 if expiry is None else _us(expiry), tag)  # 0: no expiry
+        await asyncio.gather(self._q("put_tag", status, 0 if expiry is None else _us(expiry), tag),  # 0: no expiry
+                             self._q("tag_index", _shard(tag), tag))
 
     async def delete_id_tag(self, tag: str) -> bool:
         existed = await self.get_id_tag(tag) is not None  # no LWT: these cells are never written by one
         await self._q("delete_tag", tag)
+        await self._q("tag_unindex", _shard(tag), tag)  # after the row: a failure leaves an entry reads skip
         return existed
