@@ -18,6 +18,7 @@ Run by hand: ``python -m tests.cassandra.server`` starts one and prints its addr
 from __future__ import annotations
 
 import atexit
+import ctypes
 import fcntl
 import os
 import shutil
@@ -174,6 +175,15 @@ def jars() -> Path:
     return lib
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the test process dies, even by kill -9
+    or a CI timeout, so no orphaned 1 GiB JVM outlives its session on a shared machine."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_ports(n: int) -> list[int]:
     """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
     socks = []
@@ -225,7 +235,8 @@ class CassandraServer:
         out = open(self.root / "stdout.log", "wb")
         # Own process group: stop() reaches the JVM even if pytest is interrupted.
         self.proc = subprocess.Popen(self._command(lib), stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         out.close()
         atexit.register(self.stop)
         try:
