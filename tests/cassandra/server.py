@@ -230,6 +230,8 @@ class CassandraServer:
                 "-cp", cp, "org.apache.cassandra.service.CassandraDaemon", "-f"]
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
+        if shutil.which("java") is None:
+            raise RuntimeError("Cassandra for the tests needs Java 17 (java on PATH), or CHARGEYARD_SCYLLA_HOSTS")
         lib = jars()
         t0 = time.monotonic()
         out = open(self.root / "stdout.log", "wb")
