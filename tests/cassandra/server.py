@@ -231,6 +231,7 @@ class CassandraServer:
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         if shutil.which("java") is None:
+            shutil.rmtree(self.root, ignore_errors=True)
             raise RuntimeError("Cassandra for the tests needs Java 17 (java on PATH), or CHARGEYARD_SCYLLA_HOSTS")
         lib = jars()
         t0 = time.monotonic()
