@@ -95,7 +95,12 @@ class KafkaPublisher:
         ``stop()`` is then bounded by aiokafka's own request timeout; it is never cancelled
         midway, which would leave connections that its sender opens late unclosed."""
         try:
-            producer._message_accumulator.fail_all(_Replaced("the relay replaces its producer"))
+            acc = producer._message_accumulator
+            batches = [b for bs in acc._batches.values() for b in bs] + list(acc._pending_batches)
+            acc.fail_all(_Replaced("the relay replaces its producer"))
+            for b in batches:  # retrieved here: nobody else awaits them any more
+                if b.future.done() and not b.future.cancelled():
+                    b.future.exception()
         except AttributeError:  # pragma: no cover (aiokafka internals moved)
             pass
         stopping = asyncio.ensure_future(producer.stop())
