@@ -82,7 +82,8 @@ class KafkaPublisher:
             request_timeout_ms=ms, max_batch_size=self.max_batch_bytes, max_request_size=self.max_batch_bytes,
             retry_backoff_ms=100, connections_max_idle_ms=540_000, **self.options)
         try:
-            await asyncio.wait_for(producer.start(), self.request_timeout_s)
+            # not cancelled midway (see _stop); aiokafka bounds it by request_timeout_ms
+            await producer.start()
         except BaseException:
             await self._stop(producer)
             raise
@@ -122,17 +123,17 @@ class KafkaPublisher:
 
     async def publish(self, rows: list[OutboxRow]) -> None:
         try:
-            await asyncio.wait_for(self._publish(rows), self.request_timeout_s * 2)
+            producer = await self._ensure()
+            await asyncio.wait_for(self._publish(producer, rows), self.request_timeout_s * 2)
         except BaseException:
             producer, self._producer = self._producer, None
             if producer is not None:
                 await self._stop(producer)
             raise
 
-    async def _publish(self, rows: list[OutboxRow]) -> None:
+    async def _publish(self, producer: Any, rows: list[OutboxRow]) -> None:
         from aiokafka.partitioner import murmur2
 
-        producer = await self._ensure()
         topic = self.topic
         self._partition_map(await producer.partitions_for(topic))
         parts, n = self._partitions, len(self._partitions)

@@ -124,8 +124,8 @@ class Monitor:
 
     def _clear(self, kind: str, charger_id: str, subject: str = "") -> None:
         a = self.open.pop((kind, charger_id, subject), None)
-        if a is not None:
-            a.cleared_at = _iso(self.clock())
+        if a is not None:  # a new object: listeners may keep the raised one
+            a = msgspec.structs.replace(a, cleared_at=_iso(self.clock()))
             self._changed[a.id] = a
 
     def _state(self, charger_id: str) -> ChargerState:
