@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ...store.events import Event, TransactionEnded, data_of
 from .. import metrics as m
+from ..storage import BillingStore
 from .pricing import CDR, price, unpriced
 from .tariffs import Tariff, match
-
-if TYPE_CHECKING:  # storage imports the Structs defined beside this module
-    from ..storage import BillingStore
 
 log = logging.getLogger("chargeyard.billing")
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ...store.events import Event
 from .. import metrics as m
+from ..storage import MonitoringStore
 from .alerts import KINDS, Alert, Monitor, MonitorSettings
-
-if TYPE_CHECKING:  # storage imports the Structs defined beside this module
-    from ..storage import MonitoringStore
 
 log = logging.getLogger("chargeyard.monitoring")
 

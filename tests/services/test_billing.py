@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from chargeyard.services.billing import Billing, Tariff, TariffError, match, price
+from chargeyard.services.billing import Tariff, TariffError, match, price
+from chargeyard.services.billing.service import Billing
 from chargeyard.services.billing.service import price_transaction
 from chargeyard.services.billing.tariffs import from_json, to_json
 from chargeyard.services.storage import SqliteServiceStore

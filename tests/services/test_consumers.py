@@ -11,9 +11,11 @@ import uuid
 from decimal import Decimal
 
 from chargeyard.services import metrics as m
-from chargeyard.services.billing import Billing, Tariff
+from chargeyard.services.billing import Tariff
+from chargeyard.services.billing.service import Billing
 from chargeyard.services.consumer import Consumer
-from chargeyard.services.monitoring import Monitoring, MonitorSettings
+from chargeyard.services.monitoring import MonitorSettings
+from chargeyard.services.monitoring.service import Monitoring
 from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 from chargeyard.worker.relay import KafkaPublisher, Relay

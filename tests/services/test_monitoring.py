@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from chargeyard.services.monitoring import Monitor, Monitoring, MonitorSettings
+from chargeyard.services.monitoring import Monitor, MonitorSettings
+from chargeyard.services.monitoring.service import Monitoring
 from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 
