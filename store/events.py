@@ -244,6 +244,42 @@ def tx_ended(charger_id: str, at: dt.datetime, transaction_id: str, meter_stop_w
     return make(charger_id, at, TransactionEnded(transaction_id, meter_stop_wh, reason, id_tag), transaction_id)
 
 
+# -- operations whose only effect is their event ----------------------------------------
+# The writer queues these like any store operation, so that they commit (and are
+# published) in order with the charger's other facts. A backend applies them as no-ops
+# (or raises last_seen); ``from_op`` turns them into their events.
+
+
+class ConnectionOpened(msgspec.Struct, tag=True, frozen=True):
+    """A charger's session opened (after the registry claim gave it ``epoch``)."""
+    charger_id: str
+    protocol: str
+    epoch: int
+    worker_id: str
+    at: dt.datetime
+
+
+class ConnectionClosed(msgspec.Struct, tag=True, frozen=True):
+    """A charger's session of ``epoch`` closed with ``reason`` (``takeover``: replaced)."""
+    charger_id: str
+    epoch: int
+    reason: str
+    worker_id: str
+    at: dt.datetime
+
+
+class SecurityEventReported(msgspec.Struct, tag=True, frozen=True):
+    """A security event: SecurityEventNotification, or one the CSMS saw (``IdTagRejected``,
+    ``LoginFailed``)."""
+    charger_id: str
+    type: str
+    at: dt.datetime
+    tech_info: str = ""
+
+
+EVENT_OPS = (ConnectionOpened, ConnectionClosed, SecurityEventReported)
+
+
 def from_op(op: Any, result: Any, protocol: str = "") -> list[Event]:
     """The events a committed store operation reports (``result`` = its result from
     ``Store.apply``). Called by a backend per committed batch, inside the commit that
@@ -270,6 +306,12 @@ def from_op(op: Any, result: Any, protocol: str = "") -> list[Event]:
         if result is not True:
             return []
         return [tx_ended(op.charger_id, op.stopped_at, op.tx_id, op.meter_stop_wh, op.reason, op.id_tag)]
+    if t is ConnectionOpened:
+        return [connected(op.charger_id, op.at, op.protocol, op.epoch, op.worker_id)]
+    if t is ConnectionClosed:
+        return [disconnected(op.charger_id, op.at, op.epoch, op.reason, op.worker_id)]
+    if t is SecurityEventReported:
+        return [security_event(op.charger_id, op.at, op.type, op.tech_info)]
     if t is TransactionEvent:
         if result is False:
             return []
@@ -355,7 +397,7 @@ class MemoryOutbox(Outbox):
         return len(self.rows)
 
 
-__all__ = ["TOPIC", "SOURCE", "CONTENT_TYPE", "Data", "Event", "DATA_TYPES", "TYPES", "OutboxRow", "Outbox",
+__all__ = ["ConnectionOpened", "ConnectionClosed", "SecurityEventReported", "EVENT_OPS", "TOPIC", "SOURCE", "CONTENT_TYPE", "Data", "Event", "DATA_TYPES", "TYPES", "OutboxRow", "Outbox",
            "MemoryOutbox", "encode", "decode", "data_of", "event_id", "make", "from_op", "row",
            "ChargerConnected", "ChargerDisconnected", "ChargerBooted", "ChargerHeartbeat", "ChargerStatus",
            "ChargerSecurityEvent", "TransactionStarted", "TransactionMeter", "TransactionEnded"]

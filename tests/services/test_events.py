@@ -74,6 +74,13 @@ def test_from_op_reports_facts_once():
     ended = TransactionEvent("a", "t", 3, "Ended", T0, energy_wh=30.0, stop_reason="EVDisconnected")
     assert [e.type for e in ev.from_op(ended, True)] == ["transaction.meter", "transaction.ended"]
     assert ev.from_op(ended, False) == []
+    opened = ev.ConnectionOpened("a", "ocpp1.6", 4, "w1", T0)
+    (e,) = ev.from_op(opened, None)
+    assert (e.type, ev.data_of(e).epoch) == ("charger.connected", 4)
+    (e,) = ev.from_op(ev.ConnectionClosed("a", 4, "takeover", "w1", T0), None)
+    assert e.type == "charger.disconnected" and ev.data_of(e).takeover
+    (e,) = ev.from_op(ev.SecurityEventReported("a", "LoginFailed", T0), None)
+    assert e.type == "charger.security_event" and ev.data_of(e).type == "LoginFailed"
     started = TransactionEvent("a", "t", 0, "Started", T0, id_tag="TAG", connector_id=1)
     (e,) = ev.from_op(started, True)
     assert e.type == "transaction.started" and ev.data_of(e).id_tag == "TAG"
