@@ -270,9 +270,9 @@ class ConnectionClosed(msgspec.Struct, tag=True, frozen=True):
 
 class SecurityEventReported(msgspec.Struct, tag=True, frozen=True):
     """A security event: SecurityEventNotification, or one the CSMS saw (``IdTagRejected``,
-    ``LoginFailed``)."""
+    ``LoginFailed``); ``kind`` is the event's ``type`` (the op's tag field is ``type``)."""
     charger_id: str
-    type: str
+    kind: str
     at: dt.datetime
     tech_info: str = ""
 
@@ -311,7 +311,7 @@ def from_op(op: Any, result: Any, protocol: str = "") -> list[Event]:
     if t is ConnectionClosed:
         return [disconnected(op.charger_id, op.at, op.epoch, op.reason, op.worker_id)]
     if t is SecurityEventReported:
-        return [security_event(op.charger_id, op.at, op.type, op.tech_info)]
+        return [security_event(op.charger_id, op.at, op.kind, op.tech_info)]
     if t is TransactionEvent:
         if result is False:
             return []
