@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from chargeyard.store import events as ev
-from chargeyard.store import sqlite_outbox as ob
+from chargeyard.store.sqlite import outbox as ob
 from chargeyard.worker.relay import KafkaPublisher, Relay
 from tests.services.kafka_read import first_of_each, read_events, until
 
@@ -75,7 +75,8 @@ def test_events_commit_with_their_facts_only(tmp_path):
 
 _CHILD = """
 import os, signal, sqlite3, sys, datetime as dt
-from chargeyard.store import events as ev, sqlite_outbox as ob
+from chargeyard.store import events as ev
+from chargeyard.store.sqlite import outbox as ob
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("PRAGMA journal_mode=WAL"); conn.execute("PRAGMA synchronous=FULL")
 ob.create(conn)

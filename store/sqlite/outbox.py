@@ -1,7 +1,6 @@
 """The SQLite outbox: events written in the commit of their facts, read by the relay.
 
-Meant to sit in the SQLite backend (``store/sqlite/`` after its split): the batch
-transaction calls :func:`write` with the batch's events, so they commit (and sync) with
+The batch transaction (``batch.py``) calls :func:`write` with the batch's events, so they commit (and sync) with
 the facts, in the same ``BEGIN IMMEDIATE ... COMMIT``; a failed batch rolls them back
 with everything else. One row per committed batch, not per event: the events of a batch
 are packed into one msgpack blob (one B-tree insert and one WAL page or so per batch,
@@ -29,7 +28,7 @@ from typing import Sequence
 
 import msgspec
 
-from .events import Event, Outbox, OutboxRow, encode
+from ..events import Event, Outbox, OutboxRow, encode
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS event_outbox (
@@ -61,7 +60,7 @@ _unpack = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
 
 
 def create(conn: sqlite3.Connection) -> None:
-    """The tables (a migration step; idempotent)."""
+    """The tables, idempotent (the store creates them in its migration 7)."""
     conn.executescript(SCHEMA)
 
 
