@@ -327,6 +327,28 @@ def from_op(op: Any, result: Any, protocol: str = "") -> list[Event]:
     return []
 
 
+def encoded(ops: list[Any], results: list[Any]) -> list[tuple[str, bytes]]:
+    """``(charger id, encoded envelope)`` of every event a committed batch reports, in op
+    order: what a backend writes to its outbox. The same events as :func:`from_op`; the
+    MeterSample (most of a busy batch) takes a shorter path to the same bytes."""
+    out: list[tuple[str, bytes]] = []
+    append = out.append
+    enc = _encoder.encode
+    for op, result in zip(ops, results):
+        if type(op) is MeterSample:
+            if op.tx_id:
+                cid = op.charger_id
+                eid = _blake2b(f"{cid}\x1ftransaction.meter\x1f{op.tx_id}\x1f{op.connector_id}\x1f{to_us(op.at)}"
+                               .encode(), digest_size=16).hexdigest()
+                at = op.at if op.at.tzinfo is not None else op.at.replace(tzinfo=dt.timezone.utc)
+                append((cid, enc(Event(eid, "transaction.meter", SOURCE, at, cid,
+                                       TransactionMeter(op.tx_id, op.connector_id, op.energy_wh)))))
+            continue
+        for e in from_op(op, result):
+            append((e.charger_id, enc(e)))
+    return out
+
+
 # -- the outbox --------------------------------------------------------------------------
 
 
@@ -398,6 +420,6 @@ class MemoryOutbox(Outbox):
 
 
 __all__ = ["ConnectionOpened", "ConnectionClosed", "SecurityEventReported", "EVENT_OPS", "TOPIC", "SOURCE", "CONTENT_TYPE", "Data", "Event", "DATA_TYPES", "TYPES", "OutboxRow", "Outbox",
-           "MemoryOutbox", "encode", "decode", "data_of", "event_id", "make", "from_op", "row",
+           "MemoryOutbox", "encode", "encoded", "decode", "data_of", "event_id", "make", "from_op", "row",
            "ChargerConnected", "ChargerDisconnected", "ChargerBooted", "ChargerHeartbeat", "ChargerStatus",
            "ChargerSecurityEvent", "TransactionStarted", "TransactionMeter", "TransactionEnded"]

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from ..base import (ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, StoreError,
                     TransactionEvent, UpsertCharger, to_us)
-from ..events import EVENT_OPS, from_op
+from ..events import EVENT_OPS, encoded
 from . import outbox, sql
 from .readings import ROWS, Readings, packed
 from .wal import Wal
@@ -131,7 +131,7 @@ class Batches:
             results[i] = single(ops[i])
             i += 1
         if self.outbox is not None:  # in this transaction: the events are exactly the committed facts
-            outbox.write(conn, self.outbox, [e for op, r in zip(ops, results) for e in from_op(op, r)])
+            outbox.write(conn, self.outbox, encoded(ops, results))
         readings = self.readings
         if log_rows:
             self._log(conn, log_rows)

@@ -64,10 +64,11 @@ def create(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
 
 
-def write(conn: sqlite3.Connection, worker: str, events: Sequence[Event]) -> int:
-    """Append ``events`` (in commit order) inside the caller's write transaction; returns
-    the seq of the last one (0 when there are none)."""
-    if not events:
+def write(conn: sqlite3.Connection, worker: str, rows: Sequence[tuple[str, bytes]]) -> int:
+    """Append ``(charger id, encoded event)`` rows (``store.events.encoded``, in commit
+    order) inside the caller's write transaction; returns the seq of the last one (0 when
+    there are none)."""
+    if not rows:
         return 0
     row = conn.execute(_NEXT, (worker,)).fetchone()
     if row is None:
@@ -75,10 +76,14 @@ def write(conn: sqlite3.Connection, worker: str, events: Sequence[Event]) -> int
         first = 1
     else:
         first = row[0]
-    n = len(events)
-    conn.execute(_ADD, (worker, first, n, _pack([(e.charger_id, encode(e)) for e in events])))
+    n = len(rows)
+    conn.execute(_ADD, (worker, first, n, _pack(rows)))
     conn.execute(_BUMP, (n, worker))
     return first + n - 1
+
+
+def write_events(conn: sqlite3.Connection, worker: str, events: Sequence[Event]) -> int:
+    return write(conn, worker, [(e.charger_id, encode(e)) for e in events])
 
 
 def read(conn: sqlite3.Connection, worker: str, after_seq: int, limit: int) -> list[OutboxRow]:
@@ -166,4 +171,4 @@ class SqliteOutbox(Outbox):
         return await asyncio.to_thread(self._run, spooled)
 
 
-__all__ = ["SCHEMA", "SqliteOutbox", "create", "mark", "read", "spooled", "write"]
+__all__ = ["SCHEMA", "SqliteOutbox", "create", "mark", "read", "spooled", "write", "write_events"]

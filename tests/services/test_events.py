@@ -98,3 +98,12 @@ def test_memory_outbox_reads_after_a_seq_and_trims():
         assert [r.seq for r in await box.outbox_read(4, 10)] == [5]
         assert (await box.outbox_read(0, 1))[0].key == "a"
     asyncio.run(main())
+
+
+def test_encoded_is_from_op_encoded():
+    ops = [MeterSample("a", "7", T0, 15.0, 1), MeterSample("a", "", T0, 1.0, 1),
+           MeterSample("b", "7", dt.datetime(2025, 3, 1, 8, 0, 0, 123456), 16.5, 2),  # naive = UTC
+           ConnectorStatus("a", 0, 1, "Faulted", "X", T0), StopTransaction("a", "7", 20.0, T0)]
+    results = [None, None, None, None, True]
+    want = [(e.charger_id, ev.encode(e)) for op, r in zip(ops, results) for e in ev.from_op(op, r)]
+    assert ev.encoded(ops, results) == want and len(want) == 4

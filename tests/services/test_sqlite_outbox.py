@@ -37,7 +37,7 @@ def _batch(conn, worker, facts, fail=False):
     try:
         for k in facts:
             conn.execute("INSERT INTO facts VALUES (?)", (k,))
-        ob.write(conn, worker, [ev.heartbeat(k, T0) for k in facts])
+        ob.write_events(conn, worker, [ev.heartbeat(k, T0) for k in facts])
         if fail:
             raise RuntimeError("disk full")
         conn.execute("COMMIT")
@@ -83,11 +83,11 @@ ob.create(conn)
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 for b in range(20):
     conn.execute("BEGIN IMMEDIATE")
-    ob.write(conn, "w", [ev.tx_meter("cp", T0 + dt.timedelta(seconds=b * 10 + i), "1", 1, float(i)) for i in range(10)])
+    ob.write_events(conn, "w", [ev.tx_meter("cp", T0 + dt.timedelta(seconds=b * 10 + i), "1", 1, float(i)) for i in range(10)])
     conn.execute("COMMIT")
     print(b, flush=True)
 conn.execute("BEGIN IMMEDIATE")
-ob.write(conn, "w", [ev.heartbeat("never", T0)])  # not committed
+ob.write_events(conn, "w", [ev.heartbeat("never", T0)])  # not committed
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
