@@ -200,7 +200,7 @@ class Relay:
 
     def __init__(self, outbox: Outbox, publisher: Publisher, *, batch_max: int = 5000, poll_s: float = 0.5,
                  backoff_min_s: float = 0.1, backoff_max_s: float = 5.0, warn_every_s: float = 30.0,
-                 metrics: bool = True, name: str = "kafka") -> None:
+                 mark_every_s: float = 0.1, metrics: bool = True, name: str = "kafka") -> None:
         self.outbox = outbox
         self.publisher = publisher
         self.batch_max = batch_max
@@ -208,6 +208,7 @@ class Relay:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.warn_every_s = warn_every_s
+        self.mark_every_s = mark_every_s
         self.metrics = metrics
         self.name = name
         self.after = 0  # the last seq this relay published
@@ -220,6 +221,8 @@ class Relay:
         self._task: asyncio.Task | None = None
         self._failing_since: float | None = None
         self._warned_at = 0.0
+        self._marked = 0  # the last seq marked published in the outbox
+        self._marked_at = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -244,6 +247,7 @@ class Relay:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        await self._mark()
         await self.publisher.close()
 
     def errors_free(self) -> bool:
@@ -272,6 +276,7 @@ class Relay:
                 await self._idle(self.backoff_max_s)
                 continue
             if not rows:
+                await self._mark()
                 await self._spool()
                 await self._idle(self.poll_s)
                 continue
@@ -291,11 +296,22 @@ class Relay:
             self.published += len(rows)
             if self.metrics:
                 EVENTS_PUBLISHED.inc(len(rows))
-            try:
-                await self.outbox.outbox_mark_published(self.after)
-            except Exception as exc:  # published anyway; a restart publishes them again (same ids)
-                log.warning("relay %s: cannot mark events published: %r", self.name, exc)
-            await self._spool()
+            # marking is a write transaction in the store: under load at most every
+            # mark_every_s (the cursor is in memory; a crash before a mark only publishes
+            # those rows again, with the same ids), and whenever the relay caught up
+            if len(rows) < self.batch_max or time.monotonic() - self._marked_at >= self.mark_every_s:
+                await self._mark()
+                await self._spool()
+
+    async def _mark(self) -> None:
+        if self.after <= self._marked:
+            return
+        try:
+            await self.outbox.outbox_mark_published(self.after)
+        except Exception as exc:  # published anyway; a restart publishes them again (same ids)
+            log.warning("relay %s: cannot mark events published: %r", self.name, exc)
+            return
+        self._marked, self._marked_at = self.after, time.monotonic()
 
     async def _idle_for_backoff(self, seconds: float) -> None:
         # a commit's wake() must not cut the backoff short: sleep it out unless closing
