@@ -30,6 +30,7 @@ class Settings:
     scylla_tls: bool = False
     scylla_ca_file: str = ""
     redis_url: str = ""
+    kafka_bootstrap: str = ""
     worker_id: str = ""
     heartbeat_interval: int = 300
     seen_interval: float = 30.0
@@ -54,6 +55,11 @@ class Settings:
     leniency_file: str = ""
     log_level: str = "info"
     api_host: str = ""
+    # billing and monitoring (services/)
+    offline_after: float = 120.0
+    stall_after: float = 900.0
+    max_kw: float = 350.0
+    alert_webhook: str = ""
 
     @property
     def ws_read_buffer(self) -> int:
@@ -78,6 +84,8 @@ HELP = {
     "scylla_ca_file": "CA bundle to verify ScyllaDB's certificate (implies --scylla-tls; empty: system CAs)",
     "redis_url": "Redis/Valkey for the cluster registry, redis://host:port/0 or redis+cluster://host:port "
                  "(empty: in-process)",
+    "kafka_bootstrap": "Kafka bootstrap servers, host:port[,...]: the worker's relay publishes the events "
+                       "outbox to topic chargeyard.events (empty: events stay in-process)",
     "worker_id": "this worker's id in the cluster (empty: hostname-pid)",
     "heartbeat_interval": "heartbeat interval in seconds given to chargers in BootNotification",
     "seen_interval": "seconds between writes of the chargers' last_seen (one write per active charger per "
@@ -103,6 +111,13 @@ HELP = {
     "leniency_file": "TOML file of per-model leniency profiles",
     "log_level": "debug, info, warning or error (JSON lines on stderr)",
     "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1)",
+    "offline_after": "monitoring: seconds a charger may stay disconnected before charger_offline is raised "
+                     "(a takeover is not an outage)",
+    "stall_after": "monitoring: seconds an active transaction may go without meter values before "
+                   "transaction_stalled is raised",
+    "max_kw": "monitoring: a meter register rising faster than this many kW raises meter_anomaly",
+    "alert_webhook": "monitoring: URL that gets a JSON POST per alert raised or cleared, retried with backoff "
+                     "(empty: none)",
 }
 
 

@@ -100,6 +100,25 @@ def worker_settings(s: Settings) -> Any:
         batch_max=s.batch_max, seen_interval=s.seen_interval)
 
 
+def service_settings(s: Settings) -> Any:
+    """Billing's and monitoring's settings (``services/runner.py``) from the app's."""
+    from chargeyard.services.runner import ServiceSettings
+
+    return ServiceSettings(kafka_bootstrap=s.kafka_bootstrap, data_dir=s.data_dir,
+                           offline_after=s.offline_after, heartbeat_interval=s.heartbeat_interval,
+                           stall_after=s.stall_after, max_kw=s.max_kw, alert_webhook=s.alert_webhook)
+
+
+def alert_publisher(registry: Any) -> Any:
+    """A monitoring listener: each alert raised or cleared onto the registry's alert stream,
+    which ``GET /api/v1/alerts/events`` serves (``Api.sse``)."""
+    from chargeyard.services.api import alert_event
+
+    def publish(alert: Any) -> None:
+        asyncio.get_running_loop().create_task(registry.publish(alert_event(alert)))
+    return publish
+
+
 class Node:
     """A worker and/or the operator API in one process."""
 
@@ -111,6 +130,9 @@ class Node:
         self.registry: Any = None
         self.worker: Any = None
         self.api: Any = None
+        self.services: Any = None  # billing + monitoring in-process (one node, no Kafka)
+        self.services_store: Any = None  # what the API serves tariffs, CDRs and alerts from
+        self._own_services_store = False
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -123,7 +145,17 @@ class Node:
         await self.store.open()
         self.registry = make_registry(s)
         await self.registry.start()
+        if self.with_worker and not s.kafka_bootstrap and not s.redis_url:
+            # one node: billing and monitoring consume the outbox in-process (in a cluster
+            # they are the `chargeyard billing` / `chargeyard monitoring` processes)
+            from chargeyard.services.runner import InProcessServices
+
+            self.services = await InProcessServices(service_settings(s), self.store,
+                                                    listeners=[alert_publisher(self.registry)]).open()
+            self.services_store = self.services.store
         if self.with_worker:
+            # TODO(events-worker): hand the committed events to the in-process services,
+            # event_sinks=[self.services.handle] if self.services is not None else []
             self.worker = Worker(worker_settings(s), self.store, self.registry)
             try:
                 await self.worker.start()
@@ -135,9 +167,17 @@ class Node:
             if tokens is None:
                 log.warning("no API tokens configured (--tokens-file): the operator API listens on "
                             "127.0.0.1 only, without authentication")
+            from chargeyard.services.api import ServicesApi
+
+            if self.services_store is None:  # the services' state written by their processes
+                from chargeyard.services.storage import SqliteServiceStore
+
+                self.services_store = await SqliteServiceStore(service_settings(s).db_path()).open()
+                self._own_services_store = True
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
-                           on_id_tag_change=self.worker.authorization.forget if self.worker else None)
+                           on_id_tag_change=self.worker.authorization.forget if self.worker else None,
+                           services=ServicesApi(self.services_store, self.services_store))
             try:
                 await self.api.start(host, s.http_port)
             except OSError as exc:
@@ -148,6 +188,10 @@ class Node:
             await self.worker.stop()
         if self.api is not None:
             await self.api.stop()
+        if self.services is not None:
+            await self.services.close()
+        elif self._own_services_store:
+            await self.services_store.close()
         if self.registry is not None:
             await self.registry.stop()
         if self.store is not None:

@@ -92,8 +92,10 @@ class InProcessServices:
     """One node without Kafka: billing and monitoring fed by the relay's LocalPublisher
     (``sinks``), the monitor's timers ticked every ``tick_s``."""
 
-    def __init__(self, s: ServiceSettings, transactions: TransactionSource, *, tick_s: float = 1.0) -> None:
+    def __init__(self, s: ServiceSettings, transactions: TransactionSource, *, tick_s: float = 1.0,
+                 listeners: list | None = None) -> None:
         self.settings = s
+        self.listeners = list(listeners or [])  # of alerts raised and cleared (SSE)
         self.transactions = transactions
         self.tick_s = tick_s
         self.store = SqliteServiceStore(s.db_path())
@@ -105,7 +107,7 @@ class InProcessServices:
     async def open(self) -> InProcessServices:
         await self.store.open()
         self.billing = Billing(self.store, self.transactions, default_currency=self.settings.currency)
-        listeners = []
+        listeners = list(self.listeners)
         if self.settings.alert_webhook:
             self.webhook = Webhook(self.settings.alert_webhook).start()
             listeners.append(self.webhook)
