@@ -57,8 +57,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
 
 
 async def serve(kind: str, s: ServiceSettings, stop: asyncio.Event, transactions: TransactionSource | None = None,
-                **consumer_options: Any) -> None:
-    """One service as a Kafka consumer until ``stop`` is set."""
+                *, listeners: list | None = None, **consumer_options: Any) -> None:
+    """One service as a Kafka consumer until ``stop`` is set; ``listeners`` get monitoring's
+    alerts raised and cleared."""
     if not s.kafka_bootstrap:
         raise ValueError(f"chargeyard {kind} consumes Kafka: set --kafka-bootstrap")
     webhook: Webhook | None = None
@@ -69,7 +70,7 @@ async def serve(kind: str, s: ServiceSettings, stop: asyncio.Event, transactions
             billing = Billing(store, transactions, default_currency=s.currency)
             consumer = Consumer(s.kafka_bootstrap, BILLING_GROUP, billing.handle, topic=s.topic, **consumer_options)
         elif kind == "monitoring":
-            listeners = []
+            listeners = list(listeners or [])
             if s.alert_webhook:
                 webhook = Webhook(s.alert_webhook).start()
                 listeners.append(webhook)
