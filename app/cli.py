@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         run(settings, worker=args.cmd in ("run", "worker"), api=True)
         return 0
     if args.cmd in ("billing", "monitoring"):
-        from .services import run as run_service
+        from .service_main import run as run_service
 
         return run_service(args.cmd, settings)
     if args.cmd == "cluster":

@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
-from .config import Settings, port_in_use
+from .config import PortInUse, Settings, port_in_use
 
 log = logging.getLogger("chargeyard.services")
 
@@ -82,6 +83,12 @@ async def serve(kind: str, s: Settings, stop: asyncio.Event | None = None) -> No
 
 def run(kind: str, s: Settings) -> int:
     if not s.kafka_bootstrap:
-        raise SystemExit(f"chargeyard {kind} consumes Kafka: set --kafka-bootstrap (one node runs it in-process)")
-    asyncio.run(serve(kind, s))
+        print(f"chargeyard: {kind} consumes Kafka: set --kafka-bootstrap or CHARGEYARD_KAFKA_BOOTSTRAP "
+              "(one node runs it in-process)", file=sys.stderr, flush=True)
+        return 2
+    try:
+        asyncio.run(serve(kind, s))
+    except PortInUse as exc:
+        print(f"chargeyard: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
