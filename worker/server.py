@@ -24,7 +24,7 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
 from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec, twins
 from ..router.registry import NotConnected, Registry
-from ..store.base import Store
+from ..store.base import Fence, Store
 from . import metrics as m
 from .authorization import Authorization
 from .events import Events
@@ -99,6 +99,7 @@ class Worker:
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=per_message.reply_all,
                                   lane=per_message.Lane)
+        self.writer.on_stale = self._stale_epochs
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
             Leniency.from_file(settings.leniency_file),
@@ -248,6 +249,9 @@ class Worker:
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
         s.address = _peer(s)
+        # before any of its messages: the epoch held for the charger so far is not this
+        # connection's (its own comes with its claim, ``_claim``)
+        self._fence(Fence(s.charger_id, 0))
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
@@ -265,6 +269,39 @@ class Worker:
             s.epoch = await self.registry.claim(s.charger_id, s.protocol)
         except Exception as exc:  # registry down: keep serving, it re-registers later
             log.warning("could not register %s: %r", s.charger_id, exc)
+            return
+        if s.epoch and s.closed_reason is None:
+            # fenced writes (ADR 0015): from here on the store refuses this connection's
+            # writes once a higher epoch is recorded for the charger
+            fut = self._fence(Fence(s.charger_id, s.epoch))
+            if fut is not None:
+                fut.add_done_callback(lambda f: self._fenced(s, f))
+
+    def _fence(self, op: Fence) -> asyncio.Future | None:
+        if self.writer.closed:
+            return None
+        fut = self.writer.add(op)
+        fut.add_done_callback(_ignore_failure)
+        return fut
+
+    def _fenced(self, s: Session, fut: asyncio.Future) -> None:
+        """A Fence landed: False means a newer claim was recorded first (stale at once)."""
+        if fut.cancelled() or fut.exception() is not None:
+            if not fut.cancelled():
+                log.warning("could not fence %s at epoch %d: %r", s.charger_id, s.epoch, fut.exception())
+            return
+        if fut.result() is False:
+            self._stale_epochs({s.charger_id: s.epoch})
+
+    def _stale_epochs(self, stale: dict[str, int]) -> None:
+        """The store refused writes of these chargers (charger -> the stale epoch): another
+        worker owns them now. Close our connection if it is the one of that epoch or older."""
+        for cid, epoch in stale.items():
+            s = self.sessions.get(cid)
+            if s is not None and 0 < s.epoch <= epoch and s.closed_reason is None:
+                log.info("ownership epoch is stale: closing the charger's connection here", extra=_event(
+                    "takeover", charger_id=cid, by="fenced", epoch=epoch))
+                s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
     def session_closed(self, s: Session, reason: str) -> None:
         m.WS_CONNECTIONS.labels(s.protocol).dec()
@@ -279,6 +316,8 @@ class Worker:
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
             self.services.events.emit(s.charger_id, "charger.disconnected", {"reason": reason})
+        if s.epoch:  # after every write of this connection: the store forgets its epoch
+            self._fence(Fence(s.charger_id, s.epoch, release=True))
 
     async def _release(self, charger_id: str, epoch: int) -> None:
         try:
