@@ -249,9 +249,6 @@ class Worker:
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
         s.address = _peer(s)
-        # before any of its messages: the epoch held for the charger so far is not this
-        # connection's (its own comes with its claim, ``_claim``)
-        self._fence(Fence(s.charger_id, 0))
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
@@ -261,6 +258,9 @@ class Worker:
             log.info("charger reconnected: closing its previous connection", extra=_event(
                 "takeover", charger_id=s.charger_id, by="reconnect", address=s.address))
             old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
+        # fenced writes (ADR 0015): its messages wait for its claim, so that its Fence is
+        # queued before any of its writes (one registry round trip per connect)
+        _reading(s, False)
         self.spawn(self._claim(s))
         self.services.events.emit(s.charger_id, "charger.connected", {"protocol": s.protocol})
 
@@ -269,13 +269,17 @@ class Worker:
             s.epoch = await self.registry.claim(s.charger_id, s.protocol)
         except Exception as exc:  # registry down: keep serving, it re-registers later
             log.warning("could not register %s: %r", s.charger_id, exc)
-            return
-        if s.epoch and s.closed_reason is None:
-            # fenced writes (ADR 0015): from here on the store refuses this connection's
-            # writes once a higher epoch is recorded for the charger
-            fut = self._fence(Fence(s.charger_id, s.epoch))
-            if fut is not None:
-                fut.add_done_callback(lambda f: self._fenced(s, f))
+            # unfenced until it is: the store forgets the epoch it held for the charger
+            self._fence(Fence(s.charger_id, 0))
+        else:
+            if s.epoch and s.closed_reason is None:
+                # before any of its writes: from here on the store refuses this connection's
+                # writes once a higher epoch is recorded for the charger (ADR 0015)
+                fut = self._fence(Fence(s.charger_id, s.epoch))
+                if fut is not None:
+                    fut.add_done_callback(lambda f: self._fenced(s, f))
+        finally:
+            _reading(s, True)
 
     def _fence(self, op: Fence) -> asyncio.Future | None:
         if self.writer.closed:
@@ -356,6 +360,17 @@ def _peer(s: Session) -> str:
     if not peer:
         return ""
     return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
+
+
+def _reading(s: Session, on: bool) -> None:
+    """Pause or resume reading the session's socket (not once it is closed)."""
+    tr = s.transport
+    if tr is None or tr.is_disconnected:
+        return
+    if on:
+        tr.underlying_transport.resume_reading()
+    else:
+        tr.underlying_transport.pause_reading()
 
 
 def _ignore_failure(fut: asyncio.Future) -> None:
