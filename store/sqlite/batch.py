@@ -11,6 +11,9 @@ every writer of the store uses.
   commits at NORMAL, and its durability future is done once a sync covered it
   (``wal.Wal.durable``). If the file's write lock is taken (a fold for a read, another
   process) it does not wait: the batch goes to the store thread, as larger ones do.
+* With an outbox (``outbox`` = the worker id), the events the batch's ops report
+  (``store/events.py``'s ``from_op``) are written in the same transaction
+  (``outbox.py``): none for a batch that fails, all of those that committed.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
 * Fenced writes (ADR 0015): a ``Fence`` op records a connection's ownership epoch in
@@ -30,7 +33,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from ..base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
                     StopTransaction, StoreError, TransactionEvent, UpsertCharger, to_us)
-from . import sql
+from ..events import EVENT_OPS, encoded
+from . import outbox, sql
 from .readings import ROWS, Readings, packed
 from .wal import Wal
 
@@ -75,7 +79,7 @@ class Batches:
         self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
         self._single: dict[type, Callable[[Any], Any]] = {
             StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event,
-            Fence: self._fence}
+            Fence: self._fence, **dict.fromkeys(EVENT_OPS, _no_effect)}
         # fencing (ADR 0015): charger -> the epoch this store holds; the subset found stale;
         # the fence_gen whose raises are loaded (-1: none yet); the batch's undo log for them
         self.epochs: dict[str, int] = {}
@@ -83,6 +87,9 @@ class Batches:
         self.fence_gen = -1
         self._undo: list[tuple[Any, Any, Any]] = []
         self._turned_stale: list[tuple[Fence, str]] = []
+        # the worker id whose outbox this store writes the batches' events to (None: no
+        # events; store/events.py, outbox.py)
+        self.outbox: str | None = None
         self._bulk: dict[type, Callable[[list], None]] = {
             MeterSample: self._samples, ChargerSeen: self._seen, ConnectorStatus: self._statuses,
             UpsertCharger: self._chargers}
@@ -163,6 +170,8 @@ class Batches:
             i += 1
         if self._turned_stale:  # a Fence of this batch was stale at once: refuse what follows it
             self._refuse_after_fences(ops)
+        if self.outbox is not None:  # in this transaction: the events are exactly the committed facts
+            outbox.write(conn, self.outbox, encoded(ops, results))
         readings = self.readings
         if log_rows:
             self._log(conn, log_rows)
@@ -397,6 +406,11 @@ class Batches:
                 if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
                     raise
         return LOCK_TAKEN
+
+
+def _no_effect(op: Any) -> None:
+    """An op whose only effect is its event (``store.events.EVENT_OPS``)."""
+    return None
 
 
 async def not_open(*args: Any) -> Any:
