@@ -140,7 +140,7 @@ class TransactionEvent(msgspec.Struct, tag=True, frozen=True):
 
 class Fence(msgspec.Struct, tag=True, frozen=True):
     """A connection's ownership epoch for a charger (the registry's fencing epoch, given at
-    claim; ADR 0015). Written once per connect, never per message.
+    claim; ADR 0016). Written once per connect, never per message.
 
     ``epoch > 0``: the store records it as the charger's highest epoch if it is, and this
     store object holds it for the charger: from then on its writes for that charger fail

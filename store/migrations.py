@@ -362,7 +362,7 @@ CREATE TABLE event_outbox_state (
     next      INTEGER NOT NULL,
     published INTEGER NOT NULL
 );"""),
-    # 8: fenced writes (ADR 0015): the highest ownership epoch recorded per charger, and a
+    # 8: fenced writes (ADR 0016): the highest ownership epoch recorded per charger, and a
     # generation bumped by every raise, so that a batch learns in one read whether any
     # charger was fenced since it last looked (and then reads only those rows).
     (8, """

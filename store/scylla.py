@@ -198,7 +198,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     shard int, tag text,
     PRIMARY KEY (shard, tag))""",
     ]),
-    # fenced writes (ADR 0015): the highest ownership epoch recorded per charger (an LWT per
+    # fenced writes (ADR 0016): the highest ownership epoch recorded per charger (an LWT per
     # connect raises it; every batch reads it once per charger it writes for)
     (2, [
         """CREATE TABLE IF NOT EXISTS {ks}.charger_epochs (
@@ -476,7 +476,7 @@ class ScyllaStore(Store):
         # charger index entries, and (charger, day) rows of free_sample_days (-> when, so a
         # TTL'd row is rewritten before it expires).
         self._indexed: set[str] = set()
-        self._epochs: dict[str, int] = {}  # fencing (ADR 0015): charger -> the epoch this store holds
+        self._epochs: dict[str, int] = {}  # fencing (ADR 0016): charger -> the epoch this store holds
         self._days: dict[tuple[str, int], float] = {}
 
     # -- plumbing ----------------------------------------------------------------------
@@ -759,7 +759,7 @@ class ScyllaStore(Store):
         return results
 
     async def _stale(self, charger_id: str) -> bool:
-        """Fencing (ADR 0015): is the epoch this store holds for the charger no longer the
+        """Fencing (ADR 0016): is the epoch this store holds for the charger no longer the
         highest recorded? One read per charger and batch, only for chargers it holds one for.
         A check before the batch's writes, not a condition on them: a claim that lands while
         they are in flight is honoured from the next batch on."""

@@ -258,7 +258,7 @@ class Worker:
             log.info("charger reconnected: closing its previous connection", extra=_event(
                 "takeover", charger_id=s.charger_id, by="reconnect", address=s.address))
             old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
-        # fenced writes (ADR 0015): its messages wait for its claim, so that its Fence is
+        # fenced writes (ADR 0016): its messages wait for its claim, so that its Fence is
         # queued before any of its writes (one registry round trip per connect)
         _reading(s, False)
         self.spawn(self._claim(s))
@@ -274,7 +274,7 @@ class Worker:
         else:
             if s.epoch and s.closed_reason is None:
                 # before any of its writes: from here on the store refuses this connection's
-                # writes once a higher epoch is recorded for the charger (ADR 0015)
+                # writes once a higher epoch is recorded for the charger (ADR 0016)
                 fut = self._fence(Fence(s.charger_id, s.epoch))
                 if fut is not None:
                     fut.add_done_callback(lambda f: self._fenced(s, f))

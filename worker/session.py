@@ -201,7 +201,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self.committed(call.message_id, call.action, fut.result(), t0)
 
     def commit_failed(self, message_id: str, action: str, exc: BaseException) -> None:
-        if isinstance(exc, StaleEpoch):  # another worker owns the charger now (ADR 0015): it
+        if isinstance(exc, StaleEpoch):  # another worker owns the charger now (ADR 0016): it
             # has the charger's session, so no reply from here; this connection goes
             if self.closed_reason is None:
                 log.info("ownership epoch %d of %s is stale: closing its connection", self.epoch, self.charger_id)

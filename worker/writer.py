@@ -44,7 +44,7 @@ error when
 * more than ``isolate_s`` seconds have passed since the batch failed, or the failed batch
   commit itself took longer than that (timeouts mean "unavailable", not "bad op").
 
-Fenced writes (ADR 0015): a store that refuses ops because this worker's ownership epoch
+Fenced writes (ADR 0016): a store that refuses ops because this worker's ownership epoch
 for their charger is stale says which (:class:`~chargeyard.store.base.StaleEpoch`); those
 ops fail at once with it, the rest of the batch is retried without them (no bisection),
 and ``on_stale(stale)`` (charger -> stale epoch) lets the worker close those sessions.

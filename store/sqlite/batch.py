@@ -16,7 +16,7 @@ every writer of the store uses.
   (``outbox.py``): none for a batch that fails, all of those that committed.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
-* Fenced writes (ADR 0015): a ``Fence`` op records a connection's ownership epoch in
+* Fenced writes (ADR 0016): a ``Fence`` op records a connection's ownership epoch in
   ``charger_epochs`` and bumps ``fence_gen``; every batch of a store that holds epochs reads
   ``fence_gen`` first, inside its transaction, and only when it moved reads the rows raised
   since, marking the chargers another process fenced as stale. Only while some charger is
@@ -80,7 +80,7 @@ class Batches:
         self._single: dict[type, Callable[[Any], Any]] = {
             StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event,
             Fence: self._fence, **dict.fromkeys(EVENT_OPS, _no_effect)}
-        # fencing (ADR 0015): charger -> the epoch this store holds; the subset found stale;
+        # fencing (ADR 0016): charger -> the epoch this store holds; the subset found stale;
         # the fence_gen whose raises are loaded (-1: none yet); the batch's undo log for them
         self.epochs: dict[str, int] = {}
         self.stale: dict[str, int] = {}
@@ -256,7 +256,7 @@ class Batches:
             conn.execute(sql.EVENT_END, (o.charger_id, o.tx_id, at, o.stop_reason, wh))
         return True
 
-    # -- fencing (ADR 0015) ------------------------------------------------------------
+    # -- fencing (ADR 0016) ------------------------------------------------------------
 
     def _set(self, d: dict, key: str, value: Any) -> None:
         """``d[key] = value`` (``_MISSING``: delete), undone if the batch fails."""

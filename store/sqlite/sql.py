@@ -73,7 +73,7 @@ WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
 TX_ID_NEXT = "SELECT next_id FROM tx_id_alloc WHERE name = 'ocpp16'"
 TX_ID_TAKE = "UPDATE tx_id_alloc SET next_id = ? WHERE name = 'ocpp16'"
 
-# fenced writes (ADR 0015)
+# fenced writes (ADR 0016)
 FENCE_GEN = "SELECT gen FROM fence_gen WHERE id = 0"
 FENCE_BUMP = "UPDATE fence_gen SET gen = gen + 1 WHERE id = 0 RETURNING gen"
 FENCED_SINCE = "SELECT charger_id, epoch FROM charger_epochs WHERE gen > ?"

@@ -1,4 +1,4 @@
-"""Fenced writes across workers (issue 21, item 3; ADR 0015): two workers with real Redis
+"""Fenced writes across workers (issue 21, item 3; ADR 0016): two workers with real Redis
 (valkey) and one SQLite file, as ``chargeyard cluster`` shares it (each worker its own store
 object and connections, as each worker process has).
 

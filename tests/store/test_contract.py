@@ -304,7 +304,7 @@ def test_timestamps_are_utc_iso(backend):
     backend.with_store(body)
 
 
-# -- fenced writes (ADR 0015): two store objects on one database stand for two workers --------
+# -- fenced writes (ADR 0016): two store objects on one database stand for two workers --------
 
 def two_stores(backend, body):
     async def main():
