@@ -163,16 +163,21 @@ class Worker:
         s = self.settings
         todo = list(self.sessions.values())
         rate = s.drain_rate
-        # a wave every period (10 per second, fewer when the rate is below 10/s)
+        # a wave every period (10 per second, fewer when the rate is below 10/s); wave k
+        # (1, 2, ...) brings the chargers closed up to rate x period x k in all, so a
+        # fractional wave size (25/s: 2.5 a wave) still averages the rate
         period = 0.1 if rate <= 0 else max(0.1, 1.0 / rate)
-        size = len(todo) if rate <= 0 else max(1, round(rate * period))
         log.info("drain: closing %d chargers at %s per second", len(todo),
                  f"{rate:g}" if rate > 0 else "all")
         flush_ok = True
         started = next_wave = time.monotonic()
-        for i in range(0, max(len(todo), 1), size):
-            wave = [x for x in todo[i:i + size] if self.sessions.get(x.charger_id) is x]
-            if flush_ok:  # what these chargers sent is committed before they go
+        done, k = 0, 0
+        while done < len(todo):
+            k += 1
+            upto = len(todo) if rate <= 0 else min(len(todo), max(done + 1, round(rate * period * k)))
+            wave = [x for x in todo[done:upto] if self.sessions.get(x.charger_id) is x]
+            done = upto
+            if flush_ok and wave:  # what these chargers sent is committed before they go
                 try:
                     await asyncio.wait_for(self.writer.flush(), s.drain_timeout)
                 except asyncio.TimeoutError:  # a store that is down: close without waiting
@@ -180,7 +185,7 @@ class Worker:
                     log.warning("drain: store flush did not finish in %.0f s", s.drain_timeout)
             for sess in wave:
                 sess.close(WSCloseCode.GOING_AWAY, "server draining", "drain")
-            if i + size < len(todo):
+            if done < len(todo):
                 # never faster than the rate: a slow flush delays the next wave, the
                 # waves after it do not catch up in a burst
                 next_wave = max(next_wave + period, time.monotonic())
