@@ -263,3 +263,17 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_id_tag(self, tag: str) -> bool: ...
+
+    # -- the events outbox (store/events.py: Outbox) ---------------------------------
+    # A backend with an outbox writes each batch's events in the batch's commit and
+    # serves them to the relay here; without one there is nothing to relay.
+    async def outbox_read(self, after_seq: int, limit: int) -> list:
+        """Unpublished ``store.events.OutboxRow`` with ``seq > after_seq``, in order."""
+        return []
+
+    async def outbox_mark_published(self, upto_seq: int) -> None:
+        """Every row with ``seq <= upto_seq`` is published."""
+
+    async def outbox_spooled(self) -> int:
+        """Rows not yet published."""
+        return 0

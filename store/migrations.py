@@ -347,6 +347,21 @@ FROM meter_chunks ORDER BY charger_id, tx_id, chunk;
 DROP TABLE meter_chunks;
 ALTER TABLE meter_chunks_v6 RENAME TO meter_chunks;
 CREATE UNIQUE INDEX meter_chunks_key ON meter_chunks (charger_id, tx_id, chunk);"""),
+    # 7: the events outbox (store/events.py, store/sqlite/outbox.py): one row per committed
+    # batch that reported events, its events packed, numbered per writing worker
+    (7, """
+CREATE TABLE event_outbox (
+    worker TEXT NOT NULL,
+    first  INTEGER NOT NULL,
+    n      INTEGER NOT NULL,
+    data   BLOB NOT NULL,
+    PRIMARY KEY (worker, first)
+);
+CREATE TABLE event_outbox_state (
+    worker    TEXT PRIMARY KEY,
+    next      INTEGER NOT NULL,
+    published INTEGER NOT NULL
+);"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -167,7 +167,9 @@ def exported_metrics() -> dict[str, str]:
     """Sample name -> type, for everything registered by the worker and router modules
     (plus prometheus_client's process collector, which /metrics also serves)."""
     import chargeyard.router.api  # noqa: F401
+    import chargeyard.services.metrics  # noqa: F401
     import chargeyard.worker.metrics  # noqa: F401
+    import chargeyard.worker.relay  # noqa: F401
     from prometheus_client import REGISTRY
 
     out: dict[str, str] = {}

@@ -11,6 +11,9 @@ every writer of the store uses.
   commits at NORMAL, and its durability future is done once a sync covered it
   (``wal.Wal.durable``). If the file's write lock is taken (a fold for a read, another
   process) it does not wait: the batch goes to the store thread, as larger ones do.
+* With an outbox (``outbox`` = the worker id), the events the batch's ops report
+  (``store/events.py``'s ``from_op``) are written in the same transaction
+  (``outbox.py``): none for a batch that fails, all of those that committed.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
 """
@@ -25,7 +28,8 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from ..base import (ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, StoreError,
                     TransactionEvent, UpsertCharger, to_us)
-from . import sql
+from ..events import EVENT_OPS, encoded
+from . import outbox, sql
 from .readings import ROWS, Readings, packed
 from .wal import Wal
 
@@ -68,7 +72,11 @@ class Batches:
         self._tx_conn: Any = None  # the connection of the batch being applied (its ops' statements)
         self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
         self._single: dict[type, Callable[[Any], Any]] = {
-            StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event}
+            StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event,
+            **dict.fromkeys(EVENT_OPS, _no_effect)}
+        # the worker id whose outbox this store writes the batches' events to (None: no
+        # events; store/events.py, outbox.py)
+        self.outbox: str | None = None
         self._bulk: dict[type, Callable[[list], None]] = {
             MeterSample: self._samples, ChargerSeen: self._seen, ConnectorStatus: self._statuses,
             UpsertCharger: self._chargers}
@@ -122,6 +130,8 @@ class Batches:
                 raise StoreError(f"not a store operation: {t.__name__}")
             results[i] = single(ops[i])
             i += 1
+        if self.outbox is not None:  # in this transaction: the events are exactly the committed facts
+            outbox.write(conn, self.outbox, encoded(ops, results))
         readings = self.readings
         if log_rows:
             self._log(conn, log_rows)
@@ -262,6 +272,11 @@ class Batches:
                 if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
                     raise
         return LOCK_TAKEN
+
+
+def _no_effect(op: Any) -> None:
+    """An op whose only effect is its event (``store.events.EVENT_OPS``)."""
+    return None
 
 
 async def not_open(*args: Any) -> Any:
