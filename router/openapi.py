@@ -392,7 +392,7 @@ def document() -> dict:
         "info": {"title": "Chargeyard operator API", "version": "1",
                  "description": "Bearer tokens carry scopes that nest: read ⊂ command ⊂ admin. "
                                 "read: every GET; command: operator calls to chargers "
-                                "(POST .../calls/{action}); admin: id tags and tokens. A token's "
+                                "(POST .../calls/{action}); admin: id tags, tokens and tariffs. A token's "
                                 "charger ACL (globs) limits the chargers it reaches and filters "
                                 "lists. Without a tokens file the API listens on 127.0.0.1 only, "
                                 "without authentication. Errors are always "
