@@ -174,6 +174,15 @@ class StoreError(Exception):
 class Store(ABC):
     """The storage contract. ``tests/store/test_contract.py`` runs on every backend."""
 
+    #: At most this many ops of one charger per batch of the writer (``worker/writer.py``),
+    #: or None for no bound. A backend whose ``apply`` writes the chargers of a batch
+    #: concurrently but each charger's ops in sequence sets it, so that one charger's long
+    #: backlog does not hold every other charger's reply until all of it is written.
+    charger_ops_per_batch: int | None = None
+    #: Op types that do not count towards ``charger_ops_per_batch`` (blind writes that the
+    #: backend sends together, so a run of them costs about one round trip).
+    charger_free_ops: frozenset = frozenset()
+
     @abstractmethod
     async def open(self) -> None:
         """Connect and run migrations."""
