@@ -205,7 +205,8 @@ def markdown(results: dict) -> str:
     if cap and cap.get("rows"):
         inp = cap["inputs"]
         lines += ["## Capacity (per one-core worker, from this run)", "",
-                  f"From **{inp['source']}** ({inp['source_role']}): "
+                  f"From **{inp['source']}** ({inp['source_role']}, "
+                  f"{inp.get('store') or 'unknown'} store): "
                   f"{inp['cpu_us_per_msg']:.1f} µs/message at saturation, "
                   f"{_f(inp.get('cpu_us_per_msg_metering'), '{:.0f}')} µs/message in the "
                   f"metering phase, {_f(inp.get('idle_cpu_us_per_conn_s'), '{:.2f}')} µs/s per "

@@ -36,3 +36,8 @@ def test_smoke_with_the_scylla_store(tmp_path, cassandra):  # noqa: F811
     assert stores["scylla"]["db_cpu_us_per_msg"] is None  # an external server: its CPU is not ours to read
     report = (out / "latest" / "report.md").read_text()
     assert "## Stores (the same run" in report and "| scylla |" in report
+    # the capacity table (and an HPA written from it) says which store its figures are from
+    assert results["capacity"]["inputs"]["store"] == "sqlite" and "sqlite store)" in report
+    from chargeyard.bench import capacity
+
+    assert "(the worker on the sqlite store)" in capacity.hpa_yaml(results["capacity"], "x/results.json")
