@@ -82,7 +82,7 @@ def make_tokens(s: Settings) -> Any:
 def tune_gc() -> None:
     """The per-message path allocates many short-lived container objects; with the
     default thresholds the cyclic GC ran every few hundred messages and walked every
-    live session (perf: ~14 % of a saturated worker). Freeze what start-up built and
+    live session, a large share of a saturated worker's CPU. Freeze what start-up built and
     collect the young generation less often; reference counting still frees almost
     everything at once."""
     import gc
@@ -104,7 +104,8 @@ def worker_settings(s: Settings) -> Any:
         worker_id=s.worker_id, host=s.host, ws_port=s.ws_port, max_frame=s.max_frame,
         ws_read_buffer=s.ws_read_buffer, handshake_rate=s.handshake_rate, rate_limit=s.rate_limit,
         rate_burst=s.rate_burst, max_pending_calls=s.max_pending_calls, ping_interval=s.ping_interval,
-        idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, heartbeat_interval=s.heartbeat_interval,
+        idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, drain_rate=s.drain_rate,
+        heartbeat_interval=s.heartbeat_interval,
         max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
         accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
         batch_max=s.batch_max, seen_interval=s.seen_interval)
