@@ -362,6 +362,21 @@ CREATE TABLE event_outbox_state (
     next      INTEGER NOT NULL,
     published INTEGER NOT NULL
 );"""),
+    # 8: fenced writes (ADR 0016): the highest ownership epoch recorded per charger, and a
+    # generation bumped by every raise, so that a batch learns in one read whether any
+    # charger was fenced since it last looked (and then reads only those rows).
+    (8, """
+CREATE TABLE charger_epochs (
+    charger_id TEXT PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    gen        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX charger_epochs_gen ON charger_epochs (gen);
+CREATE TABLE fence_gen (
+    id  INTEGER PRIMARY KEY CHECK (id = 0),
+    gen INTEGER NOT NULL
+);
+INSERT INTO fence_gen (id, gen) VALUES (0, 0);"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

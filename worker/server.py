@@ -24,7 +24,7 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
 from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec, twins
 from ..router.registry import NotConnected, Registry
-from ..store.base import Store
+from ..store.base import Fence, Store
 from ..store.events import ConnectionClosed, ConnectionOpened
 from . import metrics as m
 from .authorization import Authorization
@@ -109,12 +109,14 @@ class Worker:
         self.event_sinks = list(event_sinks or ())
         self.relay = Relay(store, KafkaPublisher(settings.kafka_bootstrap, client_id=f"chargeyard-{settings.worker_id}")
                            if settings.kafka_bootstrap else LocalPublisher(*self.event_sinks))
+        self.writer.on_stale = self._stale_epochs
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
             Leniency.from_file(settings.leniency_file),
             Events(registry, settings.worker_id, self.spawn, sinks))
         self.handlers = all_handlers(self.services)
         self.sessions: dict[str, Session] = {}
+        self._announced: set[int] = set()  # sessions whose charger.connected was queued
         self.ready = False
         self.draining = False
         self._server: asyncio.Server | None = None
@@ -271,6 +273,9 @@ class Worker:
             log.info("charger reconnected: closing its previous connection", extra=_event(
                 "takeover", charger_id=s.charger_id, by="reconnect", address=s.address))
             old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
+        # fenced writes (ADR 0016): its messages wait for its claim, so that its Fence is
+        # queued before any of its writes (one registry round trip per connect)
+        _reading(s, False)
         self.spawn(self._claim(s))
 
     async def _claim(self, s: Session) -> None:
@@ -278,10 +283,49 @@ class Worker:
             s.epoch = await self.registry.claim(s.charger_id, s.protocol)
         except Exception as exc:  # registry down: keep serving, it re-registers later
             log.warning("could not register %s: %r", s.charger_id, exc)
-        # charger.connected, committed in order with the charger's facts (epoch 0: the
-        # registry did not answer)
-        self._event_op(ConnectionOpened(s.charger_id, s.protocol, s.epoch, self.settings.worker_id,
-                                        dt.datetime.now(dt.timezone.utc)))
+            # unfenced until it is: the store forgets the epoch it held for the charger
+            self._fence(Fence(s.charger_id, 0))
+        else:
+            if s.epoch and s.closed_reason is None:
+                # before any of its writes: from here on the store refuses this connection's
+                # writes once a higher epoch is recorded for the charger (ADR 0016)
+                fut = self._fence(Fence(s.charger_id, s.epoch))
+                if fut is not None:
+                    fut.add_done_callback(lambda f: self._fenced(s, f))
+        finally:
+            # charger.connected, committed in order with the charger's facts, after its
+            # Fence and before any of its messages (epoch 0: the registry did not answer)
+            if s.closed_reason is None:
+                self._announced.add(id(s))
+                self._event_op(ConnectionOpened(s.charger_id, s.protocol, s.epoch, self.settings.worker_id,
+                                                dt.datetime.now(dt.timezone.utc)))
+            _reading(s, True)
+
+    def _fence(self, op: Fence) -> asyncio.Future | None:
+        if self.writer.closed:
+            return None
+        fut = self.writer.add(op)
+        fut.add_done_callback(_ignore_failure)
+        return fut
+
+    def _fenced(self, s: Session, fut: asyncio.Future) -> None:
+        """A Fence landed: False means a newer claim was recorded first (stale at once)."""
+        if fut.cancelled() or fut.exception() is not None:
+            if not fut.cancelled():
+                log.warning("could not fence %s at epoch %d: %r", s.charger_id, s.epoch, fut.exception())
+            return
+        if fut.result() is False:
+            self._stale_epochs({s.charger_id: s.epoch})
+
+    def _stale_epochs(self, stale: dict[str, int]) -> None:
+        """The store refused writes of these chargers (charger -> the stale epoch): another
+        worker owns them now. Close our connection if it is the one of that epoch or older."""
+        for cid, epoch in stale.items():
+            s = self.sessions.get(cid)
+            if s is not None and 0 < s.epoch <= epoch and s.closed_reason is None:
+                log.info("ownership epoch is stale: closing the charger's connection here", extra=_event(
+                    "takeover", charger_id=cid, by="fenced", epoch=epoch))
+                s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
     def _event_op(self, op: Any) -> None:
         """Queue an op whose only effect is its event (``store.events.EVENT_OPS``)."""
@@ -305,9 +349,13 @@ class Worker:
             self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
-        # every session that opened reports its close, a replaced one too (reason takeover)
-        self._event_op(ConnectionClosed(s.charger_id, s.epoch, reason, self.settings.worker_id,
-                                        dt.datetime.now(dt.timezone.utc)))
+        # every session announced reports its close, a replaced one too (reason takeover)
+        if id(s) in self._announced:
+            self._announced.discard(id(s))
+            self._event_op(ConnectionClosed(s.charger_id, s.epoch, reason, self.settings.worker_id,
+                                            dt.datetime.now(dt.timezone.utc)))
+        if s.epoch:  # after every write of this connection: the store forgets its epoch
+            self._fence(Fence(s.charger_id, s.epoch, release=True))
 
     async def _release(self, charger_id: str, epoch: int) -> None:
         try:
@@ -352,6 +400,17 @@ def _peer(s: Session) -> str:
     if not peer:
         return ""
     return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
+
+
+def _reading(s: Session, on: bool) -> None:
+    """Pause or resume reading the session's socket (not once it is closed)."""
+    tr = s.transport
+    if tr is None or tr.is_disconnected:
+        return
+    if on:
+        tr.underlying_transport.resume_reading()
+    else:
+        tr.underlying_transport.pause_reading()
 
 
 def _ignore_failure(fut: asyncio.Future) -> None:
