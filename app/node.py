@@ -110,7 +110,8 @@ def worker_settings(s: Settings) -> Any:
         worker_id=s.worker_id, host=s.host, ws_port=s.ws_port, max_frame=s.max_frame,
         ws_read_buffer=s.ws_read_buffer, handshake_rate=s.handshake_rate, rate_limit=s.rate_limit,
         rate_burst=s.rate_burst, max_pending_calls=s.max_pending_calls, ping_interval=s.ping_interval,
-        idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, heartbeat_interval=s.heartbeat_interval,
+        idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, drain_rate=s.drain_rate,
+        heartbeat_interval=s.heartbeat_interval,
         max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
         accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
         batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap)

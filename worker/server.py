@@ -158,24 +158,57 @@ class Worker:
         log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
 
     async def drain(self) -> None:
-        """SIGTERM: refuse new chargers, flush batches, close chargers with 1001."""
+        """SIGTERM: readiness false and new chargers refused at once; then the chargers are
+        closed with 1001 in waves at ``drain_rate`` per second, each wave after a store
+        flush (nothing a charger was told is committed stays only in the queue); then
+        the background tasks stop.
+
+        Why waves: the closed chargers reconnect at once, through nginx, to the other
+        workers (consistent hash: about drain_rate/(N-1) per second each). Closing them
+        all together was a reconnect storm of our own making that the receivers'
+        handshake admission (``handshake_rate``) refused in part."""
         if self.draining:
             return
         self.ready, self.draining = False, True
         if self._server is not None:
             self._server.close()
         self._write_last_seen()
-        try:
-            await asyncio.wait_for(self.writer.flush(), self.settings.drain_timeout)
-        except asyncio.TimeoutError:
-            log.warning("drain: store flush did not finish in %.0f s", self.settings.drain_timeout)
-        for sess in list(self.sessions.values()):
-            sess.close(WSCloseCode.GOING_AWAY, "server draining", "drain")
-        deadline = time.monotonic() + self.settings.drain_timeout
+        s = self.settings
+        todo = list(self.sessions.values())
+        rate = s.drain_rate
+        # a wave every period (10 per second, fewer when the rate is below 10/s); wave k
+        # (1, 2, ...) brings the chargers closed up to rate x period x k in all, so a
+        # fractional wave size (25/s: 2.5 a wave) still averages the rate
+        period = 0.1 if rate <= 0 else max(0.1, 1.0 / rate)
+        log.info("drain: closing %d chargers at %s per second", len(todo),
+                 f"{rate:g}" if rate > 0 else "all")
+        flush_ok = True
+        started = next_wave = time.monotonic()
+        done, k = 0, 0
+        while done < len(todo):
+            k += 1
+            upto = len(todo) if rate <= 0 else min(len(todo), max(done + 1, round(rate * period * k)))
+            wave = [x for x in todo[done:upto] if self.sessions.get(x.charger_id) is x]
+            done = upto
+            if flush_ok and wave:  # what these chargers sent is committed before they go
+                try:
+                    await asyncio.wait_for(self.writer.flush(), s.drain_timeout)
+                except asyncio.TimeoutError:  # a store that is down: close without waiting
+                    flush_ok = False
+                    log.warning("drain: store flush did not finish in %.0f s", s.drain_timeout)
+            for sess in wave:
+                sess.close(WSCloseCode.GOING_AWAY, "server draining", "drain")
+            if done < len(todo):
+                # never faster than the rate: a slow flush delays the next wave, the
+                # waves after it do not catch up in a burst
+                next_wave = max(next_wave + period, time.monotonic())
+                await asyncio.sleep(next_wave - time.monotonic())
+        deadline = time.monotonic() + s.drain_timeout
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.sessions:
             log.warning("drain: %d connections did not close in time", len(self.sessions))
+        log.info("drain: %d chargers closed in %.1f s", len(todo), time.monotonic() - started)
         for t in list(self.services.tasks):
             t.cancel()
 
