@@ -60,8 +60,10 @@ bench-store: $(BASE) $(EXTRA)-bench
 	taskset -c 1 $(PY) -m chargeyard.bench.store_commit
 	taskset -c 1 $(PY) -m chargeyard.bench.store_throughput
 
+# BENCH_ARGS: extra flags, e.g. `make bench BENCH_ARGS="--store scylla"` (SQLite and the
+# ScyllaDB store in the same run, on a local Cassandra: needs the scylla extra and Java 17)
 bench: $(BASE) $(EXTRA)-bench
-	$(VENV)/bin/chargeyard-bench compare
+	$(VENV)/bin/chargeyard-bench compare $(BENCH_ARGS)
 
 generate: $(BASE)
 	$(PY) core/codegen.py

@@ -7,7 +7,9 @@ import os
 import sys
 
 from . import __version__
-from .config import add_arguments, from_sources
+from dataclasses import fields
+
+from .config import Settings, add_arguments, from_sources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     p = sub.add_parser("store", help="store maintenance")
     p.add_argument("action", choices=["migrate"])
-    add_arguments(p, {"data_dir", "store", "scylla_hosts", "keyspace", "scylla_username", "scylla_password",
-                      "scylla_datacenter", "scylla_tls", "scylla_ca_file"})
+    add_arguments(p, {"data_dir", "store", "keyspace"} | {f.name for f in fields(Settings)  # every --scylla-*
+                                                           if f.name.startswith("scylla_")})
     sub.add_parser("nginx-config", help="render the nginx config for a worker list", add_help=False)
     # only what is built is listed; the benchmarks are their own command, chargeyard-bench
 
@@ -61,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
 
             os.makedirs(settings.data_dir, exist_ok=True)
             await make_store(settings).migrate()
-        asyncio.run(migrate())
+        from chargeyard.store import StoreError
+
+        try:
+            asyncio.run(migrate())
+        except StoreError as exc:
+            raise SystemExit(f"chargeyard store migrate: {exc}") from None
         print("store migrated")
         return 0
     ap.error(f"unknown command {args.cmd!r}")  # not reached: argparse allows only the above

@@ -29,6 +29,15 @@ class Settings:
     scylla_datacenter: str = ""
     scylla_tls: bool = False
     scylla_ca_file: str = ""
+    scylla_consistency: str = "LOCAL_QUORUM"
+    scylla_read_consistency: str = ""
+    scylla_serial_consistency: str = "LOCAL_SERIAL"
+    scylla_request_timeout: float = 10.0
+    scylla_connect_timeout: float = 10.0
+    scylla_concurrency: int = 128
+    scylla_tablets: bool = False
+    scylla_retention_days: float = 90.0
+    scylla_replication_factor: int = 0
     redis_url: str = ""
     kafka_bootstrap: str = ""
     worker_id: str = ""
@@ -78,6 +87,19 @@ HELP = {
     "scylla_datacenter": "ScyllaDB local data centre for routing and replication (empty: the driver's choice)",
     "scylla_tls": "connect to ScyllaDB over TLS (server certificate and host name verified)",
     "scylla_ca_file": "CA bundle to verify ScyllaDB's certificate (implies --scylla-tls; empty: system CAs)",
+    "scylla_consistency": "ScyllaDB consistency level of writes (and of reads unless --scylla-read-consistency)",
+    "scylla_read_consistency": "ScyllaDB consistency level of reads (empty: --scylla-consistency)",
+    "scylla_serial_consistency": "ScyllaDB serial consistency of the per-charger lightweight transactions, "
+                                 "SERIAL or LOCAL_SERIAL (1.6 transaction ids always use SERIAL)",
+    "scylla_request_timeout": "seconds a ScyllaDB statement may take before it fails",
+    "scylla_connect_timeout": "seconds to connect to a ScyllaDB node",
+    "scylla_concurrency": "chargers of one commit batch written to ScyllaDB at once",
+    "scylla_tablets": "create the keyspace with tablets (ScyllaDB only; off because this store uses LWT, "
+                      "which tablet keyspaces lack before ScyllaDB 2025.1)",
+    "scylla_retention_days": "days ScyllaDB keeps readings outside a transaction and the replay keys "
+                             "(0: forever); transactions and their readings never expire",
+    "scylla_replication_factor": "replicas per data centre of a keyspace `store migrate` creates "
+                                 "(0: min(3, nodes in the data centre))",
     "redis_url": "Redis/Valkey for the cluster registry, redis://host:port/0 or redis+cluster://host:port "
                  "(empty: in-process)",
     "kafka_bootstrap": "Kafka bootstrap servers, host:port[,...]: the worker's relay publishes the events "

@@ -17,8 +17,18 @@ log = logging.getLogger("chargeyard")
 def scylla_options(s: Settings) -> dict[str, Any]:
     """ScyllaStore keyword arguments from the settings: password authentication, TLS with
     the server's certificate and host name verified (system CAs or ``--scylla-ca-file``),
-    the local data centre."""
-    kw: dict[str, Any] = {}
+    the local data centre, consistency levels, timeouts, concurrency, tablets, retention and
+    replication (ScyllaStore validates the values)."""
+    kw: dict[str, Any] = {
+        "consistency": s.scylla_consistency, "read_consistency": s.scylla_read_consistency or None,
+        "serial_consistency": s.scylla_serial_consistency, "request_timeout": s.scylla_request_timeout,
+        "connect_timeout": s.scylla_connect_timeout, "max_concurrency": s.scylla_concurrency,
+        "tablets": s.scylla_tablets, "retention_days": s.scylla_retention_days,
+        "replication_factor": s.scylla_replication_factor or None}
+    if s.scylla_concurrency < 1:
+        raise ValueError(f"--scylla-concurrency must be at least 1, not {s.scylla_concurrency}")
+    if s.scylla_replication_factor < 0:
+        raise ValueError(f"--scylla-replication-factor must be 0 (automatic) or more, not {s.scylla_replication_factor}")
     if s.scylla_username:
         kw["username"], kw["password"] = s.scylla_username, s.scylla_password
     elif s.scylla_password:
@@ -117,6 +127,11 @@ def worker_settings(s: Settings) -> Any:
         batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap)
 
 
+class StoreUnusable(Exception):
+    """The store refused to open (e.g. a schema version this code does not run on): one
+    line on stderr, exit status 1, no traceback (a pod's log shows what to do)."""
+
+
 class Node:
     """A worker and/or the operator API in one process."""
 
@@ -136,8 +151,14 @@ class Node:
 
         s = self.settings
         os.makedirs(s.data_dir, exist_ok=True)
-        self.store = make_store(s, outbox_id(s) if self.with_worker else None)
-        await self.store.open()
+        from chargeyard.store import StoreError
+
+        store = make_store(s, outbox_id(s) if self.with_worker else None)
+        try:
+            await store.open()
+        except StoreError as exc:
+            raise StoreUnusable(f"--store {s.store}: {exc}") from None
+        self.store = store
         self.registry = make_registry(s)
         await self.registry.start()
         if self.with_worker:
@@ -186,7 +207,7 @@ class Node:
             loop.add_signal_handler(sig, on_signal, sig)
         try:
             await self.start()
-        except PortInUse:
+        except (PortInUse, StoreUnusable):
             await self.stop()  # what did start: the store, the registry, the worker's writer
             raise
         tune_gc()
@@ -219,3 +240,6 @@ def run(settings: Settings, worker: bool = True, api: bool = True) -> None:
     except PortInUse as exc:
         print(f"chargeyard: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except StoreUnusable as exc:
+        print(f"chargeyard: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

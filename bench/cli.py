@@ -75,6 +75,11 @@ def _add_compare(p: argparse.ArgumentParser):
                    help="extra closed-loop rounds, the servers in turn; ratios are judged on "
                         "the median of all rounds (default 2, 0 = none)")
     p.add_argument("--round-duration", type=float, default=None, dest="round_s")
+    p.add_argument("--store", choices=("sqlite", "scylla"), default=None,
+                   help="scylla: also measure the worker on the ScyllaDB store in the same run "
+                        "(target chargeyard-scylla; a local Cassandra unless --scylla-hosts)")
+    p.add_argument("--scylla-hosts", default=None,
+                   help="CQL server for --store scylla (default: start tests/cassandra's Cassandra)")
 
 
 def _options(args, base: suite.Options) -> suite.Options:

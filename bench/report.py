@@ -152,6 +152,16 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {_f(t['measured'], '{:.2f}')}{note} | {met} |")
         lines.append("")
 
+    if results.get("stores"):
+        lines += ["## Stores (the same run: SQLite and ScyllaDB, `--store scylla`)", "",
+                  "| store | worker CPU µs/msg | rows / batch | p99 ms at 50 % | database CPU µs/msg |",
+                  "|---|---|---|---|---|"]
+        for r in results["stores"]:
+            db = _f(r["db_cpu_us_per_msg"], "{:.1f}") if r.get("db_cpu_note") is None else r["db_cpu_note"]
+            lines.append(f"| {r['store']} | {_f(r['cpu_us_per_msg'], '{:.1f}')} | "
+                         f"{_f(r['rows_per_batch'], '{:.1f}')} | {_f(r['p99_ms_half_load'], '{:.2f}')} | {db} |")
+        lines.append("")
+
     rr = results.get("round_ratios") or {}
     if rr.get("rounds", 0) > 1:
         lines += ["## Ratios round by round (the servers in turn; round 0 is the closed loop above)", "",
@@ -195,7 +205,8 @@ def markdown(results: dict) -> str:
     if cap and cap.get("rows"):
         inp = cap["inputs"]
         lines += ["## Capacity (per one-core worker, from this run)", "",
-                  f"From **{inp['source']}** ({inp['source_role']}): "
+                  f"From **{inp['source']}** ({inp['source_role']}, "
+                  f"{inp.get('store') or 'unknown'} store): "
                   f"{inp['cpu_us_per_msg']:.1f} µs/message at saturation, "
                   f"{_f(inp.get('cpu_us_per_msg_metering'), '{:.0f}')} µs/message in the "
                   f"metering phase, {_f(inp.get('idle_cpu_us_per_conn_s'), '{:.2f}')} µs/s per "

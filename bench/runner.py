@@ -45,7 +45,40 @@ BUILTIN_TARGETS = {
                " --data-dir {data_dir} --accept-unknown-tags",
         "metrics": "http://127.0.0.1:{http_port}/metrics",
     },
+    # the same worker on the ScyllaDB store (``--store scylla``): a fresh keyspace per start,
+    # migrated first (``chargeyard store migrate``), on the server of ``use_scylla``
+    "chargeyard-scylla": {
+        "label": "Chargeyard worker, ScyllaDB store", "role": "chargeyard-scylla", "ready": "http",
+        "cmd": "{chargeyard} run --host 127.0.0.1 --ws-port {ws_port} --http-port {http_port}"
+               " --data-dir {data_dir} --accept-unknown-tags --store scylla --scylla-hosts {scylla_hosts}"
+               " --keyspace {keyspace}",
+        "metrics": "http://127.0.0.1:{http_port}/metrics",
+        "store": "scylla",
+    },
 }
+
+# The CQL server of the ``chargeyard-scylla`` target: its contact point and the pid whose
+# process tree is the database (its CPU is measured per message; None: not measured).
+SCYLLA: dict = {"hosts": None, "db_pid": None}
+
+
+def use_scylla(hosts: str, db_pid: int | None) -> None:
+    SCYLLA.update(hosts=hosts, db_pid=db_pid)
+
+
+def _migrate_keyspace(data_dir: str) -> str:
+    """A fresh keyspace on the ScyllaDB/Cassandra of ``use_scylla``, migrated as the k8s Job does."""
+    import uuid
+
+    if not SCYLLA["hosts"]:
+        raise TargetFailed("chargeyard-scylla: no CQL server (use_scylla / --scylla-hosts)")
+    keyspace = "cy_bench_" + uuid.uuid4().hex[:10]
+    argv = [_chargeyard_exe(), "store", "migrate", "--store", "scylla", "--scylla-hosts", SCYLLA["hosts"],
+            "--keyspace", keyspace, "--data-dir", data_dir]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise TargetFailed(f"chargeyard-scylla: store migrate failed: {(r.stderr or r.stdout).strip()[-500:]}")
+    return keyspace
 
 
 def _die_with_parent():  # runs in the child before exec
@@ -109,6 +142,7 @@ class Server:
     url: str
     metrics_url: str | None
     tmp: object = field(default=None, repr=False)
+    db_pid: int | None = None  # the store's own process (ScyllaDB/Cassandra), if any
 
     @property
     def pid(self) -> int:
@@ -119,6 +153,9 @@ class Server:
 
     def rss(self) -> int:
         return procstat.rss_bytes(self.pid)
+
+    def db_cpu(self) -> float | None:
+        return procstat.cpu_seconds(self.db_pid) if self.db_pid else None
 
     def metrics(self) -> str | None:
         if not self.metrics_url:
@@ -152,8 +189,15 @@ def start_server(name: str, spec: dict, cpus: str | None, logdir: str,
                  ready_timeout: float = 30.0) -> Server:
     ws_port, http_port = free_port(), free_port()
     tmp = tempfile.TemporaryDirectory(prefix=f"cy-bench-{name}-")
+    scylla = {}
+    if spec.get("store") == "scylla":
+        try:
+            scylla = {"scylla_hosts": SCYLLA["hosts"], "keyspace": _migrate_keyspace(tmp.name)}
+        except (TargetFailed, OSError, subprocess.TimeoutExpired) as exc:
+            tmp.cleanup()
+            raise TargetFailed(str(exc)) from exc
     cmd = spec["cmd"].format(python=shlex.quote(sys.executable), chargeyard=_chargeyard_exe(),
-                             ws_port=ws_port, http_port=http_port, data_dir=tmp.name)
+                             ws_port=ws_port, http_port=http_port, data_dir=tmp.name, **scylla)
     argv = taskset_prefix(cpus) + shlex.split(cmd)
     os.makedirs(logdir, exist_ok=True)
     log_path = os.path.join(logdir, f"server-{name}.log")
@@ -171,7 +215,7 @@ def start_server(name: str, spec: dict, cpus: str | None, logdir: str,
         log.close()
     metrics = spec.get("metrics", "").format(http_port=http_port) or None
     srv = Server(name, spec, proc, ws_port, http_port, tmp.name, log_path,
-                 f"ws://127.0.0.1:{ws_port}/ocpp/", metrics, tmp)
+                 f"ws://127.0.0.1:{ws_port}/ocpp/", metrics, tmp, SCYLLA["db_pid"] if scylla else None)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -387,10 +431,10 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
         p.stdin.write(json.dumps(cmd) + "\n")
         p.stdin.flush()
     _sleep_until(start)
-    cpu0, m0 = srv.cpu(), srv.metrics()
+    cpu0, m0, db0 = srv.cpu(), srv.metrics(), srv.db_cpu()
     busy0 = procstat.cpu_busy_seconds(pool.watch_cpus)
     _sleep_until(end)
-    cpu1, m1 = srv.cpu(), srv.metrics()
+    cpu1, m1, db1 = srv.cpu(), srv.metrics(), srv.db_cpu()
     busy1 = procstat.cpu_busy_seconds(pool.watch_cpus)
     res = merge(pool._collect(duration + warmup + 30))
     n = res["count"]
@@ -414,6 +458,9 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
         if busy0 else None
     out["bottleneck"] = ("server" if server_util >= 0.85 else
                          "generator" if gen_util >= 0.85 else "neither")
+    if db0 is not None and db1 is not None:  # the database's own process (ScyllaDB store)
+        out["db_cpu_s"] = db1 - db0
+        out["db_cpu_us_per_msg"] = (db1 - db0) * 1e6 / n if n else None
     batch = histogram_delta(m0, m1, "chargeyard_db_batch_rows")
     if batch is not None:
         out["db_batch_rows"] = batch

@@ -66,6 +66,8 @@ class Options:
     protocol: str = "ocpp1.6"
     rounds: int = 2            # extra closed-loop rounds, the servers taken in turn (drift)
     round_s: float = 5.0
+    store: str = "sqlite"      # scylla: also the worker on the ScyllaDB store, in the same run
+    scylla_hosts: str | None = None  # its CQL server (default: a local Cassandra, tests/cassandra)
 
 
 def _gen_cores(cpus: str | None) -> int:
@@ -332,15 +334,106 @@ def _verdict(value, met: bool, note: str | None = None, judged: bool = True) -> 
 def compare(o: Options, logdir: str) -> dict:
     results = {"kind": "compare", "meta": meta(o), "servers": {}}
     specs = {}
-    for t in o.targets:
-        name, spec = runner.resolve_target(t, o.chargeyard_cmd)
-        specs[name] = spec
-        results["servers"][name] = bench_target(name, spec, o, logdir)
-    if o.rounds > 0:
-        available = {n: sp for n, sp in specs.items() if results["servers"][n].get("available")}
-        results["rounds"] = closed_rounds(available, o, logdir)
+    targets = list(o.targets)
+    db = None
+    if o.store == "scylla":
+        if "chargeyard-scylla" not in targets:  # next to the SQLite worker: the same run
+            at = targets.index("chargeyard") + 1 if "chargeyard" in targets else len(targets)
+            targets.insert(at, "chargeyard-scylla")
+        db = _start_scylla(o, logdir)
+    elif o.store != "sqlite":
+        raise SystemExit(f"--store {o.store}: sqlite or scylla")
+    try:
+        for t in targets:
+            name, spec = runner.resolve_target(t, o.chargeyard_cmd)
+            specs[name] = spec
+            results["servers"][name] = bench_target(name, spec, o, logdir)
+        if o.rounds > 0:
+            available = {n: sp for n, sp in specs.items() if results["servers"][n].get("available")}
+            results["rounds"] = closed_rounds(available, o, logdir)
+    finally:
+        if db is not None:
+            db.stop()
     summarize(results)
+    results["stores"] = store_table(results)
+    for row in results["stores"]:
+        _log(f"store {row['store']}: {_fmt(row['cpu_us_per_msg'])} us/msg worker CPU, "
+             f"{_fmt(row['rows_per_batch'])} rows/batch, p99 {_fmt(row['p99_ms_half_load'])} ms at 50%, "
+             f"database {_fmt(row['db_cpu_us_per_msg'])} us/msg")
     return results
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def store_table(results: dict) -> list[dict]:
+    """Per store, from the same run (issue 21): the worker's CPU per message and rows per
+    batch in the closed loop, p99 at half load, and the database process's CPU per message
+    (SQLite runs inside the worker: its CPU is in the worker's)."""
+    rows = []
+    for store, role in (("sqlite", "chargeyard"), ("scylla", "chargeyard-scylla")):
+        srv = next((s for s in results["servers"].values() if s.get("role") == role and s.get("available")), None)
+        if srv is None:
+            continue
+        closed = srv.get("closed", {})
+        batch = closed.get("db_batch_rows") or {}
+        rows.append({
+            "store": store, "cpu_us_per_msg": closed.get("cpu_us_per_msg"),
+            "rows_per_batch": batch.get("mean") if batch.get("count") else None,
+            "p99_ms_half_load": next((r["p99_ms"] for r in srv.get("sweep", []) if r.get("fraction") == 0.5), None),
+            "db_cpu_us_per_msg": closed.get("db_cpu_us_per_msg"),
+            "db_cpu_note": "in the worker process" if store == "sqlite" else None})
+    return rows
+
+
+class _Scylla:
+    """The CQL server of a ``--store scylla`` run: ``--scylla-hosts`` (its CPU is not
+    measured), or a local Cassandra started here (``python -m tests.cassandra.server``, from
+    a source checkout), whose process tree is measured and stopped at the end."""
+
+    def __init__(self, proc=None) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        import signal as _signal
+        import subprocess as _sp
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(_signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except _sp.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def _start_scylla(o: Options, logdir: str) -> _Scylla:
+    import subprocess as _sp
+
+    if o.scylla_hosts:
+        runner.use_scylla(o.scylla_hosts, None)
+        _log(f"scylla: using {o.scylla_hosts} (database CPU not measured)")
+        return _Scylla()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(repo, "tests", "cassandra", "server.py")):
+        raise SystemExit("--store scylla needs --scylla-hosts, or a source checkout (tests/cassandra)")
+    os.makedirs(logdir, exist_ok=True)
+    # not pinned: on the servers' core it would take the worker's CPU; its CPU time is
+    # measured by process either way
+    cmd = [sys.executable, "-m", "tests.cassandra.server"]
+    proc = _sp.Popen(cmd, cwd=repo, stdout=_sp.PIPE, stderr=open(os.path.join(logdir, "cassandra.log"), "ab"),
+                     text=True, start_new_session=True, preexec_fn=runner._die_with_parent)
+    line = proc.stdout.readline() if proc.stdout else ""  # "Cassandra X on 127.0.0.1:P, ready in ..."
+    words = line.split()
+    if proc.poll() is not None or "on" not in words:
+        _Scylla(proc).stop()
+        raise SystemExit(f"--store scylla: the local Cassandra did not start ({line.strip() or 'no output'}; "
+                         f"see {logdir}/cassandra.log)")
+    hosts = words[words.index("on") + 1].rstrip(",")
+    runner.use_scylla(hosts, proc.pid)
+    _log(f"scylla: local Cassandra on {hosts}")
+    return _Scylla(proc)
 
 
 def closed_rounds(specs: dict, o: Options, logdir: str) -> list[dict]:

@@ -32,6 +32,9 @@ FORWARD = Histogram("chargeyard_router_forward_duration_seconds",
 
 ID_TAG_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
 PAGE_MAX = 1000
+# the request's bearer token (a typed key: aiohttp >= 3.12 warns about plain strings)
+_TOKEN: Any = web.RequestKey("token", str) if hasattr(web, "RequestKey") else "token"
+ACL_ROUNDS = 10  # store pages one ACL-filtered list page may read (then it is short, with a cursor)
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -141,7 +144,7 @@ class Api:
             return error(401, "unauthenticated", "missing or unknown bearer token")
         if verdict != "ok":
             return error(403, "forbidden", f"token lacks scope {scope!r} for this resource")
-        request["token"] = token  # list endpoints filter by the token's charger ACL
+        request[_TOKEN] = token  # list endpoints filter by the token's charger ACL
         return await handler(request)
 
     # -- endpoints ---------------------------------------------------------------------
@@ -173,22 +176,46 @@ class Api:
                 "vendor": row.get("vendor"), "model": row.get("model"), "last_seen": row.get("last_seen")}
 
     async def list_chargers(self, request: web.Request) -> web.Response:
-        limit = _page_limit(request)
-        after = request.query.get("cursor") or ""
-        rows = {r["id"]: r for r in await self.store.list_chargers()}
-        owners = await self._connected()
-        for cid in owners:
-            rows.setdefault(cid, {"id": cid})
+        """The store's chargers by id, a page at a time (``?limit=&cursor=``), filtered by
+        the token's charger ACL; ``connected`` from the registry."""
         covers = await self._acl(request)
-        ids = [cid for cid in sorted(rows) if cid > after and (covers is None or covers(cid))]
-        page = ids[:limit]
-        items = [msgspec.convert(self._charger_view(rows[cid], owners.get(cid)), t.ChargerSummary)
-                 for cid in page]
-        return ok(t.ChargerPage(items, page[-1] if len(ids) > limit else None))
+        rows, cursor = await self._acl_page(self.store.list_chargers_page, request, covers, lambda r: r["id"])
+        owners = await self._connected() if rows else {}
+        items = [msgspec.convert(self._charger_view(r, owners.get(r["id"])), t.ChargerSummary) for r in rows]
+        return ok(t.ChargerPage(items, cursor))
+
+    async def _acl_page(self, fetch: Callable, request: web.Request, covers: Callable[[str], bool] | None,
+                        charger_of: Callable[[dict], str], **kw: Any) -> tuple[list[dict], str | None]:
+        """One page of a store listing, ACL-filtered: store pages of ``limit`` rows until
+        the page is full or the store has no more, at most ``ACL_ROUNDS`` of them (a page
+        that stops at that bound is short, with a next_cursor). A store page holding more
+        matches than still fit is read again up to the last one that fits, so the store's
+        cursor is exactly where this page stops."""
+        limit = _page_limit(request)
+        cursor = request.query.get("cursor") or None
+        out: list[dict] = []
+        try:
+            for _ in range(ACL_ROUNDS if covers is not None else 1):
+                rows, after = await fetch(limit=limit, cursor=cursor, **kw)
+                if covers is not None:
+                    kept = [r for r in rows if covers(charger_of(r))]
+                    while len(kept) > limit - len(out):  # shrinks every time: ends
+                        last = kept[limit - len(out) - 1]
+                        rows, after = await fetch(limit=next(i for i, r in enumerate(rows) if r is last) + 1,
+                                                  cursor=cursor, **kw)
+                        kept = [r for r in rows if covers(charger_of(r))]
+                    rows = kept
+                out += rows
+                cursor = after
+                if cursor is None or len(out) >= limit:
+                    break
+        except ValueError:
+            raise web.HTTPBadRequest(reason="cursor is not a next_cursor of this list") from None
+        return out, cursor
 
     async def _acl(self, request: web.Request) -> Callable[[str], bool] | None:
         """The token's ``Grant.covers`` when it has a charger ACL, else None (all)."""
-        token = request.get("token")
+        token = request.get(_TOKEN)
         if self.tokens is None or not token:
             return None
         grant = await self.tokens.grant(token)
@@ -279,15 +306,23 @@ class Api:
         return resp
 
     async def list_transactions(self, request: web.Request) -> web.Response:
+        """Newest start first, a page at a time (``?limit=&cursor=``), filtered by the
+        token's charger ACL (a ``charger_id`` outside it: 403)."""
         q = request.query
         active = None
         if "active" in q:
             if q["active"].lower() not in ("true", "false", "1", "0"):
                 return error(400, "bad_request", "active is true or false")
             active = q["active"].lower() in ("true", "1")
-        items = await self.store.list_transactions(q.get("charger_id") or None, active,
-                                                   limit=_page_limit(request))
-        return ok(t.TransactionPage([msgspec.convert(i, t.Transaction) for i in items]))
+        charger_id = q.get("charger_id") or None
+        covers = await self._acl(request)
+        if covers is not None and charger_id is not None:
+            if not covers(charger_id):
+                return error(403, "forbidden", f"the token does not reach charger {charger_id!r}")
+            covers = None  # one charger, covered: no filtering
+        rows, cursor = await self._acl_page(self.store.list_transactions_page, request, covers,
+                                            lambda r: r["charger_id"], charger_id=charger_id, active=active)
+        return ok(t.TransactionPage([msgspec.convert(i, t.Transaction) for i in rows], cursor))
 
     async def get_transaction(self, request: web.Request) -> web.Response:
         tx = await self.store.get_transaction(request.match_info["id"], request.match_info["tx"])

@@ -47,7 +47,7 @@ class ChargerSummary(msgspec.Struct):
 
 class ChargerPage(msgspec.Struct):
     items: list[ChargerSummary]
-    next_cursor: str | None = None
+    next_cursor: str | None = None  # pass as ?cursor= for the next page; null: the last page
 
 
 class Connector(msgspec.Struct):
@@ -94,7 +94,7 @@ class Transaction(msgspec.Struct):
 
 class TransactionPage(msgspec.Struct):
     items: list[Transaction]
-    next_cursor: str | None = None
+    next_cursor: str | None = None  # pass as ?cursor= for the next page; null: the last page
 
 
 class CallResult(msgspec.Struct):
@@ -176,14 +176,16 @@ class Route:
 _ID = Param("id", "path", "charger id (OCPP identity, 1-48 characters)")
 _TAG = Param("tag", "path", "id tag, 1-36 characters")
 _LIMIT = Param("limit", "query", "most items per page, 1-1000 (default 1000)", "integer")
-_CURSOR = Param("cursor", "query", "next_cursor of the previous page")
+_CURSOR = Param("cursor", "query", "next_cursor of the previous page (opaque; omit for the first page)")
 _AUTH = {401: "missing or unknown bearer token", 403: "the token lacks the scope or the charger"}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", "openapi", "This document", scope=None, media="application/json"),
     Route("GET", "/api/v1/chargers", "list_chargers",
-          "Chargers (known to the store or connected), filtered by the token's ACL",
-          response=ChargerPage, params=(_LIMIT, _CURSOR)),
+          "Chargers known to the store, by id, a page at a time, filtered by the token's ACL. "
+          "Follow `next_cursor` until it is null; a page filtered by an ACL may hold fewer "
+          "than `limit` items and still have a `next_cursor`",
+          response=ChargerPage, errors={400: "bad limit or cursor"}, params=(_LIMIT, _CURSOR)),
     Route("GET", "/api/v1/chargers/{id}", "get_charger", "One charger with its connectors' last status",
           response=Charger, errors={404: "unknown charger"}, params=(_ID,)),
     Route("POST", "/api/v1/chargers/{id}/calls/{action}", "call",
@@ -208,8 +210,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/chargers/{id}/transactions/{tx}", "get_transaction", "One transaction",
           response=Transaction, errors={404: "unknown transaction"},
           params=(_ID, Param("tx", "path", "transaction id (as listed in tx_id)"))),
-    Route("GET", "/api/v1/transactions", "list_transactions", "Transactions, newest first",
-          response=TransactionPage, errors={400: "bad active flag"},
+    Route("GET", "/api/v1/transactions", "list_transactions",
+          "Transactions, newest start first (unknown starts last), a page at a time, filtered by "
+          "the token's ACL. Follow `next_cursor` until it is null; a page filtered by an ACL may "
+          "hold fewer than `limit` items and still have a `next_cursor`",
+          response=TransactionPage, errors={400: "bad active flag, limit or cursor",
+                                            403: "the token lacks the scope, or charger_id is outside its ACL"},
           params=(Param("charger_id", "query", "only this charger's"),
                   Param("active", "query", "true: running only; false: ended only", "boolean"),
                   _LIMIT, _CURSOR)),

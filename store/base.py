@@ -12,11 +12,37 @@ allocated from :meth:`Store.allocate_tx_ids`; 2.0.1/2.1 ids are the charger's ow
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
 import msgspec
+
+# -- page cursors (opaque to callers: URL-safe base64 of a JSON list, the last key) ----
+
+PAGE_MAX = 10_000
+
+
+def encode_cursor(key: list) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None, shape: tuple[tuple[type, ...], ...]) -> list | None:
+    """``cursor`` -> its key, each value of one of the types of ``shape``'s entry; None
+    for no cursor; ValueError for anything else."""
+    if cursor is None or cursor == "":
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"invalid cursor {cursor!r}") from e
+    if not isinstance(key, list) or len(key) != len(shape) or not all(
+            type(v) in types for v, types in zip(key, shape)):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return key
+
 
 # -- time values, as every backend stores them (integer microseconds since the epoch) ----
 
@@ -186,6 +212,15 @@ class StaleEpoch(StoreError):
 class Store(ABC):
     """The storage contract. ``tests/store/test_contract.py`` runs on every backend."""
 
+    #: At most this many ops of one charger per batch of the writer (``worker/writer.py``),
+    #: or None for no bound. A backend whose ``apply`` writes the chargers of a batch
+    #: concurrently but each charger's ops in sequence sets it, so that one charger's long
+    #: backlog does not hold every other charger's reply until all of it is written.
+    charger_ops_per_batch: int | None = None
+    #: Op types that do not count towards ``charger_ops_per_batch`` (blind writes that the
+    #: backend sends together, so a run of them costs about one round trip).
+    charger_free_ops: frozenset = frozenset()
+
     @abstractmethod
     async def open(self) -> None:
         """Connect and run migrations."""
@@ -272,6 +307,23 @@ class Store(ABC):
     async def list_transactions(self, charger_id: str | None = None, active: bool | None = None,
                                 limit: int = 1000) -> list[dict]:
         """Newest ``started_at`` first (unknown starts last); items as :meth:`get_transaction`."""
+
+    @abstractmethod
+    async def list_chargers_page(self, limit: int = 100, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Chargers by id, at most ``limit`` (1..10,000): ``(items, next_cursor)``; items as
+        :meth:`list_chargers`; ``next_cursor`` (opaque) continues after the last item,
+        None when no charger follows (a backend may return a cursor whose page is empty).
+        A page reads about ``limit`` rows, never the whole table; a cursor that no page
+        of this backend returned raises ValueError."""
+
+    @abstractmethod
+    async def list_transactions_page(self, charger_id: str | None = None, active: bool | None = None,
+                                     limit: int = 100, cursor: str | None = None
+                                     ) -> tuple[list[dict], str | None]:
+        """:meth:`list_transactions` a page at a time: newest ``started_at`` first (unknown
+        starts last; ties in a backend's fixed order), at most ``limit`` (1..10,000),
+        ``(items, next_cursor)`` as :meth:`list_chargers_page`. Transactions written
+        between pages appear on a later page or not at all, never twice."""
 
     @abstractmethod
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:

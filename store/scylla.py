@@ -48,6 +48,9 @@ Writes:
   Unlike SQLite, ``apply`` is not atomic across ops (no multi-partition transactions):
   ops are validated before anything is sent, and every op is idempotent, so the batch
   writer's retry of a failed batch (or the charger's resend) converges.
+  ``apply`` returns when every charger's ops are written, so the writer bounds each
+  charger's ops per batch (``charger_ops_per_batch``): a charger replaying a backlog is
+  spread over batches instead of holding the others' replies until all of it is written.
 
 Schema changes run only in :meth:`ScyllaStore.migrate` (``chargeyard store migrate``, a k8s
 Job); :meth:`ScyllaStore.open` checks the keyspace's version and refuses any other with a
@@ -423,7 +426,7 @@ class ScyllaStore(Store):
     replication_factor=None, tablets=False, username=None, password=None,
     consistency="LOCAL_QUORUM", read_consistency=None, serial_consistency="LOCAL_SERIAL",
     request_timeout=10.0, connect_timeout=10.0, max_concurrency=128, retention_days=90,
-    **cluster_options)``.
+    charger_ops_per_batch=2, **cluster_options)``.
 
     ``hosts``: list or comma-separated ``host[:port]``. :meth:`migrate` creates the
     keyspace if missing with NetworkTopologyStrategy, ``replication_factor`` per data centre
@@ -436,15 +439,26 @@ class ScyllaStore(Store):
     (1.6 ids always use SERIAL). ``retention_days``: TTL of readings outside a transaction,
     replay and start keys (0 = keep forever). ``request_timeout`` (s, per statement),
     ``max_concurrency`` (chargers of one batch written at once), ``datacenter`` (the local
-    one: routing, LOCAL_* levels). ``cluster_options`` go to ``cassandra.cluster.Cluster``.
+    one: routing, LOCAL_* levels). ``charger_ops_per_batch``: the writer puts at most this
+    many ops of one charger in a batch (``Store.charger_ops_per_batch``): a charger's ops
+    run in sequence, so a charger replaying a backlog would otherwise hold every other
+    charger's reply in its batch until the whole backlog is written; the rest of it goes
+    into the next batches, each of which takes the other chargers' new ops too. Only ops
+    with round trips of their own count (transactions: LWTs and reads); the blind writes
+    (readings, status, heartbeats) go out together and do not (``charger_free_ops``).
+    ``cluster_options`` go to ``cassandra.cluster.Cluster``.
     """
+
+    # blind writes, collected into UNLOGGED batches by _apply_charger: a run costs one round trip
+    charger_free_ops = frozenset({MeterSample, ChargerSeen, ConnectorStatus, UpsertCharger})
 
     def __init__(self, hosts: str | list[str] | None, keyspace: str = "chargeyard", *, port: int = 9042,
                  datacenter: str | None = None, replication_factor: int | None = None, tablets: bool = False,
                  username: str | None = None, password: str | None = None, consistency: str = "LOCAL_QUORUM",
                  read_consistency: str | None = None, serial_consistency: str = "LOCAL_SERIAL",
                  request_timeout: float = 10.0, connect_timeout: float = 10.0, max_concurrency: int = 128,
-                 retention_days: float = 90, outbox: str | None = None, **cluster_options: Any) -> None:
+                 retention_days: float = 90, charger_ops_per_batch: int = 2, outbox: str | None = None,
+                 **cluster_options: Any) -> None:
         self._d = _load_driver()
         if isinstance(hosts, str):
             hosts = [h for h in hosts.split(",")]
@@ -485,6 +499,7 @@ class ScyllaStore(Store):
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.max_concurrency = max(1, int(max_concurrency))
+        self.charger_ops_per_batch = max(1, int(charger_ops_per_batch))
         self.retention_days = retention_days
         self._ttl = int(retention_days * 86400)
         self.cluster_options = cluster_options

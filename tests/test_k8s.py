@@ -145,10 +145,13 @@ def render_nginx(argv: list[str], tmp: Path):
     return out.read_text(), None
 
 
-def settings_of(args, env: list) -> object:
+def settings_of(args, env: list, from_configmaps: dict | None = None) -> object:
+    """Settings as the container gets them: flags, then its literal env and the
+    ``envFrom`` ConfigMap keys (``from_configmaps``), then defaults."""
     from chargeyard.config import from_sources
 
-    literal = {e["name"]: str(e["value"]) for e in env or [] if "value" in e}
+    literal = dict(from_configmaps or {})
+    literal.update({e["name"]: str(e["value"]) for e in env or [] if "value" in e})
     return from_sources(args, env=literal)
 
 
@@ -418,7 +421,7 @@ def check_chargeyard_containers(m: dict) -> list[str]:
     generated = {g["name"] for g in m["kustomization"].get("configMapGenerator") or []}
     secret = m["secret_example"]
     script = "/nginx_upstreams.py"
-    for w in workloads(m):
+    for w in workloads(m) + objects(m, "Job"):
         spec = pod_spec(w)
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         for v in volumes.values():
@@ -432,6 +435,17 @@ def check_chargeyard_containers(m: dict) -> list[str]:
             argv = argv_of(c)
             env = c.get("env") or []
             names = {e["name"] for e in env}
+            env_from: dict = {}
+            for ef in c.get("envFrom") or []:
+                ref = ef.get("configMapRef")
+                if not ref or ref["name"] not in configmaps:
+                    p.append(f"{where}: envFrom {ef} is not a ConfigMap of the manifests")
+                    continue
+                for k, v in configmaps[ref["name"]].items():
+                    if k.startswith("CHARGEYARD_") and k not in known_env:
+                        p.append(f"{where}: ConfigMap {ref['name']} key {k} is no setting of app/config.py")
+                    env_from[k] = str(v)
+            names |= set(env_from)
             for e in env:
                 if e["name"].startswith("CHARGEYARD_") and e["name"] not in known_env:
                     p.append(f"{where}: env {e['name']} is no setting of app/config.py")
@@ -459,10 +473,19 @@ def check_chargeyard_containers(m: dict) -> list[str]:
             if err:
                 p.append(f"{where}: `chargeyard {sub}` rejected its arguments ({err})")
                 continue
+            try:
+                s = settings_of(args, env, env_from)
+                if s.store == "scylla":
+                    from chargeyard.node import scylla_options
+
+                    scylla_options(s)
+            except (SystemExit, ValueError) as exc:
+                p.append(f"{where}: {exc}")
+                continue
             if sub not in _SERVER_CMDS:
                 continue
             try:
-                s = settings_of(args, env)
+                s = settings_of(args, env, env_from)
             except SystemExit as exc:
                 p.append(f"{where}: {exc}")
                 continue
@@ -702,9 +725,37 @@ def check_secret_example(m: dict, tmp: Path) -> list[str]:
     return p
 
 
+def _store_flags(c: dict) -> dict:
+    """The flags that choose the store, as a container gives them."""
+    a = argv_of(c)
+    return {f: a[a.index(f) + 1] for f in ("--store", "--scylla-hosts", "--keyspace") if f in a}
+
+
+def check_migrate_job(m: dict) -> list[str]:
+    """Schema changes run in one Job (`chargeyard store migrate`), on the store the pods use."""
+    jobs = [(j, c) for j in objects(m, "Job") for c in pod_spec(j).get("containers") or []
+            if argv_of(c)[:3] == ["chargeyard", "store", "migrate"]]
+    if len(jobs) != 1:
+        return [f"expected one Job running `chargeyard store migrate`, found {len(jobs)}"]
+    job, c = jobs[0]
+    p = []
+    if pod_spec(job).get("restartPolicy") not in ("OnFailure", "Never"):
+        p.append("store-migrate Job: restartPolicy must be OnFailure or Never")
+    sts = objects(m, "StatefulSet")
+    worker = next((w for s in sts for w in pod_spec(s)["containers"] if argv_of(w)[:2] == ["chargeyard", "worker"]),
+                  None)
+    if worker is not None and _store_flags(worker) != _store_flags(c):
+        p.append(f"store-migrate Job migrates {_store_flags(c)}, the workers use {_store_flags(worker)}")
+    if worker is not None and {e.get("configMapRef", {}).get("name") for e in worker.get("envFrom") or []} != \
+            {e.get("configMapRef", {}).get("name") for e in c.get("envFrom") or []}:
+        p.append("store-migrate Job and the workers read different ConfigMaps (envFrom)")
+    return p
+
+
 def all_problems(m: dict, tmp: Path) -> list[str]:
     return (check_kustomization(m) + check_hpa(m) + check_selectors(m) + check_chargeyard_containers(m)
-            + check_drain(m) + check_nginx(m, tmp) + check_dashboard(m) + check_secret_example(m, tmp))
+            + check_drain(m) + check_nginx(m, tmp) + check_dashboard(m) + check_secret_example(m, tmp)
+            + check_migrate_job(m))
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -719,6 +770,10 @@ def _worker(m):
 
 def _api(m):
     return pod_spec(one(m, "Deployment", "chargeyard-api"))["containers"][0]
+
+
+def _job(m):
+    return pod_spec(objects(m, "Job")[0])["containers"][0]
 
 
 def _sidecar_env(m, name):
@@ -788,6 +843,15 @@ MUTATIONS = {
                       "missing ConfigMap key"),
     "unknown env setting": (lambda m: _worker(m)["env"].append({"name": "CHARGEYARD_NO_SUCH", "value": "1"}),
                             "no setting of app/config.py"),
+    "configmap unknown setting": (lambda m: one(m, "ConfigMap", "chargeyard-config")["data"]
+                                  .update({"CHARGEYARD_SCYLLA_NO_SUCH": "1"}), "no setting of app/config.py"),
+    "configmap bad level": (lambda m: one(m, "ConfigMap", "chargeyard-config")["data"]
+                            .update({"CHARGEYARD_SCYLLA_CONCURRENCY": "many"}), "invalid value for --scylla-concurrency"),
+    "no migrate job": (lambda m: m["docs"].__setitem__(slice(None), [(f, d) for f, d in m["docs"]
+                                                                      if d.get("kind") != "Job"]),
+                       "`chargeyard store migrate`"),
+    "migrate keyspace": (lambda m: _job(m)["args"].extend(["--keyspace", "other"]), "store-migrate Job migrates"),
+    "migrate flag": (lambda m: _job(m)["args"].append("--scylla-no-such"), "rejected its arguments"),
     "data dir": (lambda m: _set_arg(_worker(m), "--data-dir", "/data"), "not on a writable volume"),
     "sidecar ws port": (lambda m: _sidecar_env(m, "WORKER_WS_PORT").update(value="9999"), "WORKER_WS_PORT"),
     "sidecar api": (lambda m: _sidecar_env(m, "API_UPSTREAM").update(value="chargeyard-api.chargeyard.svc:80"),

@@ -78,6 +78,7 @@ __all__ = ["BatchWriter", "Commit", "Lane", "Pending", "WriterClosed", "WriterFu
 log = logging.getLogger("chargeyard.worker.writer")
 
 OnCommit = Callable[[int, float], Any]  # (rows, seconds)
+_SPREAD_SCAN = 20_000  # queued items one batch looks at when it spreads chargers over batches
 
 
 class Commit(msgspec.Struct, gc=False):
@@ -238,6 +239,13 @@ class BatchWriter:
         # every earlier one
         self._syncing: deque[SyncingBatch] = deque()
         self._lane = lane(self, self._queue, batch_max, max_queued)  # holds seq, open, idle
+        # Head-of-line blocking: a store that writes a batch's chargers concurrently but one
+        # charger's ops in sequence (ScyllaDB) asks for a bound on each charger's ops per
+        # batch, so a charger replaying a backlog cannot hold the other chargers' replies
+        # for its whole backlog. None (SQLite: one transaction per batch): batches as queued.
+        per_charger = getattr(store, "charger_ops_per_batch", None)
+        self._per_charger: int | None = max(1, int(per_charger)) if per_charger else None
+        self._free_ops = frozenset(getattr(store, "charger_free_ops", ()))
         self._pending = self._lane.pending
         self.add_reply = self._lane.add_reply  # type: ignore[method-assign]
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -475,7 +483,10 @@ class BatchWriter:
                                 await filled.wait()
                         except TimeoutError:
                             pass
-                batch = self._lane.take(min(len(self._queue), self.batch_max))
+                if self._per_charger is None:
+                    batch = self._lane.take(min(len(self._queue), self.batch_max))
+                else:
+                    batch = self._take_spread(self._per_charger)
                 self._admit()
                 await self._commit(batch)
                 busy = bool(self._queue)
@@ -489,6 +500,34 @@ class BatchWriter:
                 self._fail(self._inflight, stopped)
                 self._inflight = []
             self.fail_all(stopped)
+
+    def _take_spread(self, cap: int) -> list[Pending]:
+        """The next batch when the store wants at most ``cap`` ops per charger in one
+        (``Store.charger_ops_per_batch``; ops of ``Store.charger_free_ops`` types do not
+        count): the queue's items in order, a charger's items from its first one past the
+        cap left queued, in order, for the next batches. So one charger's backlog is spread
+        over batches while the others' ops go into each. The queue's first item is always
+        taken, and at most ``_SPREAD_SCAN`` items are looked at per batch."""
+        queue, batch_max, free = self._queue, self.batch_max, self._free_ops
+        popleft = queue.popleft
+        counts: dict[str, int] = {}  # per charger: ops counted so far; cap + 1: held back
+        taken: list[Pending] = []
+        skipped: list[Pending] = []
+        for _ in range(min(len(queue), _SPREAD_SCAN)):
+            item = popleft()
+            op = item.op
+            cid = op.charger_id
+            n = counts.get(cid, 0) + (type(op) not in free)
+            if n <= cap:
+                counts[cid] = n
+                taken.append(item)
+                if len(taken) >= batch_max:
+                    break
+            else:
+                counts[cid] = cap + 1  # and so its later ops too: a charger's ops stay in order
+                skipped.append(item)
+        queue.extendleft(reversed(skipped))  # still in add order, ahead of the unscanned rest
+        return taken
 
     async def _maintain(self) -> None:
         """Start one slice of the store's deferred work, as a task of its own; the next slice

@@ -9,11 +9,12 @@ import time
 
 import msgspec
 
-from ..base import StoreError, from_us
+from ..base import PAGE_MAX, StoreError, decode_cursor, encode_cursor, from_us
 from . import sql
 from ..logrows import unpack_chunk
 
-__all__ = ["charger", "chargers", "chunks", "id_tag_status", "meter_samples", "transaction", "transactions"]
+__all__ = ["charger", "chargers", "chargers_page", "chunks", "id_tag_status", "meter_samples", "transaction", "transactions",
+           "transactions_page"]
 
 
 def _charger_dict(row: tuple) -> dict:
@@ -40,6 +41,28 @@ def chargers(conn: sqlite3.Connection) -> list[dict]:
     return [_charger_dict(r) for r in conn.execute(sql.CHARGER_LIST).fetchall()]
 
 
+CHARGER_CURSOR = ((str,),)
+TX_CURSOR = ((int, type(None)), (str,), (str,))
+
+
+def tx_cursor(charger_id: str | None, cursor: str | None) -> list | None:
+    """A cursor of ``transactions_page`` -> its key (ValueError if it is none)."""
+    key = decode_cursor(cursor, TX_CURSOR)
+    if key is not None and charger_id is not None and key[1] != charger_id:
+        raise ValueError(f"invalid cursor {cursor!r}: it continues another charger's list")
+    return key
+
+
+def chargers_page(conn: sqlite3.Connection, limit: int, key: list | None) -> tuple[list[dict], str | None]:
+    """Keyset page on the primary key, after ``key`` (a decoded cursor): reads ``limit`` + 1
+    rows (the extra one says whether a next page exists)."""
+    limit = max(1, min(int(limit), PAGE_MAX))
+    rows = conn.execute(sql.CHARGER_PAGE, (key[0] if key else "", limit + 1)).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [_charger_dict(r) for r in rows], (encode_cursor([rows[-1][0]]) if more else None)
+
+
 def _tx_dict(row: tuple) -> dict:
     """A row of ``sql.TX_SELECT`` -> the API shape, meter_start_wh and energy_wh by the rule in
     store/base.py (``MeterSample``)."""
@@ -64,6 +87,35 @@ def transactions(conn: sqlite3.Connection, charger_id: str | None, active: bool 
     args: list = [] if charger_id is None else [charger_id]
     args.append(max(0, int(limit)))
     return [_tx_dict(r) for r in conn.execute(sql.tx_page(charger_id is not None, active), args).fetchall()]
+
+
+def transactions_page(conn: sqlite3.Connection, charger_id: str | None, active: bool | None, limit: int,
+                      key: list | None) -> tuple[list[dict], str | None]:
+    """Keyset pages in index order (``sql.tx_keyset``): the started transactions, newest
+    first, then those whose start is unknown. Each query reads at most ``limit`` + 1 rows
+    (the extra one says whether a next page exists); ``key`` (``tx_cursor``) and the next
+    cursor are a row's key [started_at or null, charger_id, tx_id]."""
+    limit = max(1, min(int(limit), PAGE_MAX))
+    rows: list = []
+    for started in (True, False):
+        if key is not None and key[0] is None and started:
+            continue  # the cursor is past the started ones already
+        after = None if key is None or (started is False and key[0] is not None) else key
+        args: list = [] if charger_id is None else [charger_id]
+        if after is not None:
+            if charger_id is not None:
+                args += [after[0], after[2]] if started else [after[2]]
+            else:
+                args += after if started else after[1:]
+        args.append(limit + 1 - len(rows))
+        rows += conn.execute(sql.tx_keyset(charger_id is not None, active, started, after is not None),
+                             args).fetchall()
+        if len(rows) > limit:
+            break
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = encode_cursor([rows[-1][8], rows[-1][0], rows[-1][1]]) if more else None
+    return [_tx_dict(r) for r in rows], nxt
 
 
 def transaction(conn: sqlite3.Connection, charger_id: str, tx_id: str) -> dict | None:

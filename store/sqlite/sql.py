@@ -136,6 +136,7 @@ WHERE excluded.at >= last_readings.at"""
 CHARGER_COLUMNS = "charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot"
 CHARGER_GET = f"SELECT {CHARGER_COLUMNS} FROM chargers WHERE charger_id = ?"
 CHARGER_LIST = f"SELECT {CHARGER_COLUMNS} FROM chargers ORDER BY charger_id"
+CHARGER_PAGE = f"SELECT {CHARGER_COLUMNS} FROM chargers WHERE charger_id > ? ORDER BY charger_id LIMIT ?"
 CONNECTORS_GET = ("SELECT evse_id, connector_id, status, error_code, info, at FROM connectors "
                   "WHERE charger_id = ? ORDER BY evse_id, connector_id")
 
@@ -185,3 +186,25 @@ def tx_page(charger: bool, active: bool | None) -> str:
     if where:
         page += " WHERE " + " AND ".join(where)
     return f"WITH page AS MATERIALIZED ({page} {TX_ORDER} LIMIT ?) {TX_SELECT.format('page')} {TX_ORDER}"
+
+
+def tx_keyset(charger: bool, active: bool | None, started: bool, after: bool) -> str:
+    """A keyset page of transactions with their readings, in the order of an index:
+    ``transactions_started`` (started_at, then the primary key) or, for one charger,
+    ``transactions_charger_started`` (charger_id, started_at, tx_id), both read backwards:
+    started_at DESC, charger_id DESC, tx_id DESC. ``started``: the rows with a start
+    (else those without one). Parameters: the charger id when ``charger``; when ``after``,
+    the previous page's last key (started_at, charger_id, tx_id; minus the columns the
+    filter fixes); the limit."""
+    where = ["started_at IS NOT NULL" if started else "started_at IS NULL"]
+    if charger:
+        where.append("charger_id = ?")
+        if after:
+            where.append("(started_at, tx_id) < (?, ?)" if started else "tx_id < ?")
+    elif after:
+        where.append("(started_at, charger_id, tx_id) < (?, ?, ?)" if started else "(charger_id, tx_id) < (?, ?)")
+    if active is not None:
+        where.append("stopped_at IS NULL" if active else "stopped_at IS NOT NULL")
+    order = "ORDER BY started_at DESC, charger_id DESC, tx_id DESC"
+    page = f"SELECT * FROM transactions WHERE {' AND '.join(where)} {order} LIMIT ?"
+    return f"WITH page AS MATERIALIZED ({page}) {TX_SELECT.format('page')} {order}"

@@ -278,6 +278,19 @@ class SqliteStore(Store):
         return await self._run(self._read, lambda conn: reads.transactions(conn, charger_id, active, limit),
                                charger_id)
 
+    async def list_chargers_page(self, limit: int = 100, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        key = reads.decode_cursor(cursor, reads.CHARGER_CURSOR)  # ValueError here, not as a StoreError
+        return await self._run(lambda: reads.chargers_page(self.batches.db, limit, key))
+
+    async def list_transactions_page(self, charger_id: str | None = None, active: bool | None = None,
+                                     limit: int = 100, cursor: str | None = None
+                                     ) -> tuple[list[dict], str | None]:
+        key = reads.tx_cursor(charger_id, cursor)
+        if charger_id is None:
+            await self._fold_in_steps()
+        return await self._run(self._read, lambda conn: reads.transactions_page(conn, charger_id, active, limit, key),
+                               charger_id)
+
     async def _fold_in_steps(self) -> None:
         """Before a read across chargers: fold the log one table per transaction, so the
         batches committed meanwhile wait for one table's fold at most, not for the whole

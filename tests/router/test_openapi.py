@@ -41,6 +41,16 @@ class FakeStore:
     async def list_transactions(self, charger_id=None, active=None, limit=1000):
         return [TX][:limit]
 
+    async def list_chargers_page(self, limit=100, cursor=None):
+        if cursor not in (None, "c1"):
+            raise ValueError(cursor)
+        return ([] if cursor else (await self.list_chargers())[:limit]), None
+
+    async def list_transactions_page(self, charger_id=None, active=None, limit=100, cursor=None):
+        if cursor not in (None, "t1"):
+            raise ValueError(cursor)
+        return ([] if cursor else [TX][:limit]), ("t1" if cursor is None else None)
+
     async def get_transaction(self, cid, tx):
         return TX if (cid, tx) == ("CP-1", "1001") else None
 
@@ -130,15 +140,36 @@ def test_responses_match_their_schemas():
                 await get("/api/v1/id-tags?limit=0", "Error", 400)
                 page = await get("/api/v1/chargers?limit=1", "ChargerPage")
                 assert [i["id"] for i in page["items"]] == ["CP-1"] and page["next_cursor"] is None
-                page = await get("/api/v1/chargers?cursor=CP-1", "ChargerPage")
+                page = await get("/api/v1/chargers?cursor=c1", "ChargerPage")
                 assert page["items"] == []
+                await get("/api/v1/chargers?cursor=CP-1", "Error", 400)  # not a cursor the store gave
+                page = await get("/api/v1/transactions?limit=1", "TransactionPage")
+                assert page["next_cursor"] == "t1" and len(page["items"]) == 1
+                page = await get("/api/v1/transactions?limit=1&cursor=t1", "TransactionPage")
+                assert page == {"items": [], "next_cursor": None}
+                await get("/api/v1/transactions?cursor=zz", "Error", 400)
+                await get("/api/v1/transactions?limit=1001", "Error", 400)
         finally:
             await api.stop()
 
     asyncio.run(asyncio.wait_for(body(), 30))
 
 
-@pytest.mark.parametrize("name", ["IdTagBody", "TokenBody", "Transaction", "Charger", "IdTagPage"])
+def test_list_routes_document_limit_and_cursor():
+    doc = openapi.document()
+    for path in ("/chargers", "/transactions", "/id-tags"):  # under servers: /api/v1
+        op = doc["paths"][path]["get"]
+        params = {p["name"]: p for p in op["parameters"]}
+        assert params["limit"]["in"] == params["cursor"]["in"] == "query", path
+        assert "next_cursor" in params["cursor"]["description"]
+        assert "400" in op["responses"]
+        page = doc["components"]["schemas"][op["responses"]["200"]["content"]["application/json"]["schema"]
+                                            ["$ref"].rsplit("/", 1)[1]]
+        assert set(page["properties"]) == {"items", "next_cursor"}
+
+
+@pytest.mark.parametrize("name", ["IdTagBody", "TokenBody", "Transaction", "Charger", "IdTagPage", "ChargerPage",
+                                  "TransactionPage"])
 def test_schemas_come_from_the_structs(name):
     import msgspec
 

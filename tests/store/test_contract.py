@@ -293,6 +293,84 @@ def test_list_transactions_filters(backend):
     backend.with_store(body)
 
 
+async def _all_pages(fetch, limit: int) -> list[list[dict]]:
+    """Every page of a listing, following next_cursor (bounded: a cursor that never ends
+    fails the test instead of looping)."""
+    pages, cursor = [], None
+    for _ in range(100):
+        items, cursor = await fetch(limit=limit, cursor=cursor)
+        assert len(items) <= limit
+        pages.append(items)
+        if cursor is None:
+            return pages
+        assert isinstance(cursor, str) and cursor
+    raise AssertionError("next_cursor never ran out")
+
+
+def test_list_chargers_in_pages(backend):
+    async def body(s: Store):
+        assert await s.list_chargers_page(limit=5) == ([], None)
+        ids = [f"CP-{i:03d}" for i in range(23)]
+        await s.apply([UpsertCharger(c, "ocpp1.6", "Acme", "X", "S", "1", at(i)) for i, c in enumerate(ids)])
+        pages = await _all_pages(s.list_chargers_page, 5)
+        got = [c["id"] for page in pages for c in page]
+        assert got == sorted(ids)  # by id, each once
+        assert [len(p) for p in pages[:4]] == [5, 5, 5, 5] and sum(map(len, pages)) == 23
+        assert pages[0][0] == {k: v for k, v in (await s.list_chargers())[0].items()}
+        assert [c["id"] for c in (await s.list_chargers_page(limit=1000))[0]] == sorted(ids)
+        assert (await s.list_chargers_page(limit=23))[0][-1]["id"] == ids[-1]
+        with pytest.raises(ValueError):
+            await s.list_chargers_page(limit=5, cursor="not a cursor")
+    backend.with_store(body)
+
+
+def test_list_transactions_in_pages(backend):
+    async def body(s: Store):
+        assert await s.list_transactions_page(limit=3) == ([], None)
+        ops = []
+        for c in ("A", "B", "C"):
+            for i in range(7):  # equal start times across chargers: ties need the full key
+                ops.append(StartTransaction(c, f"{c}{i}", 1, "T", 0.0, at(i % 4)))
+            ops.append(StopTransaction(c, f"{c}-unknown", 5.0, at(9)))  # start unknown: listed last
+        ops += [StopTransaction("A", "A1", 9.0, at(10)), StopTransaction("B", "B2", 9.0, at(10))]
+        await s.apply(ops)
+        for charger_id, active in ((None, None), ("A", None), (None, True), ("B", False), ("Z", None)):
+            async def fetch(limit, cursor):
+                return await s.list_transactions_page(charger_id, active, limit=limit, cursor=cursor)
+            pages = await _all_pages(fetch, 3)
+            got = [t for page in pages for t in page]
+            everything = await s.list_transactions(charger_id, active, limit=1000)
+            keys = [(t["charger_id"], t["tx_id"]) for t in got]
+            assert len(keys) == len(set(keys))  # each once
+            assert sorted(keys) == sorted((t["charger_id"], t["tx_id"]) for t in everything)
+            starts = [t["started_at"] for t in got]
+            known = [x for x in starts if x is not None]
+            assert known == sorted(known, reverse=True)  # newest start first,
+            assert starts == known + [None] * (len(starts) - len(known))  # unknown starts last
+            assert all(p for p in pages[:-1])  # only the last page may be empty
+            if charger_id is not None:
+                assert {t["charger_id"] for t in got} <= {charger_id}
+            if active is not None:
+                assert {t["active"] for t in got} <= {active}
+        first, cursor = await s.list_transactions_page(limit=2)
+        assert len(first) == 2
+        # written after the first page: on a later page or not at all, and nothing twice
+        await s.apply([StartTransaction("A", "late", 1, "T", 0.0, at(20)),
+                       StartTransaction("A", "early", 1, "T", 0.0, at(-20))])
+        rest, seen = [], {(t["charger_id"], t["tx_id"]) for t in first}
+        for _ in range(100):
+            if cursor is None:
+                break
+            items, cursor = await s.list_transactions_page(limit=4, cursor=cursor)
+            rest += items
+        keys = [(t["charger_id"], t["tx_id"]) for t in rest]
+        assert not seen & set(keys) and len(keys) == len(set(keys))
+        assert ("A", "early") in keys and ("A", "late") not in keys
+        with pytest.raises(ValueError):
+            await s.list_transactions_page(limit=3, cursor="bm90IGEgY3Vyc29y")
+    backend.with_store(body)
+
+
 def test_timestamps_are_utc_iso(backend):
     async def body(s: Store):
         plus2 = dt.timezone(dt.timedelta(hours=2))

@@ -827,3 +827,54 @@ def test_both_lanes_queue_replies_in_order_through_the_admission_line(tmp_path, 
         assert target.calls[-1] == ("failed", "x", "MeterValues", "WriterClosed")
         await store.close()
     run(main())
+
+
+class SpreadingStore(Recording):
+    """A store that asks the writer for at most ``cap`` counted ops per charger per batch
+    (``Store.charger_ops_per_batch``, as ScyllaStore does); records each batch's ops."""
+
+    charger_free_ops = frozenset({MeterSample})
+
+    def __init__(self, store, cap) -> None:
+        super().__init__(store)
+        self.charger_ops_per_batch = cap
+        self.seen: list[list] = []
+
+    async def apply_then(self, ops):
+        self.seen.append(list(ops))
+        return await super().apply_then(ops)
+
+
+@pytest.mark.parametrize("cap", [None, 2])
+def test_a_backlog_is_spread_over_batches_when_the_store_asks(tmp_path, run, cap):
+    """Head-of-line blocking: charger A queues a backlog of transactions, then B one; with
+    a cap (ScyllaDB), B's op goes into the first batch, A's ops in order over the next,
+    readings free; without one (SQLite), batches are as queued (A's backlog then B)."""
+    async def main():
+        store = await _open(tmp_path)
+        rec = SpreadingStore(store, cap)
+        rec.gate = asyncio.Event()  # hold the first commit until everything is queued
+        w = BatchWriter(rec, batch_max=100, batch_ms=0.0)
+        first = w.add(ChargerSeen("Z", T0))  # the writer is busy with it while the rest queues
+        await asyncio.sleep(0)
+        a = []
+        for i in range(6):
+            a.append(w.add(StartTransaction("A", str(i), 1, "T", 0.0, T0 + dt.timedelta(minutes=i))))
+            a.append(w.add(MeterSample("A", str(i), T0 + dt.timedelta(minutes=i, seconds=1), float(i), 1)))
+        b = w.add(StartTransaction("B", "100", 1, "T", 0.0, T0))
+        rec.gate.set()
+        await asyncio.gather(first, b, *a)
+        await w.close()
+        batches = [[(op.charger_id, type(op).__name__) for op in ops] for ops in rec.seen[1:]]
+        a_order = [op for ops in rec.seen for op in ops if op.charger_id == "A"]
+        assert [(o.tx_id, type(o).__name__) for o in a_order] == [
+            (str(i), k) for i in range(6) for k in ("StartTransaction", "MeterSample")]
+        if cap is None:
+            assert len(batches) == 1 and batches[0][-1] == ("B", "StartTransaction")
+        else:
+            assert ("B", "StartTransaction") in batches[0]  # with A's first two, not after all
+            assert [sum(t == "StartTransaction" for c, t in b if c == "A") for b in batches] == [2, 2, 2]
+            assert [len(b) for b in batches] == [5, 4, 4]  # readings ride along, uncounted
+        assert w.queue_depth == 0
+        await store.close()
+    run(main())
