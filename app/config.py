@@ -39,6 +39,7 @@ class Settings:
     scylla_retention_days: float = 90.0
     scylla_replication_factor: int = 0
     redis_url: str = ""
+    kafka_bootstrap: str = ""
     worker_id: str = ""
     heartbeat_interval: int = 300
     seen_interval: float = 30.0
@@ -101,6 +102,8 @@ HELP = {
                                  "(0: min(3, nodes in the data centre))",
     "redis_url": "Redis/Valkey for the cluster registry, redis://host:port/0 or redis+cluster://host:port "
                  "(empty: in-process)",
+    "kafka_bootstrap": "Kafka bootstrap servers, host:port[,...]: the worker's relay publishes the events "
+                       "outbox to topic chargeyard.events (empty: events stay in-process)",
     "worker_id": "this worker's id in the cluster (empty: hostname-pid)",
     "heartbeat_interval": "heartbeat interval in seconds given to chargers in BootNotification",
     "seen_interval": "seconds between writes of the chargers' last_seen (one write per active charger per "

@@ -45,11 +45,27 @@ def scylla_options(s: Settings) -> dict[str, Any]:
     return kw
 
 
-def make_store(s: Settings) -> Any:
+def outbox_id(s: Settings) -> str:
+    """The events outbox a worker writes and relays: its worker id, which must be the same
+    after a restart (what a killed process left spooled is published by the next one with
+    that id). The default worker id (hostname-pid) changes with every start, so then the
+    outbox is the host's name: one node per data directory and host."""
+    import socket
+
+    if s.worker_id == f"{socket.gethostname()}-{os.getpid()}":
+        return socket.gethostname()
+    return s.worker_id
+
+
+def make_store(s: Settings, outbox: str | None = None) -> Any:
+    """``outbox``: the worker id whose events outbox the store writes (None: no events,
+    e.g. an API-only process)."""
     from chargeyard.store import make_store as build
 
     try:
         options = scylla_options(s) if s.store == "scylla" else {}
+        if outbox is not None:
+            options["outbox"] = outbox
         return build(s.store, data_dir=s.data_dir, scylla_hosts=s.scylla_hosts, keyspace=s.keyspace, **options)
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"--store {s.store}: {exc}") from None
@@ -108,7 +124,7 @@ def worker_settings(s: Settings) -> Any:
         heartbeat_interval=s.heartbeat_interval,
         max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
         accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
-        batch_max=s.batch_max, seen_interval=s.seen_interval)
+        batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap)
 
 
 class StoreUnusable(Exception):
@@ -137,7 +153,7 @@ class Node:
         os.makedirs(s.data_dir, exist_ok=True)
         from chargeyard.store import StoreError
 
-        store = make_store(s)
+        store = make_store(s, outbox_id(s) if self.with_worker else None)
         try:
             await store.open()
         except StoreError as exc:

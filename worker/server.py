@@ -25,11 +25,13 @@ from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec, twins
 from ..router.registry import NotConnected, Registry
 from ..store.base import Fence, Store
+from ..store.events import ConnectionClosed, ConnectionOpened
 from . import metrics as m
 from .authorization import Authorization
 from .events import Events
 from .handlers import all_handlers
 from .leniency import Leniency
+from .relay import KafkaPublisher, LocalPublisher, Relay, Sink
 from .services import Services
 from .session import Session
 from .settings import WorkerSettings
@@ -86,11 +88,15 @@ def _event(event: str, **fields: Any) -> dict[str, Any]:
 
 
 class Worker:
-    """One worker process's charger endpoint. ``sinks`` receive every event too (tests,
-    in-process consumers)."""
+    """One worker process's charger endpoint. ``sinks`` receive every live event too, as
+    the SSE dicts (tests). ``event_sinks`` are the in-process consumers of the outbox on a
+    node without Kafka (``relay.LocalPublisher``: the billing and monitoring services,
+    which ``app/node.py`` composes); with ``settings.kafka_bootstrap`` the relay publishes
+    to Kafka instead. Either way the events are the store's committed outbox rows."""
 
     def __init__(self, settings: WorkerSettings, store: Store, registry: Registry,
-                 sinks: list[Callable[[dict], Any]] | None = None) -> None:
+                 sinks: list[Callable[[dict], Any]] | None = None,
+                 event_sinks: list[Sink] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -98,7 +104,11 @@ class Worker:
         per_message = twins.load("chargeyard.worker.writer")  # Lane, reply_all: compiled unless pure
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=per_message.reply_all,
-                                  lane=per_message.Lane)
+                                  lane=per_message.Lane, on_batch=self._on_batch)
+        # the outbox relay (ADR 0015): Kafka, or the in-process consumers on one node
+        self.event_sinks = list(event_sinks or ())
+        self.relay = Relay(store, KafkaPublisher(settings.kafka_bootstrap, client_id=f"chargeyard-{settings.worker_id}")
+                           if settings.kafka_bootstrap else LocalPublisher(*self.event_sinks))
         self.writer.on_stale = self._stale_epochs
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
@@ -106,6 +116,7 @@ class Worker:
             Events(registry, settings.worker_id, self.spawn, sinks))
         self.handlers = all_handlers(self.services)
         self.sessions: dict[str, Session] = {}
+        self._announced: set[int] = set()  # sessions whose charger.connected was queued
         self.ready = False
         self.draining = False
         self._server: asyncio.Server | None = None
@@ -122,6 +133,7 @@ class Worker:
     async def start(self) -> None:
         s = self.settings
         await self.writer.start()
+        self.relay.start()
         self.registry.attach(s.worker_id, self.execute_call, self.on_takeover)
         self._server = await ws_create_server(
             self._factory, s.host, s.ws_port,
@@ -203,6 +215,9 @@ class Worker:
     async def stop(self) -> None:
         await self.drain()
         await self.writer.close()
+        # after the writer's last commit: publish what is spooled, for a bounded time (what
+        # is left is published by the next process with this worker id)
+        await self.relay.close(drain_s=self.settings.relay_drain_s)
 
     async def _keepalive(self) -> None:
         """Ping chargers idle for ping_interval; close those that leave a ping unanswered
@@ -295,7 +310,6 @@ class Worker:
         # queued before any of its writes (one registry round trip per connect)
         _reading(s, False)
         self.spawn(self._claim(s))
-        self.services.events.emit(s.charger_id, "charger.connected", {"protocol": s.protocol})
 
     async def _claim(self, s: Session) -> None:
         try:
@@ -312,6 +326,12 @@ class Worker:
                 if fut is not None:
                     fut.add_done_callback(lambda f: self._fenced(s, f))
         finally:
+            # charger.connected, committed in order with the charger's facts, after its
+            # Fence and before any of its messages (epoch 0: the registry did not answer)
+            if s.closed_reason is None:
+                self._announced.add(id(s))
+                self._event_op(ConnectionOpened(s.charger_id, s.protocol, s.epoch, self.settings.worker_id,
+                                                dt.datetime.now(dt.timezone.utc)))
             _reading(s, True)
 
     def _fence(self, op: Fence) -> asyncio.Future | None:
@@ -340,6 +360,16 @@ class Worker:
                     "takeover", charger_id=cid, by="fenced", epoch=epoch))
                 s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
+    def _event_op(self, op: Any) -> None:
+        """Queue an op whose only effect is its event (``store.events.EVENT_OPS``)."""
+        if self.writer.closed:
+            log.debug("event op not written, the writer is closed: %r", op)
+            return
+        try:
+            self.writer.add(op).add_done_callback(_ignore_failure)
+        except Exception as exc:  # a full writer
+            log.warning("event not written: %r (%r)", op, exc)
+
     def session_closed(self, s: Session, reason: str) -> None:
         m.WS_CONNECTIONS.labels(s.protocol).dec()
         m.WS_CLOSED.labels(reason).inc()
@@ -352,7 +382,11 @@ class Worker:
             self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
-            self.services.events.emit(s.charger_id, "charger.disconnected", {"reason": reason})
+        # every session announced reports its close, a replaced one too (reason takeover)
+        if id(s) in self._announced:
+            self._announced.discard(id(s))
+            self._event_op(ConnectionClosed(s.charger_id, s.epoch, reason, self.settings.worker_id,
+                                            dt.datetime.now(dt.timezone.utc)))
         if s.epoch:  # after every write of this connection: the store forgets its epoch
             self._fence(Fence(s.charger_id, s.epoch, release=True))
 
@@ -375,6 +409,12 @@ class Worker:
         if s is None:
             raise NotConnected(f"charger {charger_id!r} is not connected")
         return await s.call(action, payload, timeout)
+
+    def _on_batch(self, ops: list[Any], results: list[Any]) -> None:
+        """A committed batch: its live events to the watched chargers' SSE subscribers, and
+        the relay told that the outbox has new rows."""
+        self.services.events.committed(ops, results)
+        self.relay.wake()
 
     def _on_commit(self, rows: int, seconds: float) -> None:
         m.BATCH_ROWS.observe(rows)

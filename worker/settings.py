@@ -37,3 +37,6 @@ class WorkerSettings:
     batch_ms: float = 0.5               # most extra wait for a fuller batch when busy (ms)
     batch_max: int = 1000
     seen_interval: float = 30.0         # how often last_seen follows the chargers' messages (s)
+    # events (store/events.py, worker/relay.py)
+    kafka_bootstrap: str = ""           # empty: the relay hands the outbox to in-process sinks
+    relay_drain_s: float = 5.0          # at shutdown, how long the relay may publish what is spooled

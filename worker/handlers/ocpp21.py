@@ -8,12 +8,14 @@ from __future__ import annotations
 from ...core.messages import v21
 from ..services import Services
 from . import ocpp201
-from .common import Commit, Deferred, Handler, Session, complete, now, route_data_transfer
+from .common import (Commit, Deferred, Handler, Session, complete, now, route_data_transfer,
+                     security_event_notification)
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "get_certificate_chain_status", "handlers",
            "transaction_event", "vat_number_validation"]
 
 UNKNOWN_VENDOR = v21.DataTransferResponse(status="UnknownVendorId")
+SECURITY_EVENT_ACCEPTED = v21.SecurityEventNotificationResponse()
 
 
 def boot_notification(session: Session, req: v21.BootNotificationRequest
@@ -28,6 +30,11 @@ def authorize(session: Session, req: v21.AuthorizeRequest) -> Deferred[v21.Autho
 def transaction_event(session: Session, req: v21.TransactionEventRequest
                       ) -> Commit | Deferred[v21.TransactionEventResponse]:
     return ocpp201.transaction_event(session, req, v21)
+
+
+def security_event(session: Session, req: v21.SecurityEventNotificationRequest
+                   ) -> v21.SecurityEventNotificationResponse:
+    return security_event_notification(session, req, SECURITY_EVENT_ACCEPTED)
 
 
 def data_transfer(session: Session, req: v21.DataTransferRequest) -> v21.DataTransferResponse:
@@ -59,6 +66,7 @@ def handlers(services: Services) -> dict[str, Handler]:
         "StatusNotification": ocpp201.status_notification,
         "MeterValues": ocpp201.meter_values,
         "TransactionEvent": transaction_event,
+        "SecurityEventNotification": security_event,
         "DataTransfer": data_transfer,
         "VatNumberValidation": vat_number_validation,
         "GetCertificateChainStatus": get_certificate_chain_status,
