@@ -1,11 +1,12 @@
-"""``chargeyard bench ...``: the benchmark suite's command line.
+"""``chargeyard-bench ...``: the benchmark suite's command line.
 
-    chargeyard bench compare                 # the standard comparison (make bench)
-    chargeyard bench smoke                   # seconds; what tests/bench runs
-    chargeyard bench run --profile metering --target chargeyard
-    chargeyard bench capacity [--from DIR] [--write-hpa k8s/hpa.yaml]
-    chargeyard bench profiles
+    chargeyard-bench compare                 # the standard comparison (make bench)
+    chargeyard-bench smoke                   # seconds; what tests/bench runs
+    chargeyard-bench run --profile metering --target chargeyard
+    chargeyard-bench capacity [--from DIR] [--write-hpa k8s/hpa.yaml]
+    chargeyard-bench profiles
 
+Its own entry point, so the product's ``chargeyard`` command never imports the bench.
 Also ``python -m chargeyard.bench.cli ...``. Targets are ``echo``, ``ocpp-baseline``,
 ``chargeyard`` or any command template with ``{ws_port}`` (and optionally
 ``{http_port}``, ``{data_dir}``, ``{python}``), e.g. ``--target 'mine={python} srv.py
@@ -174,7 +175,7 @@ def cmd_profiles(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="chargeyard bench", description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="chargeyard-bench", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("compare", help="the standard side-by-side comparison (~10 min)")

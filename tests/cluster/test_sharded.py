@@ -149,8 +149,11 @@ def test_sigkill_worker_chargers_come_back_nothing_acknowledged_lost(cluster, ar
                     await asyncio.sleep(0.7 + 0.6 * random.random())
 
             loops = [asyncio.create_task(metered(c)) for c in chargers]
-            await asyncio.sleep(2.0)  # every charger has acknowledged meter values
-            assert all(s["acked"] > 1000 for s in state.values())
+
+            async def all_acked() -> bool:
+                return all(s["acked"] > 1000 for s in state.values())
+
+            await until(all_acked, 30, 0.05, "every charger has acknowledged meter values")
             t_kill = time.monotonic()
             await asyncio.to_thread(cluster.workers[victim_i].kill)
             await until(lambda: _done(served, victims, loops), 60, 0.05, "victims served again")

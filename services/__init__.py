@@ -1,1 +1,0 @@
-"""chargeyard.services"""
