@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         add_arguments(p)
     p = sub.add_parser("cluster", help="a local cluster: valkey, nginx, N workers and the API")
-    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--workers", type=int, default=int(os.environ.get("CHARGEYARD_WORKERS", "3")),
+                   help="worker processes (default: 3; env CHARGEYARD_WORKERS)")
     add_arguments(p)
     p = sub.add_parser("store", help="store maintenance")
     p.add_argument("action", choices=["migrate"])

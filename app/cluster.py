@@ -3,14 +3,29 @@
 valkey-server (unless ``--redis-url``), N ``chargeyard worker`` processes, one
 ``chargeyard api`` and nginx in front (ADR 0003): chargers use ``--ws-port``, the
 operator API ``--http-port``, exactly as with ``chargeyard run``; nginx spreads API
-requests over every node (each worker serves the API too). A worker or the API
-node that dies is restarted after a second with the same worker id and ports.
-Everything else the processes write lives under ``<data-dir>/cluster``. Ctrl-C (or
-SIGTERM) stops it in order: nginx, workers (they drain), the API, valkey.
+requests over every node (each worker serves the API too).
+
+Fixed addresses: worker i (1..N) listens on ``--ws-port + i`` for chargers and on
+``--http-port + i`` for its API and ``/metrics``; the API node on ``--http-port +
+N + 1``. The banner prints every node's metrics address and
+``<data-dir>/cluster/prometheus.json`` lists them for Prometheus' file-based service
+discovery (``file_sd_configs``). A worker or the API node that dies is reported and
+restarted after a second with the same worker id and ports.
+
+Files: the cluster's SQLite store is ``<data-dir>/cluster/store/`` (shared by its
+nodes, never the one ``chargeyard run`` uses in ``<data-dir>``); logs, nginx and
+valkey files are under ``<data-dir>/cluster`` too.
+
+Ctrl-C (or SIGTERM) stops it in order: the workers drain first, in parallel, exactly
+as ``chargeyard run`` does (readiness false, store flush, chargers closed with 1001,
+through nginx that still proxies their connections), then the API node, nginx and
+valkey. A child that exited non-zero, at any time, is reported on stderr, and the
+cluster's exit status is then 1.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from . import nginx_config, procs
-from .config import Settings
+from .config import PortInUse, Settings
 
 log = logging.getLogger("chargeyard.cluster")
 
 # set per process by the cluster, never forwarded from the parent's settings
-_OWN = {"host", "ws_port", "http_port", "redis_url", "worker_id", "api_host", "extra"}
+_OWN = {"host", "ws_port", "http_port", "redis_url", "worker_id", "api_host"}
 
 
 def child_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -40,7 +55,14 @@ def child_env(settings: Settings, base: dict[str, str] | None = None) -> dict[st
         if isinstance(value, bool):
             value = "1" if value else "0"
         env["CHARGEYARD_" + f.name.upper()] = str(value)
+    # the cluster's own store: `chargeyard run` on the same --data-dir keeps its file
+    env["CHARGEYARD_DATA_DIR"] = str(store_dir(settings))
     return env
+
+
+def store_dir(settings: Settings) -> Path:
+    """Where the cluster's nodes keep their (shared) SQLite store."""
+    return Path(settings.data_dir).resolve() / "cluster" / "store"
 
 
 @dataclass
@@ -77,6 +99,7 @@ class Cluster:
         self.api_spec: _NodeSpec | None = None
         self.restart_delay = restart_delay
         self.restarts: list[tuple[str, float]] = []  # (name, monotonic time) per restart
+        self.failures: list[str] = []  # one line per child that exited non-zero
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
@@ -105,12 +128,16 @@ class Cluster:
             if not self.redis_url:
                 self.valkey = procs.start_valkey(self.run_dir / "valkey")
                 self.redis_url = f"redis://127.0.0.1:{self.valkey.port}/0"
-            for i in range(1, self.n_workers + 1):
-                spec = _NodeSpec("worker", f"worker-{i}", procs.free_port(), procs.free_port(), f"w{i}")
-                self.specs.append(spec)
+            n = self.n_workers
+            self.specs = [_NodeSpec("worker", f"worker-{i}", s.ws_port + i, s.http_port + i, f"w{i}")
+                          for i in range(1, n + 1)]
+            self.api_spec = _NodeSpec("api", "api", procs.free_port(), s.http_port + n + 1)
+            self._check_ports()
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            for spec in self.specs:
                 self.workers.append(self._node(spec))
-            self.api_spec = _NodeSpec("api", "api", procs.free_port(), procs.free_port())
             self.api = self._node(self.api_spec)
+            self.write_file_sd()
             conf = self.run_dir / "nginx.conf"
             # chargers: hashed over the workers; the API: any node (workers serve it too)
             api_upstreams = [f"127.0.0.1:{sp.http_port}" for sp in (*self.specs, self.api_spec)]
@@ -128,6 +155,47 @@ class Cluster:
             self._supervisor.start()
         return self
 
+    @property
+    def store_dir(self) -> Path:
+        return store_dir(self.settings)
+
+    def _check_ports(self) -> None:
+        """The nodes' fixed ports must be free: say which flag they derive from."""
+        s = self.settings
+        for spec in (*self.specs, self.api_spec):
+            assert spec is not None
+            if spec.cmd == "worker" and not procs.port_free("127.0.0.1", spec.ws_port):
+                raise PortInUse("ws_port", "127.0.0.1", spec.ws_port) from None
+            if not procs.port_free("127.0.0.1", spec.http_port):
+                raise PortInUse("http_port", "127.0.0.1", spec.http_port) from None
+        for name, port in (("ws_port", s.ws_port), ("http_port", s.http_port)):
+            if not procs.port_free(s.host, port):
+                raise PortInUse(name, s.host, port)
+
+    def metrics_targets(self) -> list[tuple[str, str]]:
+        """(node name, host:port) of every node's /metrics."""
+        nodes = [*self.specs, self.api_spec] if self.api_spec is not None else list(self.specs)
+        return [(sp.name, f"127.0.0.1:{sp.http_port}") for sp in nodes]
+
+    @property
+    def file_sd_path(self) -> Path:
+        return self.run_dir / "prometheus.json"
+
+    def write_file_sd(self) -> None:
+        """Prometheus file-SD: one target group per node, labelled with its name."""
+        groups = [{"targets": [addr], "labels": {"job": "chargeyard", "node": name}}
+                  for name, addr in self.metrics_targets()]
+        tmp = self.file_sd_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups, indent=2) + "\n")
+        tmp.replace(self.file_sd_path)  # Prometheus never reads half a file
+
+    def _failed(self, name: str, proc: procs.Proc, when: str) -> None:
+        line = (f"{name} (pid {proc.pid}) exited with status {proc.popen.returncode} {when}"
+                f"; log: {proc.log_path}")
+        self.failures.append(line)
+        log.error("%s", line)
+        print(f"chargeyard cluster: {line}", file=sys.stderr, flush=True)
+
     # -- supervision: a node that dies is started again with the same id and ports --
 
     def _supervise(self) -> None:
@@ -142,6 +210,8 @@ class Cluster:
                 now = time.monotonic()
                 if spec.name not in died:
                     died[spec.name] = now
+                    if proc.popen.returncode != 0:
+                        self._failed(spec.name, proc, "while running")
                     log.warning("%s (pid %d) exited with %s; restarting in %.1fs (same id and ports)",
                                 spec.name, proc.pid, proc.popen.returncode, self.restart_delay)
                     continue
@@ -176,36 +246,52 @@ class Cluster:
     def children(self) -> list[procs.Proc]:
         return [p for p in (self.nginx, *self.workers, self.api, self.valkey) if p is not None]
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stop everything in order; returns the failures (children that exited
+        non-zero, now or before), also reported on stderr."""
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(self.start_timeout + 10)
         with self._lock:
             self._stop_all()
+        return self.failures
 
     def _stop_all(self) -> None:
         grace = self.settings.drain_timeout + 5
-        for p in [self.nginx]:
-            if p is not None:
-                p.stop()
-        # workers drain in parallel (each SIGTERM starts its own drain)
-        threads = [threading.Thread(target=w.stop, args=(grace,)) for w in self.workers]
+        # Workers first, in parallel (each SIGTERM starts its own drain: readiness
+        # false, flush, close 1001). nginx stays up meanwhile: it carries the close
+        # frames to the chargers (stopped first, it cut them without one).
+        done: dict[str, tuple[procs.Proc, int | None]] = {}
+
+        def stop_one(p: procs.Proc, g: float) -> None:
+            was_running = p.running
+            code = p.stop(g)
+            done[p.name] = (p, code if was_running else None)
+
+        threads = [threading.Thread(target=stop_one, args=(w, grace)) for w in self.workers]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        for p in (self.api, self.valkey):
+        for p in (self.api, self.nginx, self.valkey):
             if p is not None:
-                p.stop()
+                stop_one(p, grace if p is self.api else 5.0)
+        for name, (p, code) in sorted(done.items()):
+            if code is not None and code != 0:  # None: it had died before (reported then)
+                self._failed(name, p, "on stop")
 
     def banner(self) -> str:
         s = self.settings
         lines = [f"chargers: ws://{s.host}:{s.ws_port}/ocpp/{{charger_id}} -> "
                  f"{len(self.workers)} workers (nginx, hash on charger id)",
-                 f"operator API: http://{s.host}:{s.http_port}/api/v1 (metrics: /metrics) -> "
+                 f"operator API: http://{s.host}:{s.http_port}/api/v1 -> "
                  f"{len(self.workers) + 1} nodes (every worker, and the API node)",
-                 f"registry: {self.redis_url}",
-                 f"logs: {self.run_dir}"]
+                 "metrics (one address per node; /metrics on the API port rotates between nodes):"]
+        lines += [f"  {name}: http://{addr}/metrics" for name, addr in self.metrics_targets()]
+        lines += [f"prometheus file-SD: {self.file_sd_path}",
+                  f"registry: {self.redis_url}",
+                  f"store: {self.store_dir}",
+                  f"logs: {self.run_dir}"]
         return "\n".join(lines)
 
     def __enter__(self) -> Cluster:
@@ -229,6 +315,9 @@ def main(settings: Settings, workers: int = 3) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         cluster = Cluster(settings, workers).start()
+    except PortInUse as exc:
+        print(f"chargeyard: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, RuntimeError, TimeoutError) as exc:
         print(f"chargeyard cluster: {exc}", file=sys.stderr)
         return 1
@@ -243,5 +332,8 @@ def main(settings: Settings, workers: int = 3) -> int:
                 log.error("cluster: %s; stopping (see %s)", reason[0], cluster.run_dir)
                 break
     finally:
-        cluster.stop()
-    return 0 if reason[0] == "signal" else 1
+        failures = cluster.stop()
+    if failures:
+        print(f"chargeyard cluster: {len(failures)} child process(es) exited non-zero (see above)",
+              file=sys.stderr, flush=True)
+    return 0 if reason[0] == "signal" and not failures else 1

@@ -1,7 +1,8 @@
 """One settings object, filled from CLI flags, then ``CHARGEYARD_*`` environment
 variables, then defaults (ARCHITECTURE.md, Configuration).
 
-Every option is declared once in ``OPTIONS``; the CLI builds its flags from it and
+Every option is declared once, as a ``Settings`` field with its ``HELP`` line; the CLI
+builds its flags from them (help text, default, environment variable) and
 the environment variable name is derived: ``--ws-port`` -> ``CHARGEYARD_WS_PORT``.
 """
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, fields
+import sys
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -23,77 +25,164 @@ class Settings:
     scylla_hosts: str = ""
     keyspace: str = "chargeyard"
     scylla_username: str = ""
-    scylla_password: str = ""         # prefer the environment (CHARGEYARD_SCYLLA_PASSWORD) to a flag
-    scylla_datacenter: str = ""       # the local data centre (default: the driver's choice)
+    scylla_password: str = ""
+    scylla_datacenter: str = ""
     scylla_tls: bool = False
-    scylla_ca_file: str = ""          # CA bundle for TLS (implies --scylla-tls); empty: system CAs
+    scylla_ca_file: str = ""
     redis_url: str = ""
-    kafka_bootstrap: str = ""
     worker_id: str = ""
     heartbeat_interval: int = 300
+    seen_interval: float = 30.0
     tokens_file: str = ""
     accept_unknown_tags: bool = False
     # limits and tuning
     max_frame: int = 64 * 1024
-    rate_limit: float = 200.0         # messages/s per connection (sustained)
-    rate_burst: int = 400             # messages a connection may send at once
-    max_pending_calls: int = 100      # CSMS->charger calls queued per charger
-    call_timeout: float = 30.0        # seconds an operator call waits for the charger
-    ping_interval: float = 900.0      # WebSocket ping after this long idle (0: off)
-    idle_timeout: float = 1800.0      # close a connection whose ping is not answered by then
-    handshake_rate: float = 2000.0    # accepted WebSocket handshakes per second
-    max_concurrent_boots: int = 200   # BootNotifications in flight before answering Pending
-    boot_retry_interval: int = 60     # base of the jittered Pending retry interval (s)
-    batch_ms: float = 0.5             # most extra wait for a fuller batch when busy (ms)
+    rate_limit: float = 200.0
+    rate_burst: int = 400
+    max_pending_calls: int = 100
+    call_timeout: float = 30.0
+    ping_interval: float = 900.0
+    idle_timeout: float = 1800.0
+    handshake_rate: float = 2000.0
+    max_concurrent_boots: int = 200
+    boot_retry_interval: int = 60
+    batch_ms: float = 0.5
     batch_max: int = 1000
     drain_timeout: float = 10.0
-    lease: float = 10.0               # seconds a worker's registry lease lives without renewal
+    lease: float = 10.0
+    sse_keepalive: float = 15.0
     leniency_file: str = ""
     log_level: str = "info"
-    api_host: str = ""                # default: --host when tokens are configured, else 127.0.0.1
-    extra: dict[str, Any] = field(default_factory=dict)
+    api_host: str = ""
 
     @property
     def ws_read_buffer(self) -> int:
         return 1024
 
 
+# One line per setting: the flag's help text (the default and the environment
+# variable are appended by add_arguments, and the same text makes the table in
+# docs/configuration.md: ``python -m chargeyard.config --markdown``).
 HELP = {
     "host": "address the charger and API listeners bind to",
     "ws_port": "charger WebSocket port",
-    "http_port": "operator API / metrics port",
-    "data_dir": "where the SQLite store and spools live",
+    "http_port": "operator API, /metrics and probes port",
+    "data_dir": "where the SQLite store (and a local cluster's files, under cluster/) live",
     "store": "sqlite (embedded) or scylla",
-    "redis_url": "Redis for the cluster registry (empty: in-process)",
+    "scylla_hosts": "ScyllaDB contact points, comma-separated (--store scylla)",
+    "keyspace": "ScyllaDB keyspace",
     "scylla_username": "ScyllaDB user (password authentication)",
-    "scylla_password": "ScyllaDB password (better: the CHARGEYARD_SCYLLA_PASSWORD environment variable)",
-    "scylla_datacenter": "ScyllaDB local data centre for routing and replication",
+    "scylla_password": "ScyllaDB password (better: the environment variable than the flag)",
+    "scylla_datacenter": "ScyllaDB local data centre for routing and replication (empty: the driver's choice)",
     "scylla_tls": "connect to ScyllaDB over TLS (server certificate and host name verified)",
-    "scylla_ca_file": "CA bundle to verify ScyllaDB's certificate (implies --scylla-tls)",
-    "kafka_bootstrap": "Kafka bootstrap servers (empty: in-process bus)",
-    "worker_id": "this worker's id in the cluster (default: hostname-pid)",
-    "heartbeat_interval": "interval (s) given to chargers in BootNotification",
-    "tokens_file": "JSON file of API bearer tokens and their scopes",
+    "scylla_ca_file": "CA bundle to verify ScyllaDB's certificate (implies --scylla-tls; empty: system CAs)",
+    "redis_url": "Redis/Valkey for the cluster registry, redis://host:port/0 or redis+cluster://host:port "
+                 "(empty: in-process)",
+    "worker_id": "this worker's id in the cluster (empty: hostname-pid)",
+    "heartbeat_interval": "heartbeat interval in seconds given to chargers in BootNotification",
+    "seen_interval": "seconds between writes of the chargers' last_seen (one write per active charger per "
+                     "interval, never one per message)",
+    "tokens_file": "JSON file of API bearer tokens, their scopes and charger ACLs (empty: no "
+                   "authentication, API on 127.0.0.1 only)",
     "accept_unknown_tags": "authorize id tags that are not in the list",
     "max_frame": "largest accepted WebSocket message in bytes (bigger: close 1009)",
+    "rate_limit": "messages per second a charger connection may send, sustained",
+    "rate_burst": "messages a charger connection may send at once",
+    "max_pending_calls": "operator calls queued per charger before 503",
+    "call_timeout": "seconds an operator call waits for the charger's answer (then 504)",
+    "ping_interval": "WebSocket ping after this many seconds idle (0: off)",
+    "idle_timeout": "close a connection whose ping is unanswered after this many seconds idle",
+    "handshake_rate": "WebSocket handshakes accepted per second (more: 503 with Retry-After)",
+    "max_concurrent_boots": "BootNotifications in flight before answering Pending",
+    "boot_retry_interval": "base in seconds of the jittered retry interval of a Pending boot",
+    "batch_ms": "most extra wait in milliseconds for a fuller commit batch when busy",
+    "batch_max": "most rows per store commit",
+    "drain_timeout": "seconds a stop waits for the store flush and for chargers to close",
     "lease": "seconds a worker's ownership lease lives in Redis (renewed every lease/3)",
+    "sse_keepalive": "seconds of silence before an event stream sends a keep-alive comment",
     "leniency_file": "TOML file of per-model leniency profiles",
+    "log_level": "debug, info, warning or error (JSON lines on stderr)",
+    "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1)",
 }
 
 
-def _env_name(name: str) -> str:
+def env_name(name: str) -> str:
+    """``ws_port`` -> ``CHARGEYARD_WS_PORT``."""
     return "CHARGEYARD_" + name.upper()
 
 
+def flag(name: str) -> str:
+    """``ws_port`` -> ``--ws-port``."""
+    return "--" + name.replace("_", "-")
+
+
+class PortInUse(Exception):
+    """A listener's port is taken: one line naming the setting's flag (exit status 2)."""
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        super().__init__(f"{flag(name)} {port}: {host}:{port} is already in use "
+                         f"(choose another port with {flag(name)} or {env_name(name)})")
+        self.name, self.port = name, port
+
+
+def port_in_use(exc: BaseException, name: str, host: str, port: int) -> BaseException:
+    """``PortInUse`` for an EADDRINUSE bind error, else ``exc`` itself."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return PortInUse(name, host, port)
+    return exc
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "off"
+    return '""' if value == "" else str(value)
+
+
 def add_arguments(ap: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """One flag per setting; ``default=None`` so that a flag not given falls through
+    to the environment, then to the default (both named in the help)."""
     for f in fields(Settings):
-        if f.name == "extra" or (only is not None and f.name not in only):
+        if only is not None and f.name not in only:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        text = f"{HELP[f.name]} (default: {_default_text(f.default)}; env {env_name(f.name)})"
         if f.type in ("bool", bool):
-            ap.add_argument(flag, action="store_true", default=None, help=HELP.get(f.name))
+            action = ap.add_argument(flag(f.name), action="store_true", default=None, help=text)
         else:
-            ap.add_argument(flag, default=None, help=HELP.get(f.name, ""))
+            action = ap.add_argument(flag(f.name), default=None, metavar=f.name.upper(), help=text)
+        action.setting = f.name  # type: ignore[attr-defined]  (the table below reads it)
+
+
+def table_rows(ap: argparse.ArgumentParser | None = None) -> list[tuple[str, str, str, str]]:
+    """(flag, environment variable, default, meaning) per setting, read back from the
+    argparse definitions (those of ``add_arguments`` when ``ap`` is None)."""
+    if ap is None:
+        ap = argparse.ArgumentParser()
+        add_arguments(ap)
+    defaults = {f.name: f.default for f in fields(Settings)}
+    rows = []
+    for action in ap._actions:
+        name = getattr(action, "setting", None)
+        if name is None:
+            continue
+        meaning = (action.help or "").rsplit(" (default: ", 1)[0]
+        rows.append((action.option_strings[0], env_name(name), _default_text(defaults[name]), meaning))
+    return rows
+
+
+def markdown() -> str:
+    """docs/configuration.md: every setting of every ``chargeyard`` node command."""
+    out = ["# Configuration", "",
+           "<!-- generated by `python -m chargeyard.config --markdown`; "
+           "tests/app/test_config.py checks it -->", "",
+           "Every setting is a flag, else a `CHARGEYARD_*` environment variable, else the "
+           "default (in that order). `chargeyard run`, `worker`, `api` and `cluster` take them "
+           "all.", "",
+           "| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for fl, env, default, meaning in table_rows():
+        out.append(f"| `{fl}` | `{env}` | `{default}` | {meaning.replace('|', '/')} |")
+    return "\n".join(out) + "\n"
 
 
 def _convert(kind: Any, value: Any) -> Any:
@@ -114,13 +203,11 @@ def from_sources(args: argparse.Namespace | None = None, env: dict[str, str] | N
     env = os.environ if env is None else env
     s = Settings()
     for f in fields(Settings):
-        if f.name == "extra":
-            continue
         value = overrides.get(f.name)
         if value is None and args is not None:
             value = getattr(args, f.name, None)
-        if value is None and _env_name(f.name) in env:
-            value = env[_env_name(f.name)]
+        if value is None and env_name(f.name) in env:
+            value = env[env_name(f.name)]
         if value is not None:
             try:
                 setattr(s, f.name, _convert(f.type, value))
@@ -131,3 +218,9 @@ def from_sources(args: argparse.Namespace | None = None, env: dict[str, str] | N
 
         s.worker_id = f"{socket.gethostname()}-{os.getpid()}"
     return s
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        raise SystemExit("usage: python -m chargeyard.config --markdown")
+    sys.stdout.write(markdown())

@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from .config import Settings
+from .config import PortInUse, Settings, port_in_use
 
 log = logging.getLogger("chargeyard")
 
@@ -86,6 +86,20 @@ def tune_gc() -> None:
     sys.setswitchinterval(0.0005)
 
 
+def worker_settings(s: Settings) -> Any:
+    """The worker's typed settings (``worker/settings.py``) from the app's."""
+    from chargeyard.worker.settings import WorkerSettings
+
+    return WorkerSettings(
+        worker_id=s.worker_id, host=s.host, ws_port=s.ws_port, max_frame=s.max_frame,
+        ws_read_buffer=s.ws_read_buffer, handshake_rate=s.handshake_rate, rate_limit=s.rate_limit,
+        rate_burst=s.rate_burst, max_pending_calls=s.max_pending_calls, ping_interval=s.ping_interval,
+        idle_timeout=s.idle_timeout, drain_timeout=s.drain_timeout, heartbeat_interval=s.heartbeat_interval,
+        max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
+        accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
+        batch_max=s.batch_max, seen_interval=s.seen_interval)
+
+
 class Node:
     """A worker and/or the operator API in one process."""
 
@@ -110,8 +124,11 @@ class Node:
         self.registry = make_registry(s)
         await self.registry.start()
         if self.with_worker:
-            self.worker = Worker(s, self.store, self.registry)
-            await self.worker.start()
+            self.worker = Worker(worker_settings(s), self.store, self.registry)
+            try:
+                await self.worker.start()
+            except OSError as exc:
+                raise port_in_use(exc, "ws_port", s.host, s.ws_port) from None
         if self.with_api:
             tokens = make_tokens(s)
             host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
@@ -120,8 +137,11 @@ class Node:
                             "127.0.0.1 only, without authentication")
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
-                           on_id_tag_change=self.worker.auth.forget if self.worker else None)
-            await self.api.start(host, s.http_port)
+                           on_id_tag_change=self.worker.authorization.forget if self.worker else None)
+            try:
+                await self.api.start(host, s.http_port)
+            except OSError as exc:
+                raise port_in_use(exc, "http_port", host, s.http_port) from None
 
     async def stop(self) -> None:
         if self.worker is not None:
@@ -147,7 +167,11 @@ class Node:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        await self.start()
+        try:
+            await self.start()
+        except PortInUse:
+            await self.stop()  # what did start: the store, the registry, the worker's writer
+            raise
         tune_gc()
         print(self.banner(), flush=True)
         await self._stop.wait()
@@ -173,4 +197,8 @@ def run(settings: Settings, worker: bool = True, api: bool = True) -> None:
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
-    runner(Node(settings, worker, api).serve_forever())
+    try:
+        runner(Node(settings, worker, api).serve_forever())
+    except PortInUse as exc:
+        print(f"chargeyard: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -65,6 +65,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def cluster_ports(workers: int, host: str = "127.0.0.1") -> tuple[int, int]:
+    """``(ws_port, http_port)`` for a local cluster of ``workers`` (for tests): the
+    cluster's nodes take the ports just above both (see app/cluster.py), so the two
+    ranges must be free and apart; two random free ports are often neighbours."""
+    import random
+
+    span = 2 * workers + 3  # ws_port..+workers, then http_port..+workers+1
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - span)
+        if all(port_free(host, p) for p in range(base, base + span)):
+            return base, base + workers + 1
+    raise RuntimeError(f"no {span} consecutive free ports on {host}")
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -5,10 +5,10 @@
 
 Each batch holds N MeterSamples of N different chargers (of 1,000), each reading with its
 own timestamp, as the worker's writer builds them; folding is off, so the figures are the
-commit path alone (the fold is the writer's idle work, ADR 0005 decision 14). CPU is the
-process's user + system time (``getrusage``), so the fsync's kernel work counts. The
-``FULL - NORMAL`` line is what durability against power loss costs per commit. The last line
-printed is one JSON object with every figure.
+commit path alone (the fold is the writer's idle work, docs/adr/0012-deferred-work.md).
+CPU is the process's user + system time (``getrusage``), so the fsync's kernel work
+counts. The ``FULL - NORMAL`` line is what durability against power loss costs per
+commit. The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations

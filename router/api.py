@@ -1,7 +1,9 @@
 """The operator API (JSON over HTTP, ``/api/v1``), plus /metrics, /healthz, /readyz.
 
 It reaches chargers only through the registry (``Registry.call``), reads state from
-the store, and streams live events from ``Registry.subscribe`` as Server-Sent Events.
+the store, and streams live events from ``Registry.events`` as Server-Sent Events.
+The routes, their scopes and their body types come from ``router/openapi.py``
+(``ROUTES``), which also builds the OpenAPI document from them.
 Errors are always ``{"error": {"code", "message"}}``.
 """
 
@@ -14,11 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from ..store.base import Store
-from .openapi import OPENAPI
+from . import openapi as t
 from .registry import CallRejected, Registry, RegistryError
 
 log = logging.getLogger("chargeyard.api")
@@ -28,6 +31,7 @@ FORWARD = Histogram("chargeyard_router_forward_duration_seconds",
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 ID_TAG_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx")
+PAGE_MAX = 1000
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -40,7 +44,35 @@ def _dumps(obj: Any) -> str:
 
 
 def ok(obj: Any, status: int = 200) -> web.Response:
+    """A JSON response; a Struct of router/openapi.py is encoded as the document says."""
+    if isinstance(obj, msgspec.Struct):
+        return web.Response(body=msgspec.json.encode(obj), status=status, content_type="application/json")
     return web.json_response(obj, status=status, dumps=_dumps)
+
+
+def _page_limit(request: web.Request, default: int = PAGE_MAX) -> int:
+    try:
+        limit = int(request.query.get("limit", default))
+    except ValueError:
+        raise web.HTTPBadRequest(reason="limit must be an integer") from None
+    if not 1 <= limit <= PAGE_MAX:
+        raise web.HTTPBadRequest(reason=f"limit must be 1-{PAGE_MAX}")
+    return limit
+
+
+async def _body(request: web.Request, kind: type) -> Any:
+    """The request body decoded into ``kind`` (422 with msgspec's reason otherwise)."""
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise _Invalid(str(exc)) from None
+    except msgspec.DecodeError:
+        raise _Invalid("body is not JSON") from None
+
+
+class _Invalid(Exception):
+    pass
 
 
 class Api:
@@ -54,29 +86,18 @@ class Api:
         self._ready = ready or (lambda: True)
         self._on_id_tag_change = on_id_tag_change
         self.app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
-        r = self.app.router
-        r.add_get("/api/v1/openapi.json", self.openapi)
-        r.add_get("/api/v1/chargers", self.list_chargers)
-        r.add_get("/api/v1/chargers/{id}", self.get_charger)
-        r.add_post("/api/v1/chargers/{id}/calls/{action}", self.call)
-        r.add_get("/api/v1/chargers/{id}/events", self.events)
-        r.add_get("/api/v1/chargers/{id}/transactions/{tx}", self.get_transaction)
-        r.add_get("/api/v1/transactions", self.list_transactions)
-        r.add_put("/api/v1/id-tags/{tag}", self.put_id_tag)
-        r.add_delete("/api/v1/id-tags/{tag}", self.delete_id_tag)
-        r.add_get("/api/v1/id-tags/{tag}", self.get_id_tag)
-        r.add_put("/api/v1/tokens/{token}", self.put_token)
-        r.add_delete("/api/v1/tokens/{token}", self.delete_token)
-        r.add_get("/metrics", self.metrics)
-        r.add_get("/healthz", self.healthz)
-        r.add_get("/readyz", self.readyz)
+        # every route comes from the table the OpenAPI document describes
+        self._scopes: dict[tuple[str, str], str | None] = {}
+        for rt in t.ROUTES:
+            self.app.router.add_route(rt.method, rt.path, getattr(self, rt.handler))
+            self._scopes[rt.method, rt.path] = rt.scope
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log.info("operator API on http://%s:%d/api/v1", host, self.port)
@@ -97,6 +118,8 @@ class Api:
             return error(exc.status, code, exc.reason)
         except RegistryError as exc:
             return error(exc.status, exc.code, str(exc))
+        except _Invalid as exc:
+            return error(422, "invalid", str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never a stack trace to the client
@@ -105,16 +128,14 @@ class Api:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable) -> web.StreamResponse:
-        if self.tokens is None or not request.path.startswith("/api/v1") or request.path.endswith("openapi.json"):
+        route = request.match_info.route
+        resource = route.resource
+        # the route's scope as documented (an unknown path needs read, then gets 404)
+        scope = self._scopes.get((route.method, resource.canonical), "read") if resource else "read"
+        if self.tokens is None or scope is None or not request.path.startswith("/api/v1"):
             return await handler(request)
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if request.method == "GET":
-            scope = "read"
-        elif "/calls/" in request.path:
-            scope = "command"
-        else:
-            scope = "admin"
         verdict = await self.tokens.authorize(token, scope, request.match_info.get("id"))
         if verdict == "unauthenticated":
             return error(401, "unauthenticated", "missing or unknown bearer token")
@@ -125,14 +146,14 @@ class Api:
 
     # -- endpoints ---------------------------------------------------------------------
     async def openapi(self, request: web.Request) -> web.Response:
-        return ok(OPENAPI)
+        return ok(t.OPENAPI)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return ok({"status": "ok"})
+        return ok(t.Health("ok"))
 
     async def readyz(self, request: web.Request) -> web.Response:
         if self._ready():
-            return ok({"ready": True})
+            return ok(t.Ready(True))
         return error(503, "not_ready", "draining or starting")
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -152,14 +173,18 @@ class Api:
                 "vendor": row.get("vendor"), "model": row.get("model"), "last_seen": row.get("last_seen")}
 
     async def list_chargers(self, request: web.Request) -> web.Response:
+        limit = _page_limit(request)
+        after = request.query.get("cursor") or ""
         rows = {r["id"]: r for r in await self.store.list_chargers()}
         owners = await self._connected()
         for cid in owners:
             rows.setdefault(cid, {"id": cid})
         covers = await self._acl(request)
-        items = [self._charger_view(r, owners.get(cid)) for cid, r in sorted(rows.items())
-                 if covers is None or covers(cid)]
-        return ok({"items": items})
+        ids = [cid for cid in sorted(rows) if cid > after and (covers is None or covers(cid))]
+        page = ids[:limit]
+        items = [msgspec.convert(self._charger_view(rows[cid], owners.get(cid)), t.ChargerSummary)
+                 for cid in page]
+        return ok(t.ChargerPage(items, page[-1] if len(ids) > limit else None))
 
     async def _acl(self, request: web.Request) -> Callable[[str], bool] | None:
         """The token's ``Grant.covers`` when it has a charger ACL, else None (all)."""
@@ -186,13 +211,13 @@ class Api:
         view["connectors"] = row.get("connectors", [])
         if owner is not None:
             view["worker_id"] = owner.worker_id
-        return ok(view)
+        return ok(msgspec.convert(view, t.Charger))
 
     async def call(self, request: web.Request) -> web.Response:
         cid, action = request.match_info["id"], request.match_info["action"]
         try:
-            payload = await request.json() if request.can_read_body else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = msgspec.json.decode(await request.read() or b"{}")
+        except msgspec.DecodeError:
             return error(422, "payload_invalid", "body is not JSON")
         if not isinstance(payload, dict):
             return error(422, "payload_invalid", "an OCPP payload is a JSON object")
@@ -208,43 +233,49 @@ class Api:
             answer = await self.registry.call(cid, action, payload, timeout)
         except CallRejected as exc:
             result = "charger_error"
-            return ok({"error": {"code": exc.error_code, "description": exc.description,
-                                 "message": str(exc)}}, status=502)
+            return ok(t.ChargerError(t.ChargerErrorDetail(exc.error_code, exc.description, str(exc))),
+                      status=502)
         except RegistryError as exc:
             result = exc.code
             raise
         finally:
             FORWARD.labels(result).observe(time.perf_counter() - t0)
-        return ok({"result": answer})
+        return ok(t.CallResult(answer))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        cid = request.match_info["id"]
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        await resp.write(b": subscribed\n\n")
-        stream = self.registry.subscribe(cid)
-        it = stream.__aiter__()
+        return await self.sse(request, request.match_info["id"])
+
+    async def sse(self, request: web.Request, stream: str) -> web.StreamResponse:
+        """Server-Sent Events of one registry stream (every SSE endpoint goes through here).
+
+        The response starts only once the subscription exists, with ``: subscribed``;
+        then one ``id:``/``event:``/``data:`` block per event, and a ``: keep-alive``
+        comment after ``sse_keepalive`` seconds of silence, for as long as the client
+        stays. ``Last-Event-ID`` (header, or ``?last_event_id=``) replays the newer
+        events of the stream's window first."""
+        after = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        sub = await self.registry.events(stream, after)
         try:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+            await resp.prepare(request)
+            await resp.write(b": subscribed\n\n")
+            keepalive = float(getattr(self.settings, "sse_keepalive", 15.0))
             while True:
                 try:
-                    ev = await asyncio.wait_for(it.__anext__(), 15.0)
-                except asyncio.TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
-                    continue
+                    item = await sub.next(keepalive)
                 except StopAsyncIteration:
                     break
-                await resp.write(f"id: {ev.get('id', '')}\nevent: {ev.get('type', 'message')}\n"
+                if item is None:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                sid, ev = item
+                await resp.write(f"id: {sid}\nevent: {ev.get('type', 'message')}\n"
                                  f"data: {_dumps(ev)}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except (ConnectionResetError, asyncio.CancelledError, RegistryError):
+            pass  # the client left, or the registry went away: end the stream
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                try:
-                    await aclose()
-                except Exception:
-                    pass
+            await sub.close()
         return resp
 
     async def list_transactions(self, request: web.Request) -> web.Response:
@@ -254,37 +285,42 @@ class Api:
             if q["active"].lower() not in ("true", "false", "1", "0"):
                 return error(400, "bad_request", "active is true or false")
             active = q["active"].lower() in ("true", "1")
-        items = await self.store.list_transactions(q.get("charger_id") or None, active)
-        return ok({"items": items})
+        items = await self.store.list_transactions(q.get("charger_id") or None, active,
+                                                   limit=_page_limit(request))
+        return ok(t.TransactionPage([msgspec.convert(i, t.Transaction) for i in items]))
 
     async def get_transaction(self, request: web.Request) -> web.Response:
         tx = await self.store.get_transaction(request.match_info["id"], request.match_info["tx"])
         if tx is None:
             return error(404, "not_found", "unknown transaction")
-        return ok(tx)
+        return ok(msgspec.convert(tx, t.Transaction))
 
     async def put_id_tag(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
         if not 1 <= len(tag) <= 36:
             return error(422, "invalid", "id tags are 1-36 characters")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(422, "invalid", "body is not JSON")
-        status = body.get("status") if isinstance(body, dict) else None
-        if status not in ID_TAG_STATUSES:
-            return error(422, "invalid", f"status must be one of {', '.join(ID_TAG_STATUSES)}")
-        await self.store.put_id_tag(tag, status)
+            body = await _body(request, t.IdTagBody)
+        except _Invalid as exc:
+            return error(422, "invalid", f"{exc}; status is one of {', '.join(ID_TAG_STATUSES)}")
+        await self.store.put_id_tag(tag, body.status)
         if self._on_id_tag_change:
             self._on_id_tag_change(tag)
-        return ok({"id_tag": tag, "status": status})
+        return ok(t.IdTag(tag, body.status))
 
     async def get_id_tag(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]
         status = await self.store.get_id_tag(tag)
         if status is None:
             return error(404, "not_found", "unknown id tag")
-        return ok({"id_tag": tag, "status": status})
+        return ok(t.IdTag(tag, status))
+
+    async def list_id_tags(self, request: web.Request) -> web.Response:
+        """Paged by tag: ``?limit=`` (1-1000, default 1000) and ``?cursor=`` (next_cursor)."""
+        limit = _page_limit(request)
+        rows = await self.store.list_id_tags(after=request.query.get("cursor") or None, limit=limit + 1)
+        items = [t.IdTag(r["id_tag"], r["status"]) for r in rows[:limit]]
+        return ok(t.IdTagPage(items, items[-1].id_tag if len(rows) > limit else None))
 
     async def put_token(self, request: web.Request) -> web.Response:
         """Admin: create or replace a token ({"scopes": [...], "chargers": [globs]})."""
@@ -292,16 +328,15 @@ class Api:
         if add is None:
             return error(409, "read_only", "tokens come from a file here; edit the file")
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(422, "invalid", "body is not JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("scopes"), list):
-            return error(422, "invalid", 'body is {"scopes": ["read"|"command"|"admin", ...], "chargers": [...]}')
+            body = await _body(request, t.TokenBody)
+        except _Invalid as exc:
+            return error(422, "invalid", f'{exc}; body is {{"scopes": ["read"|"command"|"admin", ...], '
+                                         f'"chargers": [...]}}')
         try:
-            await add(request.match_info["token"], body["scopes"], body.get("chargers", []))
+            await add(request.match_info["token"], body.scopes, body.chargers)
         except ValueError as exc:
             return error(422, "invalid", str(exc))
-        return ok({"scopes": body["scopes"], "chargers": body.get("chargers", [])})
+        return ok(body)
 
     async def delete_token(self, request: web.Request) -> web.Response:
         """Admin: revoke a token on every node at once (tokens in Redis)."""

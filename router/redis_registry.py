@@ -15,7 +15,9 @@ Keys (hash tags keep every multi-key script inside one slot, so Redis Cluster wo
 
 Channels: ``cy:worker:{<w>}:control`` (takeover notices), ``cy:worker:{<w>}:calls``
 (forwarded CALLs), ``cy:node:{<node>}:replies`` (replies to this process),
-``cy:events:{<charger>}`` and the firehose ``cy:events``.
+``cy:watch`` (a charger's events are wanted; with the sorted set ``cy:watched``),
+and the streams (XADD, capped; the SSE replay window) ``cy:events:{<charger>}``
+and the firehose ``cy:events``.
 
 Failure model: Redis calls fail fast (no retries, short socket timeouts). ``claim``
 and ``release`` never raise because Redis is down: this process keeps what it owns
@@ -31,9 +33,10 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -43,6 +46,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from .registry import (
+    REPLAY_ALL,
+    REPLAY_EVENTS,
+    REPLAY_SECONDS,
     CallRejected,
     CallTimeout,
     NotConnected,
@@ -50,6 +56,7 @@ from .registry import (
     PayloadInvalid,
     Registry,
     RegistryUnavailable,
+    Subscription,
 )
 
 log = logging.getLogger("chargeyard.router.redis")
@@ -87,11 +94,19 @@ def reply_channel(node_id: str) -> str:
     return f"cy:node:{{{node_id}}}:replies"
 
 
-def events_channel(charger_id: str) -> str:
+def events_key(charger_id: str) -> str:
+    """The stream of one charger's live events (``"*"``: of all chargers)."""
     return "cy:events" if charger_id == "*" else f"cy:events:{{{charger_id}}}"
 
 
 WORKERS_KEY = "cy:workers"
+# Chargers someone watches (SSE): sorted set charger (or "*") -> until (epoch s), and
+# the channel announcing a new watch to every worker at once. Workers build events
+# only for watched chargers (wants_events), as on one node; they re-read the set
+# every WATCH_SYNC_S (and at start) for what they missed.
+WATCH_KEY = "cy:watched"
+WATCH_CHANNEL = "cy:watch"
+WATCH_SYNC_S = 30.0
 
 # Epoch = INCR, but never below Redis' clock in ms: a Redis that lost its data still
 # hands out epochs above every one issued before. Returns {epoch, previous owner}.
@@ -254,6 +269,8 @@ class RedisRegistry(Registry):
         self._pending_release: dict[str, int] = {}
         self._last_epoch = 0
         self._dirty = True  # re-assert everything at the next successful renew
+        self._watched: dict[str, float] = {}  # charger (or "*") -> until (epoch s)
+        self._watch_sync_at = 0.0
         self._healthy = False
         self._pending: dict[str, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -342,6 +359,7 @@ class RedisRegistry(Registry):
         w = self.worker_id
         self._dirty = False  # a claim failing meanwhile sets it again; so does an error here
         await self._r.sadd(WORKERS_KEY, w)
+        await self._sync_watched()
         # forget records of a previous incarnation that we do not hold any more
         stale = await self._r.hgetall(chargers_key(w))
         for cid, val in stale.items():
@@ -393,6 +411,8 @@ class RedisRegistry(Registry):
             self._wake.clear()
             try:
                 await self._renew()
+                if self.worker_id and time.monotonic() >= self._watch_sync_at:
+                    await self._sync_watched()
             except asyncio.CancelledError:
                 raise
             except _DOWN as exc:
@@ -415,7 +435,7 @@ class RedisRegistry(Registry):
     def _channels(self) -> list[str]:
         chans = [reply_channel(self.node_id)]
         if self.worker_id:
-            chans += [control_channel(self.worker_id), calls_channel(self.worker_id)]
+            chans += [control_channel(self.worker_id), calls_channel(self.worker_id), WATCH_CHANNEL]
         return chans
 
     async def _listen_loop(self) -> None:
@@ -472,6 +492,10 @@ class RedisRegistry(Registry):
             fut = self._pending.get(msg.get("id"))
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif channel == WATCH_CHANNEL:
+            cid, until = msg.get("charger_id"), msg.get("until")
+            if isinstance(cid, str) and isinstance(until, (int, float)):
+                self._watched[cid] = max(until, self._watched.get(cid, 0.0))
         elif self.worker_id and channel == control_channel(self.worker_id):
             if msg.get("type") == "takeover":
                 self._lose(msg["charger_id"], int(msg["epoch"]))
@@ -692,10 +716,36 @@ class RedisRegistry(Registry):
             raise PayloadInvalid(err.get("message", ""))
         raise RegistryUnavailable(err.get("message", "owner failed"))
 
-    # -- live events ---------------------------------------------------------------
+    # -- live events ----------------------------------------------------------------
+
+    def wants_events(self, charger_id: str) -> bool:
+        """Someone watches this charger (or all of them), or did within REPLAY_SECONDS."""
+        return charger_id in self._watched or "*" in self._watched
+
+    async def _sync_watched(self) -> None:
+        now = time.time()
+        self._watch_sync_at = time.monotonic() + WATCH_SYNC_S
+        async with self._pipe() as p:
+            p.zremrangebyscore(WATCH_KEY, "-inf", now)
+            p.zrangebyscore(WATCH_KEY, now, "+inf", withscores=True)
+            _, rows = await p.execute()
+        self._watched = {cid: until for cid, until in rows}
+
+    async def _watch(self, charger_id: str) -> None:
+        """Mark ``charger_id`` watched for REPLAY_SECONDS from now, on every worker."""
+        until = time.time() + REPLAY_SECONDS
+        self._watched[charger_id] = until
+        async with self._pipe() as p:
+            p.zadd(WATCH_KEY, {charger_id: until}, gt=True)  # GT still adds a new member
+            p.publish(WATCH_CHANNEL, json.dumps({"charger_id": charger_id, "until": until}))
+            await p.execute()
 
     async def publish(self, event: dict) -> None:
-        """Best effort, never raises: a charger reply must not wait on Redis."""
+        """Best effort, never raises: a charger reply must not wait on Redis.
+
+        Each event is appended to its charger's stream and to the firehose, both
+        capped (``REPLAY_EVENTS`` / ``REPLAY_ALL``); a charger's stream expires
+        ``REPLAY_SECONDS`` after its last event. The stream ids are the SSE ids."""
         if not self._healthy and self._started:
             return  # dropped while Redis is down: live events are best effort
         data = json.dumps(event, default=str)
@@ -703,33 +753,79 @@ class RedisRegistry(Registry):
             async with self._pipe() as p:
                 cid = event.get("charger_id")
                 if cid:
-                    p.publish(events_channel(cid), data)
-                p.publish(events_channel("*"), data)
+                    key = events_key(cid)
+                    p.xadd(key, {"e": data}, maxlen=REPLAY_EVENTS, approximate=True)
+                    p.pexpire(key, int(REPLAY_SECONDS * 1000))
+                p.xadd(events_key("*"), {"e": data}, maxlen=REPLAY_ALL, approximate=True)
                 await p.execute()
         except _DOWN:
             pass
 
-    async def subscribe(self, charger_id: str) -> AsyncIterator[dict]:  # type: ignore[override]
-        """Events of one charger (``"*"``: all). Ends when the registry stops;
-        raises RegistryUnavailable if Redis goes away."""
-        ps = self._ps.pubsub(ignore_subscribe_messages=True)
+    async def events(self, charger_id: str, after: str | None = None) -> Subscription:
+        """Subscribed at once: the stream's current last id is the starting point
+        (``after``, when it is a stream id, replays what came since)."""
+        key = events_key(charger_id)
+        start = after if after and _STREAM_ID.match(after) else None
         try:
+            await self._watch(charger_id)  # from now on the workers build its events
+        except _DOWN as exc:
+            raise RegistryUnavailable(str(exc)) from exc
+        if start is None:
             try:
-                await ps.subscribe(events_channel(charger_id))
+                info = await self._ps.xinfo_stream(key)
+                start = info.get("last-generated-id") or "0-0"
+            except aioredis.ResponseError:  # no such stream yet
+                start = "0-0"
             except _DOWN as exc:
                 raise RegistryUnavailable(str(exc)) from exc
-            while self._started and not self._stopping:
-                try:
-                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.5)
-                except _DOWN as exc:
-                    raise RegistryUnavailable(str(exc)) from exc
-                if msg is not None and msg.get("type") == "message":
-                    with contextlib.suppress(ValueError):
-                        yield json.loads(msg["data"])
-        finally:
+        return _RedisSubscription(self, charger_id, key, start)
+
+
+# an SSE Last-Event-ID we accept: a Redis stream id
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+class _RedisSubscription(Subscription):
+    """Reads one event stream with blocking XREADs of at most 0.5 s (the client's
+    socket timeout is short), continuing after the last id it delivered."""
+
+    def __init__(self, reg: RedisRegistry, charger_id: str, key: str, last: str) -> None:
+        self._reg, self._cid, self._key, self._last = reg, charger_id, key, last
+        self._buf: deque[tuple[str, dict]] = deque()
+        self._rewatch_at = time.monotonic() + REPLAY_SECONDS / 3
+
+    async def next(self, timeout: float) -> tuple[str, dict] | None:
+        deadline = time.monotonic() + timeout
+        reg = self._reg
+        while not self._buf:
+            if not reg._started or reg._stopping:
+                raise StopAsyncIteration
+            if time.monotonic() >= self._rewatch_at:  # still watching: keep it marked
+                self._rewatch_at = time.monotonic() + REPLAY_SECONDS / 3
+                with contextlib.suppress(*_DOWN):
+                    await reg._watch(self._cid)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                got = await reg._ps.xread({self._key: self._last}, count=100,
+                                          block=max(1, int(min(left, 0.5) * 1000)))
+            except _DOWN as exc:
+                raise RegistryUnavailable(str(exc)) from exc
+            for _key, entries in got or ():
+                for sid, fields in entries:
+                    self._last = sid
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        self._buf.append((sid, json.loads(fields["e"])))
+        return self._buf.popleft()
+
+    async def close(self) -> None:
+        """The window is kept REPLAY_SECONDS from now, for a client coming back."""
+        self._buf.clear()
+        if self._reg._started and not self._reg._stopping:
             with contextlib.suppress(*_DOWN):
-                await ps.aclose()
+                await self._reg._watch(self._cid)
 
 
 __all__ = ["RedisRegistry", "owner_key", "epoch_key", "lease_key", "chargers_key",
-           "calls_channel", "control_channel", "events_channel"]
+           "calls_channel", "control_channel", "events_key"]

@@ -19,13 +19,21 @@ Contract (``tests/router/test_registry_contract.py`` runs it on every backend):
   :class:`RegistryUnavailable`.
 * ``publish(event)`` / ``subscribe(charger_id)``: live events (dicts with the
   envelope of ARCHITECTURE.md) for one charger, or ``"*"`` for all.
+* ``events(charger_id, after)`` -> a :class:`Subscription` that exists when the
+  call returns (so an event published afterwards reaches it). Each event comes with
+  a stream id that increases monotonically within its stream; ``after`` (an SSE
+  ``Last-Event-ID``) first replays the events of that stream newer than it, from a
+  bounded window (the last ``REPLAY_EVENTS`` of a charger, ``REPLAY_ALL`` of ``"*"``,
+  kept ``REPLAY_SECONDS`` after the last event or subscriber).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +45,26 @@ TakeoverCallback = Callable[[str, int], Any]  # (charger_id, new_epoch)
 # Not an OCPP action: ``call(charger_id, DISCONNECT, {"reason": ...})`` makes the owning
 # worker close the charger's connection (deregistration); the API refuses it from operators.
 DISCONNECT = "_Disconnect"
+
+
+# The replay window behind ``Last-Event-ID``: per charger, for the firehose, and how
+# long a stream's window outlives its last subscriber (single node) or event (Redis).
+REPLAY_EVENTS = 100
+REPLAY_ALL = 1000
+REPLAY_SECONDS = 300.0
+
+
+class Subscription(ABC):
+    """One live event stream, already subscribed. ``next(timeout)`` returns
+    ``(stream_id, event)``, or None when nothing came within ``timeout`` (the
+    subscription stays intact), and raises StopAsyncIteration once the stream ended
+    (the registry stopped)."""
+
+    @abstractmethod
+    async def next(self, timeout: float) -> tuple[str, dict] | None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
 
 
 class RegistryError(Exception):
@@ -115,7 +143,21 @@ class Registry(ABC):
     async def publish(self, event: dict) -> None: ...
 
     @abstractmethod
-    def subscribe(self, charger_id: str) -> AsyncIterator[dict]: ...
+    async def events(self, charger_id: str, after: str | None = None) -> Subscription:
+        """Subscribe now; replay what is newer than ``after`` first (see the module doc)."""
+
+    async def subscribe(self, charger_id: str) -> AsyncIterator[dict]:
+        """The events of one charger (``"*"``: all) as they come; ends when the registry stops."""
+        sub = await self.events(charger_id)
+        try:
+            while True:
+                item = await sub.next(3600.0)
+                if item is not None:
+                    yield item[1]
+        except StopAsyncIteration:
+            return
+        finally:
+            await sub.close()
 
     @property
     def healthy(self) -> bool:
@@ -124,6 +166,51 @@ class Registry(ABC):
     def wants_events(self, charger_id: str) -> bool:
         """False when nobody could receive an event for this charger (lets workers skip them)."""
         return True
+
+
+class _LocalStream:
+    """Subscribers of one stream and its replay window (``(seq, event)``, oldest first).
+    It stays in the registry while it has subscribers, and ``REPLAY_SECONDS`` after
+    the last one left, so a client that reconnects misses nothing."""
+
+    __slots__ = ("subs", "window", "idle_since")
+
+    def __init__(self, size: int) -> None:
+        self.subs: set[asyncio.Queue] = set()
+        self.window: deque[tuple[int, dict]] = deque(maxlen=size)
+        self.idle_since = 0.0
+
+
+class _LocalSubscription(Subscription):
+    def __init__(self, reg: LocalRegistry, key: str, stream: _LocalStream, after: int | None) -> None:
+        self._reg, self._key, self._stream = reg, key, stream
+        self._q: asyncio.Queue = asyncio.Queue()
+        if after is not None:
+            for item in stream.window:
+                if item[0] > after:
+                    self._q.put_nowait(item)
+        stream.subs.add(self._q)
+
+    async def next(self, timeout: float) -> tuple[str, dict] | None:
+        if self._q.empty():
+            if self._reg._stopped:
+                raise StopAsyncIteration
+            try:
+                # cancelling a Queue.get loses nothing: the item stays queued
+                item = await asyncio.wait_for(self._q.get(), timeout)
+            except asyncio.TimeoutError:
+                return None
+        else:
+            item = self._q.get_nowait()
+        if item is None:
+            raise StopAsyncIteration
+        return str(item[0]), item[1]
+
+    async def close(self) -> None:
+        st = self._stream
+        st.subs.discard(self._q)
+        if not st.subs:
+            st.idle_since = time.monotonic()
 
 
 class LocalRegistry(Registry):
@@ -135,14 +222,21 @@ class LocalRegistry(Registry):
         self._epochs = itertools.count(1)
         self._executor = None
         self._on_takeover = None
-        self._subs: dict[str, set[asyncio.Queue]] = {}
+        # charger id (or "*") -> its stream; a charger nobody watched within
+        # REPLAY_SECONDS has none, and then its events are not even built
+        self._subs: dict[str, _LocalStream] = {}
+        # stream ids: microseconds at start, +1 per event, so a Last-Event-ID from
+        # before a restart is older than every new event
+        self._seq = itertools.count(time.time_ns() // 1000)
+        self._stopped = False
 
     async def start(self) -> None:
-        return None
+        self._stopped = False
 
     async def stop(self) -> None:
-        for qs in self._subs.values():
-            for q in qs:
+        self._stopped = True
+        for st in self._subs.values():
+            for q in st.subs:
                 q.put_nowait(None)
 
     async def claim(self, charger_id: str, protocol: str = "") -> int:
@@ -176,21 +270,30 @@ class LocalRegistry(Registry):
         self.publish_nowait(event)
 
     def publish_nowait(self, event: dict) -> None:
+        item = None
         for key in (event.get("charger_id"), "*"):
-            for q in self._subs.get(key, ()):  # type: ignore[arg-type]
+            st = self._subs.get(key)  # type: ignore[arg-type]
+            if st is None:
+                continue
+            if item is None:
+                item = (next(self._seq), event)
+            st.window.append(item)
+            for q in st.subs:
                 if q.qsize() < 1000:  # a slow subscriber loses events, never blocks a charger
-                    q.put_nowait(event)
+                    q.put_nowait(item)
 
-    async def subscribe(self, charger_id: str) -> AsyncIterator[dict]:  # type: ignore[override]
-        q: asyncio.Queue = asyncio.Queue()
-        self._subs.setdefault(charger_id, set()).add(q)
+    def _expire(self) -> None:
+        limit = time.monotonic() - REPLAY_SECONDS
+        for key in [k for k, st in self._subs.items() if not st.subs and st.idle_since < limit]:
+            del self._subs[key]
+
+    async def events(self, charger_id: str, after: str | None = None) -> Subscription:
+        self._expire()
+        st = self._subs.get(charger_id)
+        if st is None:
+            st = self._subs[charger_id] = _LocalStream(REPLAY_ALL if charger_id == "*" else REPLAY_EVENTS)
         try:
-            while True:
-                ev = await q.get()
-                if ev is None:
-                    return
-                yield ev
-        finally:
-            self._subs[charger_id].discard(q)
-            if not self._subs[charger_id]:
-                del self._subs[charger_id]
+            since = int(after) if after else None
+        except ValueError:
+            since = None  # not one of ours: live events only
+        return _LocalSubscription(self, charger_id, st, since)

@@ -14,8 +14,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 import datetime as _dt
 
 from .base import to_us as _py_to_us
-from .logrows import _bad, _CACHE_MAX
-from .migrations import reading_log as _reading_log
+from .logrows import _bad, _CACHE_MAX, reading_log as _reading_log
 
 import_datetime()
 
@@ -105,7 +104,7 @@ class Rows:
 
 # -- the fold, without a Python object per reading ----------------------------------------
 #
-# A log row's data is msgpack (msgspec's encoding, ``migrations.pack``) of
+# A log row's data is msgpack (msgspec's encoding, ``logrows.pack``) of
 # [[charger, tx, connector, at, wh, kind], ...]; a chunk's is [[connector, at, wh, kind], ...]:
 # the last four fields of a log reading, in the same encoding. So a chunk is built by
 # copying each reading's tail behind a new 4-array header, and only the group keys (charger,

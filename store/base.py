@@ -246,6 +246,12 @@ class Store(ABC):
         """The stored status; "Expired" for an Accepted tag past its expiry; None if unknown."""
 
     @abstractmethod
+    async def list_id_tags(self, after: str | None = None, limit: int = 1000) -> list[dict]:
+        """Tags in ascending order, strictly after ``after``, at most ``limit``:
+        [{"id_tag","status","expiry"}], status as :meth:`get_id_tag` reports it, expiry an
+        ISO string or None."""
+
+    @abstractmethod
     async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None: ...
 
     @abstractmethod

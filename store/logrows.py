@@ -1,24 +1,68 @@
-"""The SQLite store's per-reading work, in one place: building a batch's log rows, checking
-them, splitting them by log table (a move of packed inbox rows: ``split_packed``), and
-turning a log table's packed rows into chunks (a fold: ``fold``).
-
-A saturated worker runs these for every reading (ADR 0005, decisions 22 and 23), so
-``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
-pure-Python twin, selected like the codec (``core.codec.pick``: ``CHARGEYARD_PURE=1``).
+"""The readings' rows: their packed format, and the per-reading steps on them.
 
 A log row is ``(charger_id, tx_id, connector_id, at, energy_wh, kind)``: ``at`` in integer
 microseconds since the epoch, ``kind`` 0 for a MeterSample, 1 for a TransactionEvent's
-reading, 2 for an Ended event's.
+reading, 2 for an Ended event's (a closing reading). The log tables and the inbox hold them
+packed, many to a row (``pack``: msgpack of a list of log rows, in arrival order); a chunk
+(``meter_chunks.data``) holds a transaction's readings as ``(connector_id, at, energy_wh,
+kind)``, packed the same way. ``READING_LOGS`` tables hold the log, a charger's in
+``reading_log(charger_id)``.
+
+The per-reading steps: building a batch's log rows, checking them, splitting them by log
+table (a move of packed inbox rows: ``split_packed``), and turning a log table's packed rows
+into chunks (a fold: ``fold``). A saturated worker runs them for every reading, so
+``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
+pure-Python twin, chosen by ``core.twins.load("chargeyard.store.logrows")``.
+
+Log rows, chunks and their summaries stay tuples: the compiled steps build them in C, one
+per reading or chunk, and msgpack packs a tuple as the array the format wants. Their first
+Python reader unpacks them into named variables (``sqlite/readings.py``, ``apply_fold``).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any, Callable
 
-from .base import StoreError, to_us
-from .migrations import chunk_summary, pack, unpack_log
+import msgspec
 
-__all__ = ["Rows", "select", "table"]
+from .base import StoreError, to_us
+
+__all__ = ["READING_LOGS", "Rows", "chunk_summary", "pack", "reading_log", "table", "unpack_chunk",
+           "unpack_log"]
+
+READING_LOGS = 64  # tables the reading log is split into (schema version 5)
+
+
+def reading_log(charger_id: str) -> int:
+    """The reading log table of a charger: the same in every process (CRC-32, not ``hash``)."""
+    return zlib.crc32(charger_id.encode()) % READING_LOGS
+
+
+pack = msgspec.msgpack.Encoder().encode
+unpack_log = msgspec.msgpack.Decoder(list[tuple[str, str, int, int, float, int]]).decode
+unpack_chunk = msgspec.msgpack.Decoder(list[tuple[int, int, float, int]]).decode
+
+
+def chunk_summary(rows: list) -> tuple:
+    """(lowest not closing or None, highest, and the newest's at, connector and reading) of a
+    chunk's [connector, at, wh, kind] rows: newest by at, then the lowest connector; of a
+    repeated key, the last reading."""
+    cons, ats, whs, kinds = zip(*rows)
+    high = max(whs)
+    if 2 in kinds:
+        lows = [w for w, k in zip(whs, kinds) if k != 2]
+        low = min(lows) if lows else None
+    else:
+        low = min(whs)
+    at = max(ats)
+    if ats.count(at) == 1:
+        i = ats.index(at)
+    else:
+        con = min(c for c, a in zip(cons, ats) if a == at)
+        i = max(j for j, (c, a) in enumerate(zip(cons, ats)) if a == at and c == con)
+    return low, high, at, cons[i], whs[i]
+
 
 _I64 = 2**63
 _CACHE_MAX = 200_000  # charger ids whose log table is remembered
@@ -114,25 +158,14 @@ class Rows:
         return ([(charger, tx, chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()],
                 [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
 
-
     @staticmethod
     def split_packed(datas: list[bytes], n: int, table_of: Callable[[str], int]) -> list | None:
         """A move's rows: the log rows packed in ``datas`` (in order), split by log table
         (``table_of``, ``n`` tables), as ``[(table, readings, packed), ...]`` by table, each
         table's in order. Raises as ``fold`` does; the compiled twin returns None instead (also
-        for a ``table_of`` other than ``migrations.reading_log``)."""
+        for a ``table_of`` other than ``reading_log``)."""
         rows: list = []
         for data in datas:
             rows += unpack_log(data)
         parts = Rows.split(rows, {}, n, table_of)
         return [(b, len(part), pack(part)) for b, part in enumerate(parts) if part]
-
-
-def select() -> type:
-    """The compiled Rows unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
-    from ..core.codec import pick
-
-    def compiled() -> type:
-        from ._logrows import Rows as CRows  # type: ignore[import-not-found]
-        return CRows
-    return pick(Rows, compiled)

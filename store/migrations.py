@@ -1,4 +1,4 @@
-"""Versioned schema for the SQLite store.
+"""Versioned schema of the SQLite store: its migrations, and nothing else.
 
 Each migration is ``(version, sql)``, or ``(version, function)`` for one that needs Python
 (it gets the connection, inside the transaction); versions are consecutive from 1 and never
@@ -15,27 +15,18 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import zlib
 from typing import Callable
 
-import msgspec
-
 from .base import StoreError
+from .logrows import READING_LOGS, chunk_summary, pack, reading_log
 
 LOG_BUCKETS = 64  # tables the sample log was split into (migrations 3 and 4; gone in 5)
-READING_LOGS = 64  # tables the reading log is split into (migration 5)
 
 
-def reading_log(charger_id: str) -> int:
-    """The reading log table of a charger: the same in every process (CRC-32, not ``hash``)."""
-    return zlib.crc32(charger_id.encode()) % READING_LOGS
-
-
-# a reading log row: msgpack of [[charger_id, tx_id, connector_id, at, energy_wh, kind], ...],
-# in arrival order; a chunk's data: msgpack of [[connector_id, at, energy_wh, kind], ...]
-pack = msgspec.msgpack.Encoder().encode
-unpack_log = msgspec.msgpack.Decoder(list[tuple[str, str, int, int, float, int]]).decode
-unpack_chunk = msgspec.msgpack.Decoder(list[tuple[int, int, float, int]]).decode
+# version 5's chunk insert, kept as it was (the store's own is sqlite/sql.py's)
+_CHUNK_INSERT_V5 = """
+INSERT INTO meter_chunks (charger_id, tx_id, chunk, low_wh, high_wh, last_at, last_connector, last_wh, rows, data)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"""
 
 
 def _chunks(conn: sqlite3.Connection) -> None:
@@ -61,7 +52,7 @@ def _chunks(conn: sqlite3.Connection) -> None:
                 if low is not None:
                     rows.append((connector, at, low, 0))
                 rows.append((connector, at, last, 2))
-            conn.execute(CHUNK_INSERT, (*key, 0, *chunk_summary(rows), len(rows), pack(rows)))
+            conn.execute(_CHUNK_INSERT_V5, (*key, 0, *chunk_summary(rows), len(rows), pack(rows)))
             rows.clear()
     for charger, tx, at, connector, wh, closing in conn.execute(
             "SELECT charger_id, tx_id, at, connector_id, energy_wh, closing FROM meter_samples "
@@ -83,30 +74,6 @@ def _chunks(conn: sqlite3.Connection) -> None:
     for table in ("sample_repeats", "meter_samples"):
         conn.execute(f"DROP TABLE {table}")
 
-
-def chunk_summary(rows: list) -> tuple:
-    """(lowest not closing or None, highest, and the newest's at, connector and reading) of a
-    chunk's [connector, at, wh, kind] rows: newest by at, then the lowest connector; of a
-    repeated key, the last reading."""
-    cons, ats, whs, kinds = zip(*rows)
-    high = max(whs)
-    if 2 in kinds:
-        lows = [w for w, k in zip(whs, kinds) if k != 2]
-        low = min(lows) if lows else None
-    else:
-        low = min(whs)
-    at = max(ats)
-    if ats.count(at) == 1:
-        i = ats.index(at)
-    else:
-        con = min(c for c, a in zip(cons, ats) if a == at)
-        i = max(j for j, (c, a) in enumerate(zip(cons, ats)) if a == at and c == con)
-    return low, high, at, cons[i], whs[i]
-
-
-CHUNK_INSERT = """
-INSERT INTO meter_chunks (charger_id, tx_id, chunk, low_wh, high_wh, last_at, last_connector, last_wh, rows, data)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"""
 
 _CHUNKS_SQL = """
 -- A reading is stored in a chunk: the readings of one transaction (or of a charger without
@@ -354,12 +321,13 @@ CREATE TABLE sample_inbox (
 );"""),
     (5, _chunks),
     (6, """
--- meter_chunks becomes a rowid table with its key in a unique index. A chunk (~1.7 KB at 64
--- readings) is too big for a WITHOUT ROWID table: its key's B-tree keeps it in leaf cells
+-- meter_chunks becomes a rowid table with its key in a unique index. A chunk (a kilobyte
+-- or two) is too big for a WITHOUT ROWID table: its key's B-tree keeps it in leaf cells
 -- that spill into overflow pages, and a fold's inserts land all over the tree and move those
 -- cells around. Here a fold appends its chunks at the table's end and only the small key goes
--- into the index: 6.7 us of CPU and 7.3 KiB of WAL per chunk instead of 24 us and 15.6 KiB
--- (ADR 0005, decision 23). Chunks are copied in key order; reads use the index.
+-- into the index, so a fold writes far fewer pages and spends less CPU per chunk
+-- (docs/adr/0011-readings-log-inbox-chunks.md). Chunks are copied in key order; reads use
+-- the index.
 CREATE TABLE meter_chunks_v6 (
     id             INTEGER PRIMARY KEY,
     charger_id     TEXT NOT NULL,

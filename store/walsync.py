@@ -1,12 +1,12 @@
 """The WAL's sync thread: makes small batches durable off the event loop.
 
-A batch that commits on the event loop's thread (``SqliteStore.apply``) commits at
+A batch that commits on the event loop's thread (``sqlite/batch.py``) commits at
 ``synchronous=NORMAL``: its WAL frames reach the kernel, and the loop goes on at once. This
 thread then ``fdatasync``s the WAL file, and reports which commits that covered; the batch's
 ``apply`` returns (and its chargers get their replies) only then, as at ``FULL``. While a
 sync runs the loop reads, handles and commits the next messages, instead of sleeping
-through the disk's ~0.2 ms in each COMMIT; a sync covers every commit made before it
-started, so commits made during one share the next.
+through the disk in each COMMIT; a sync covers every commit made before it started, so
+commits made during one share the next. ``sqlite/wal.py`` drives it.
 
 Protocol (one writer, the loop; one syncer, the thread):
 
@@ -19,8 +19,8 @@ Protocol (one writer, the loop; one syncer, the thread):
 
 ``_walsync.pyx`` is the same thread compiled, which runs without the GIL: a Python thread
 needs the GIL back after each sync, and on a busy core waits for it up to the interpreter's
-switch interval; this one signals the loop without it. Selected like the codec
-(``core.codec.pick``).
+switch interval; this one signals the loop without it. Chosen by
+``core.twins.load("chargeyard.store.walsync")``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import threading
 
-__all__ = ["WalSync", "select"]
+__all__ = ["WalSync"]
 
 
 class WalSync:
@@ -96,13 +96,3 @@ class WalSync:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def select() -> type:
-    """The compiled WalSync unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
-    from ..core.codec import pick
-
-    def compiled() -> type:
-        from ._walsync import WalSync as CWalSync  # type: ignore[import-not-found]
-        return CWalSync
-    return pick(WalSync, compiled)

@@ -143,6 +143,9 @@ class ClusterProc(NodeProc):
     def __init__(self, data_dir: Path, workers: int = 3, *, restart_delay: float | None = 1.0,
                  **settings: object) -> None:
         super().__init__(data_dir)
+        from chargeyard import procs
+
+        self.ws_port, self.http_port = procs.cluster_ports(workers)  # the nodes take the ports above
         self.n_workers = workers
         self.restart_delay = restart_delay
         self.settings_kw = settings
@@ -213,3 +216,18 @@ def schema_at(conn, monkeypatch, version: int) -> None:
         m.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:version])
         m.setattr(migrations, "LATEST", version)
         assert migrations.migrate(conn) == list(range(1, version + 1))
+
+
+def twin_modules(name: str) -> list:
+    """The pure-Python twin of compiled module ``name`` (``core.twins``), and the compiled one
+    when it is built (with ``CHARGEYARD_REQUIRE_EXT=1`` it must be), for a parametrization
+    that runs a test on both."""
+    from chargeyard.core import twins
+
+    modules = [twins.load(name, pure=True)]
+    try:
+        modules.append(twins.load(name, pure=False))
+    except ImportError:
+        if twins.require_ext():
+            raise
+    return modules

@@ -205,6 +205,29 @@ cdef class Listener(WSListener):
 
     impl = "cython"
 
+    # -- hooks: what this per-message path calls on its subclass (``session.Session``; the
+    # pure twin documents them)
+    def _throttle(self, data):
+        raise NotImplementedError
+
+    def _on_message(self, data):
+        raise NotImplementedError
+
+    def _process_other(self, msg, data):
+        raise NotImplementedError
+
+    def _no_handler(self, call):
+        raise NotImplementedError
+
+    def _handler_failed(self, call, exc):
+        raise NotImplementedError
+
+    def _deferred_reply(self, call, res, t0):
+        raise NotImplementedError
+
+    def close(self, code=None, reason="", why="server"):
+        raise NotImplementedError
+
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType mt = frame.msg_type
         if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:

@@ -41,6 +41,32 @@ class Listener(WSListener):
 
     impl = "python"
 
+    # -- hooks: what this per-message path calls on its subclass (``session.Session``) --
+    def _throttle(self, data: bytes) -> None:
+        """A whole message over the rate limit (or behind ones that were): queue it."""
+        raise NotImplementedError
+
+    def _on_message(self, data: bytes) -> None:
+        """A message reassembled from fragments."""
+        raise NotImplementedError
+
+    def _process_other(self, msg: Any, data: bytes) -> None:
+        """A frame that is not a CALL: a reply to our call, an error, a bad frame, a SEND."""
+        raise NotImplementedError
+
+    def _no_handler(self, call: Call) -> None:
+        raise NotImplementedError
+
+    def _handler_failed(self, call: Call, exc: Exception) -> None:
+        raise NotImplementedError
+
+    def _deferred_reply(self, call: Call, res: Any, t0: float) -> None:
+        """A handler's answer that is neither a response nor a ``Commit`` (a coroutine)."""
+        raise NotImplementedError
+
+    def close(self, code: WSCloseCode = WSCloseCode.OK, reason: str = "", why: str = "server") -> None:
+        raise NotImplementedError
+
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         mt = frame.msg_type
         if mt is _TEXT or mt is _BINARY:

@@ -1,9 +1,10 @@
 """The energy register reading of a MeterValue's sampled values (OCPP 1.6, 2.0.1, 2.1), and
 the readings of a 1.6 MeterValues, built for the store.
 
-``_meter.pyx`` compiles ``Meter.samples_16`` (a saturated worker runs it for every
-MeterValues; ADR 0005, decision 22) with the same results; this module is its pure-Python
-twin, selected like the codec (``core.codec.pick``: ``CHARGEYARD_PURE=1``).
+``_meter.pyx`` compiles ``samples_16`` and the common path of the 1.6 MeterValues handler
+(``meter_values_16``): a saturated worker runs them for every message. This module is their
+pure-Python twin; callers take either through ``core.twins.load("chargeyard.worker.meter")``.
+Both define the same public names.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ENERGY", "I64", "Meter", "energy_16", "energy_201", "finite", "i64", "select"]
+from ..store.base import MeterSample
+
+__all__ = ["ENERGY", "I64", "IMPL", "energy_16", "energy_201", "finite", "i64", "meter_values_16", "samples_16"]
 
 ENERGY = "Energy.Active.Import.Register"
 I64 = 2**63 - 1
 UNSET = msgspec.UNSET
+IMPL = "python"
 
 
 def i64(n: int) -> int:
@@ -78,50 +82,32 @@ def energy_201(sampled: list) -> float | None:
     return _energy(sampled, _wh_201)
 
 
-class Meter:
-    """The per-message step, as a static function (the compiled class has the same)."""
-
-    impl = "python"
-
-    @staticmethod
-    def samples_16(charger_id: str, tx: str, connector: int, meter_value: list,
-                   sample: Callable[..., Any]) -> list:
-        """``sample(charger_id, tx, at, energy_wh, connector)`` for each MeterValue with an
-        energy reading (``energy_16``), in order; the connector clamped to 64 bits."""
-        samples = []
-        for mv in meter_value:
-            wh = energy_16(mv.sampled_value)
-            if wh is not None:
-                samples.append(sample(charger_id, tx, mv.timestamp, wh, i64(connector)))
-        return samples
-
-    @staticmethod
-    def handler_16(wants_events: Callable[[str], bool], sample: Callable[..., Any], commit: Callable[..., Any],
-                   response: Any, rest: Callable[..., Any]) -> Callable[[Any, Any], Any]:
-        """The 1.6 MeterValues handler's common path: the readings (``samples_16``, with the
-        transaction id as text); no reading: ``response``; one reading and no event wanted
-        (``wants_events(charger_id)``): ``commit(reading, response)``; anything else:
-        ``rest(session, request, tx, readings, wants)``."""
-        samples_16 = Meter.samples_16
-
-        def MeterValues(s: Any, r: Any) -> Any:
-            charger_id = s.charger_id
-            tx = str(r.transaction_id) if r.transaction_id is not UNSET else ""
-            samples = samples_16(charger_id, tx, r.connector_id, r.meter_value, sample)
-            if not samples:
-                return response
-            wants = wants_events(charger_id)
-            if len(samples) == 1 and not wants:
-                return commit(samples[0], response)
-            return rest(s, r, tx, samples, wants)
-        return MeterValues
+def samples_16(charger_id: str, tx: str, connector: int, meter_value: list) -> list[MeterSample]:
+    """A ``MeterSample`` for each MeterValue with an energy reading (``energy_16``), in
+    order; the connector clamped to 64 bits."""
+    samples = []
+    for mv in meter_value:
+        wh = energy_16(mv.sampled_value)
+        if wh is not None:
+            samples.append(MeterSample(charger_id, tx, mv.timestamp, wh, i64(connector)))
+    return samples
 
 
-def select() -> type:
-    """The compiled Meter unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
-    from ..core.codec import pick
+def meter_values_16(wants_events: Callable[[str], bool], several: Callable[..., Any], commit: Callable[..., Any],
+                    accepted: Any) -> Callable[[Any, Any], Any]:
+    """The 1.6 MeterValues handler (``handlers/ocpp16.py``), bound to a worker's
+    ``wants_events``. The common case is answered here: no reading: ``accepted`` at once;
+    one reading and nobody listening: ``commit(reading, accepted)``. Anything else goes
+    to ``several(session, request, tx, readings, wants_event)``."""
 
-    def compiled() -> type:
-        from ._meter import Meter as CMeter  # type: ignore[import-not-found]
-        return CMeter
-    return pick(Meter, compiled)
+    def meter_values(session: Any, req: Any) -> Any:
+        charger_id = session.charger_id
+        tx = str(req.transaction_id) if req.transaction_id is not UNSET else ""
+        readings = samples_16(charger_id, tx, req.connector_id, req.meter_value)
+        if not readings:
+            return accepted
+        wants_event = wants_events(charger_id)
+        if len(readings) == 1 and not wants_event:
+            return commit(readings[0], accepted)
+        return several(session, req, tx, readings, wants_event)
+    return meter_values

@@ -1,20 +1,20 @@
 """The worker: a picows WebSocket server holding one Session per charger.
 
 Lifecycle only (uvicorn's shape): start listening, admit handshakes, keep the
-session table, hand operator calls to sessions, drain on SIGTERM.
+session table, hand operator calls to sessions, keep last_seen current, drain on
+SIGTERM. What sessions and handlers use lives in ``services.py`` and the modules it
+composes (``authorization``, ``txids``, ``leniency``, ``events``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import datetime as dt
 import logging
 import random
 import re
 import time
-import tomllib
 import urllib.parse
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,10 +26,16 @@ from ..core import SUBPROTOCOLS, Codec
 from ..router.registry import NotConnected, Registry
 from ..store.base import Store
 from . import metrics as m
+from .authorization import Authorization
 from .batching import BatchWriter
-from .handlers import all_handlers, now
+from .events import Events
+from .handlers import all_handlers
+from .leniency import Leniency
 from .listener import select_lane, select_reply_all
+from .services import Services
 from .session import Session
+from .settings import WorkerSettings
+from .txids import TxIds
 
 log = logging.getLogger("chargeyard.worker")
 _PATH = re.compile(r"^/(?:ocpp/)?([^/?#]+)/?$")
@@ -74,127 +80,41 @@ def _version() -> str:
         return "unknown"
 
 
-class Auth:
-    """Id-tag status with a short cache; unknown tags are Invalid unless configured."""
-
-    def __init__(self, store: Store, accept_unknown: bool, ttl: float = 5.0) -> None:
-        self.store = store
-        self.accept_unknown = accept_unknown
-        self.ttl = ttl
-        self._cache: dict[str, tuple[float, str]] = {}
-
-    async def status(self, tag: str) -> str:
-        hit = self._cache.get(tag)
-        t = time.monotonic()
-        if hit is not None and hit[0] > t:
-            return hit[1]
-        status = await self.store.get_id_tag(tag)
-        if status is None:
-            status = "Accepted" if self.accept_unknown else "Invalid"
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[tag] = (t + self.ttl, status)
-        return status
-
-    def forget(self, tag: str) -> None:
-        self._cache.pop(tag, None)
-
-
-class TxIds:
-    """1.6 transaction ids, reserved from the store in blocks so workers never collide."""
-
-    def __init__(self, store: Store, block: int = 1000) -> None:
-        self.store = store
-        self.block = block
-        self._next = 0
-        self._last = -1
-        self._lock = asyncio.Lock()
-
-    async def next(self) -> int:
-        if self._next > self._last:
-            async with self._lock:
-                if self._next > self._last:
-                    self._next, self._last = await self.store.allocate_tx_ids(self.block)
-        n = self._next
-        self._next += 1
-        return n
-
-
-class Leniency:
-    """Per-model leniency profiles (TOML)::
-
-        [[profile]]
-        name = "acme-old-firmware"
-        vendor = "ACME"            # glob on BootNotification vendor (optional)
-        model = "AC22*"            # glob on model (optional)
-        charger_id = "ACME-*"      # glob on charger id (optional)
-        relax = ["unknown_fields", "numeric_strings", "enum_case", "naive_timestamps"]
-
-    The first matching profile wins; strict is the default.
-    """
-
-    RULES = frozenset({"unknown_fields", "numeric_strings", "enum_case", "missing_timestamps",
-                       "naive_timestamps"})
-
-    def __init__(self, profiles: list[dict] | None = None) -> None:
-        self.profiles = profiles or []
-        for p in self.profiles:
-            bad = set(p.get("relax", [])) - self.RULES
-            if bad:
-                raise ValueError(f"leniency profile {p.get('name')!r}: unknown rules {sorted(bad)}")
-
-    @classmethod
-    def from_file(cls, path: str) -> Leniency:
-        if not path:
-            return cls()
-        with open(path, "rb") as f:
-            return cls(tomllib.load(f).get("profile", []))
-
-    def for_charger(self, charger_id: str, vendor: str, model: str) -> frozenset[str]:
-        for p in self.profiles:
-            if "charger_id" in p and not fnmatch.fnmatchcase(charger_id, p["charger_id"]):
-                continue
-            if "vendor" in p and not fnmatch.fnmatchcase(vendor, p["vendor"]):
-                continue
-            if "model" in p and not fnmatch.fnmatchcase(model, p["model"]):
-                continue
-            return frozenset(p.get("relax", []))
-        return _STRICT
-
-
-_STRICT: frozenset[str] = frozenset()  # no rule relaxed (shared: one empty set per session is 200 B)
+def _event(event: str, **fields: Any) -> dict[str, Any]:
+    """The structured fields of one info line (``extra={"fields": ...}``; the JSON log
+    formatter puts them into the line's object)."""
+    return {"fields": {"event": event, **fields}}
 
 
 class Worker:
-    def __init__(self, settings: Any, store: Store, registry: Registry,
+    """One worker process's charger endpoint. ``sinks`` receive every event too (tests,
+    in-process consumers)."""
+
+    def __init__(self, settings: WorkerSettings, store: Store, registry: Registry,
                  sinks: list[Callable[[dict], Any]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
-        self.sinks = tuple(sinks or ())
-        if not self.sinks:  # per message, one call instead of two (see wants_events)
-            self.wants_events = registry.wants_events  # type: ignore[method-assign]
         self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=select_reply_all(), lane=select_lane())
-        self.auth = Auth(store, settings.accept_unknown_tags)
-        self.tx_ids = TxIds(store)
-        self.leniency = Leniency.from_file(settings.leniency_file)
-        self.data_transfer: dict[str, Callable] = {}
+        self.services = Services(
+            settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
+            Leniency.from_file(settings.leniency_file),
+            Events(registry, settings.worker_id, self.spawn, sinks))
+        self.handlers = all_handlers(self.services)
         self.sessions: dict[str, Session] = {}
-        self.boots_in_flight = 0
         self.ready = False
         self.draining = False
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._hs_tokens = float(settings.handshake_rate)
         self._hs_last = time.monotonic()
-        self._warned: dict[tuple[str, str], float] = {}
-        self._event_seq = 0
-        self._event_prefix = uuid.uuid4().hex[:12] + "-"
-        self._source = f"chargeyard/{settings.worker_id}"
-        self.handlers = all_handlers(self)
         self.port = 0
+
+    @property
+    def authorization(self) -> Authorization:
+        """The operator API tells it when an id tag changes (``forget``)."""
+        return self.services.authorization
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -205,18 +125,20 @@ class Worker:
             self._factory, s.host, s.ws_port,
             max_frame_size=s.max_frame,
             # pings come from one sweep over all sessions (_keepalive), not from picows'
-            # auto-ping: that is a task with a sleeping timer per connection (~1 KiB each)
+            # auto-ping: that is a task with a sleeping timer per connection
             enable_auto_ping=False,
             read_buffer_init_size=s.ws_read_buffer,
             websocket_handshake_timeout=10,
             logger_name="chargeyard.ws",
-            # uvloop's own TCP transport: same CPU per message as picows' default
-            # (aiofastnet) here, 11.8 instead of 17.0 KiB per idle connection at 15k
+            # uvloop's own TCP transport: the same CPU per message as picows' default
+            # (aiofastnet) here, and less memory per idle connection
             use_aiofastnet=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if s.ping_interval > 0:
             self.spawn(self._keepalive())
+        if s.seen_interval > 0:
+            self.spawn(self._last_seen())
         m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
         self.ready = True
         log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
@@ -228,6 +150,7 @@ class Worker:
         self.ready, self.draining = False, True
         if self._server is not None:
             self._server.close()
+        self._write_last_seen()
         try:
             await asyncio.wait_for(self.writer.flush(), self.settings.drain_timeout)
         except asyncio.TimeoutError:
@@ -239,7 +162,7 @@ class Worker:
             await asyncio.sleep(0.05)
         if self.sessions:
             log.warning("drain: %d connections did not close in time", len(self.sessions))
-        for t in list(self._tasks):
+        for t in list(self.services.tasks):
             t.cancel()
 
     async def stop(self) -> None:
@@ -263,52 +186,78 @@ class Worker:
                 except Exception:
                     log.exception("keepalive of %s failed", sess.charger_id)
 
-    def track(self, task: asyncio.Task) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _last_seen(self) -> None:
+        """Every ``seen_interval``, last_seen = the time of the last message of each charger
+        that sent one since: one write per charger and interval, none per message."""
+        while True:
+            await asyncio.sleep(self.settings.seen_interval)
+            self._write_last_seen()
+
+    def _write_last_seen(self) -> None:
+        wall, now = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        for sess in list(self.sessions.values()):
+            self._write_seen(sess, wall, now)
+
+    def _write_seen(self, sess: Session, wall: dt.datetime, now: float) -> None:
+        op = sess.seen_since_written(wall, now)
+        if op is None or self.writer.closed:
+            return
+        try:
+            self.writer.add(op).add_done_callback(_ignore_failure)
+        except Exception as exc:  # a full or closed writer: the next write moves it
+            log.debug("last_seen of %s not written: %r", sess.charger_id, exc)
 
     def spawn(self, coro: Any) -> None:
-        self.track(asyncio.ensure_future(coro))
+        self.services.spawn(coro)
 
     # -- handshakes ------------------------------------------------------------------
-    def _refuse(self, status: int, reason: str, body: str, headers: dict | None = None) -> Any:
+    def _refuse(self, request: WSUpgradeRequest, status: int, reason: str, body: str,
+                headers: dict | None = None) -> Any:
         m.WS_REFUSED.labels(reason).inc()
+        if reason != "overload":  # a storm refused for overload would log a line per attempt
+            log.info("handshake refused", extra=_event(
+                "refused", reason=reason, status=status, path=request.path.decode("latin-1")[:100]))
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_error_response(status, body.encode(), headers), None)
 
     def _factory(self, request: WSUpgradeRequest) -> Any:
         if self.draining:
-            return self._refuse(503, "draining", "draining, connect again", {"Retry-After": "5"})
+            return self._refuse(request, 503, "draining", "draining, connect again", {"Retry-After": "5"})
         cid = parse_charger_id(request.path)
         if cid is None:
-            return self._refuse(400, "bad_id", "charger id must be 1-48 printable characters: /ocpp/{id}")
+            return self._refuse(request, 400, "bad_id",
+                                "charger id must be 1-48 printable characters: /ocpp/{id}")
         chosen = choose_subprotocol(request.headers.get("Sec-WebSocket-Protocol"))
         if chosen is None:
-            return self._refuse(400, "no_subprotocol",
+            return self._refuse(request, 400, "no_subprotocol",
                                 "offer one of the subprotocols ocpp1.6, ocpp2.0.1, ocpp2.1")
         now_t = time.monotonic()
         rate = self.settings.handshake_rate
         self._hs_tokens = min(rate, self._hs_tokens + (now_t - self._hs_last) * rate)
         self._hs_last = now_t
         if self._hs_tokens < 1.0:
-            return self._refuse(503, "overload", "too many connections at once, retry",
+            return self._refuse(request, 503, "overload", "too many connections at once, retry",
                                 {"Retry-After": str(random.randint(1, 10))})
         self._hs_tokens -= 1.0
         proto, version = chosen
-        session = Session(self, cid, proto, version)
+        session = Session(self.services, self, cid, proto, version, self.codecs[version], self.handlers[version])
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": proto}), session)
 
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
+        s.address = _peer(s)
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
+        log.info("charger connected", extra=_event(
+            "connect", charger_id=s.charger_id, protocol=s.protocol, address=s.address))
         if old is not None:
-            log.info("charger %s reconnected: closing its previous connection", s.charger_id)
+            log.info("charger reconnected: closing its previous connection", extra=_event(
+                "takeover", charger_id=s.charger_id, by="reconnect", address=s.address))
             old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
         self.spawn(self._claim(s))
-        self.emit(s, "charger.connected", {"protocol": s.protocol})
+        self.services.events.emit(s.charger_id, "charger.connected", {"protocol": s.protocol})
 
     async def _claim(self, s: Session) -> None:
         try:
@@ -319,11 +268,16 @@ class Worker:
     def session_closed(self, s: Session, reason: str) -> None:
         m.WS_CONNECTIONS.labels(s.protocol).dec()
         m.WS_CLOSED.labels(reason).inc()
+        code, text = s.close_info()
+        log.info("charger disconnected", extra=_event(
+            "disconnect", charger_id=s.charger_id, code=code, reason=reason, close_reason=text,
+            duration_s=round(time.monotonic() - s.connected_at, 3)))
         if self.sessions.get(s.charger_id) is s:
             del self.sessions[s.charger_id]
+            self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
-            self.emit(s, "charger.disconnected", {"reason": reason})
+            self.services.events.emit(s.charger_id, "charger.disconnected", {"reason": reason})
 
     async def _release(self, charger_id: str, epoch: int) -> None:
         try:
@@ -335,6 +289,8 @@ class Worker:
         """Another worker now owns this charger: close our connection to it."""
         s = self.sessions.get(charger_id)
         if s is not None and 0 < s.epoch < new_epoch:  # epoch 0: our own claim is still pending
+            log.info("charger connected elsewhere: closing its connection here", extra=_event(
+                "takeover", charger_id=charger_id, by="other_worker"))
             s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
     async def execute_call(self, charger_id: str, action: str, payload: dict, timeout: float) -> dict:
@@ -343,49 +299,26 @@ class Worker:
             raise NotConnected(f"charger {charger_id!r} is not connected")
         return await s.call(action, payload, timeout)
 
-    # -- events, logs ------------------------------------------------------------------
-    def wants_events(self, charger_id: str) -> bool:
-        """Whether anyone listens: per-message events are not even built otherwise. Without
-        sinks (fixed at construction) it is the registry's own ``wants_events``."""
-        return bool(self.sinks) or self.registry.wants_events(charger_id)
-
-    def emit(self, s: Session, kind: str, data: dict) -> None:
-        """Publish an event (never blocks a charger reply)."""
-        if not self.wants_events(s.charger_id):
-            return
-        self._event_seq += 1
-        event = {"id": f"{self._event_prefix}{self._event_seq:x}", "type": kind, "source": self._source,
-                 "time": now().isoformat(), "charger_id": s.charger_id, "data": data}
-        publish_nowait = getattr(self.registry, "publish_nowait", None)
-        if publish_nowait is not None:
-            publish_nowait(event)
-        else:
-            self.spawn(self._publish(event))
-        for sink in self.sinks:
-            try:
-                sink(event)
-            except Exception:
-                log.exception("event sink failed")
-
-    async def _publish(self, event: dict) -> None:
-        try:
-            await self.registry.publish(event)
-        except Exception as exc:
-            log.debug("event not published: %r", exc)
-
-    def warn_once(self, s: Session, key: str, msg: str, *args: Any) -> None:
-        """Quirky chargers repeat themselves: one warning per charger and kind per 10 min."""
-        k = (s.charger_id, key)
-        t = time.monotonic()
-        if self._warned.get(k, 0.0) > t:
-            return
-        if len(self._warned) > 50_000:
-            self._warned.clear()
-        self._warned[k] = t + 600
-        log.warning(msg, *args)
-
     def _on_commit(self, rows: int, seconds: float) -> None:
         m.BATCH_ROWS.observe(rows)
         m.BATCH_COMMIT.observe(seconds)
         m.WRITE_QUEUE.set(self.writer.queue_depth)
         m.DEFERRED.set(self.writer.store.deferred_rows)
+
+
+def _peer(s: Session) -> str:
+    """The charger's address as ``host:port`` ("" when the transport does not say)."""
+    tr = s.transport
+    try:
+        peer = tr.underlying_transport.get_extra_info("peername") if tr is not None else None
+    except Exception:
+        peer = None
+    if not peer:
+        return ""
+    return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
+
+
+def _ignore_failure(fut: asyncio.Future) -> None:
+    """A last_seen write that failed is not retried: the next one moves it further."""
+    if not fut.cancelled():
+        fut.exception()

@@ -1,36 +1,37 @@
 """One charger connection: frames in, replies out, CSMS->charger calls.
 
 A frame's path: ``on_ws_frame`` -> ``Codec.decode`` (core) -> the version's
-handler (``handlers.py``) -> reply now, or after the batch commit of its write
-(``batching.py``). That per-message path is the base class (``listener.py``, compiled
-from ``_listener.pyx`` when built); this class has everything else.
+handler (``handlers/``) -> reply now, or after the batch commit of its write (the
+writer). That per-message path is the base class (``listener.py``, compiled from
+``_listener.pyx`` when built); this class has everything else. A session knows its
+worker only through ``Services`` (what handlers use) and a ``SessionTable`` (the
+worker's table of open sessions), so it imports neither the server nor the handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import inspect
 import itertools
-from collections import deque
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from typing import Any, Protocol
 
 import msgspec
 from picows import WSCloseCode, WSMsgType, WSTransport
 
-from ..core import Call, CallError, CallResult, FrameError, PayloadError, Send
+from ..core import Call, CallError, CallResult, Codec, FrameError, PayloadError, Send, twins
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
+from ..store.base import ChargerSeen
 from . import metrics as m
-from .handlers import Reply
-from .listener import select
-
-if TYPE_CHECKING:
-    from .server import Worker
+from .services import Services
 
 log = logging.getLogger("chargeyard.worker")
 _ids = itertools.count(1)
 _COUNTS: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
-Listener = select()
+Listener = twins.load("chargeyard.worker.listener").Listener  # compiled unless CHARGEYARD_PURE=1
 LISTENER_IMPL: str = Listener.impl
 
 
@@ -43,29 +44,43 @@ def _counters(protocol: str) -> tuple[dict[str, int], dict[str, int]]:
     return c
 
 
+class SessionTable(Protocol):
+    """The worker's table of open sessions, told when a connection opens and closes."""
+
+    def session_opened(self, session: Session) -> None: ...
+
+    def session_closed(self, session: Session, reason: str) -> None: ...
+
+
 class Session(Listener):  # type: ignore[misc,valid-type]
     """The listener picows calls for one charger's WebSocket."""
 
-    __slots__ = ("worker", "charger_id", "protocol", "version", "tables", "epoch", "vendor", "model",
-                 "leniency", "closed_reason", "_pending", "_call_lock", "_queued")
+    __slots__ = ("services", "table", "charger_id", "protocol", "version", "address", "tables", "epoch",
+                 "vendor", "model", "leniency", "closed_reason", "connected_at", "_seen_written", "_pending",
+                 "_call_lock", "_queued")
 
-    def __init__(self, worker: Worker, charger_id: str, protocol: str, version: str) -> None:
-        self.worker = worker
+    def __init__(self, services: Services, table: SessionTable, charger_id: str, protocol: str, version: str,
+                 codec: Codec, handlers: dict[str, Any]) -> None:
+        settings = services.settings
+        self.services = services
+        self.table = table
         self.charger_id = charger_id
         self.protocol = protocol
         self.version = version
-        self.codec = worker.codecs[version]
-        self.tables = self.codec.tables
-        self.handlers = worker.handlers[version]
-        self.writer = worker.writer
-        self.max_frame = worker.settings.max_frame
+        self.address = ""  # the peer's host:port, once connected (for the logs)
+        self.codec = codec
+        self.tables = codec.tables
+        self.handlers = handlers
+        self.writer = services.writer
+        self.max_frame = settings.max_frame
         self._counts_in, self._counts_out = _counters(protocol)
         self.transport: WSTransport | None = None
         self.epoch = 0
         self.vendor = ""
         self.model = ""
-        self.leniency: frozenset[str] = worker.leniency.for_charger(charger_id, "", "")
+        self.leniency: frozenset[str] = services.leniency.for_charger(charger_id, "", "")
         self.closed_reason: str | None = None
+        self.connected_at = time.monotonic()
         # CSMS -> charger calls: one in flight (OCPP-J), the rest wait their turn
         self._pending: dict[str, tuple[str, asyncio.Future]] = {}
         self._call_lock: asyncio.Lock | None = None  # created on the first operator call
@@ -73,10 +88,11 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         # fragmented messages
         self._frag: bytearray | None = None
         # rate limit (token bucket)
-        self._rate = worker.settings.rate_limit
-        self._burst = float(worker.settings.rate_burst)
+        self._rate = settings.rate_limit
+        self._burst = float(settings.rate_burst)
         self._tokens = self._burst
-        self._last = time.monotonic()
+        self._last = self.connected_at  # also the time of the last message taken in
+        self._seen_written = self._last  # the _last that last_seen was last written for
         self._backlog: deque[bytes] | None = None
         # keepalive (Worker._keepalive): last pong, and when the unanswered ping was sent
         self._alive = time.monotonic()
@@ -85,7 +101,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
     # -- picows callbacks ------------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self.worker.session_opened(self)
+        self.table.session_opened(self)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         reason = self.closed_reason
@@ -101,7 +117,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
             if not fut.done():
                 fut.set_exception(NotConnected(f"charger {self.charger_id!r} disconnected"))
         self._pending.clear()
-        self.worker.session_closed(self, reason)
+        self.table.session_closed(self, reason)
 
     # -- inbound -----------------------------------------------------------------------
     def _on_message(self, data: bytes) -> None:
@@ -165,17 +181,16 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self.send_error(call.message_id, self.tables.codes["internal"], type(exc).__name__)
 
     def _deferred_reply(self, call: Call, res: Any, t0: float) -> None:
-        """A handler's answer that is not ready: a ``Reply``, a future or a coroutine."""
-        if type(res) is Reply:
-            res.future.add_done_callback(lambda f: self._deferred(call, f, t0, res.response))
-        elif asyncio.isfuture(res):
-            res.add_done_callback(lambda f: self._deferred(call, f, t0))
-        else:  # coroutine
-            task = asyncio.ensure_future(res)
-            self.worker.track(task)
-            task.add_done_callback(lambda f: self._deferred(call, f, t0))
+        """A handler's deferred answer (``handlers/common.py``): a coroutine, run as a task;
+        its result is the response."""
+        if not inspect.isawaitable(res):
+            self._handler_failed(call, TypeError(f"handler answered {type(res).__name__}, not a response"))
+            return
+        task = asyncio.ensure_future(res)
+        self.services.track(task)
+        task.add_done_callback(lambda f: self._deferred(call, f, t0))
 
-    def _deferred(self, call: Call, fut: asyncio.Future, t0: float, response: Any = None) -> None:
+    def _deferred(self, call: Call, fut: asyncio.Future, t0: float) -> None:
         if fut.cancelled():
             self.send_error(call.message_id, self.tables.codes["internal"], "cancelled")
             return
@@ -183,7 +198,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         if exc is not None:
             self.commit_failed(call.message_id, call.action, exc)
             return
-        self.committed(call.message_id, call.action, fut.result() if response is None else response, t0)
+        self.committed(call.message_id, call.action, fut.result(), t0)
 
     def commit_failed(self, message_id: str, action: str, exc: BaseException) -> None:
         # nothing is acknowledged unless committed: the charger will retry
@@ -207,7 +222,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
                 self._dispatch(call)
                 return
         if err.reply:
-            self.worker.warn_once(self, f"bad frame {err.code}",
+            self.services.warn_once(self.charger_id, f"bad frame {err.code}",
                                   "%s sent an invalid message (%s): %s", self.charger_id, err.code,
                                   err.description)
             self.send_error(err.message_id, err.code, err.description)
@@ -222,7 +237,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
             return None
         for rule in used:
             m.LENIENCY.labels(rule).inc()
-            self.worker.warn_once(self, "lenient " + rule,
+            self.services.warn_once(self.charger_id, "lenient " + rule,
                                   "relaxed rule %s for %s (%s %s) on %s", rule, self.charger_id,
                                   self.vendor, self.model, err.action)
         return Call(err.message_id, err.action, payload)
@@ -232,7 +247,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         msg_id = res.message_id if res is not None else err.message_id  # type: ignore[union-attr]
         entry = self._pending.pop(msg_id, None)
         if entry is None:
-            self.worker.warn_once(self, "unexpected reply", "%s answered an unknown message id %r",
+            self.services.warn_once(self.charger_id, "unexpected reply", "%s answered an unknown message id %r",
                                   self.charger_id, msg_id)
             return
         action, fut = entry
@@ -258,7 +273,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
             obj = self.tables.validate(action, "request", payload)
         except PayloadError as exc:
             raise PayloadInvalid(f"{exc.code}: {exc.description}") from None
-        if self._queued >= self.worker.settings.max_pending_calls:
+        if self._queued >= self.services.settings.max_pending_calls:
             raise CallTimeout(f"more than {self._queued} calls already queued for {self.charger_id}")
         deadline = time.monotonic() + timeout
         if self._call_lock is None:
@@ -288,6 +303,33 @@ class Session(Listener):  # type: ignore[misc,valid-type]
                 self._call_lock.release()
         finally:
             self._queued -= 1
+
+    # -- last_seen -------------------------------------------------------------------
+    def seen_now(self) -> ChargerSeen:
+        """last_seen = now (a Heartbeat); the periodic write need not repeat it."""
+        self._seen_written = self._last
+        return ChargerSeen(self.charger_id, dt.datetime.now(dt.timezone.utc))
+
+    def seen_since_written(self, wall_now: dt.datetime, now: float) -> ChargerSeen | None:
+        """last_seen = the time of the last message, if one came since the last write
+        (``now``: the monotonic clock at ``wall_now``). The worker asks every session
+        periodically, so last_seen follows a charger's messages without a write per message."""
+        last = self._last
+        if last <= self._seen_written:
+            return None
+        self._seen_written = last
+        return ChargerSeen(self.charger_id, wall_now - dt.timedelta(seconds=max(0.0, now - last)))
+
+    def close_info(self) -> tuple[int | None, str]:
+        """The close code and reason text received, else the ones sent; ``(None, "")`` when
+        the connection dropped without a close frame."""
+        tr = self.transport
+        hs = tr.close_handshake if tr is not None else None
+        if hs is not None:
+            for info in (hs.recv, hs.sent):
+                if info is not None:
+                    return int(info.code), info.reason or ""
+        return None, ""
 
     # -- lifecycle -------------------------------------------------------------------
     def keepalive(self, now: float, ping_after: float, reply_timeout: float) -> None:

@@ -58,7 +58,7 @@ def test_sse_on_another_node_sees_the_transaction(tcluster, arun):
                         assert r.status == 200
                         async for line in r.content:
                             text = line.decode().strip()
-                            if text.startswith(":"):
+                            if text == ": subscribed":  # written once the subscription exists
                                 ready[k].set()
                             if text.startswith("event: "):
                                 seen[k].append(text[7:])
@@ -67,7 +67,6 @@ def test_sse_on_another_node_sees_the_transaction(tcluster, arun):
 
                 tasks = [asyncio.create_task(listen(k, b)) for k, b in enumerate(subs)]
                 await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), 10)
-                await asyncio.sleep(0.3)  # the subscription reaches Redis
                 r = await ch.call("StartTransaction", {"connectorId": 1, "idTag": "T-SSE",
                                                        "meterStart": 0, "timestamp": ts()})
                 tx = r["transactionId"]

@@ -29,8 +29,9 @@ def cluster(tmp_path_factory):
         procs.find_nginx()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    s = Settings(data_dir=str(tmp_path_factory.mktemp("cluster")), ws_port=procs.free_port(),
-                 http_port=procs.free_port(), call_timeout=5.0, drain_timeout=2.0)
+    ws_port, http_port = procs.cluster_ports(2)
+    s = Settings(data_dir=str(tmp_path_factory.mktemp("cluster")), ws_port=ws_port,
+                 http_port=http_port, call_timeout=5.0, drain_timeout=2.0)
     c = Cluster(s, workers=2, start_timeout=30)
     c.start()
     yield c

@@ -62,7 +62,8 @@ def test_sse_stream_shows_status_and_transaction_updates(node):
                   "transaction.ended"):
             assert t in types, types
         meter = next(e for e in seen if e["type"] == "transaction.meter")
-        assert meter["charger_id"] == "sse-1" and meter["data"]["energy_wh"] == 600
+        assert meter["charger_id"] == "sse-1" and meter["data"]["meter_wh"] == 600  # the register
+        assert "energy_wh" not in meter["data"]  # a transaction's energy_wh is the energy delivered
         assert {"id", "type", "source", "time", "charger_id", "data"} <= set(meter)
 
     run(scenario())
@@ -141,6 +142,36 @@ def test_metrics_and_health(node):
     assert status == 404 and body["error"]["code"] == "not_found"
     status, body = node.request("PUT", "/api/v1/id-tags/X", {"status": "Maybe"})
     assert status == 422 and "error" in body
+
+
+def test_the_log_has_one_json_line_per_charger_event(node):
+    """connect, boot and disconnect as structured JSON lines (issue 19, rough edge 9)."""
+    async def scenario():
+        async with websockets.connect(node.ws("log-e2e"), subprotocols=["ocpp1.6"]) as ws:
+            await rpc(ws, '[2,"b","BootNotification",{"chargePointVendor":"ACME","chargePointModel":"AC22"}]')
+            for _ in range(5):
+                await rpc(ws, HB)
+
+    def lines() -> dict[str, dict]:
+        found = {}
+        for line in list(node.log):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("charger_id") == "log-e2e" and "event" in obj:
+                found[obj["event"]] = obj
+        return found
+
+    run(scenario())
+    deadline = time.monotonic() + 5
+    while "disconnect" not in lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = lines()
+    assert got["connect"]["protocol"] == "ocpp1.6" and got["connect"]["address"].startswith("127.0.0.1:")
+    assert got["boot"]["vendor"] == "ACME" and got["boot"]["model"] == "AC22" and got["boot"]["level"] == "info"
+    assert got["disconnect"]["code"] == 1000 and got["disconnect"]["reason"] == "client"
+    assert got["disconnect"]["duration_s"] >= 0
 
 
 def test_sigterm_drains(tmp_path):

@@ -334,18 +334,11 @@ def test_events_cross_nodes_and_attach_after_start(srv, arun):
                 except NotConnected:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
-            got = []
-
-            async def consume():
-                async for ev in front.subscribe("CP-L"):
-                    got.append(ev)
-                    return
-
-            t = asyncio.create_task(consume())
-            await asyncio.sleep(0.2)
+            sub = await front.events("CP-L")  # subscribed when it returns
             await late.publish({"id": "e1", "type": "charger.connected", "charger_id": "CP-L"})
-            await asyncio.wait_for(t, 2)
-            assert got[0]["id"] == "e1"
+            got = await sub.next(2.0)
+            await sub.close()
+            assert got is not None and got[1]["id"] == "e1"
         finally:
             await stop_all(late, front)
 
@@ -421,5 +414,31 @@ def test_claim_burst_queues_instead_of_failing(srv, arun):
             assert len(got) == 500 and all(got[f"CP-{i}"].epoch == e for i, e in enumerate(epochs))
         finally:
             await a.stop()
+
+    arun(body())
+
+
+def test_workers_build_events_only_for_watched_chargers(valkey, flush, arun):
+    """wants_events is False until someone subscribes (any node), then True on every
+    worker, also on one started afterwards; the window outlives the subscriber."""
+
+    async def body():
+        a, front = await worker(valkey.url, "wa"), await api(valkey.url)
+        late = None
+        try:
+            assert not a.wants_events("CP-W")
+            sub = await front.events("CP-W")
+            deadline = time.monotonic() + 2
+            while not a.wants_events("CP-W"):  # announced on cy:watch
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            await a.publish({"id": "w1", "type": "charger.status", "charger_id": "CP-W"})
+            got = await sub.next(2.0)
+            assert got is not None and got[1]["id"] == "w1"
+            await sub.close()
+            late = await worker(valkey.url, "wl")  # reads the watched set at start
+            assert late.wants_events("CP-W") and not late.wants_events("CP-other")
+        finally:
+            await stop_all(*(r for r in (a, front, late) if r is not None))
 
     arun(body())

@@ -180,15 +180,16 @@ def test_publish_subscribe(make, arun):
             got_one: list[dict] = []
             got_all: list[dict] = []
 
-            async def consume(cid, sink, n):
-                async for ev in reg.subscribe(cid):
-                    sink.append(ev)
-                    if len(sink) == n:
-                        return
+            async def consume(sub, sink, n):
+                while len(sink) < n:
+                    item = await sub.next(5.0)
+                    if item is not None:
+                        sink.append(item[1])
+                await sub.close()
 
-            t1 = asyncio.create_task(consume("CP-1", got_one, 1))
-            t2 = asyncio.create_task(consume("*", got_all, 2))
-            await asyncio.sleep(0.2)  # let both subscriptions land
+            # events() returns once subscribed: no sleep before publishing
+            t1 = asyncio.create_task(consume(await reg.events("CP-1"), got_one, 1))
+            t2 = asyncio.create_task(consume(await reg.events("*"), got_all, 2))
             ev1 = {"id": "1", "type": "charger.status", "charger_id": "CP-1", "data": {"s": "A"}}
             ev2 = {"id": "2", "type": "charger.status", "charger_id": "CP-2", "data": {"s": "B"}}
             await reg.publish(ev1)
@@ -198,3 +199,49 @@ def test_publish_subscribe(make, arun):
             assert got_all == [ev1, ev2]
 
     arun(body())
+
+
+def test_events_subscribed_on_return_ids_increase_and_replay(make, arun):
+    """``events()`` has subscribed when it returns (no sleep needed); a quiet ``next``
+    returns None and the subscription survives; ``after`` replays the newer events."""
+    from chargeyard.router.registry import REPLAY_EVENTS
+
+    async def body():
+        reg = await make()
+        async with stopping(reg):
+            sub = await reg.events("CP-R")
+            assert await sub.next(0.3) is None  # silence: nothing, and still subscribed
+            evs = [{"id": f"e{i}", "type": "charger.status", "charger_id": "CP-R", "data": {"i": i}}
+                   for i in range(5)]
+            for ev in evs[:3]:
+                await reg.publish(ev)
+            got = [await sub.next(3.0) for _ in range(3)]
+            assert [g[1] for g in got] == evs[:3]
+            ids = [g[0] for g in got]
+            assert _ordered(ids) and len(set(ids)) == 3
+            await sub.close()
+            for ev in evs[3:]:  # nobody listens now; the window keeps them
+                await reg.publish(ev)
+            again = await reg.events("CP-R", after=ids[1])
+            replay = [await again.next(3.0) for _ in range(3)]
+            assert [r[1] for r in replay] == evs[2:]
+            assert _ordered([ids[1]] + [r[0] for r in replay])
+            assert await again.next(0.2) is None
+            await again.close()
+            # the window is bounded
+            for i in range(4 * REPLAY_EVENTS):
+                await reg.publish({"id": f"f{i}", "type": "charger.status", "charger_id": "CP-R"})
+            late = await reg.events("CP-R", after=ids[0])
+            n = 0
+            while await late.next(0.3) is not None:
+                n += 1
+            assert REPLAY_EVENTS <= n < 4 * REPLAY_EVENTS
+            await late.close()
+
+    arun(body())
+
+
+def _ordered(ids: list[str]) -> bool:
+    """Stream ids increase: integers on one node, ``ms-seq`` stream ids on Redis."""
+    keys = [tuple(int(p) for p in i.split("-")) for i in ids]
+    return all(a < b for a, b in zip(keys, keys[1:]))

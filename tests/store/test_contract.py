@@ -375,6 +375,28 @@ def test_id_tags(backend):
     backend.with_store(body)
 
 
+def test_id_tags_list_in_pages(backend):
+    async def body(s: Store):
+        assert await s.list_id_tags() == []
+        for i in range(7):
+            await s.put_id_tag(f"T{i}", "Blocked" if i == 3 else "Accepted")
+        await s.put_id_tag("T5", "Accepted", dt.datetime.now(UTC) - dt.timedelta(days=1))
+        seen, after = [], None
+        while True:
+            page = await s.list_id_tags(after=after, limit=3)
+            assert len(page) <= 3
+            seen += page
+            if len(page) < 3:
+                break
+            after = page[-1]["id_tag"]
+        assert [r["id_tag"] for r in seen] == [f"T{i}" for i in range(7)]
+        assert {r["id_tag"]: r["status"] for r in seen}["T3"] == "Blocked"
+        assert {r["id_tag"]: r["status"] for r in seen}["T5"] == "Expired"
+        assert {r["id_tag"]: r["expiry"] for r in seen}["T0"] is None
+        assert await s.list_id_tags(after="T6") == []
+    backend.with_store(body)
+
+
 def test_reopen_keeps_data_and_migrations_are_idempotent(backend):
     async def first(s: Store):
         await s.apply([UpsertCharger("CP1", "ocpp1.6", "A", "B"), StartTransaction("CP1", "1", 1, "T", 0.0, at(0))])

@@ -12,14 +12,10 @@ import pytest
 
 from chargeyard.store import logrows
 from chargeyard.store.base import MeterSample, StoreError, to_us
-from chargeyard.store.migrations import READING_LOGS, reading_log
+from chargeyard.store.logrows import READING_LOGS, reading_log
+from tests.support import twin_modules
 
-IMPLS = [logrows.Rows]
-try:
-    from chargeyard.store._logrows import Rows as CRows
-    IMPLS.append(CRows)
-except ImportError:  # the pure-Python build: the twin alone
-    pass
+IMPLS = [m.Rows for m in twin_modules("chargeyard.store.logrows")]
 
 UTC = dt.timezone.utc
 TIMES = [
@@ -138,7 +134,7 @@ def _log_rows(rng: random.Random, n: int) -> list[tuple]:
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
 def test_fold_matches_the_twin_byte_for_byte(impl):
-    from chargeyard.store.migrations import chunk_summary, pack, unpack_chunk
+    from chargeyard.store.logrows import chunk_summary, pack, unpack_chunk
     rng = random.Random(11)
     rows = _log_rows(rng, 3000)
     datas = []
@@ -198,7 +194,7 @@ def test_fold_of_what_is_not_a_log_row(impl, data):
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
 def test_split_packed_matches_the_twin_byte_for_byte(impl):
-    from chargeyard.store.migrations import pack, unpack_log
+    from chargeyard.store.logrows import pack, unpack_log
     rng = random.Random(5)
     rows = _log_rows(rng, 3000) + [(f"CP{i}-ß€😀", "1", 1, i, 1.0, 0) for i in range(200)]
     rng.shuffle(rows)

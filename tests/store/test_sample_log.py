@@ -17,7 +17,10 @@ import pytest
 from chargeyard.store import migrations
 from chargeyard.store.base import (ChargerSeen, MeterSample, StartTransaction, StopTransaction, StoreError,
                                    TransactionEvent, to_us)
-from chargeyard.store.sqlite import _LOG_COUNT, SqliteStore, log_bucket
+from chargeyard.store.sqlite import SqliteStore
+from chargeyard.store.logrows import reading_log
+from chargeyard.store.sqlite.readings import Readings
+from chargeyard.store.sqlite.sql import CHUNK_INSERT, LOG_COUNT
 from tests.support import schema_at
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
@@ -35,7 +38,7 @@ def counts(path) -> tuple[int, int]:
     """(readings in the log, readings in meter_chunks) as committed, seen from another connection."""
     conn = sqlite3.connect(path)
     try:
-        return (conn.execute(_LOG_COUNT).fetchone()[0],
+        return (conn.execute(LOG_COUNT).fetchone()[0],
                 conn.execute("SELECT coalesce(sum(rows), 0) FROM meter_chunks").fetchone()[0])
     finally:
         conn.close()
@@ -84,7 +87,7 @@ def test_apply_folds_at_fold_rows(tmp_path):
             assert counts(path) == (3, 0)  # committed in the log only
             # an event's reading is logged too: 3 + 1 + 1 reaches fold_rows, and the first
             # non-empty table (round robin from 0: CP1's) is folded in the same commit
-            assert (log_bucket("CP1"), log_bucket("CS1")) == (37, 38)
+            assert (reading_log("CP1"), reading_log("CS1")) == (37, 38)
             await s.apply([TransactionEvent("CS1", "t", 1, "Updated", at(1), energy_wh=5.0),
                            MeterSample("CP1", "1", at(4), 4.0, 1), ChargerSeen("CP1", at(4))])
             assert counts(path) == (1, 4)
@@ -183,7 +186,7 @@ def test_a_log_left_behind_is_folded_after_open(tmp_path):
     path = tmp_path / "left.db"
     conn = sqlite3.connect(path, isolation_level=None)
     migrations.migrate(conn)
-    add = f"INSERT INTO reading_log_{log_bucket('CP1')} (rows, data) VALUES (?, ?)"
+    add = f"INSERT INTO reading_log_{reading_log('CP1')} (rows, data) VALUES (?, ?)"
     conn.execute(add, (3, msgspec.msgpack.encode([("CP1", "", 1, to_us(at(m)), 100.0 + m, 0) for m in range(3)])))
     conn.close()
 
@@ -290,9 +293,9 @@ def test_fold_points_do_not_change_results(tmp_path, rng):
                      inbox_batch: int | None = None, move_rows: int | None = None) -> tuple:
         async with SqliteStore(tmp_path / f"{name}.db", fold_rows=fold_rows,
                                idle_fold_rows=1 if slice_rows else None) as s:
-            s.IDLE_FOLD_SLICE = slice_rows or s.IDLE_FOLD_SLICE
-            s.INBOX_BATCH = s.INBOX_BATCH if inbox_batch is None else inbox_batch
-            s.INBOX_MOVE_ROWS = move_rows or s.INBOX_MOVE_ROWS
+            s.readings.IDLE_FOLD_SLICE = slice_rows or s.readings.IDLE_FOLD_SLICE
+            s.readings.INBOX_BATCH = s.readings.INBOX_BATCH if inbox_batch is None else inbox_batch
+            s.readings.INBOX_MOVE_ROWS = move_rows or s.readings.INBOX_MOVE_ROWS
             results = []
             for batch in batches:
                 results.append(await s.apply(batch))
@@ -324,7 +327,7 @@ def test_idle_fold_takes_the_oldest_rows_of_a_table(tmp_path):
 
     async def main():
         async with SqliteStore(path, idle_fold_rows=6) as s:
-            s.IDLE_FOLD_SLICE, s.INBOX_BATCH = 3, 0
+            s.readings.IDLE_FOLD_SLICE, s.readings.INBOX_BATCH = 3, 0
             await s.apply(samples("CP1", "1", range(2), 1000.0))
             await s.apply(samples("CP1", "1", range(2, 4), 1000.0))
             assert not s.maintenance_due() and await s.maintain() == 0 and counts(path) == (4, 0)
@@ -393,28 +396,28 @@ def test_idle_fold_commits_without_a_sync_and_restores_the_level(tmp_path):
         async with SqliteStore(tmp_path / "n.db", idle_fold_rows=1) as s:
             await s.apply(samples("CP1", "1", range(3), 1000.0))
             read, wrote = [], []
-            s._db.set_trace_callback(read.append)
-            s._loop_conn.set_trace_callback(wrote.append)
+            s.batches.db.set_trace_callback(read.append)
+            s.batches.loop_conn.set_trace_callback(wrote.append)
             assert await s.maintain() == 3
-            s._db.set_trace_callback(None)
-            s._loop_conn.set_trace_callback(None)
+            s.batches.db.set_trace_callback(None)
+            s.batches.loop_conn.set_trace_callback(None)
             assert read and all(q.startswith("SELECT") for q in read), read
             # the loop's connection commits at NORMAL (its batches are synced by the WAL's
             # sync thread, folds need no sync), the store thread's at FULL
             assert "COMMIT" in wrote and any(q.startswith("DELETE FROM reading_log_") for q in wrote)
             assert not any(q.startswith("PRAGMA") for q in wrote), wrote
-            assert s._walsync is not None and s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 1
-            assert await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0]) == 2
+            assert s.wal.walsync is not None and s.batches.loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+            assert await s._run(lambda: s.batches.db.execute("PRAGMA synchronous").fetchone()[0]) == 2
             # with the sync thread off, the fold sets NORMAL for its own transaction only
-            s._stop_wal_sync()
-            s._loop_conn.execute("PRAGMA synchronous = FULL")
+            s.wal.stop_sync()
+            s.batches.loop_conn.execute("PRAGMA synchronous = FULL")
             await s.apply(samples("CP1", "1", range(3, 6), 1000.0))
             wrote.clear()
-            s._loop_conn.set_trace_callback(wrote.append)
+            s.batches.loop_conn.set_trace_callback(wrote.append)
             assert await s.maintain() == 3
-            s._loop_conn.set_trace_callback(None)
+            s.batches.loop_conn.set_trace_callback(None)
             assert wrote[0] == "PRAGMA synchronous = NORMAL" and wrote[-1] == "PRAGMA synchronous = FULL"
-            assert s._loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+            assert s.batches.loop_conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     run(main())
 
 
@@ -428,7 +431,7 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
     async def main():
         async with SqliteStore(path) as s:
             chargers = [f"CP{i}" for i in range(400)]
-            assert len({log_bucket(c) for c in chargers}) == 64  # every table holds rows
+            assert len({reading_log(c) for c in chargers}) == 64  # every table holds rows
             await s.apply([StartTransaction(c, "1", 1, "T", 1000.0, at(0)) for c in chargers])
             await s.apply([MeterSample(c, "1", at(m), 1000.0 + m, 1) for c in chargers for m in range(1, 4)])
             read = asyncio.ensure_future(s.list_transactions())
@@ -444,7 +447,7 @@ def test_a_read_across_chargers_lets_batches_commit_between_bucket_folds(tmp_pat
 
 # -- the log: a batch's readings packed, into the inbox or one row per log table ----------
 
-@pytest.mark.parametrize("inbox_batch", [SqliteStore.INBOX_BATCH, 5], ids=["inbox", "tables"])
+@pytest.mark.parametrize("inbox_batch", [Readings.INBOX_BATCH, 5], ids=["inbox", "tables"])
 def test_a_batch_logs_its_readings_packed(tmp_path, inbox_batch):
     """Fewer than INBOX_BATCH readings: one inbox row; more: one row per log table they fall
     in. Either way a read of a charger moves the inbox and folds that charger's table."""
@@ -452,16 +455,16 @@ def test_a_batch_logs_its_readings_packed(tmp_path, inbox_batch):
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_BATCH = inbox_batch
+            s.readings.INBOX_BATCH = inbox_batch
             await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
             await s.apply(samples("CP1", "1", range(1, 4), 1000.0)
                           + [TransactionEvent("CS1", "t", 1, "Started", at(1), "X", energy_wh=7.0)]
                           + samples("CP1", "1", range(4, 5), 1000.0))
             if inbox_batch > 5:
-                assert inbox(path) == [5] and log_rows(path, log_bucket("CP1")) == []
+                assert inbox(path) == [5] and log_rows(path, reading_log("CP1")) == []
             else:
-                assert inbox(path) == [] and log_rows(path, log_bucket("CP1")) == [4]
-                assert log_rows(path, log_bucket("CS1")) == [1]
+                assert inbox(path) == [] and log_rows(path, reading_log("CP1")) == [4]
+                assert log_rows(path, reading_log("CS1")) == [1]
             assert counts(path) == (5, 0) and s.deferred_rows == 5
             assert [x["energy_wh"] for x in await s.list_meter_samples("CP1", "1")] == [1001.0 + i for i in range(4)]
             assert inbox(path) == [] and counts(path) == (1, 4)  # CP1's table folded by the read
@@ -476,13 +479,13 @@ def test_a_damaged_packed_row_is_a_store_error(tmp_path, where, damage):
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_BATCH = s.INBOX_BATCH if where == "inbox" else 0
+            s.readings.INBOX_BATCH = s.readings.INBOX_BATCH if where == "inbox" else 0
             await s.apply(samples("CP1", "1", range(1, 3)))
-            table = "sample_inbox" if where == "inbox" else f"reading_log_{log_bucket('CP1')}"
-            await s._run(s._write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'{damage}'"))
+            table = "sample_inbox" if where == "inbox" else f"reading_log_{reading_log('CP1')}"
+            await s._run(s.batches.write, lambda conn: conn.execute(f"UPDATE {table} SET data = x'{damage}'"))
             with pytest.raises(StoreError, match=f"{table} row .* is unreadable"):
                 await s.list_meter_samples("CP1", "1")
-            await s._run(s._write, lambda conn: conn.execute(f"DELETE FROM {table}"))
+            await s._run(s.batches.write, lambda conn: conn.execute(f"DELETE FROM {table}"))
     run(main())
 
 
@@ -495,7 +498,7 @@ def test_a_large_batch_moves_the_inbox_first(tmp_path):
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_BATCH = 3
+            s.readings.INBOX_BATCH = 3
             await s.apply([StartTransaction("CP1", "1", 1, "T", 1000.0, at(0))])
             await s.apply(samples("CP1", "1", range(1, 3), 1000.0))  # 1001, 1002: into the inbox
             assert inbox(path) == [2]
@@ -512,7 +515,7 @@ def test_idle_time_moves_the_inbox_in_bulk(tmp_path):
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_MOVE_ROWS, s.INBOX_MOVE_BATCHES = 5, 0
+            s.readings.INBOX_MOVE_ROWS, s.readings.INBOX_MOVE_BATCHES = 5, 0
             await s.apply(samples("CP1", "1", range(0, 2)))
             await s.apply(samples("CP1", "1", range(2, 4)))
             assert not s.maintenance_due() and await s.maintain() == 0
@@ -532,13 +535,13 @@ def test_a_move_takes_batches_worth_and_a_full_inbox_goes_to_the_tables(tmp_path
 
     async def main():
         async with SqliteStore(path) as s:
-            s.INBOX_MOVE_ROWS, s.INBOX_MOVE_BATCHES, s.INBOX_MOVE_MAX, s.INBOX_MAX = 4, 3, 1000, 100
-            assert s._move_rows == 4
+            s.readings.INBOX_MOVE_ROWS, s.readings.INBOX_MOVE_BATCHES, s.readings.INBOX_MOVE_MAX, s.readings.INBOX_MAX = 4, 3, 1000, 100
+            assert s.readings.move_rows == 4
             for k in range(4):  # batches of 10: the mean goes up to 10 (at 1/8 a batch)
                 await s.apply([MeterSample(f"CP{k}{j}", "", at(k), float(j), 1) for j in range(10)])
-            assert inbox(path) == [10] * 4 and 4 < s._move_rows < 30
-            s._batch_readings = 10.0
-            assert s._move_rows == 30 and s.maintenance_due()
+            assert inbox(path) == [10] * 4 and 4 < s.readings.move_rows < 30
+            s.readings.batch_readings = 10.0
+            assert s.readings.move_rows == 30 and s.maintenance_due()
             assert await s.maintain() == 30  # three inbox rows, the oldest
             assert inbox(path) == [10] and counts(path) == (40, 0)
             for k in range(9):
@@ -546,8 +549,8 @@ def test_a_move_takes_batches_worth_and_a_full_inbox_goes_to_the_tables(tmp_path
             assert inbox(path) == [10] * 10  # 100: full
             await s.apply([MeterSample(f"CR{j}", "", at(0), float(j), 1) for j in range(10)])
             assert inbox(path) == [] and counts(path) == (140, 0)  # moved, then logged into the tables
-            s._batch_readings = 10_000.0
-            assert s._move_rows == 1000  # INBOX_MOVE_MAX
+            s.readings.batch_readings = 10_000.0
+            assert s.readings.move_rows == 1000  # INBOX_MOVE_MAX
             assert len(await s.list_meter_samples("CR3", "")) == 1
     run(main())
 
@@ -677,6 +680,6 @@ def test_version_5_chunks_move_to_a_rowid_table(tmp_path, monkeypatch):
         assert [r for r in rows if r in chunks_5] == chunks_5 and len(new) == 1
         assert new[0][:2] == ("CP1", "1") and new[0][2] > max(r[2] for r in chunks_5)  # numbered after them
         with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(migrations.CHUNK_INSERT, rows[0][:10])
+            conn.execute(CHUNK_INSERT, rows[0][:10])
     finally:
         conn.close()

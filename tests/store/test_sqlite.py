@@ -187,7 +187,7 @@ def test_synchronous_setting(tmp_path):
 
     async def main():
         async with SqliteStore(tmp_path / "s.db") as s:
-            level = await s._run(lambda: s._db.execute("PRAGMA synchronous").fetchone()[0])
+            level = await s._run(lambda: s.batches.db.execute("PRAGMA synchronous").fetchone()[0])
             assert level == 2  # FULL
     run(main())
 
@@ -202,16 +202,16 @@ def test_the_checkpoint_thread_copies_the_wal_while_the_writer_commits(tmp_path,
 
     async def main():
         async with SqliteStore(path, idle_fold_rows=1) as s:
-            s.CHECKPOINT_S = 0.05 if thread else 3600.0
+            s.wal.CHECKPOINT_S = 0.05 if thread else 3600.0
             await asyncio.sleep(0.15)  # the thread (created at open) takes the new period after its wait
             if not thread:
-                s._checkpointer_stop.set()  # stopped: no checkpoint at all (close joins it)
+                s.wal.checkpointer_stop.set()  # stopped: no checkpoint at all (close joins it)
             before = os.stat(path).st_mtime_ns  # in WAL mode only a checkpoint writes the file
             for k in range(10):
                 await s.apply([MeterSample(f"CP{i}", "1", T0 + dt.timedelta(seconds=k), float(k), 1) for i in range(20)])
                 while await s.maintain():
                     pass
-            assert 50 < os.path.getsize(f"{path}-wal") // 4096 < s.WAL_AUTOCHECKPOINT  # frames
+            assert 50 < os.path.getsize(f"{path}-wal") // 4096 < s.wal.WAL_AUTOCHECKPOINT  # frames
             deadline = time.monotonic() + 1.5
             while os.stat(path).st_mtime_ns == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -224,15 +224,15 @@ def test_a_writer_without_its_checkpoint_thread_checkpoints_by_itself(tmp_path):
 
     async def main():
         async with SqliteStore(tmp_path / "x.db") as s:
-            assert s.WAL_AUTOCHECKPOINT == await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-            s.path = tmp_path / "a-dir.db"
-            s._checkpoint_loop()  # as the thread would: its connection fails
-            s.path = tmp_path / "x.db"
-            assert s._checkpointer_failed
+            assert s.wal.WAL_AUTOCHECKPOINT == await s._run(lambda: s.batches.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            s.wal.path = tmp_path / "a-dir.db"
+            s.wal._checkpoint_loop()  # as the thread would: its connection fails
+            s.wal.path = tmp_path / "x.db"
+            assert s.wal.checkpointer_failed
             await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])  # a small batch: the loop's connection
-            assert s._loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+            assert s.batches.loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
             await s.put_id_tag("T", "Accepted")  # a write of the store thread's connection
-            assert await s._run(lambda: s._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
+            assert await s._run(lambda: s.batches.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 1000
     run(main())
 
 
@@ -323,6 +323,37 @@ def test_a_small_batch_does_not_block_the_loop_on_a_taken_write_lock(tmp_path):
     run(main())
 
 
+def test_close_never_fails_on_a_busy_database(tmp_path, caplog):
+    """A node stopping while another process holds the write lock (a cluster's workers stop
+    together; issue 19): close folds the log and runs ``PRAGMA optimize`` only if the lock
+    comes within ``CLOSE_BUSY_S``, and otherwise skips them with a warning. It never raises,
+    and nothing is lost: the next open's reads fold what was left."""
+    path = tmp_path / "busy.db"
+
+    async def main() -> None:
+        s = SqliteStore(path)  # the default busy timeout: close must not wait that long
+        s.CLOSE_BUSY_S = 0.2
+        await s.open()
+        await s.apply([MeterSample("CP1", "1", T0, 1.0, 1)])
+        # a read through an index: PRAGMA optimize then wants to ANALYZE (a write)
+        assert len(await s.list_meter_samples("CP1", "1")) == 1
+        await s.apply([MeterSample("CP1", "1", T0 + dt.timedelta(seconds=1), 2.0, 1)])  # logged: close folds it
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process's write transaction
+        try:
+            started = time.monotonic()
+            await s.close()
+            assert time.monotonic() - started < s.busy_timeout / 2
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        async with SqliteStore(path) as s:
+            assert [r["energy_wh"] for r in await s.list_meter_samples("CP1", "1")] == [1.0, 2.0]
+    with caplog.at_level("WARNING", logger="chargeyard.store.sqlite"):
+        run(main())
+    assert "left for the next open to fold" in caplog.text and "optimize skipped" in caplog.text
+
+
 # -- kill -9 ------------------------------------------------------------------------------
 
 _WRITER = """
@@ -377,3 +408,4 @@ def test_committed_batches_survive_kill_9(tmp_path, synchronous):
                 assert len(await s.list_meter_samples("CP", tx["tx_id"])) == 49
                 assert tx["energy_wh"] == 49.0
     run(check())
+

@@ -1,5 +1,6 @@
-"""The readings of a 1.6 MeterValues (``worker/meter.py`` and its compiled twin
-``_meter.pyx``): the same samples from both, for well-formed and quirky sampled values."""
+"""The readings of a 1.6 MeterValues and the common path of its handler (``worker/meter.py``
+and its compiled twin ``_meter.pyx``): the same results from both, for well-formed and
+quirky sampled values."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import datetime as dt
 import msgspec
 import pytest
 
+from chargeyard.core import twins
 from chargeyard.core.messages import v16
 from chargeyard.store.base import MeterSample
 from chargeyard.worker import meter
 
-IMPLS = [meter.Meter]
+IMPLS = [twins.load("chargeyard.worker.meter", pure=True)]
 try:
-    from chargeyard.worker._meter import Meter as CMeter
-    IMPLS.append(CMeter)
+    IMPLS.append(twins.load("chargeyard.worker.meter", pure=False))
 except ImportError:  # the pure-Python build: the twin alone
     pass
 
@@ -47,20 +48,20 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.IMPL)
 @pytest.mark.parametrize("connector", [0, 1, 2**63 - 1, 2**63, -2**63 + 1, -2**63, -2**70])
 def test_the_connector_is_clamped_like_i64(impl, connector):
     req = msgspec.convert({"connectorId": 1, "meterValue": [mv(sv("1"))]}, v16.MeterValuesRequest)
-    got = impl.samples_16("CP1", "", connector, req.meter_value, MeterSample)
+    got = impl.samples_16("CP1", "", connector, req.meter_value)
     assert got[0].connector_id == meter.i64(connector) and type(got[0].connector_id) is int
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.IMPL)
 @pytest.mark.parametrize("case", list(CASES), ids=str)
 def test_samples_16(impl, case):
     req = msgspec.convert({"connectorId": 2**70, "transactionId": 3, "meterValue": CASES[case]},
                           v16.MeterValuesRequest)
-    got = impl.samples_16("CP1", "3", req.connector_id, req.meter_value, MeterSample)
+    got = impl.samples_16("CP1", "3", req.connector_id, req.meter_value)
     want = []
     for m in req.meter_value:
         wh = meter.energy_16(m.sampled_value)
@@ -89,13 +90,13 @@ class _Commit(msgspec.Struct):
     response: object
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.IMPL)
 @pytest.mark.parametrize("case", list(CASES), ids=str)
 @pytest.mark.parametrize("tx", [3, None])
 @pytest.mark.parametrize("wants", [False, True])
-def test_handler_16(impl, case, tx, wants):
+def test_meter_values_16(impl, case, tx, wants):
     """The handler's paths: no reading, the response; one and no event wanted, a commit of
-    it; anything else, ``rest`` with the transaction id as text and the readings."""
+    it; anything else, ``several`` with the transaction id as text and the readings."""
     body = {"connectorId": 1, "meterValue": CASES[case]}
     if tx is not None:
         body["transactionId"] = tx
@@ -103,21 +104,21 @@ def test_handler_16(impl, case, tx, wants):
     asked: list = []
     response = object()
 
-    def rest(s, r, tx_text, samples, w):
-        return ("rest", s, r, tx_text, samples, w)
-    h = impl.handler_16(lambda c: asked.append(c) or wants, MeterSample, _Commit, response, rest)
+    def several(s, r, tx_text, samples, w):
+        return ("several", s, r, tx_text, samples, w)
+    h = impl.meter_values_16(lambda c: asked.append(c) or wants, several, _Commit, response)
     got = h(_Session, req)
     tx_text = "" if tx is None else str(tx)
-    samples = meter.Meter.samples_16("CP1", tx_text, 1, req.meter_value, MeterSample)
+    samples = meter.samples_16("CP1", tx_text, 1, req.meter_value)
     if not samples:
         assert got is response and asked == []
     elif len(samples) == 1 and not wants:
         assert got == _Commit(samples[0], response) and asked == ["CP1"]
     else:
-        assert got == ("rest", _Session, req, tx_text, samples, wants)
+        assert got == ("several", _Session, req, tx_text, samples, wants)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.impl)
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.IMPL)
 def test_other_types_than_the_codecs_read_through_getattr(impl):
     """A subclass of the request types, and StopTransaction's transaction data (other
     types with the same fields), give the same readings as the decoded types."""
@@ -129,6 +130,13 @@ def test_other_types_than_the_codecs_read_through_getattr(impl):
                                                                                 sampled_value=[sub])])
     stop = msgspec.convert({"meterStop": 1, "timestamp": T, "transactionId": 1,
                             "transactionData": [mv(sv("7", measurand=E))]}, v16.StopTransactionRequest)
-    want = impl.samples_16("CP1", "1", 1, base.meter_value, MeterSample)
-    assert want and want == impl.samples_16("CP1", "1", 1, subbed.meter_value, MeterSample)
-    assert want == impl.samples_16("CP1", "1", 1, stop.transaction_data, MeterSample)
+    want = impl.samples_16("CP1", "1", 1, base.meter_value)
+    assert want and want == impl.samples_16("CP1", "1", 1, subbed.meter_value)
+    assert want == impl.samples_16("CP1", "1", 1, stop.transaction_data)
+
+
+def test_the_twins_define_the_same_names():
+    if len(IMPLS) < 2:
+        pytest.skip("the pure-Python build")
+    assert sorted(IMPLS[0].__all__) == sorted(IMPLS[1].__all__)
+    assert all(hasattr(impl, name) for impl in IMPLS for name in impl.__all__)

@@ -1,0 +1,172 @@
+"""What the handlers of every OCPP version share: the answer forms, the view of a session
+they use, the BootNotification steps, and the default answers.
+
+A handler is ``handler(session, request) -> answer``, one function per action, where the
+answer is one of:
+
+* a response Struct: sent at once (Heartbeat, StatusNotification, notifications);
+* ``Commit(op, response)``: ``response`` is sent once the store write ``op`` committed (the
+  durability rule: transaction messages are answered only after their commit). The writer
+  sends it right after the commit, with no task or future: the one way to reply after
+  a commit;
+* a ``Deferred`` (a coroutine, i.e. the handler is ``async def`` or returns one): for the
+  few answers that need a lookup or several writes first (Authorize's id-tag status,
+  StartTransaction's transaction id, an event after the commit). The session runs it as a
+  task and sends what it returns; if it raises, the charger gets an InternalError and
+  retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Coroutine
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+
+from ...core.directions import CHARGER_INITIATED
+from ...store import base as ops
+from ..services import Services
+
+__all__ = ["DEFAULT_RESPONSES", "UNSET", "Commit", "Deferred", "Handler", "Session", "after_commits",
+           "boot_accepted", "complete", "heartbeat_seen", "now", "route_data_transfer"]
+
+log = logging.getLogger("chargeyard.worker")
+UTC = dt.timezone.utc
+UNSET = msgspec.UNSET
+R = TypeVar("R")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+class Commit(msgspec.Struct, gc=False):
+    """Answer ``response`` once ``op`` (one store write) has committed. The writer sends
+    the reply from the commit itself (``BatchWriter.add_reply``). A Struct, made in C; the
+    listeners test its exact type before they test for a response Struct. ``gc=False``: it
+    holds an op and a response, never a cycle.
+
+    (It moves to ``worker/writer.py`` with the writer's rename; this module then imports it
+    from there.)"""
+
+    op: Any
+    response: Any
+
+
+Deferred = Coroutine[Any, Any, R]
+"""An answer that needs a lookup or several writes first (see the module docstring)."""
+
+
+class Session(Protocol):
+    """What handlers use of a charger's session (``worker/session.py`` is the one class
+    that has it)."""
+
+    charger_id: str
+    protocol: str
+    vendor: str
+    model: str
+    leniency: frozenset[str]
+    services: Services
+
+    def seen_now(self) -> ops.ChargerSeen:
+        """last_seen = now, and the periodic last_seen write need not repeat it."""
+        ...
+
+
+Handler = Callable[[Any, Any], Any]
+"""``handler(session, request) -> answer``; typed per action in the version modules."""
+
+
+async def after_commits(writes: list[asyncio.Future], response: R) -> R:
+    """Deferred: ``response`` once every write committed (a message with several writes)."""
+    await asyncio.gather(*writes)
+    return response
+
+
+def heartbeat_seen(session: Session) -> None:
+    """Heartbeat: last_seen now (answered before the commit, which the rule allows)."""
+    session.services.writer.add(session.seen_now())
+
+
+def boot_accepted(session: Session, vendor: str, model: str, serial: str, firmware: str,
+                  response: R) -> Deferred[R]:
+    """A BootNotification admitted (``Services.boot_admitted``): the charger's identity is
+    written now (in the order of the charger's messages), ``response`` sent once it
+    committed. Counted in flight until then, so that a storm of boots is answered Pending
+    instead of queueing behind each other."""
+    services = session.services
+    session.vendor, session.model = vendor, model
+    session.leniency = services.leniency.for_charger(session.charger_id, vendor, model)
+    services.boots_in_flight += 1
+    write = services.writer.add(ops.UpsertCharger(session.charger_id, session.protocol, vendor, model,
+                                                  serial, firmware, now()))
+    return _booted(session, write, firmware, response)
+
+
+async def _booted(session: Session, write: asyncio.Future, firmware: str, response: R) -> R:
+    services = session.services
+    try:
+        await write
+    finally:
+        services.boots_in_flight -= 1
+    log.info("charger booted", extra={"fields": {
+        "event": "boot", "charger_id": session.charger_id, "vendor": session.vendor, "model": session.model,
+        "firmware": firmware}})
+    services.events.emit(session.charger_id, "charger.booted",
+                         {"vendor": session.vendor, "model": session.model, "firmware": firmware})
+    return response
+
+
+def route_data_transfer(session: Session, req: Any, unknown_vendor: Any) -> Any:
+    """DataTransfer goes to the handler registered for its vendorId
+    (``Services.data_transfer``), else ``unknown_vendor``."""
+    handler = session.services.data_transfer.get(req.vendor_id)
+    return unknown_vendor if handler is None else handler(session, req)
+
+
+# Answers to charger-initiated actions Chargeyard records nothing for (yet): schema-valid
+# and honest (no CA, no ISO 15118 backend, no smart-charging optimiser configured).
+DEFAULT_RESPONSES: dict[str, dict] = {
+    "DataTransfer": {"status": "UnknownVendorId"},
+    "SignCertificate": {"status": "Rejected"},
+    "Get15118EVCertificate": {"status": "Failed", "exiResponse": ""},
+    "GetCertificateStatus": {"status": "Failed"},
+    "NotifyEVChargingNeeds": {"status": "Rejected"},
+    "NotifyEVChargingSchedule": {"status": "Rejected"},
+    "OpenPeriodicEventStream": {"status": "Rejected"},
+    "PullDynamicScheduleUpdate": {"status": "Rejected"},
+}
+
+
+class Fixed:
+    """The handler of an action answered with a fixed response (``complete``)."""
+
+    __slots__ = ("action", "response")
+
+    def __init__(self, action: str, response: Any) -> None:
+        self.action = action
+        self.response = response
+
+    def __call__(self, session: Session, req: Any) -> Any:
+        return self.response
+
+    def __repr__(self) -> str:
+        return f"Fixed({self.action!r})"
+
+
+def complete(version: str, messages: ModuleType, table: dict[str, Handler]) -> dict[str, Handler]:
+    """Give every other charger-initiated action of ``version`` a schema-valid default
+    answer (a SEND-only message of 2.1, e.g. NotifyPeriodicEventStream: none)."""
+    for action in CHARGER_INITIATED[version]:
+        if action in table or action not in messages.REQUESTS:
+            continue
+        if action not in messages.RESPONSES:
+            table[action] = Fixed(action, None)
+            continue
+        table[action] = Fixed(action, msgspec.convert(DEFAULT_RESPONSES.get(action, {}),
+                                                      messages.RESPONSES[action]))
+    return table

@@ -1,0 +1,144 @@
+"""OCPP 1.6 handlers: one function per charger-initiated action (``handlers(services)``
+maps the action names to them). The answer forms are in ``common.py``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...core import twins
+from ...core.messages import v16
+from ...store import base as ops
+from ..services import Services
+from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
+                     heartbeat_seen, now, route_data_transfer)
+
+__all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values_several",
+           "start_transaction", "status_notification", "stop_transaction"]
+
+METER = twins.load("chargeyard.worker.meter")  # the MeterValues common path, compiled when built
+i64 = METER.i64
+
+METER_VALUES_ACCEPTED = v16.MeterValuesResponse()
+STATUS_NOTIFICATION_ACCEPTED = v16.StatusNotificationResponse()
+UNKNOWN_VENDOR = v16.DataTransferResponse(status="UnknownVendorId")
+
+
+def boot_notification(session: Session, req: v16.BootNotificationRequest
+                      ) -> v16.BootNotificationResponse | Deferred[v16.BootNotificationResponse]:
+    services = session.services
+    if not services.boot_admitted():
+        return v16.BootNotificationResponse(status="Pending", current_time=now(),
+                                            interval=services.boot_retry_interval())
+    accepted = v16.BootNotificationResponse(status="Accepted", current_time=now(),
+                                            interval=services.settings.heartbeat_interval)
+    return boot_accepted(session, req.charge_point_vendor, req.charge_point_model,
+                         req.charge_point_serial_number or req.charge_box_serial_number or "",
+                         req.firmware_version or "", accepted)
+
+
+def heartbeat(session: Session, req: v16.HeartbeatRequest) -> v16.HeartbeatResponse:
+    heartbeat_seen(session)
+    return v16.HeartbeatResponse(current_time=now())
+
+
+async def authorize(session: Session, req: v16.AuthorizeRequest) -> v16.AuthorizeResponse:
+    status = await session.services.authorization.status(req.id_tag)
+    return v16.AuthorizeResponse(id_tag_info=v16.AuthorizeResponseIdTagInfo(status=status))
+
+
+def status_notification(session: Session, req: v16.StatusNotificationRequest) -> v16.StatusNotificationResponse:
+    """Answered before the commit (the durability rule allows it for statuses)."""
+    services = session.services
+    at = req.timestamp if req.timestamp is not UNSET else now()
+    services.writer.add(ops.ConnectorStatus(session.charger_id, 0, i64(req.connector_id), req.status,
+                                            req.error_code, at, req.info or ""))
+    services.events.emit(session.charger_id, "charger.status", {
+        "connector_id": req.connector_id, "status": req.status, "error_code": req.error_code,
+        "at": at.isoformat()})
+    return STATUS_NOTIFICATION_ACCEPTED
+
+
+async def start_transaction(session: Session, req: v16.StartTransactionRequest) -> v16.StartTransactionResponse:
+    """Deferred: the id tag's status and a new transaction id first. A retry of the same
+    start (same connector, tag, meter and time) gets the first one's id from the store."""
+    services = session.services
+    status = await services.authorization.status(req.id_tag)
+    new_id = await services.tx_ids.next()
+    tx = await services.writer.add(ops.StartTransaction(
+        session.charger_id, str(new_id), i64(req.connector_id), req.id_tag, float(req.meter_start), req.timestamp,
+        i64(req.reservation_id) if req.reservation_id is not UNSET else None))
+    services.events.emit(session.charger_id, "transaction.started", {
+        "transaction_id": tx, "connector_id": req.connector_id, "id_tag": req.id_tag,
+        "meter_start_wh": float(req.meter_start), "at": req.timestamp.isoformat()})
+    return v16.StartTransactionResponse(id_tag_info=v16.StartTransactionResponseIdTagInfo(status=status),
+                                        transaction_id=int(tx))
+
+
+def meter_values_several(session: Session, req: v16.MeterValuesRequest, tx: str, readings: list[ops.MeterSample],
+                         wants_event: bool) -> Deferred[v16.MeterValuesResponse]:
+    """MeterValues with several readings, or whose ``transaction.meter`` event someone
+    wants: every reading committed, then the event (the last reading's register, as
+    ``meter_wh``) and the answer. The common case (no reading, or one and no listener) is
+    answered by ``meter.meter_values_16`` (compiled), which calls this for the rest."""
+    writes = [session.services.writer.add(op) for op in readings]
+    if not wants_event:
+        return after_commits(writes, METER_VALUES_ACCEPTED)
+    return _meter_event_after(session, req.connector_id, tx, readings[-1], writes)
+
+
+async def _meter_event_after(session: Session, connector_id: int, tx: str, last: ops.MeterSample,
+                             writes: list[asyncio.Future]) -> v16.MeterValuesResponse:
+    await asyncio.gather(*writes)
+    session.services.events.emit(session.charger_id, "transaction.meter", {
+        "transaction_id": tx, "connector_id": connector_id, "meter_wh": last.energy_wh,
+        "at": last.at.isoformat()})
+    return METER_VALUES_ACCEPTED
+
+
+def stop_transaction(session: Session, req: v16.StopTransactionRequest) -> Deferred[v16.StopTransactionResponse]:
+    """The transaction's last readings and its stop are written now, in order; with an id
+    tag the answer waits for its status too."""
+    writer = session.services.writer
+    tx = str(req.transaction_id)
+    stop = ops.StopTransaction(session.charger_id, tx, float(req.meter_stop), req.timestamp,
+                               req.reason or "", req.id_tag or "")
+    readings = METER.samples_16(session.charger_id, tx, 0, req.transaction_data) \
+        if req.transaction_data is not UNSET else []
+    writes = [writer.add(op) for op in readings]
+    writes.append(writer.add(stop))
+    return _stopped(session, req, writes)
+
+
+async def _stopped(session: Session, req: v16.StopTransactionRequest,
+                   writes: list[asyncio.Future]) -> v16.StopTransactionResponse:
+    services = session.services
+    status = await services.authorization.status(req.id_tag) if req.id_tag is not UNSET else None
+    await asyncio.gather(*writes)
+    services.events.emit(session.charger_id, "transaction.ended", {
+        "transaction_id": str(req.transaction_id), "meter_stop_wh": float(req.meter_stop),
+        "reason": req.reason or "", "at": req.timestamp.isoformat()})
+    if status is None:
+        return v16.StopTransactionResponse()
+    return v16.StopTransactionResponse(id_tag_info=v16.StopTransactionResponseIdTagInfo(status=status))
+
+
+def data_transfer(session: Session, req: v16.DataTransferRequest) -> v16.DataTransferResponse:
+    return route_data_transfer(session, req, UNKNOWN_VENDOR)
+
+
+def handlers(services: Services) -> dict[str, Handler]:
+    """Action name -> handler for a worker's 1.6 sessions; every other charger-initiated
+    action gets its default answer (``common.complete``)."""
+    table: dict[str, Handler] = {
+        "BootNotification": boot_notification,
+        "Heartbeat": heartbeat,
+        "Authorize": authorize,
+        "StatusNotification": status_notification,
+        "StartTransaction": start_transaction,
+        # bound to this worker's event listeners; the rest goes to meter_values_several
+        "MeterValues": METER.meter_values_16(services.events.wants_events, meter_values_several, Commit,
+                                             METER_VALUES_ACCEPTED),
+        "StopTransaction": stop_transaction,
+        "DataTransfer": data_transfer,
+    }
+    return complete("1.6", v16, table)

@@ -1,0 +1,148 @@
+"""OCPP 2.0.1 handlers: one function per charger-initiated action (``handlers(services)``
+maps the action names to them). 2.1 (``ocpp21.py``) reuses them: as they are where the
+two schemas agree, and with its own message types (the ``messages`` argument) where only
+the response types differ. The answer forms are in ``common.py``."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+from typing import Any
+
+from ...core import twins
+from ...core.messages import v201
+from ...store import base as ops
+from ..services import Services
+from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
+                     heartbeat_seen, now, route_data_transfer)
+
+__all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values",
+           "status_notification", "transaction_event"]
+
+METER = twins.load("chargeyard.worker.meter")
+i64, energy_201 = METER.i64, METER.energy_201
+
+METER_VALUES_ACCEPTED = v201.MeterValuesResponse()
+STATUS_NOTIFICATION_ACCEPTED = v201.StatusNotificationResponse()
+TRANSACTION_EVENT_ACCEPTED = v201.TransactionEventResponse()
+UNKNOWN_VENDOR = v201.DataTransferResponse(status="UnknownVendorId")
+EVENT_TYPES = {"Started": "transaction.started", "Updated": "transaction.meter", "Ended": "transaction.ended"}
+
+
+def boot_notification(session: Session, req: v201.BootNotificationRequest, messages: ModuleType = v201
+                      ) -> v201.BootNotificationResponse | Deferred[v201.BootNotificationResponse]:
+    """``messages``: the version's message types (2.1 passes its own)."""
+    services = session.services
+    if not services.boot_admitted():
+        return messages.BootNotificationResponse(status="Pending", current_time=now(),
+                                                 interval=services.boot_retry_interval())
+    accepted = messages.BootNotificationResponse(status="Accepted", current_time=now(),
+                                                 interval=services.settings.heartbeat_interval)
+    station = req.charging_station
+    return boot_accepted(session, station.vendor_name, station.model, station.serial_number or "",
+                         station.firmware_version or "", accepted)
+
+
+def heartbeat(session: Session, req: v201.HeartbeatRequest) -> v201.HeartbeatResponse:
+    heartbeat_seen(session)
+    return v201.HeartbeatResponse(current_time=now())
+
+
+async def authorize(session: Session, req: v201.AuthorizeRequest, messages: ModuleType = v201
+                    ) -> v201.AuthorizeResponse:
+    """``messages``: the version's message types (2.1 passes its own)."""
+    status = await session.services.authorization.status(req.id_token.id_token)
+    return messages.AuthorizeResponse(id_token_info=messages.IdTokenInfoType(status=status))
+
+
+def status_notification(session: Session, req: v201.StatusNotificationRequest) -> v201.StatusNotificationResponse:
+    """Answered before the commit (the durability rule allows it for statuses)."""
+    services = session.services
+    services.writer.add(ops.ConnectorStatus(session.charger_id, i64(req.evse_id), i64(req.connector_id),
+                                            req.connector_status, "", req.timestamp))
+    services.events.emit(session.charger_id, "charger.status", {
+        "evse_id": req.evse_id, "connector_id": req.connector_id, "status": req.connector_status,
+        "at": req.timestamp.isoformat()})
+    return STATUS_NOTIFICATION_ACCEPTED
+
+
+def meter_values(session: Session, req: v201.MeterValuesRequest
+                 ) -> v201.MeterValuesResponse | Commit | Deferred[v201.MeterValuesResponse]:
+    """Readings outside a transaction (its readings come in TransactionEvent): each with an
+    energy register is kept as the connector's last reading."""
+    readings = []
+    for mv in req.meter_value:
+        wh = energy_201(mv.sampled_value)
+        if wh is not None:
+            readings.append(ops.MeterSample(session.charger_id, "", mv.timestamp, wh, 0))
+    if not readings:
+        return METER_VALUES_ACCEPTED
+    if len(readings) == 1:
+        return Commit(readings[0], METER_VALUES_ACCEPTED)
+    writer = session.services.writer
+    return after_commits([writer.add(op) for op in readings], METER_VALUES_ACCEPTED)
+
+
+def transaction_event(session: Session, req: v201.TransactionEventRequest, messages: ModuleType = v201
+                      ) -> Commit | Deferred[v201.TransactionEventResponse]:
+    """The event is written at once (applied once per transaction and seqNo). No id token
+    and no listener: ``Commit``. Otherwise the answer waits for the token's status, and the
+    event for the commit (sent only if the write was not a repeat). ``messages``: the
+    version's message types (2.1 passes its own; the empty answer is the same in both)."""
+    services = session.services
+    info = req.transaction_info
+    meter_wh = None
+    if req.meter_value is not UNSET:
+        for mv in req.meter_value:
+            wh = energy_201(mv.sampled_value)
+            if wh is not None:
+                meter_wh = wh
+    evse_id = connector_id = 0
+    if req.evse is not UNSET:
+        evse_id = i64(req.evse.id)
+        connector_id = i64(req.evse.connector_id or 0)
+    tag = req.id_token.id_token if req.id_token is not UNSET else ""
+    op = ops.TransactionEvent(session.charger_id, info.transaction_id, i64(req.seq_no), req.event_type,
+                              req.timestamp, req.trigger_reason, tag, evse_id, connector_id, meter_wh,
+                              info.stopped_reason or "")
+    wants_event = services.events.wants_events(session.charger_id)
+    if not tag and not wants_event:
+        return Commit(op, TRANSACTION_EVENT_ACCEPTED)
+    event = None
+    if wants_event:
+        event = (EVENT_TYPES[req.event_type], {
+            "transaction_id": info.transaction_id, "seq_no": req.seq_no, "event_type": req.event_type,
+            "meter_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
+            "stop_reason": info.stopped_reason or ""})
+    return _transaction_event_after(messages, session, tag, services.writer.add(op), event)
+
+
+async def _transaction_event_after(messages: ModuleType, session: Session, tag: str, write: asyncio.Future,
+                                   event: tuple[str, dict] | None) -> Any:
+    services = session.services
+    status = await services.authorization.status(tag) if tag else None
+    applied = await write
+    if event is not None and applied:
+        services.events.emit(session.charger_id, *event)
+    if status is None:
+        return TRANSACTION_EVENT_ACCEPTED
+    return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
+
+
+def data_transfer(session: Session, req: v201.DataTransferRequest) -> v201.DataTransferResponse:
+    return route_data_transfer(session, req, UNKNOWN_VENDOR)
+
+
+def handlers(services: Services) -> dict[str, Handler]:
+    """Action name -> handler for a worker's 2.0.1 sessions; every other charger-initiated
+    action gets its default answer (``common.complete``)."""
+    table: dict[str, Handler] = {
+        "BootNotification": boot_notification,
+        "Heartbeat": heartbeat,
+        "Authorize": authorize,
+        "StatusNotification": status_notification,
+        "MeterValues": meter_values,
+        "TransactionEvent": transaction_event,
+        "DataTransfer": data_transfer,
+    }
+    return complete("2.0.1", v201, table)
