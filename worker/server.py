@@ -23,7 +23,7 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
 
 from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec
-from ..router.registry import NotConnected, Registry
+from ..router.registry import DISCONNECT, NotConnected, Registry
 from ..store.base import Store
 from . import metrics as m
 from .authorization import Authorization
@@ -34,6 +34,8 @@ from .leniency import Leniency
 from .listener import select_lane, select_reply_all
 from .services import Services
 from .session import Session
+from .security.gate import GatedServer
+from .security.service import UNAVAILABLE, ChargerSecurity, Ticket
 from .settings import WorkerSettings
 from .txids import TxIds
 
@@ -102,11 +104,15 @@ class Worker:
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
             Leniency.from_file(settings.leniency_file),
             Events(registry, settings.worker_id, self.spawn, sinks))
+        # charger authentication at the handshake, TLS, the CSMS CA (worker/security/)
+        self.security = ChargerSecurity(settings, store, parse_charger_id)
+        self.services.security = self.security
         self.handlers = all_handlers(self.services)
         self.sessions: dict[str, Session] = {}
         self.ready = False
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._gate: GatedServer | None = None
         self._hs_tokens = float(settings.handshake_rate)
         self._hs_last = time.monotonic()
         self.port = 0
@@ -121,8 +127,7 @@ class Worker:
         s = self.settings
         await self.writer.start()
         self.registry.attach(s.worker_id, self.execute_call, self.on_takeover)
-        self._server = await ws_create_server(
-            self._factory, s.host, s.ws_port,
+        options: dict[str, Any] = dict(
             max_frame_size=s.max_frame,
             # pings come from one sweep over all sessions (_keepalive), not from picows'
             # auto-ping: that is a task with a sleeping timer per connection
@@ -130,10 +135,17 @@ class Worker:
             read_buffer_init_size=s.ws_read_buffer,
             websocket_handshake_timeout=10,
             logger_name="chargeyard.ws",
+        )
+        if self.security.gated:
+            # the handshake waits for the charger's authentication (a store lookup, maybe a
+            # password check in a thread), then picows alone serves the connection
+            self._gate = GatedServer(self._gated_factory, self.security.precheck, UNAVAILABLE)
+            self._server = await self._gate.start(s.host, s.ws_port, ssl=self.security.tls, **options)
+        else:
             # uvloop's own TCP transport: the same CPU per message as picows' default
             # (aiofastnet) here, and less memory per idle connection
-            use_aiofastnet=False,
-        )
+            self._server = await ws_create_server(self._factory, s.host, s.ws_port, use_aiofastnet=False,
+                                                  **options)
         self.port = self._server.sockets[0].getsockname()[1]
         if s.ping_interval > 0:
             self.spawn(self._keepalive())
@@ -141,14 +153,18 @@ class Worker:
             self.spawn(self._last_seen())
         m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
         self.ready = True
-        log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
+        log.info("worker %s listening for chargers on %s://%s:%d/ocpp/{id}", s.worker_id, self.security.scheme,
+                 s.host, self.port)
+        log.info(self.security.describe())
 
     async def drain(self) -> None:
         """SIGTERM: refuse new chargers, flush batches, close chargers with 1001."""
         if self.draining:
             return
         self.ready, self.draining = False, True
-        if self._server is not None:
+        if self._gate is not None:
+            self._gate.close()
+        elif self._server is not None:
             self._server.close()
         self._write_last_seen()
         try:
@@ -168,6 +184,7 @@ class Worker:
     async def stop(self) -> None:
         await self.drain()
         await self.writer.close()
+        self.security.close()
 
     async def _keepalive(self) -> None:
         """Ping chargers idle for ping_interval; close those that leave a ping unanswered
@@ -220,6 +237,23 @@ class Worker:
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_error_response(status, body.encode(), headers), None)
 
+    def _gated_factory(self, request: WSUpgradeRequest, ticket: Ticket | None) -> Any:
+        """The upgrade answer once the gate's check is done: its refusal (401, 429, 503),
+        or the usual checks and a session."""
+        if ticket is not None:
+            d = ticket.decision
+            if not d.accepted:
+                reason = "auth" if d.status in (401, 429) else d.reason or "unavailable"
+                text = {401: "authentication failed", 429: "too many failed attempts, retry later"}.get(
+                    d.status, "charger authentication unavailable, retry")
+                return self._refuse(request, d.status, reason, text, d.headers())
+            if ticket.charger_id != parse_charger_id(request.path):  # cannot differ; never trust it
+                return self._refuse(request, 400, "bad_id", "charger id mismatch")
+        answer = self._factory(request)
+        if ticket is not None and isinstance(answer.listener, Session):
+            answer.listener.ticket = ticket
+        return answer
+
     def _factory(self, request: WSUpgradeRequest) -> Any:
         if self.draining:
             return self._refuse(request, 503, "draining", "draining, connect again", {"Retry-After": "5"})
@@ -247,6 +281,8 @@ class Worker:
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
         s.address = _peer(s)
+        if s.ticket is not None:
+            self.security.accepted(s.ticket)
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
@@ -297,6 +333,10 @@ class Worker:
         s = self.sessions.get(charger_id)
         if s is None:
             raise NotConnected(f"charger {charger_id!r} is not connected")
+        if action == DISCONNECT:  # deregistered: the charger's credentials are gone
+            self.security.forget(charger_id)
+            s.close(WSCloseCode.POLICY_VIOLATION, str(payload.get("reason") or "disconnected"), "deregistered")
+            return {}
         return await s.call(action, payload, timeout)
 
     def _on_commit(self, rows: int, seconds: float) -> None:

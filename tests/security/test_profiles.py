@@ -368,9 +368,12 @@ def test_every_list_is_filtered_by_the_tokens_acl(tmp_path):
 
 def test_a_non_loopback_api_without_tokens_refuses_to_start(tmp_path):
     n = NodeProc(tmp_path / "a", "--api-host", "0.0.0.0")
-    with pytest.raises(RuntimeError) as exc:
-        n.start(timeout=20)
-    assert "--insecure-api" in str(exc.value)
+    try:
+        with pytest.raises(RuntimeError) as exc:
+            n.start(timeout=20)
+    finally:
+        n.stop()  # reaps the exited process and its output pipe
+    assert "--insecure-api" in str(exc.value) and n.proc.returncode != 0
     ok = NodeProc(tmp_path / "b", "--api-host", "0.0.0.0", "--insecure-api")
     ok.start()
     try:

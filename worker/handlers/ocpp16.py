@@ -4,11 +4,13 @@ maps the action names to them). The answer forms are in ``common.py``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from ...core import twins
 from ...core.messages import v16
 from ...store import base as ops
 from ..services import Services
+from . import security
 from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
                      heartbeat_seen, now, route_data_transfer)
 
@@ -140,5 +142,7 @@ def handlers(services: Services) -> dict[str, Handler]:
                                              METER_VALUES_ACCEPTED),
         "StopTransaction": stop_transaction,
         "DataTransfer": data_transfer,
+        "SignCertificate": functools.partial(security.sign_certificate, messages=v16),
+        "SecurityEventNotification": functools.partial(security.security_event_notification, messages=v16),
     }
     return complete("1.6", v16, table)

@@ -6,6 +6,7 @@ the response types differ. The answer forms are in ``common.py``."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from types import ModuleType
 from typing import Any
 
@@ -13,6 +14,7 @@ from ...core import twins
 from ...core.messages import v201
 from ...store import base as ops
 from ..services import Services
+from . import security
 from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
                      heartbeat_seen, now, route_data_transfer)
 
@@ -144,5 +146,7 @@ def handlers(services: Services) -> dict[str, Handler]:
         "MeterValues": meter_values,
         "TransactionEvent": transaction_event,
         "DataTransfer": data_transfer,
+        "SignCertificate": functools.partial(security.sign_certificate, messages=v201),
+        "SecurityEventNotification": functools.partial(security.security_event_notification, messages=v201),
     }
     return complete("2.0.1", v201, table)

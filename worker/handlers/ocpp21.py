@@ -5,9 +5,11 @@ where only the response types differ, the 2.0.1 function runs with the 2.1 messa
 
 from __future__ import annotations
 
+import functools
+
 from ...core.messages import v21
 from ..services import Services
-from . import ocpp201
+from . import ocpp201, security
 from .common import Commit, Deferred, Handler, Session, complete, now, route_data_transfer
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "get_certificate_chain_status", "handlers",
@@ -60,6 +62,8 @@ def handlers(services: Services) -> dict[str, Handler]:
         "MeterValues": ocpp201.meter_values,
         "TransactionEvent": transaction_event,
         "DataTransfer": data_transfer,
+        "SignCertificate": functools.partial(security.sign_certificate, messages=v21),
+        "SecurityEventNotification": functools.partial(security.security_event_notification, messages=v21),
         "VatNumberValidation": vat_number_validation,
         "GetCertificateChainStatus": get_certificate_chain_status,
     }
