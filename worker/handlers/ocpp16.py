@@ -4,7 +4,6 @@ maps the action names to them). The answer forms are in ``common.py``."""
 from __future__ import annotations
 
 import asyncio
-import functools
 
 from ...core import twins
 from ...core.messages import v16
@@ -14,8 +13,9 @@ from . import security
 from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
                      heartbeat_seen, now, route_data_transfer)
 
-__all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values_several",
-           "start_transaction", "status_notification", "stop_transaction"]
+__all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat",
+           "meter_values_several", "security_event_notification", "sign_certificate", "start_transaction",
+           "status_notification", "stop_transaction"]
 
 METER = twins.load("chargeyard.worker.meter")  # the MeterValues common path, compiled when built
 i64 = METER.i64
@@ -128,6 +128,17 @@ def data_transfer(session: Session, req: v16.DataTransferRequest) -> v16.DataTra
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
 
 
+def sign_certificate(session: Session, req: v16.SignCertificateRequest) -> v16.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v16)
+
+
+def security_event_notification(session: Session, req: v16.SecurityEventNotificationRequest
+                                ) -> Deferred[v16.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v16)
+
+
 def handlers(services: Services) -> dict[str, Handler]:
     """Action name -> handler for a worker's 1.6 sessions; every other charger-initiated
     action gets its default answer (``common.complete``)."""
@@ -142,7 +153,7 @@ def handlers(services: Services) -> dict[str, Handler]:
                                              METER_VALUES_ACCEPTED),
         "StopTransaction": stop_transaction,
         "DataTransfer": data_transfer,
-        "SignCertificate": functools.partial(security.sign_certificate, messages=v16),
-        "SecurityEventNotification": functools.partial(security.security_event_notification, messages=v16),
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
     }
     return complete("1.6", v16, table)

@@ -6,7 +6,6 @@ the response types differ. The answer forms are in ``common.py``."""
 from __future__ import annotations
 
 import asyncio
-import functools
 from types import ModuleType
 from typing import Any
 
@@ -19,7 +18,7 @@ from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, b
                      heartbeat_seen, now, route_data_transfer)
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values",
-           "status_notification", "transaction_event"]
+           "security_event_notification", "sign_certificate", "status_notification", "transaction_event"]
 
 METER = twins.load("chargeyard.worker.meter")
 i64, energy_201 = METER.i64, METER.energy_201
@@ -135,6 +134,17 @@ def data_transfer(session: Session, req: v201.DataTransferRequest) -> v201.DataT
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
 
 
+def sign_certificate(session: Session, req: v201.SignCertificateRequest) -> v201.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v201)
+
+
+def security_event_notification(session: Session, req: v201.SecurityEventNotificationRequest
+                                ) -> Deferred[v201.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v201)
+
+
 def handlers(services: Services) -> dict[str, Handler]:
     """Action name -> handler for a worker's 2.0.1 sessions; every other charger-initiated
     action gets its default answer (``common.complete``)."""
@@ -146,7 +156,7 @@ def handlers(services: Services) -> dict[str, Handler]:
         "MeterValues": meter_values,
         "TransactionEvent": transaction_event,
         "DataTransfer": data_transfer,
-        "SignCertificate": functools.partial(security.sign_certificate, messages=v201),
-        "SecurityEventNotification": functools.partial(security.security_event_notification, messages=v201),
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
     }
     return complete("2.0.1", v201, table)
