@@ -58,6 +58,11 @@ class ChargerCredentialStore(ABC):
         """True if the charger was registered."""
 
     @abstractmethod
+    async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:
+        """Registered charger ids, at most ``limit`` (a worker at profile 0 keeps them to
+        let every other id in without a lookup)."""
+
+    @abstractmethod
     async def add_security_event(self, event: SecurityEvent) -> None: ...
 
     @abstractmethod
@@ -80,6 +85,9 @@ class MemoryChargerCredentials(ChargerCredentialStore):
 
     async def delete_charger_credentials(self, charger_id: str) -> bool:
         return self._creds.pop(charger_id, None) is not None
+
+    async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:
+        return sorted(self._creds)[:limit]
 
     async def add_security_event(self, event: SecurityEvent) -> None:
         self._events.setdefault(event.charger_id, []).append(event)

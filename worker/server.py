@@ -139,7 +139,9 @@ class Worker:
         if self.security.gated:
             # the handshake waits for the charger's authentication (a store lookup, maybe a
             # password check in a thread), then picows alone serves the connection
-            self._gate = GatedServer(self._gated_factory, self.security.precheck, UNAVAILABLE)
+            await self.security.start()
+            self._gate = GatedServer(self._gated_factory, self.security.precheck, UNAVAILABLE,
+                                     quick=self.security.quick)
             self._server = await self._gate.start(s.host, s.ws_port, ssl=self.security.tls, **options)
         else:
             # uvloop's own TCP transport: the same CPU per message as picows' default
@@ -240,7 +242,12 @@ class Worker:
     def _gated_factory(self, request: WSUpgradeRequest, ticket: Ticket | None) -> Any:
         """The upgrade answer once the gate's check is done: its refusal (401, 429, 503),
         or the usual checks and a session."""
-        if ticket is not None:
+        if ticket is None:
+            # no check ran: the path has no charger id (the usual 400 below), or the request
+            # head was too large for the gate to read, which never becomes a session
+            if parse_charger_id(request.path) is not None:
+                return self._refuse(request, 431, "bad_request", "request header fields too large")
+        else:
             d = ticket.decision
             if not d.accepted:
                 reason = "auth" if d.status in (401, 429) else d.reason or "unavailable"

@@ -188,6 +188,7 @@ INSERT INTO charger_credentials (charger_id, security_profile, password_hash, pe
 ON CONFLICT (charger_id) DO UPDATE SET security_profile = ?2, password_hash = ?3,
     pending_password_hash = ?4, previous_password_hash = ?5, updated_at = ?6"""
 CREDS_DELETE = "DELETE FROM charger_credentials WHERE charger_id = ?"
+CREDS_IDS = "SELECT charger_id FROM charger_credentials ORDER BY charger_id LIMIT ?"
 SECURITY_EVENT_ADD = """
 INSERT INTO security_events (charger_id, type, at, tech_info, received_at) VALUES (?, ?, ?, ?, ?)"""
 SECURITY_EVENTS = """

@@ -311,6 +311,10 @@ class SqliteStore(Store, ChargerCredentialStore):
         return await self._run(self.batches.write,
                                lambda conn: conn.execute(sql.CREDS_DELETE, (charger_id,)).rowcount > 0)
 
+    async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:
+        rows = await self._run(lambda: self.batches.db.execute(sql.CREDS_IDS, (limit,)).fetchall())
+        return [r[0] for r in rows]
+
     async def add_security_event(self, event: SecurityEvent) -> None:
         args = (event.charger_id, event.type, event.at, event.tech_info, to_us(dt.datetime.now(dt.timezone.utc)))
         await self._run(self.batches.write, lambda conn: conn.execute(sql.SECURITY_EVENT_ADD, args))

@@ -147,3 +147,31 @@ def test_service_rejects_inconsistent_settings(tmp_path):
     S.ca_cert = "x"
     with pytest.raises(SecurityConfigError, match="--ca-key"):
         ChargerSecurity(S(), object(), lambda b: None)
+
+
+def test_open_mode_lets_unregistered_ids_in_without_a_lookup():
+    from chargeyard.store.chargers import ChargerCredentials
+    from chargeyard.worker.security.gate import NOT_NOW
+    from chargeyard.worker.server import parse_charger_id
+    from chargeyard.worker.security.service import ChargerSecurity
+
+    class S:
+        security_profile = 0
+        tls_cert = tls_key = tls_client_ca = trusted_proxies = ca_cert = ca_key = unknown_chargers = ""
+
+    async def main():
+        store = MemoryChargerCredentials()
+        await store.put_charger_credentials(ChargerCredentials(charger_id="REG", security_profile=1,
+                                                               password_hash="scrypt$x"))
+        sec = ChargerSecurity(S(), store, parse_charger_id)
+        assert sec.open and sec.quick(b"GET /ocpp/any HTTP/1.1\r\n\r\n", None) is NOT_NOW  # not loaded yet
+        await sec.start()
+        t = sec.quick(b"GET /ocpp/any HTTP/1.1\r\nHost: x\r\n\r\n", None)
+        assert t.charger_id == "any" and t.decision.accepted
+        assert sec.quick(b"GET /ocpp/REG HTTP/1.1\r\n\r\n", None) is NOT_NOW
+        assert sec.quick(b"GET /a/b/c HTTP/1.1\r\n\r\n", None) is None
+        sec.forget("NEW")  # registered through this process's API: checked at once
+        assert sec.quick(b"GET /ocpp/NEW HTTP/1.1\r\n\r\n", None) is NOT_NOW
+        sec.close()
+
+    asyncio.run(main())

@@ -36,6 +36,9 @@ def test_credentials_round_trip(make):
             await s.put_charger_credentials(c2)
             got = await s.get_charger_credentials("CP1")
             assert got == c2 and got.hashes() == ("scrypt$a", "scrypt$b", "scrypt$0")
+            await s.put_charger_credentials(ChargerCredentials(charger_id="CP0", security_profile=3))
+            assert await s.registered_charger_ids() == ["CP0", "CP1"]
+            assert await s.registered_charger_ids(limit=1) == ["CP0"]
             assert await s.delete_charger_credentials("CP1")
             assert not await s.delete_charger_credentials("CP1")
             assert await s.get_charger_credentials("CP1") is None

@@ -30,13 +30,20 @@ log = logging.getLogger("chargeyard.worker.security")
 MAX_HEAD = 16 * 1024  # a longer request head is left to picows (which refuses it)
 
 Precheck = Callable[[bytes, asyncio.BaseTransport], Awaitable[Any]]
+# answers at once when it can (no await needed): a ticket, or NOT_NOW for the async precheck
+Quick = Callable[[bytes, asyncio.BaseTransport], Any]
+NOT_NOW = object()
 
 
 def parse_head(head: bytes) -> tuple[bytes, dict[str, str]]:
     """The request target and headers of an HTTP/1.1 request head (header names in
     lower case; a repeated header keeps its first value). Lenient: picows validates the
-    request itself right after."""
-    lines = head.split(b"\r\n")
+    request itself right after. A ticket is only ever made from a complete head; when the
+    gate leaves a request to picows unchecked (a head over ``MAX_HEAD``), the listener
+    factory gets ``None`` and must refuse."""
+    # only up to the blank line: bytes after it are not headers (a client may send data
+    # right after its request; it must not smuggle identity headers in that way)
+    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     parts = lines[0].split(b" ")
     target = parts[1] if len(parts) >= 3 else b""
     headers: dict[str, str] = {}
@@ -94,9 +101,20 @@ class _Gate(asyncio.BufferedProtocol):
             if len(self._head) > MAX_HEAD:
                 self._step_aside()
             return
+        head = bytes(self._head)
+        server = self._server
+        if server.quick is not None:
+            try:
+                ticket = server.quick(head, self._transport)
+            except Exception:
+                log.exception("handshake check failed")
+                ticket = server.error_ticket
+            if ticket is not NOT_NOW:
+                self._answer(ticket, nbytes)
+                return
         self._pending = nbytes
         self._transport.pause_reading()
-        self._task = asyncio.get_running_loop().create_task(self._run(bytes(self._head)))
+        self._task = asyncio.get_running_loop().create_task(self._run(head))
         self._server._tasks.add(self._task)
         self._task.add_done_callback(self._server._tasks.discard)
 
@@ -112,15 +130,19 @@ class _Gate(asyncio.BufferedProtocol):
             ticket = self._server.error_ticket
         if t.is_closing():
             return
+        self._answer(ticket, self._pending)
+        if not t.is_closing():
+            t.resume_reading()
+
+    def _answer(self, ticket: Any, nbytes: int) -> None:
+        """picows reads the request and asks the listener factory, which sees ``ticket``."""
         server = self._server
         server.ticket = ticket
         try:
-            self._inner.buffer_updated(self._pending)
+            self._inner.buffer_updated(nbytes)
         finally:
             server.ticket = None
         self._step_aside()
-        if not t.is_closing():
-            t.resume_reading()
 
     def _step_aside(self) -> None:
         self._head = bytearray()
@@ -132,12 +154,15 @@ class _Gate(asyncio.BufferedProtocol):
 class GatedServer:
     """``listener_factory(request, ticket)`` answers the upgrade like a picows listener
     factory; ``ticket`` is what ``precheck`` returned for this connection (or
-    ``error_ticket`` if it raised)."""
+    ``error_ticket`` if it raised). ``quick(head, transport)``, when given, is asked first
+    and synchronously: a ticket it returns is used at once (no pause, no task), ``NOT_NOW``
+    defers to ``precheck``."""
 
     def __init__(self, listener_factory: Callable[[Any, Any], Any], precheck: Precheck,
-                 error_ticket: Any = None) -> None:
+                 error_ticket: Any = None, quick: Quick | None = None) -> None:
         self.listener_factory = listener_factory
         self.precheck = precheck
+        self.quick = quick
         self.error_ticket = error_ticket
         self.ticket: Any = None
         self._tasks: set[asyncio.Task] = set()
@@ -176,4 +201,4 @@ class GatedServer:
             t.cancel()
 
 
-__all__ = ["GatedServer", "MAX_HEAD", "parse_head"]
+__all__ = ["GatedServer", "MAX_HEAD", "NOT_NOW", "parse_head"]

@@ -20,8 +20,8 @@ import msgspec
 
 from ...store.chargers import ChargerCredentialStore, ChargerCredentials
 from .certs import CertificateAuthority
-from .gate import parse_head
-from .handshake import Authenticator, Decision
+from .gate import NOT_NOW, parse_head
+from .handshake import ACCEPT0, UNKNOWN_ACCEPT, Authenticator, Decision
 from .tls import PeerIdentity, TlsConfigError, TrustedProxies, peer_identity, server_context
 
 log = logging.getLogger("chargeyard.worker.security")
@@ -41,6 +41,7 @@ class Ticket:
 
 # the precheck failed (store down): the charger retries shortly
 UNAVAILABLE = Ticket("", Decision(503, "unavailable", retry_after=5), PeerIdentity())
+_NO_PEER = PeerIdentity()
 
 
 def _get(s: Any, name: str, default: Any) -> Any:
@@ -85,6 +86,50 @@ class ChargerSecurity:
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, ChargerCredentials | None]] = {}
         self._tasks: set[asyncio.Task] = set()
+        # profile 0, unknown ids accepted, no TLS: only registered ids need a check; the
+        # others are let in at once (quick), without a lookup per handshake
+        self.open = (self.profile == 0 and self.auth.unknown == UNKNOWN_ACCEPT and self.tls is None
+                     and not self.proxies and self.store is not None)
+        self._registered: set[str] | None = None  # None: unknown yet (or too many): full checks
+
+    REGISTERED_MAX = 10_000
+
+    async def start(self) -> None:
+        """Load the registered ids (open mode) and keep them fresh every ``cache_ttl``."""
+        if self.open:
+            await self._load_registered()
+            t = asyncio.ensure_future(self._refresh_registered())
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    async def _load_registered(self) -> None:
+        assert self.store is not None
+        try:
+            ids = await self.store.registered_charger_ids(self.REGISTERED_MAX + 1)
+        except Exception as exc:  # full checks until the next refresh
+            log.warning("could not read the registered charger ids: %r", exc)
+            self._registered = None
+            return
+        self._registered = set(ids) if len(ids) <= self.REGISTERED_MAX else None
+
+    async def _refresh_registered(self) -> None:
+        while True:
+            await asyncio.sleep(self.cache_ttl)
+            await self._load_registered()
+
+    def quick(self, head: bytes, transport: asyncio.BaseTransport) -> Ticket | None | object:
+        """The gate's synchronous answer: in open mode an unregistered id is accepted at
+        once; everything else is ``NOT_NOW`` (the full :meth:`precheck`)."""
+        registered = self._registered
+        if registered is None:
+            return NOT_NOW
+        line = head.split(b"\r\n", 1)[0].split(b" ")
+        charger_id = self.parse_id(line[1]) if len(line) >= 3 else None
+        if charger_id is None:
+            return None  # picows' factory answers 400
+        if charger_id in registered:
+            return NOT_NOW
+        return Ticket(charger_id, ACCEPT0, _NO_PEER)
 
     @property
     def gated(self) -> bool:
@@ -120,6 +165,8 @@ class ChargerSecurity:
         """Credentials changed here (API in this process): no waiting for the TTL."""
         self._cache.pop(charger_id, None)
         self.auth.forget(charger_id)
+        if self._registered is not None:  # maybe registered now: full checks (a refresh drops it)
+            self._registered.add(charger_id)
 
     # -- the handshake -----------------------------------------------------------------
     async def precheck(self, head: bytes, transport: asyncio.BaseTransport) -> Ticket | None:
