@@ -113,6 +113,7 @@ class Worker:
         self.draining = False
         self._server: asyncio.Server | None = None
         self._gate: GatedServer | None = None
+        self._auth_events: dict[str, float] = {}
         self._hs_tokens = float(settings.handshake_rate)
         self._hs_last = time.monotonic()
         self.port = 0
@@ -250,6 +251,8 @@ class Worker:
         else:
             d = ticket.decision
             if not d.accepted:
+                if d.status in (401, 429):
+                    self._auth_failed(ticket)
                 reason = "auth" if d.status in (401, 429) else d.reason or "unavailable"
                 text = {401: "authentication failed", 429: "too many failed attempts, retry later"}.get(
                     d.status, "charger authentication unavailable, retry")
@@ -260,6 +263,22 @@ class Worker:
         if ticket is not None and isinstance(answer.listener, Session):
             answer.listener.ticket = ticket
         return answer
+
+    AUTH_EVENT_EVERY = 10.0  # seconds between two charger.auth_failed events of one charger
+
+    def _auth_failed(self, ticket: Ticket) -> None:
+        """``charger.auth_failed`` for monitoring's ``auth_failures`` alert: at most one per
+        charger every ``AUTH_EVENT_EVERY`` seconds (an attacker's loop must not flood the bus;
+        the counter chargeyard_ws_auth_failures_total counts every one)."""
+        now_t = time.monotonic()
+        last = self._auth_events.get(ticket.charger_id, 0.0)
+        if now_t - last < self.AUTH_EVENT_EVERY:
+            return
+        if len(self._auth_events) > 50_000:
+            self._auth_events.clear()
+        self._auth_events[ticket.charger_id] = now_t
+        self.services.events.emit(ticket.charger_id, "charger.auth_failed", {
+            "reason": ticket.decision.reason, "status": ticket.decision.status, "address": ticket.peer.address})
 
     def _factory(self, request: WSUpgradeRequest) -> Any:
         if self.draining:

@@ -380,3 +380,25 @@ def test_a_non_loopback_api_without_tokens_refuses_to_start(tmp_path):
         assert ok.get("/readyz")[0] == 200
     finally:
         ok.stop()
+
+
+def test_auth_failures_reach_the_event_stream(p1):
+    """Monitoring's auth_failures alert feeds on charger.auth_failed events."""
+    import aiohttp
+
+    assert p1.request("PUT", "/api/v1/chargers/CP-AF", {"password": PW})[0] == 201
+
+    async def main():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+            async with s.get(_api(p1) + "/api/v1/chargers/CP-AF/events") as r:
+                assert (await r.content.readline()).startswith(b": subscribed")
+                assert await refused(p1.ws("CP-AF"), "CP-AF", "wrong-password-0009") == 401
+                while True:
+                    line = (await asyncio.wait_for(r.content.readline(), 10)).decode()
+                    if line.startswith("data:") and "charger.auth_failed" in line:
+                        event = json.loads(line[5:])
+                        assert event["data"]["reason"] == "bad_password" and event["data"]["status"] == 401
+                        assert PW not in line and "wrong-password" not in line
+                        return
+
+    asyncio.run(main())
