@@ -36,7 +36,7 @@ $(EXTRA)-%: pyproject.toml | $(BASE)
 	touch $@
 
 # Everything, for development (what `make test` needs).
-install: $(BASE) $(EXTRA)-test $(EXTRA)-cluster $(EXTRA)-bench
+install: $(BASE) $(EXTRA)-test $(EXTRA)-cluster $(EXTRA)-bench $(EXTRA)-scylla
 
 run: $(BASE)
 	$(VENV)/bin/chargeyard run

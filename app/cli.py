@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             import os
 
             os.makedirs(settings.data_dir, exist_ok=True)
-            store = make_store(settings)
-            await store.open()
-            await store.close()
+            await make_store(settings).migrate()
         asyncio.run(migrate())
         print("store migrated")
         return 0

@@ -111,11 +111,11 @@ def orjson_runner(frame: bytes, reply: dict) -> Callable[[], Any]:
 
 
 def main() -> int:
-    from chargeyard.core import IMPL
-    from chargeyard.core.codec import PyCodec
+    from chargeyard.core import IMPL, twins
 
+    PyCodec = twins.load("chargeyard.core.codec", pure=True).Codec
     try:
-        from chargeyard.core._codec import Codec as CCodec
+        CCodec = twins.load("chargeyard.core.codec", pure=False).Codec
     except ImportError:
         CCodec = None
     quick = os.environ.get("CHARGEYARD_BENCH_QUICK") == "1"

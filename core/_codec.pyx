@@ -1,25 +1,33 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled OCPP-J codec. Same API and answers as ``codec_py.Codec``.
+"""Compiled OCPP-J codec. Same API, answers and bytes as its twin ``codec.py``; the class
+is declared in ``_codec.pxd`` so that the worker's compiled listener calls
+``encode_result`` in C.
 
 The per-frame work is a C scan of ``[2,"id","Action",`` (whitespace allowed
 between tokens), one msgspec decode of the payload bytes into the action's
-Struct, and one msgspec encode of the reply. Anything the scan does not
-recognise goes to ``Tables.classify``, shared with the pure twin.
+Struct, and one encode of the reply (written here when its payload is an empty object,
+else by msgspec). Anything the scan does not recognise goes to ``Tables.classify``,
+shared with the pure twin.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memchr, memcmp
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH
+from libc.string cimport memchr, memcmp, memcpy
 
 import msgspec
 
 from .checks import datetime_plan
 from .framing import CALL, Call, FrameError, PayloadError, Tables
 
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    const char* PyUnicode_1BYTE_DATA(object)
+
 cdef object _ValidationError = msgspec.ValidationError
 cdef object _DecodeError = msgspec.DecodeError
+cdef object _Struct = msgspec.Struct
 
 
 cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
@@ -79,16 +87,31 @@ cdef bint _dt_suspect(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     return False
 
 
+cdef bytes _empty_result(str message_id):
+    """``[3,"<message_id>",{}]`` written directly, for an id that JSON holds as it is
+    (printable ASCII without a quote or backslash); None for any other id."""
+    cdef Py_ssize_t n, i
+    cdef const char* p
+    cdef char* o
+    cdef unsigned char c
+    if not PyUnicode_CheckExact(message_id) or not PyUnicode_IS_ASCII(message_id):
+        return None
+    n = PyUnicode_GET_LENGTH(message_id)
+    p = PyUnicode_1BYTE_DATA(message_id)
+    for i in range(n):
+        c = <unsigned char>p[i]
+        if c < 0x20 or c == 0x22 or c == 0x5c or c == 0x7f:
+            return None
+    b = PyBytes_FromStringAndSize(NULL, n + 9)
+    o = PyBytes_AS_STRING(b)
+    memcpy(o, b'[3,"', 4)
+    memcpy(o + 4, p, n)
+    memcpy(o + 4 + n, b'",{}]', 5)
+    return b
+
+
 cdef class Codec:
     """Decode frames from and encode frames to one peer speaking ``version``."""
-
-    cdef readonly object tables
-    cdef readonly str version
-    cdef list _by_len
-    cdef object _inbound
-    cdef object _enc
-    cdef object _encode
-    cdef bint _draft6
 
     impl = "cython"
 
@@ -106,6 +129,7 @@ cdef class Codec:
         self._enc = msgspec.json.Encoder()
         self._encode = self._enc.encode
         self._draft6 = self.tables.draft6
+        self._empty_object = {}  # payload type -> whether the encoder writes it as {}
 
     def decode(self, data):
         """One frame -> Call | CallResult | CallError | Send | FrameError. Never raises.
@@ -214,7 +238,23 @@ cdef class Codec:
         """Validate the payload of a CALLRESULT to our ``action``; raises PayloadError."""
         return self.tables.decode_payload(action, "response", payload)
 
-    def encode_result(self, str message_id, payload):
+    cpdef bytes encode_result(self, str message_id, payload):
+        """The CALLRESULT ``[3, message_id, payload]``, the same bytes as the twin's.
+
+        Most replies to a charger's message carry no fields (MeterValues, StatusNotification,
+        ...): for a Struct type without fields that the encoder writes as ``{}`` (checked once
+        per type: a tagged or array-like Struct is not) the frame is written without the
+        encoder, unless the id needs escaping."""
+        t = type(payload)
+        empty = self._empty_object.get(t)
+        if empty is None:  # a Struct with optional fields may be {} or not: only fieldless ones
+            empty = self._empty_object[t] = (
+                isinstance(payload, _Struct) and len(t.__struct_fields__) == 0
+                and self._encode((3, "x", payload)) == b'[3,"x",{}]')
+        if empty is True and message_id is not None:
+            frame = _empty_result(message_id)
+            if frame is not None:
+                return frame
         return self._encode((3, message_id, payload))
 
     def encode_call(self, str message_id, str action, payload):

@@ -1,7 +1,7 @@
 """OCPP-J frames, CALLERROR codes per version and the precise classification of bad input.
 
 Shared by the compiled codec (``_codec.pyx``) and its pure-Python twin
-(``codec_py.py``): the fast path of both only recognises well-formed frames; every
+(``codec.py``): the fast path of both only recognises well-formed frames; every
 other input goes through :func:`classify`, which is written once, here, so both
 implementations answer bad input identically.
 """

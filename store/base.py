@@ -155,6 +155,13 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def migrate(self) -> None:
+        """Bring the schema to this code's version: ``chargeyard store migrate``. Backends
+        whose :meth:`open` migrates (SQLite: one process owns the file) need no more than
+        this; ScyllaDB's migrates only here, and its pods refuse another version."""
+        await self.open()
+        await self.close()
+
     async def __aenter__(self) -> "Store":
         await self.open()
         return self

@@ -4,40 +4,71 @@ Needs the ``scylla-driver`` package (import name ``cassandra``), an optional ext
 ``pip install scylla-driver`` or ``pip install 'chargeyard[scylla]'``. This module imports
 without it; building a :class:`ScyllaStore` without it raises a clear ImportError.
 
-Data model: every table a charger writes is partitioned by ``charger_id`` (raw samples by
-``(charger_id, tx_id)`` so a partition stays bounded by one transaction). Timestamps are
-``bigint`` microseconds (CQL ``timestamp`` only holds milliseconds).
+Proven on a real CQL server: the contract suite and ``tests/store/test_scylla.py`` run on
+Apache Cassandra 5.0 in ``make test`` (same protocol and CQL). ScyllaDB-only parts (tablets,
+the shard-aware port) are settings, exercised only against a ScyllaDB cluster.
+
+Data model. Timestamps are ``bigint`` microseconds (CQL ``timestamp`` holds milliseconds).
+No partition grows without bound:
+
+* A transaction is its own partition (``transactions``), its readings another
+  (``tx_samples``, bounded by the transaction's length).
+* Lists are time-bucketed indexes: ``tx_index`` partitions are (scope, bucket) with
+  scope ``all:<shard>`` (cluster-wide, one day per bucket, 16 shards so no day is one hot
+  partition) or ``c:<charger>`` (one charger, 32 days per bucket); ``tx_buckets`` lists the
+  buckets in use, newest first. ``charger_index`` holds charger ids in 16 sorted shards.
+  Both are paged with ``limit``/``cursor``: a page reads only what it returns (plus one
+  slice per shard), never the whole table.
+* Readings without a transaction (``tx_id=""``) go to ``free_samples`` partitioned by
+  (charger, day) with TWCS and a TTL of ``retention_days``; 2.0.1 replay keys
+  (``tx_event_seqs``, per transaction) and 1.6 start keys (``tx_starts``, one row each)
+  expire after the same retention. Transactions and their readings never expire.
+
+Writes:
 
 * Blind, commutative writes wherever the contract allows: "keep the newest by the
-  charger's clock" (connector status, last reading, last_seen/last_boot) is Scylla's own
-  last-write-wins with ``USING TIMESTAMP`` = the op's time in µs * 1000 + a per-process
-  tick (so equal charger times resolve to the op applied last). Energies are derived at
-  read time from the transaction's sample partition (lowest/highest/newest reading), so a
-  MeterSample is two inserts, never a read.
-* Idempotency by LWT (``IF NOT EXISTS``, serial consistency LOCAL_SERIAL): the 1.6
-  StartTransaction key -> first tx id; TransactionEvent (tx, seq_no) -> applied once (the
-  seq row gets ``done = true`` once its effects are written, so a retry after a partial
-  failure re-applies the effects instead of calling it a repeat); "first close wins" is
-  ``IF stopped_at = null``. Cells written by LWT are never written without it.
-* Writes LOCAL_QUORUM, reads LOCAL_QUORUM. ``apply`` groups ops by charger: chargers run
-  concurrently (``max_concurrency``), one charger's ops in order; runs of blind writes go
-  as UNLOGGED batches, one per partition. Prepared statements throughout.
-* Unlike SQLite, ``apply`` is not atomic across ops (Scylla has no multi-partition
-  transactions): ops are validated before anything is sent, and every op is idempotent, so
-  the batch writer's retry of a failed batch (or the charger's resend) converges.
-* 1.6 transaction ids: a compare-and-set (LWT) on one counter row; blocks never overlap.
-* Driver calls run on the driver's own threads; its futures complete asyncio futures via
-  ``call_soon_threadsafe``. Connect, prepare and shutdown run on a small thread pool.
+  charger's clock" (connector status, last reading, last_seen/last_boot) is last-write-wins
+  with ``USING TIMESTAMP`` = the charger's time (ms, plus a sub-ms tie-breaker so the op
+  applied last wins among equal times) but never later than this process's clock: a
+  charger whose clock says 2099 is clamped to now, so it cannot freeze its status, and a
+  later DELETE (server time) always wins. Energies are derived at read time from the
+  transaction's sample partition, so a MeterSample is two inserts, never a read.
+* Idempotency by LWT (``IF NOT EXISTS``, ``serial_consistency``, default LOCAL_SERIAL):
+  the 1.6 StartTransaction key -> first tx id; TransactionEvent (tx, seq_no) -> applied
+  once (the seq row gets ``done = true`` once its effects are written, so a retry after a
+  partial failure re-applies the effects instead of calling it a repeat); "first close
+  wins" is ``IF stopped_at = null``. Every step after a key LWT is idempotent and always
+  runs again on a retry. Cells written by LWT are never written without it.
+* 1.6 transaction ids: a compare-and-set on one counter row with SERIAL (not
+  LOCAL_SERIAL) consistency, so two data centres never hand out the same block.
+* Unset values are ``UNSET`` (never ``None``, which would write a tombstone); prepared
+  statements are marked idempotent unless they are LWTs; every column list is explicit.
+* ``apply`` groups ops by charger: chargers run concurrently (``max_concurrency``), one
+  charger's ops in order; runs of blind writes go as UNLOGGED batches, one per partition.
+  Unlike SQLite, ``apply`` is not atomic across ops (no multi-partition transactions):
+  ops are validated before anything is sent, and every op is idempotent, so the batch
+  writer's retry of a failed batch (or the charger's resend) converges.
+
+Schema changes run only in :meth:`ScyllaStore.migrate` (``chargeyard store migrate``, a k8s
+Job); :meth:`ScyllaStore.open` checks the keyspace's version and refuses any other with a
+message saying what to do, so pods never race each other over DDL.
+
+Driver calls run on the driver's own threads; its futures complete asyncio futures via
+``call_soon_threadsafe``. Connect, prepare and shutdown run on a small thread pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import heapq
+import json
 import math
 import random
 import re
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,9 +81,19 @@ TX_ID_MAX = 2**31 - 1
 _I64 = 2**63 - 1
 _KEYSPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
 _BATCH_ROWS = 64  # statements per UNLOGGED batch (far below batch_size_fail_threshold)
+_DAY_US = 86_400_000_000
+_SHARDS = 16  # charger_index and cluster-wide tx_index shards; changing it needs a reindex
+_CHARGER_BUCKET_DAYS = 32  # per-charger tx_index bucket: ~300 rows for a busy charger
+_UNKNOWN = -1  # tx_index bucket of transactions whose start is unknown (listed last)
+_PAGE_MAX = 10_000
+_CONSISTENCIES = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE")
+_SERIALS = ("SERIAL", "LOCAL_SERIAL")
+_CACHE_MAX = 100_000  # entries of the "already written" caches before they start over
 
 INSTALL_HINT = ("the ScyllaDB store needs the scylla-driver package (import name 'cassandra'): "
                 "pip install scylla-driver  (or: pip install 'chargeyard[scylla]')")
+MIGRATE_HINT = ("run `chargeyard store migrate --store scylla` with the same --scylla-hosts, --keyspace and "
+                "--scylla-* settings before starting pods (in k8s: the store-migrate Job)")
 
 
 def _load_driver() -> Any:
@@ -78,9 +119,13 @@ def _load_driver() -> Any:
 
 
 # -- schema ------------------------------------------------------------------------------
-# Versioned like store/migrations.py: (version, [CQL statements]); {ks} is the keyspace.
-# Never edit a released version, append one. Every statement is idempotent (IF NOT EXISTS),
-# so processes opening the store at once converge.
+# Versioned like store/migrations.py: (version, [CQL statements]); {ks} is the keyspace
+# (literal braces doubled). Never edit a released version, append one. (Version 1 was
+# rewritten once, by issue 21, before this store had ever run against a server.) Every
+# statement is idempotent (IF NOT EXISTS), so a migration interrupted halfway can rerun.
+
+_TWCS = ("compaction = {{'class': 'TimeWindowCompactionStrategy', 'compaction_window_unit': 'DAYS', "
+         "'compaction_window_size': 1}}")
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
@@ -88,39 +133,70 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     charger_id text PRIMARY KEY,
     protocol text, vendor text, model text, serial text, firmware text,
     last_seen bigint, last_boot bigint)""",
+        # every charger id, in _SHARDS sorted partitions (shard = crc32(id) % _SHARDS): paged by id
+        """CREATE TABLE IF NOT EXISTS {ks}.charger_index (
+    shard int, charger_id text,
+    PRIMARY KEY (shard, charger_id))""",
         """CREATE TABLE IF NOT EXISTS {ks}.connectors (
     charger_id text, evse_id bigint, connector_id bigint,
     status text, error_code text, info text, at bigint,
     PRIMARY KEY (charger_id, evse_id, connector_id))""",
-        # kind 16 = OCPP 1.6, 20 = 2.0.1/2.1; readings live in meter_samples
+        # one partition per transaction; kind 16 = OCPP 1.6, 20 = 2.0.1/2.1; readings in tx_samples
         """CREATE TABLE IF NOT EXISTS {ks}.transactions (
     charger_id text, tx_id text, kind int,
     connector_id bigint, evse_id bigint, id_tag text, stop_id_tag text, reservation_id bigint,
     start_reading_wh double, meter_stop_wh double,
     started_at bigint, stopped_at bigint, stop_reason text,
-    PRIMARY KEY (charger_id, tx_id))""",
+    PRIMARY KEY ((charger_id, tx_id)))""",
+        # the lists: scope 'all:<shard>' (bucket = day) or 'c:<charger>' (bucket = 32 days);
+        # bucket -1 / started_at 0 = start unknown. Newest first.
+        """CREATE TABLE IF NOT EXISTS {ks}.tx_index (
+    scope text, bucket int, started_at bigint, charger_id text, tx_id text,
+    PRIMARY KEY ((scope, bucket), started_at, charger_id, tx_id))
+    WITH CLUSTERING ORDER BY (started_at DESC, charger_id DESC, tx_id DESC)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.tx_buckets (
+    scope text, bucket int,
+    PRIMARY KEY (scope, bucket))
+    WITH CLUSTERING ORDER BY (bucket DESC)""",
+        # 1.6 retry key -> the first tx id; one row per partition, TTL = retention
         """CREATE TABLE IF NOT EXISTS {ks}.tx_starts (
     charger_id text, connector_id bigint, id_tag text, meter_start_wh double, started_at bigint,
     tx_id text,
-    PRIMARY KEY (charger_id, connector_id, id_tag, meter_start_wh, started_at))""",
+    PRIMARY KEY ((charger_id, connector_id, id_tag, meter_start_wh, started_at)))
+    WITH """ + _TWCS,
+        # 2.0.1 replay keys, per transaction, TTL = retention
         """CREATE TABLE IF NOT EXISTS {ks}.tx_event_seqs (
     charger_id text, tx_id text, seq_no bigint,
     event_type text, trigger_reason text, at bigint, done boolean,
-    PRIMARY KEY (charger_id, tx_id, seq_no))""",
+    PRIMARY KEY ((charger_id, tx_id), seq_no))
+    WITH """ + _TWCS,
         # closing: the Ended event's reading (counts as highest/newest, never as a start estimate)
-        """CREATE TABLE IF NOT EXISTS {ks}.meter_samples (
+        """CREATE TABLE IF NOT EXISTS {ks}.tx_samples (
     charger_id text, tx_id text, at bigint, connector_id bigint,
     energy_wh double, closing boolean,
     PRIMARY KEY ((charger_id, tx_id), at, connector_id))
     WITH CLUSTERING ORDER BY (at DESC, connector_id ASC)""",
+        # readings outside a transaction: a partition per charger and day (of the reading), TTL'd
+        """CREATE TABLE IF NOT EXISTS {ks}.free_samples (
+    charger_id text, day int, at bigint, connector_id bigint, energy_wh double,
+    PRIMARY KEY ((charger_id, day), at, connector_id))
+    WITH """ + _TWCS,
+        """CREATE TABLE IF NOT EXISTS {ks}.free_sample_days (
+    charger_id text, day int,
+    PRIMARY KEY (charger_id, day))""",
         """CREATE TABLE IF NOT EXISTS {ks}.last_readings (
     charger_id text, connector_id bigint, at bigint, energy_wh double, tx_id text,
     PRIMARY KEY (charger_id, connector_id))""",
         """CREATE TABLE IF NOT EXISTS {ks}.tx_id_alloc (
     name text PRIMARY KEY, next_id bigint)""",
         "INSERT INTO {ks}.tx_id_alloc (name, next_id) VALUES ('ocpp16', 1) IF NOT EXISTS",
+        # expiry 0 = none (a null would be a tombstone on every put)
         """CREATE TABLE IF NOT EXISTS {ks}.id_tags (
     tag text PRIMARY KEY, status text, expiry bigint)""",
+        # every tag, in _SHARDS sorted partitions like charger_index: listed in pages by tag
+        """CREATE TABLE IF NOT EXISTS {ks}.id_tag_index (
+    shard int, tag text,
+    PRIMARY KEY (shard, tag))""",
     ]),
 ]
 
@@ -140,19 +216,27 @@ def migration_statements(keyspace: str, have: int = 0) -> list[tuple[int, str]]:
 
 # -- statements (prepared once per session; {ks} filled in) ------------------------------
 
+_TX_COLS = ("charger_id, tx_id, kind, connector_id, evse_id, id_tag, stop_id_tag, reservation_id, start_reading_wh, "
+            "meter_stop_wh, started_at, stopped_at, stop_reason")
+_CHARGER_COLS = "charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot"
+
 _Q = {
     "charger_identity": "UPDATE {ks}.chargers USING TIMESTAMP ? SET protocol = ?, vendor = ?, model = ?, "
                         "serial = ?, firmware = ? WHERE charger_id = ?",
     "charger_boot": "UPDATE {ks}.chargers USING TIMESTAMP ? SET last_seen = ?, last_boot = ? WHERE charger_id = ?",
     "charger_seen": "UPDATE {ks}.chargers USING TIMESTAMP ? SET last_seen = ? WHERE charger_id = ?",
+    "charger_index": "INSERT INTO {ks}.charger_index (shard, charger_id) VALUES (?, ?)",
     "connector": "UPDATE {ks}.connectors USING TIMESTAMP ? SET status = ?, error_code = ?, info = ?, at = ? "
                  "WHERE charger_id = ? AND evse_id = ? AND connector_id = ?",
-    "sample": "INSERT INTO {ks}.meter_samples (charger_id, tx_id, at, connector_id, energy_wh, closing) "
-              "VALUES (?, ?, ?, ?, ?, ?)",
+    "tx_sample": "INSERT INTO {ks}.tx_samples (charger_id, tx_id, at, connector_id, energy_wh, closing) "
+                 "VALUES (?, ?, ?, ?, ?, ?)",
+    "free_sample": "INSERT INTO {ks}.free_samples (charger_id, day, at, connector_id, energy_wh) "
+                   "VALUES (?, ?, ?, ?, ?) USING TTL ?",
+    "free_day": "INSERT INTO {ks}.free_sample_days (charger_id, day) VALUES (?, ?) USING TTL ?",
     "last_reading": "UPDATE {ks}.last_readings USING TIMESTAMP ? SET at = ?, energy_wh = ?, tx_id = ? "
                     "WHERE charger_id = ? AND connector_id = ?",
     "start_key": "INSERT INTO {ks}.tx_starts (charger_id, connector_id, id_tag, meter_start_wh, started_at, tx_id) "
-                 "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+                 "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
     "tx_ensure": "INSERT INTO {ks}.transactions (charger_id, tx_id, kind) VALUES (?, ?, ?) IF NOT EXISTS",
     "tx_start": "UPDATE {ks}.transactions SET connector_id = ?, id_tag = ?, start_reading_wh = ?, started_at = ?, "
                 "reservation_id = ? WHERE charger_id = ? AND tx_id = ?",
@@ -160,29 +244,68 @@ _Q = {
                 "WHERE charger_id = ? AND tx_id = ? IF stopped_at = null",
     "tx_event": "UPDATE {ks}.transactions SET evse_id = ?, connector_id = ?, id_tag = ?, started_at = ?, "
                 "start_reading_wh = ? WHERE charger_id = ? AND tx_id = ?",
+    "index_put": "INSERT INTO {ks}.tx_index (scope, bucket, started_at, charger_id, tx_id) VALUES (?, ?, ?, ?, ?)",
+    "index_del": "DELETE FROM {ks}.tx_index WHERE scope = ? AND bucket = ? AND started_at = ? AND charger_id = ? "
+                 "AND tx_id = ?",
+    "bucket_put": "INSERT INTO {ks}.tx_buckets (scope, bucket) VALUES (?, ?)",
     "seq_claim": "INSERT INTO {ks}.tx_event_seqs (charger_id, tx_id, seq_no, event_type, trigger_reason, at) "
-                 "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
-    "seq_done": "UPDATE {ks}.tx_event_seqs SET done = true WHERE charger_id = ? AND tx_id = ? AND seq_no = ?",
+                 "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
+    "seq_done": "UPDATE {ks}.tx_event_seqs USING TTL ? SET done = true "
+                "WHERE charger_id = ? AND tx_id = ? AND seq_no = ?",
     "alloc_read": "SELECT next_id FROM {ks}.tx_id_alloc WHERE name = 'ocpp16'",
     "alloc_cas": "UPDATE {ks}.tx_id_alloc SET next_id = ? WHERE name = 'ocpp16' IF next_id = ?",
-    "get_charger": "SELECT charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot "
-                   "FROM {ks}.chargers WHERE charger_id = ?",
-    "list_chargers": "SELECT charger_id, protocol, vendor, model, serial, firmware, last_seen, last_boot "
-                     "FROM {ks}.chargers",
+    "get_charger": "SELECT " + _CHARGER_COLS + " FROM {ks}.chargers WHERE charger_id = ?",
+    "charger_ids": "SELECT charger_id FROM {ks}.charger_index WHERE shard = ? AND charger_id > ? LIMIT ?",
     "get_connectors": "SELECT evse_id, connector_id, status, error_code, info, at FROM {ks}.connectors "
                       "WHERE charger_id = ?",
     "get_readings": "SELECT connector_id, energy_wh, at, tx_id FROM {ks}.last_readings WHERE charger_id = ?",
-    "get_tx": "SELECT * FROM {ks}.transactions WHERE charger_id = ? AND tx_id = ?",
-    "charger_txs": "SELECT * FROM {ks}.transactions WHERE charger_id = ?",
-    "all_txs": "SELECT * FROM {ks}.transactions",
-    "tx_samples": "SELECT at, connector_id, energy_wh, closing FROM {ks}.meter_samples "
+    "get_tx": "SELECT " + _TX_COLS + " FROM {ks}.transactions WHERE charger_id = ? AND tx_id = ?",
+    "buckets": "SELECT bucket FROM {ks}.tx_buckets WHERE scope = ? AND bucket <= ? LIMIT ?",
+    "index_first": "SELECT started_at, charger_id, tx_id FROM {ks}.tx_index WHERE scope = ? AND bucket = ? LIMIT ?",
+    "index_after": "SELECT started_at, charger_id, tx_id FROM {ks}.tx_index WHERE scope = ? AND bucket = ? "
+                   "AND (started_at, charger_id, tx_id) < (?, ?, ?) LIMIT ?",
+    "tx_samples": "SELECT at, connector_id, energy_wh, closing FROM {ks}.tx_samples "
                   "WHERE charger_id = ? AND tx_id = ?",
-    "list_samples": "SELECT connector_id, at, energy_wh FROM {ks}.meter_samples WHERE charger_id = ? AND tx_id = ? "
-                    "ORDER BY at ASC LIMIT ?",
+    "list_tx_samples": "SELECT connector_id, at, energy_wh FROM {ks}.tx_samples WHERE charger_id = ? AND tx_id = ? "
+                       "ORDER BY at ASC LIMIT ?",
+    "free_days": "SELECT day FROM {ks}.free_sample_days WHERE charger_id = ?",
+    "list_free_samples": "SELECT connector_id, at, energy_wh FROM {ks}.free_samples WHERE charger_id = ? AND day = ? "
+                         "LIMIT ?",
     "get_tag": "SELECT status, expiry FROM {ks}.id_tags WHERE tag = ?",
     "put_tag": "UPDATE {ks}.id_tags SET status = ?, expiry = ? WHERE tag = ?",
     "delete_tag": "DELETE FROM {ks}.id_tags WHERE tag = ?",
+    "tag_index": "INSERT INTO {ks}.id_tag_index (shard, tag) VALUES (?, ?)",
+    "tag_unindex": "DELETE FROM {ks}.id_tag_index WHERE shard = ? AND tag = ?",
+    "tag_ids": "SELECT tag FROM {ks}.id_tag_index WHERE shard = ? AND tag > ? LIMIT ?",
 }
+_READS = frozenset(n for n, q in _Q.items() if q.startswith("SELECT"))
+_LWT = frozenset(n for n, q in _Q.items() if " IF " in q)
+_ALLOC = ("alloc_read", "alloc_cas")  # SERIAL whatever serial_consistency says: ids are global
+
+
+def _day(at_us: int) -> int:
+    return at_us // _DAY_US
+
+
+def _shard(key: str) -> int:
+    return zlib.crc32(key.encode()) % _SHARDS
+
+
+def _encode_cursor(key: list) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None, shape: tuple[type, ...]) -> list | None:
+    if cursor is None or cursor == "":
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(key, list) or len(key) != len(shape) or not all(
+                type(v) is t for v, t in zip(key, shape)):
+            raise ValueError(cursor)
+        return key
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"invalid cursor {cursor!r}") from e
 
 
 # -- values ------------------------------------------------------------------------------
@@ -263,19 +386,31 @@ def _tx_dict(row: dict, samples: list[dict]) -> dict:
 
 class ScyllaStore(Store):
     """``ScyllaStore(hosts, keyspace="chargeyard", *, port=9042, datacenter=None,
-    replication_factor=None, tablets=None, username=None, password=None, request_timeout=10.0,
-    connect_timeout=10.0, max_concurrency=128, **cluster_options)``.
+    replication_factor=None, tablets=False, username=None, password=None,
+    consistency="LOCAL_QUORUM", read_consistency=None, serial_consistency="LOCAL_SERIAL",
+    request_timeout=10.0, connect_timeout=10.0, max_concurrency=128, retention_days=90,
+    **cluster_options)``.
 
-    ``hosts``: list or comma-separated ``host[:port]``. The keyspace is created if missing
-    with NetworkTopologyStrategy, ``replication_factor`` per data centre (default
-    min(3, nodes in it)); ``tablets=False`` adds ``AND tablets = {'enabled': false}`` (for
-    Scylla versions without LWT on tablets). ``cluster_options`` go to ``cassandra.cluster.Cluster``.
+    ``hosts``: list or comma-separated ``host[:port]``. :meth:`migrate` creates the
+    keyspace if missing with NetworkTopologyStrategy, ``replication_factor`` per data centre
+    (default min(3, nodes in it)). ``tablets``: on a ScyllaDB with tablets the keyspace is
+    created with ``tablets = {'enabled': false}`` unless ``tablets=True``, because this
+    store depends on LWT (start keys, event replay keys, first close, id allocation) and
+    ScyllaDB does not support LWT on tablet keyspaces before 2025.1; Cassandra has no
+    tablets (``tablets=True`` there is an error). ``consistency``: writes and, unless
+    ``read_consistency`` is given, reads; ``serial_consistency``: the per-charger LWTs
+    (1.6 ids always use SERIAL). ``retention_days``: TTL of readings outside a transaction,
+    replay and start keys (0 = keep forever). ``request_timeout`` (s, per statement),
+    ``max_concurrency`` (chargers of one batch written at once), ``datacenter`` (the local
+    one: routing, LOCAL_* levels). ``cluster_options`` go to ``cassandra.cluster.Cluster``.
     """
 
     def __init__(self, hosts: str | list[str] | None, keyspace: str = "chargeyard", *, port: int = 9042,
-                 datacenter: str | None = None, replication_factor: int | None = None, tablets: bool | None = None,
-                 username: str | None = None, password: str | None = None, request_timeout: float = 10.0,
-                 connect_timeout: float = 10.0, max_concurrency: int = 128, **cluster_options: Any) -> None:
+                 datacenter: str | None = None, replication_factor: int | None = None, tablets: bool = False,
+                 username: str | None = None, password: str | None = None, consistency: str = "LOCAL_QUORUM",
+                 read_consistency: str | None = None, serial_consistency: str = "LOCAL_SERIAL",
+                 request_timeout: float = 10.0, connect_timeout: float = 10.0, max_concurrency: int = 128,
+                 retention_days: float = 90, **cluster_options: Any) -> None:
         self._d = _load_driver()
         if isinstance(hosts, str):
             hosts = [h for h in hosts.split(",")]
@@ -295,15 +430,29 @@ class ScyllaStore(Store):
                 self.hosts.append(h)
         if len(ports) > 1:
             raise ValueError("all scylla hosts must use the same port")
+        for name, level, allowed in (("consistency", consistency, _CONSISTENCIES),
+                                     ("read_consistency", read_consistency or consistency, _CONSISTENCIES),
+                                     ("serial_consistency", serial_consistency, _SERIALS)):
+            if level.upper() not in allowed:
+                raise ValueError(f"unknown {name} level {level!r} (one of {', '.join(allowed)})")
+        if not retention_days >= 0 or retention_days * 86400 > 20 * 365 * 86400:
+            raise ValueError(f"retention_days must be 0 (forever) .. 7300, not {retention_days!r}")
+        if not request_timeout > 0 or not connect_timeout > 0:
+            raise ValueError("scylla timeouts must be positive seconds")
         self.port = ports.pop() if ports else port
         self.keyspace = keyspace
-        self.datacenter = datacenter
+        self.datacenter = datacenter or None
         self.replication_factor = replication_factor
-        self.tablets = tablets
+        self.tablets = bool(tablets)
         self.username, self.password = username, password
+        self.consistency = consistency.upper()
+        self.read_consistency = (read_consistency or consistency).upper()
+        self.serial_consistency = serial_consistency.upper()
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
-        self.max_concurrency = max(1, max_concurrency)
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.retention_days = retention_days
+        self._ttl = int(retention_days * 86400)
         self.cluster_options = cluster_options
         self._cluster: Any = None
         self._session: Any = None
@@ -311,8 +460,13 @@ class ScyllaStore(Store):
         self._pool: ThreadPoolExecutor | None = None
         self._ps: dict[str, Any] = {}
         self._sem: asyncio.Semaphore | None = None
-        self._tick = 0
+        self._ticks: dict[int, int] = {}
         self._now_last = 0
+        # Writes this process knows have landed and need not be repeated per message: the
+        # charger index entries, and (charger, day) rows of free_sample_days (-> when, so a
+        # TTL'd row is rewritten before it expires).
+        self._indexed: set[str] = set()
+        self._days: dict[tuple[str, int], float] = {}
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -326,7 +480,8 @@ class ScyllaStore(Store):
             raise StoreError(f"scylla: {e!r}") from e
 
     def _execute(self, stmt: Any, params: Any = None) -> asyncio.Future:
-        """Run one statement on the driver's threads; all pages of rows (dicts) as the result."""
+        """Run one statement on the driver's threads; all pages of rows (dicts) as the result.
+        Reads that could be large carry a LIMIT, so "all pages" stays bounded."""
         if self._session is None:
             raise StoreError("store is not open")
         loop = self._loop
@@ -375,16 +530,30 @@ class ScyllaStore(Store):
     async def _q(self, name: str, *params: Any) -> list[dict]:
         return await self._execute(self._ps[name], params)
 
+    def _start_key_extra(self) -> tuple:
+        """The start_key parameters after its columns (the TTL); for tests that land a key."""
+        return (self._ttl,)
+
     @staticmethod
     def _applied(rows: list[dict]) -> tuple[bool, dict]:
         row = rows[0] if rows else {}
         return bool(row.get("[applied]", True)), row
 
     def _at_ts(self, at_us: int) -> int:
-        """Write timestamp for "newest by the charger's clock wins": ties go to the op
-        applied last (a per-process tick; it wraps every 1000 writes)."""
-        self._tick = (self._tick + 1) % 1000
-        return max(0, at_us) * 1000 + self._tick
+        """Write timestamp (µs, the CQL convention) for "newest by the charger's clock wins":
+        the charger's millisecond, plus a sub-millisecond tick so that among equal times the
+        op applied last wins; never later than this process's clock, so a charger whose
+        clock runs ahead cannot outvote every later write (or a DELETE) until that date."""
+        ms = max(0, at_us) // 1000
+        ticks = self._ticks
+        tick = ticks.get(ms, -1) + 1
+        if tick > 999:
+            tick = 999
+        if len(ticks) >= 4096:
+            ticks.clear()
+        ticks[ms] = tick
+        ts = ms * 1000 + tick
+        return ts if ts < time.time_ns() // 1000 else self._now_ts()
 
     def _now_ts(self) -> int:
         """Strictly increasing wall-clock µs for "the op applied last wins" writes."""
@@ -393,28 +562,57 @@ class ScyllaStore(Store):
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def open(self) -> None:
-        if self._session is not None:
-            return
+    async def _connect(self, schema_metadata: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="chargeyard-scylla")
         self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._session = await self._blocking(self._connect_sync, schema_metadata)
+
+    async def open(self) -> None:
+        """Connect, check the schema version (never change it: see :meth:`migrate`), prepare."""
+        if self._session is not None:
+            return
         try:
-            self._session = await self._blocking(self._connect_sync)
-            await self._migrate()
+            await self._connect()
+            await self._check_schema()
             self._ps = await self._blocking(self._prepare_sync)
         except BaseException:
             await self._shutdown()
             raise
 
-    def _connect_sync(self) -> Any:
+    async def migrate(self) -> int:
+        """Create the keyspace and bring its schema to this code's version; returns it.
+        Run once per deploy (``chargeyard store migrate``, a k8s Job), never by pods."""
+        opened_here = self._session is None
+        if opened_here:
+            try:
+                # No schema metadata on a connection that only migrates: the driver would
+                # re-read it after every DDL statement (3x the migration's time), and only
+                # token-aware routing of the store's own statements needs it.
+                await self._connect(schema_metadata=False)
+            except BaseException:
+                await self._shutdown()
+                raise
+        try:
+            await self._migrate()
+            return LATEST
+        finally:
+            if opened_here:
+                await self._shutdown()
+
+    def _level(self, name: str) -> Any:
+        return getattr(self._d.ConsistencyLevel, name)
+
+    def _connect_sync(self, schema_metadata: bool = True) -> Any:
         d = self._d
         profile = d.ExecutionProfile(
             load_balancing_policy=d.TokenAwarePolicy(d.DCAwareRoundRobinPolicy(local_dc=self.datacenter)),
-            consistency_level=d.ConsistencyLevel.LOCAL_QUORUM,
-            serial_consistency_level=d.ConsistencyLevel.LOCAL_SERIAL,
+            consistency_level=self._level(self.consistency),
+            serial_consistency_level=self._level(self.serial_consistency),
             request_timeout=self.request_timeout, row_factory=d.dict_factory)
         kw = dict(self.cluster_options)
+        if not schema_metadata:
+            kw["schema_metadata_enabled"] = False
         if self.username is not None:
             kw["auth_provider"] = d.PlainTextAuthProvider(self.username, self.password or "")
         self._cluster = d.Cluster(self.hosts, port=self.port, execution_profiles={d.EXEC_PROFILE_DEFAULT: profile},
@@ -432,23 +630,51 @@ class ScyllaStore(Store):
         spec = ", ".join(f"'{dc}': {n}" for dc, n in rf.items())
         return f"{{'class': 'NetworkTopologyStrategy', {spec}}}"
 
+    def _keyspace_cql(self, replication: str, server_has_tablets: bool) -> str:
+        """CREATE KEYSPACE; tablets off unless asked for (LWT, see the class doc), and only
+        mentioned to a server that knows the option (Cassandra rejects it)."""
+        create = f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = {replication}"
+        if server_has_tablets:
+            return create + f" AND tablets = {{'enabled': {'true' if self.tablets else 'false'}}}"
+        if self.tablets:
+            raise StoreError("scylla: --scylla-tablets needs a ScyllaDB with tablets; this server has none")
+        return create
+
+    async def _server_has_tablets(self) -> bool:
+        rows = await self._execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = "
+                                   "'system_schema' AND table_name = 'scylla_keyspaces'")
+        return any(r["column_name"] == "initial_tablets" for r in rows)
+
     async def _migrate(self) -> None:
         ks = self.keyspace
-        create = f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {self._replication()}"
-        if self.tablets is not None:
-            create += f" AND tablets = {{'enabled': {'true' if self.tablets else 'false'}}}"
-        await self._execute(create)
+        await self._execute(self._keyspace_cql(self._replication(), await self._server_has_tablets()))
         await self._execute(_SCHEMA_VERSION.format(ks=ks))
-        rows = await self._execute(f"SELECT version FROM {ks}.schema_version WHERE scope = 'chargeyard'")
-        have = max((r["version"] for r in rows), default=0)
+        have = await self.schema_version()
         if have > LATEST:
-            raise StoreError(f"keyspace {ks} schema version {have} is newer than this code ({LATEST})")
+            raise StoreError(f"scylla: keyspace {ks} is at schema version {have}, newer than this code "
+                             f"({LATEST}): migrate with the newer release")
         for version, stmts in MIGRATIONS:
             if version <= have:
                 continue
-            for stmt in stmts:  # each idempotent: a process racing us converges on the same schema
+            for stmt in stmts:  # each idempotent: an interrupted migration reruns cleanly
                 await self._execute(stmt.format(ks=ks))
             await self._record(version)
+
+    async def _check_schema(self) -> None:
+        ks = self.keyspace
+        try:
+            have = await self.schema_version()
+        except StoreError as e:
+            text = str(e).lower()
+            if "does not exist" in text or "unconfigured table" in text or "keyspace" in text and "not" in text:
+                raise StoreError(f"scylla: keyspace {ks} has no Chargeyard schema: {MIGRATE_HINT}") from None
+            raise
+        if have < LATEST:
+            raise StoreError(f"scylla: keyspace {ks} is at schema version {have}, this code needs {LATEST}: "
+                             f"{MIGRATE_HINT}")
+        if have > LATEST:
+            raise StoreError(f"scylla: keyspace {ks} is at schema version {have}, newer than this code "
+                             f"({LATEST}): run the release that migrated it")
 
     async def _record(self, version: int) -> None:
         await self._execute(f"INSERT INTO {self.keyspace}.schema_version (scope, version, applied_at) "
@@ -459,7 +685,20 @@ class ScyllaStore(Store):
         return max((r["version"] for r in rows), default=0)
 
     def _prepare_sync(self) -> dict[str, Any]:
-        return {name: self._session.prepare(q.format(ks=self.keyspace)) for name, q in _Q.items()}
+        ps = {name: self._session.prepare(q.format(ks=self.keyspace)) for name, q in _Q.items()}
+        read, serial, SERIAL = self._level(self.read_consistency), self._level(self.serial_consistency), \
+            self._level("SERIAL")
+        for name, p in ps.items():
+            # A driver retries (or speculatively re-sends) only idempotent statements; an
+            # LWT re-sent after it landed reports "not applied", so LWTs are not marked.
+            p.is_idempotent = name not in _LWT
+            if name in _READS:
+                p.consistency_level = read
+            if name in _LWT:
+                p.serial_consistency_level = serial
+        ps["alloc_read"].consistency_level = SERIAL  # a Paxos read: sees every committed CAS
+        ps["alloc_cas"].serial_consistency_level = SERIAL
+        return ps
 
     async def close(self) -> None:
         await self._shutdown()
@@ -508,14 +747,17 @@ class ScyllaStore(Store):
         """One charger's ops, in order: blind writes collect into batches, flushed before
         any op that reads."""
         pending: list[tuple[tuple, str, tuple]] = []
+        landed: list[Any] = []  # cache entries to record once `pending` has landed
         for i in idx:
             op = ops[i]
             t = type(op)
             if t is MeterSample:
                 pending.extend(self._sample_writes(op.charger_id, op.tx_id, op.connector_id, _us(op.at),
-                                                   float(op.energy_wh), False))
+                                                   float(op.energy_wh), False, landed))
             elif t is ChargerSeen:
-                pending.append(((op.charger_id,), "charger_seen", (self._at_ts(_us(op.at)), _us(op.at), op.charger_id)))
+                at = _us(op.at)
+                pending.append(((op.charger_id,), "charger_seen", (self._at_ts(at), at, op.charger_id)))
+                self._index_charger(op.charger_id, pending, landed)
             elif t is ConnectorStatus:
                 at = _us(op.at)
                 pending.append(((op.charger_id,), "connector", (self._at_ts(at), op.status, op.error_code, op.info, at,
@@ -525,10 +767,11 @@ class ScyllaStore(Store):
                 pending.append(((op.charger_id,), "charger_identity", (
                     self._now_ts(), op.protocol, op.vendor, op.model, op.serial, op.firmware, op.charger_id)))
                 pending.append(((op.charger_id,), "charger_boot", (self._at_ts(at), at, at, op.charger_id)))
+                self._index_charger(op.charger_id, pending, landed)
             else:
                 if pending:
-                    await self._write(pending)
-                    pending = []
+                    await self._write(pending, landed)
+                    pending, landed = [], []
                 if t is StartTransaction:
                     results[i] = await self._start(op)
                 elif t is StopTransaction:
@@ -536,14 +779,27 @@ class ScyllaStore(Store):
                 else:
                     results[i] = await self._event(op)
         if pending:
-            await self._write(pending)
+            await self._write(pending, landed)
+
+    def _index_charger(self, charger_id: str, pending: list, landed: list) -> None:
+        if charger_id not in self._indexed:
+            pending.append(((_shard(charger_id), "ci"), "charger_index", (_shard(charger_id), charger_id)))
+            landed.append(charger_id)
 
     def _sample_writes(self, charger_id: str, tx_id: str, connector_id: int, at: int, wh: float,
-                       closing: bool) -> list[tuple[tuple, str, tuple]]:
-        return [((charger_id, tx_id), "sample", (charger_id, tx_id, at, connector_id, wh, closing)),
-                ((charger_id,), "last_reading", (self._at_ts(at), at, wh, tx_id, charger_id, connector_id))]
+                       closing: bool, landed: list) -> list[tuple[tuple, str, tuple]]:
+        last = ((charger_id,), "last_reading", (self._at_ts(at), at, wh, tx_id, charger_id, connector_id))
+        if tx_id:
+            return [((charger_id, tx_id), "tx_sample", (charger_id, tx_id, at, connector_id, wh, closing)), last]
+        day = _day(at)
+        out = [((charger_id, day), "free_sample", (charger_id, day, at, connector_id, wh, self._ttl)), last]
+        written = self._days.get((charger_id, day))
+        if written is None or (self._ttl and time.monotonic() - written > self._ttl / 2):
+            out.append(((charger_id, "days"), "free_day", (charger_id, day, self._ttl)))
+            landed.append((charger_id, day))
+        return out
 
-    async def _write(self, writes: list[tuple[tuple, str, tuple]]) -> None:
+    async def _write(self, writes: list[tuple[tuple, str, tuple]], landed: list | None = None) -> None:
         """Blind writes, one UNLOGGED batch per partition (chunked), all partitions at once.
         They commute (last-write-wins by explicit timestamps, inserts keyed by time)."""
         d = self._d
@@ -558,6 +814,7 @@ class ScyllaStore(Store):
                     futs.append(self._execute(self._ps[chunk[0][0]], chunk[0][1]))
                     continue
                 batch = d.BatchStatement(batch_type=d.BatchType.UNLOGGED)
+                batch.is_idempotent = True
                 for name, params in chunk:
                     batch.add(self._ps[name], params)
                 futs.append(self._execute(batch))
@@ -565,53 +822,97 @@ class ScyllaStore(Store):
         for r in done:
             if isinstance(r, BaseException):
                 raise r
+        if landed:
+            if len(self._indexed) >= _CACHE_MAX:
+                self._indexed.clear()
+            if len(self._days) >= _CACHE_MAX:
+                self._days.clear()
+            now = time.monotonic()
+            for item in landed:
+                if type(item) is str:
+                    self._indexed.add(item)
+                else:
+                    self._days[item] = now
 
     async def _ensure_tx(self, charger_id: str, tx_id: str, kind: int) -> tuple[bool, dict]:
         """Create the transaction row if missing; (created, the existing row otherwise)."""
         created, row = self._applied(await self._q("tx_ensure", charger_id, tx_id, kind))
         return created, ({} if created else row)
 
+    _NO_ENTRY = object()
+
+    def _index_writes(self, charger_id: str, tx_id: str, started: int | None, old: Any = _NO_ENTRY) -> list:
+        """The list entries of a transaction that starts at ``started`` (None: unknown), and
+        the removal of those at ``old`` when it moved. Blind and idempotent: a retry rewrites
+        them all. A stale entry left by a failure in between is skipped at read time."""
+        out = []
+        for key_started, put in ((started, True), (old, False)):
+            if not put and (old is self._NO_ENTRY or old == started):
+                continue
+            if key_started is None:
+                b_all = b_one = _UNKNOWN
+                at = 0
+            else:
+                at = key_started
+                b_all, b_one = _day(at), _day(at) // _CHARGER_BUCKET_DAYS
+            for scope, bucket, bscope in ((f"all:{_shard(charger_id)}", b_all, "all"),
+                                          (f"c:{charger_id}", b_one, f"c:{charger_id}")):
+                if put:
+                    out.append(((scope, bucket), "index_put", (scope, bucket, at, charger_id, tx_id)))
+                    out.append(((bscope, "b"), "bucket_put", (bscope, bucket)))
+                else:
+                    out.append(((scope, bucket), "index_del", (scope, bucket, at, charger_id, tx_id)))
+        return out
+
     async def _start(self, o: StartTransaction) -> str:
+        unset = self._d.UNSET
         started = _us(o.started_at)
         applied, row = self._applied(await self._q(
-            "start_key", o.charger_id, o.connector_id, o.id_tag, float(o.meter_start_wh), started, o.tx_id))
+            "start_key", o.charger_id, o.connector_id, o.id_tag, float(o.meter_start_wh), started, o.tx_id,
+            self._ttl))
         tx = o.tx_id if applied else row["tx_id"]
-        if tx == o.tx_id:  # new, or a retry of a start whose writes may not all have landed
-            await self._ensure_tx(o.charger_id, tx, 16)
-            await self._q("tx_start", o.connector_id, o.id_tag, float(o.meter_start_wh), started, o.reservation_id,
-                          o.charger_id, tx)
+        # Always, also on a retry whose key had landed: the steps after the key may not have.
+        created, cur = await self._ensure_tx(o.charger_id, tx, 16)
+        await self._q("tx_start", o.connector_id, o.id_tag, float(o.meter_start_wh), started,
+                      unset if o.reservation_id is None else o.reservation_id, o.charger_id, tx)
+        await self._write(self._index_writes(o.charger_id, tx, started,
+                                             self._NO_ENTRY if created else cur.get("started_at")))
         return tx
 
     async def _stop(self, o: StopTransaction) -> bool:
-        created, _ = await self._ensure_tx(o.charger_id, o.tx_id, 16)  # unknown: recorded closed
+        created, cur = await self._ensure_tx(o.charger_id, o.tx_id, 16)  # unknown: recorded closed
         closed, _ = self._applied(await self._q("tx_close", float(o.meter_stop_wh), _us(o.stopped_at), o.reason,
                                                 o.id_tag, o.charger_id, o.tx_id))
+        # listed even if this is a retry whose first attempt failed before the index writes
+        await self._write(self._index_writes(o.charger_id, o.tx_id, None if created else cur.get("started_at")))
         return closed and not created
 
     async def _event(self, o: TransactionEvent) -> bool:
         unset = self._d.UNSET
         at = _us(o.at)
         claimed, seq = self._applied(await self._q("seq_claim", o.charger_id, o.tx_id, o.seq_no, o.event_type,
-                                                   o.trigger_reason, at))
+                                                   o.trigger_reason, at, self._ttl))
         if not claimed and seq.get("done"):
             return False  # a repeat (a claimed but unfinished one is finished now)
         ended = o.event_type == "Ended"
-        _, cur = await self._ensure_tx(o.charger_id, o.tx_id, 20)
+        created, cur = await self._ensure_tx(o.charger_id, o.tx_id, 20)
+        old = None if created else cur.get("started_at")
+        started = old if ended else (at if old is None else min(old, at))
         wh = None if o.energy_wh is None else float(o.energy_wh)
         id_tag = o.id_tag if o.id_tag and (not ended or not cur.get("id_tag")) else unset
-        started = cur.get("started_at")
-        started_at = (at if started is None else min(started, at)) if not ended else unset
         await self._q("tx_event", o.evse_id if o.evse_id else unset, o.connector_id if o.connector_id else unset,
-                      id_tag, started_at, wh if (wh is not None and o.event_type == "Started") else unset,
-                      o.charger_id, o.tx_id)
-        writes = []
+                      id_tag, unset if ended or started == old else started,
+                      wh if (wh is not None and o.event_type == "Started") else unset, o.charger_id, o.tx_id)
+        writes: list = []
         if wh is not None:
-            writes += self._sample_writes(o.charger_id, o.tx_id, o.connector_id, at, wh, ended)
+            writes += self._sample_writes(o.charger_id, o.tx_id, o.connector_id, at, wh, ended, [])
+        if created or started != old or not claimed:  # new or moved entry, or a retry: (re)write the index
+            writes += self._index_writes(o.charger_id, o.tx_id, started, self._NO_ENTRY if created else old)
         if writes:
             await self._write(writes)
         if ended:
-            await self._q("tx_close", wh, at, o.stop_reason, o.id_tag if o.id_tag else "", o.charger_id, o.tx_id)
-        await self._q("seq_done", o.charger_id, o.tx_id, o.seq_no)
+            await self._q("tx_close", unset if wh is None else wh, at, o.stop_reason, o.id_tag, o.charger_id, o.tx_id)
+        await self._q("seq_done", self._ttl, o.charger_id, o.tx_id, o.seq_no)
         return True
 
     async def allocate_tx_ids(self, count: int) -> tuple[int, int]:
@@ -652,8 +953,29 @@ class ScyllaStore(Store):
         return d
 
     async def list_chargers(self) -> list[dict]:
-        rows = await self._q("list_chargers")
-        return sorted((self._charger_dict(r) for r in rows), key=lambda c: c["id"])
+        out: list[dict] = []
+        cursor = None
+        while True:  # the contract's whole list, fetched a page at a time
+            page, cursor = await self.list_chargers_page(limit=1000, cursor=cursor)
+            out += page
+            if cursor is None:
+                return out
+
+    async def list_chargers_page(self, limit: int = 100, cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Chargers by id, ``limit`` at a time: (page, cursor of the next page or None).
+        Reads at most ``limit`` ids from each of the index's shards, then those chargers."""
+        limit = max(1, min(int(limit), _PAGE_MAX))
+        key = _decode_cursor(cursor, (str,))
+        ids = await self._sharded_keys("charger_ids", "charger_id", key[0] if key else "", limit)
+        rows = await asyncio.gather(*(self._q("get_charger", cid) for cid in ids))
+        page = [self._charger_dict(r[0] if r else {"charger_id": cid}) for cid, r in zip(ids, rows)]
+        return page, (_encode_cursor([ids[-1]]) if len(ids) == limit else None)
+
+    async def _sharded_keys(self, stmt: str, column: str, after: str, limit: int) -> list[str]:
+        """The first ``limit`` keys above ``after`` of a sharded sorted index: one slice per
+        shard, merged (a shard never needs more than ``limit`` of its own)."""
+        slices = await asyncio.gather(*(self._q(stmt, shard, after, limit) for shard in range(_SHARDS)))
+        return list(heapq.merge(*([r[column] for r in rows] for rows in slices)))[:limit]
 
     async def _with_samples(self, rows: list[dict]) -> list[dict]:
         samples = await asyncio.gather(*(self._q("tx_samples", r["charger_id"], r["tx_id"]) for r in rows))
@@ -661,12 +983,65 @@ class ScyllaStore(Store):
 
     async def list_transactions(self, charger_id: str | None = None, active: bool | None = None,
                                 limit: int = 1000) -> list[dict]:
-        rows = await (self._q("charger_txs", charger_id) if charger_id is not None else self._q("all_txs"))
-        if active is not None:
-            rows = [r for r in rows if (r.get("stopped_at") is None) == active]
-        rows.sort(key=lambda r: (r.get("started_at") is None, -(r.get("started_at") or 0), r["charger_id"],
-                                 r["tx_id"]))
-        return await self._with_samples(rows[:max(0, int(limit))])
+        if int(limit) <= 0:
+            return []
+        return (await self.list_transactions_page(charger_id, active, limit))[0]
+
+    async def _buckets(self, scope: str, upto: int) -> Any:
+        """The buckets of a list, newest first, from ``upto`` down, 64 at a time."""
+        while True:
+            rows = await self._q("buckets", scope, upto, 64)
+            for r in rows:
+                yield r["bucket"]
+            if len(rows) < 64:
+                return
+            upto = rows[-1]["bucket"] - 1
+
+    async def list_transactions_page(self, charger_id: str | None = None, active: bool | None = None,
+                                     limit: int = 100, cursor: str | None = None
+                                     ) -> tuple[list[dict], str | None]:
+        """Newest start first (unknown starts last), ``limit`` at a time: (page, cursor of the
+        next page or None). Walks the time buckets of one charger's list, or of the whole
+        cluster's (merging its shards), reading about ``limit`` index entries per shard per
+        step; ``active`` filters as it goes (a sparse filter reads further, never all)."""
+        limit = max(1, min(int(limit), _PAGE_MAX))
+        key = _decode_cursor(cursor, (int, int, str, str))
+        if charger_id is None:
+            bscope, scopes = "all", [f"all:{i}" for i in range(_SHARDS)]
+        else:
+            bscope = f"c:{charger_id}"
+            scopes = [bscope]
+        out: list[dict] = []
+        upto = key[0] if key else 2**31 - 1
+        async for bucket in self._buckets(bscope, upto):
+            after = tuple(key[1:]) if key and key[0] == bucket else None
+            while True:
+                want = limit - len(out)
+                slices = await asyncio.gather(*(
+                    self._q("index_first", s, bucket, want) if after is None else
+                    self._q("index_after", s, bucket, *after, want) for s in scopes))
+                entries = sorted(((r["started_at"], r["charger_id"], r["tx_id"]) for rows in slices for r in rows),
+                                 reverse=True)[:want]
+                if not entries:
+                    break
+                rows = await asyncio.gather(*(self._q("get_tx", c, t) for _, c, t in entries))
+                for (started, c, t), found in zip(entries, rows):
+                    if not found:
+                        continue
+                    row = found[0]
+                    real = row.get("started_at")
+                    if (bucket == _UNKNOWN) != (real is None) or (real is not None and real != started):
+                        continue  # an entry left behind when the start moved
+                    if active is not None and (row.get("stopped_at") is None) != active:
+                        continue
+                    out.append(row)
+                after = entries[-1]
+                if len(out) >= limit:
+                    page = await self._with_samples(out)
+                    return page, _encode_cursor([bucket, *after])
+                if len(entries) < want:
+                    break
+        return await self._with_samples(out), None
 
     async def get_transaction(self, charger_id: str, tx_id: str) -> dict | None:
         rows = await self._q("get_tx", charger_id, tx_id)
@@ -675,25 +1050,57 @@ class ScyllaStore(Store):
         return (await self._with_samples(rows[:1]))[0]
 
     async def list_meter_samples(self, charger_id: str, tx_id: str, limit: int = 10000) -> list[dict]:
-        rows = await self._q("list_samples", charger_id, tx_id, max(1, int(limit)))
+        limit = int(limit)
+        if limit <= 0:
+            return []
+        if tx_id:
+            rows = await self._q("list_tx_samples", charger_id, tx_id, limit)
+        else:  # day by day, oldest first, until the limit
+            rows = []
+            for d in await self._q("free_days", charger_id):
+                rows += await self._q("list_free_samples", charger_id, d["day"], limit - len(rows))
+                if len(rows) >= limit:
+                    break
         return [{"connector_id": r["connector_id"], "at": _iso(r["at"]), "energy_wh": r["energy_wh"]}
-                for r in rows][:max(0, int(limit))]
+                for r in rows][:limit]
 
     # -- authorization list ------------------------------------------------------------
+
+    @staticmethod
+    def _tag_status(row: dict) -> str:
+        status, expiry = row["status"], row.get("expiry")
+        if expiry and expiry < time.time_ns() // 1000 and status == "Accepted":
+            return "Expired"
+        return status
 
     async def get_id_tag(self, tag: str) -> str | None:
         rows = await self._q("get_tag", tag)
         if not rows or rows[0].get("status") is None:
             return None
-        status, expiry = rows[0]["status"], rows[0].get("expiry")
-        if expiry is not None and expiry < time.time_ns() // 1000 and status == "Accepted":
-            return "Expired"
-        return status
+        return self._tag_status(rows[0])
+
+    async def list_id_tags(self, after: str | None = None, limit: int = 1000) -> list[dict]:
+        limit = min(int(limit), _PAGE_MAX)
+        out: list[dict] = []
+        after = after or ""
+        while len(out) < limit:
+            tags = await self._sharded_keys("tag_ids", "tag", after, limit - len(out))
+            if not tags:
+                break
+            rows = await asyncio.gather(*(self._q("get_tag", t) for t in tags))
+            for t, r in zip(tags, rows):
+                if r and r[0].get("status") is not None:  # else: a delete whose unindex failed
+                    out.append({"id_tag": t, "status": self._tag_status(r[0]),
+                                "expiry": _iso(r[0]["expiry"]) if r[0].get("expiry") else None})
+            after = tags[-1]
+        return out
 
     async def put_id_tag(self, tag: str, status: str, expiry: dt.datetime | None = None) -> None:
-        await self._q("put_tag", status, None if expiry is None else _us(expiry), tag)
+        await asyncio.gather(self._q("put_tag", status, 0 if expiry is None else _us(expiry), tag),  # 0: no expiry
+                             self._q("tag_index", _shard(tag), tag))
 
     async def delete_id_tag(self, tag: str) -> bool:
         existed = await self.get_id_tag(tag) is not None  # no LWT: these cells are never written by one
         await self._q("delete_tag", tag)
+        await self._q("tag_unindex", _shard(tag), tag)  # after the row: a failure leaves an entry reads skip
         return existed

@@ -1,21 +1,23 @@
 # cython: language_level=3
 """Compiled twin of ``listener.py`` (read that module's docstring): the same fields and
-methods, with C-level calls into picows (frame fields, ``WSTransport.send``), unboxed
-token-bucket arithmetic, and a whole frame decoded straight from picows' read buffer (a
-memoryview, no copy; the pure twin takes bytes, and ``Codec.decode`` accepts both).
+methods, with C-level calls into picows (frame fields, ``WSTransport.send``) and into the
+compiled codec's ``encode_result``, unboxed token-bucket arithmetic, and a whole frame
+decoded straight from picows' read buffer (a memoryview, no copy; the pure twin takes
+bytes, and ``Codec.decode`` accepts both). The class is declared in ``_listener.pxd``, so
+that the writer's compiled reply loop calls ``_committed`` in C.
 Keep the two in step; tests/worker/test_listener.py runs both."""
 
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from picows.picows cimport WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
-import logging
+from chargeyard.core._codec cimport Codec
 
 import msgspec
 
 from chargeyard.core import Call
-from chargeyard.worker.handlers import Commit
 from chargeyard.worker.metrics import handle as _handle
+from chargeyard.worker.writer import Commit
 
 cdef object _Call = Call
 cdef object _Commit = Commit
@@ -40,7 +42,6 @@ def _check():
 
 _check()
 cdef object _Struct = msgspec.Struct
-cdef object _log = logging.getLogger("chargeyard.worker.batching")
 # the handle-duration histogram (``metrics._Handle``), counted here without a call into Python
 cdef dict _handle_data = _handle.data
 cdef int _n_bounds = len(_handle.BOUNDS)
@@ -64,123 +65,6 @@ cdef inline void _observe(action, double seconds) except *:
     (<list>d)[_n_bounds + 1] += seconds
 
 
-# -- a CALLRESULT whose payload is an empty object, written here --------------------------
-# Most replies to a charger's message carry no fields (MeterValues, StatusNotification,
-# ...): ``[3,"<id>",{}]``. For a Struct type without fields that the codec itself encodes
-# so (checked once per type) and an id of printable ASCII without a quote or backslash (what
-# a JSON string holds as it is), the frame is built without the encoder; the same bytes.
-
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from cpython.unicode cimport PyUnicode_GET_LENGTH
-from libc.string cimport memcpy
-
-cdef extern from "Python.h":
-    bint PyUnicode_IS_ASCII(object)
-    const char* PyUnicode_1BYTE_DATA(object)
-
-cdef dict _empty_object = {}  # payload type -> its codec encodes it as {}
-
-
-cdef object _result(codec, message_id, payload):
-    """``codec.encode_result(message_id, payload)``."""
-    cdef Py_ssize_t n, i
-    cdef const char* p
-    cdef char* o
-    cdef unsigned char c
-    t = type(payload)
-    empty = _empty_object.get(t)
-    if empty is None:  # a Struct type without fields (one with optional fields may be {} or not)
-        empty = _empty_object[t] = (isinstance(payload, _Struct) and len(t.__struct_fields__) == 0
-                                    and codec.encode_result("x", payload) == b'[3,"x",{}]')
-    if empty is True and type(message_id) is str and PyUnicode_IS_ASCII(message_id):
-        n = PyUnicode_GET_LENGTH(message_id)
-        p = PyUnicode_1BYTE_DATA(message_id)
-        for i in range(n):
-            c = <unsigned char>p[i]
-            if c < 0x20 or c == 0x22 or c == 0x5c or c == 0x7f:
-                return codec.encode_result(message_id, payload)
-        b = PyBytes_FromStringAndSize(NULL, n + 9)
-        o = PyBytes_AS_STRING(b)
-        memcpy(o, b'[3,"', 4)
-        memcpy(o + 4, p, n)
-        memcpy(o + 4 + n, b'",{}]', 5)
-        return b
-    return codec.encode_result(message_id, payload)
-
-
-def result(codec, message_id, payload):
-    """``_result``, for the tests."""
-    return _result(codec, message_id, payload)
-
-
-def reply_all(list items, list results):
-    """``batching.reply_all`` compiled: a committed batch's replies, with a direct C call
-    into a compiled session's ``_committed`` (any other target: its ``committed``). So a
-    subclass of Listener must not override ``committed``: Session does not."""
-    cdef Py_ssize_t i, n = min(len(items), len(results))
-    cdef tuple item
-    for i in range(n):
-        item = <tuple>items[i]
-        fut = item[1]
-        if fut is None:
-            target = item[4]
-            try:
-                if isinstance(target, Listener):
-                    (<Listener>target)._committed(item[5], item[6], item[7], item[8])
-                else:
-                    target.committed(item[5], item[6], item[7], item[8])
-            except Exception:
-                _log.exception("reply after commit failed")
-        elif not fut.done():
-            fut.set_result(results[i])
-
-
-cdef class Lane:
-    """``batching.Lane`` compiled (read its docstring): an item goes into the writer's queue
-    in C while the writer is open and the queue has room."""
-
-    cdef public object writer, queue, time, wake, filled
-    cdef public Py_ssize_t batch_max, max_queued
-    cdef public long long seq
-    cdef public bint open, idle
-    cdef object _append, _popleft
-
-    def __init__(self, writer, queue, Py_ssize_t batch_max, Py_ssize_t max_queued):
-        self.writer, self.queue, self.batch_max, self.max_queued = writer, queue, batch_max, max_queued
-        self._append, self._popleft = queue.append, queue.popleft
-        self.seq = 0
-        self.open = self.idle = False
-        self.time = self.wake = self.filled = None
-
-    def add_reply(self, op, target, message_id, action, response, double t0):
-        cdef Py_ssize_t n = len(self.queue)
-        if not self.open or n >= self.max_queued:
-            self.writer._add_reply(op, target, message_id, action, response, t0)
-            return
-        self.seq += 1
-        self._append((op, None, self.time(), self.seq, target, message_id, action, response, t0))
-        if self.idle:
-            self.idle = False
-            self.wake()
-        if n + 1 >= self.batch_max:
-            self.filled()
-
-    def take(self, Py_ssize_t n):
-        cdef list batch = []
-        cdef Py_ssize_t i
-        for i in range(n):
-            batch.append(self._popleft())
-        return batch
-
-    @staticmethod
-    def ops(list items):
-        cdef list out = []
-        cdef tuple item
-        for item in items:
-            out.append(item[0])
-        return out
-
-
 def observe(action, double seconds):
     """``_observe`` for the tests (``listener.observe`` in the twin)."""
     _observe(action, seconds)
@@ -194,14 +78,8 @@ cdef inline double _monotonic() noexcept nogil:
 
 
 cdef class Listener(WSListener):
-    """Fields are set by ``Session.__init__``; the clock is ``time.monotonic``."""
-
-    cdef public WSTransport transport
-    cdef public object codec, writer, _backlog, _frag
-    cdef public dict handlers
-    cdef public dict _counts_in, _counts_out
-    cdef public Py_ssize_t max_frame
-    cdef public double _tokens, _last, _rate, _burst, _alive, _ping_at
+    """Fields (declared in ``_listener.pxd``) are set by ``Session.__init__``; the clock is
+    ``time.monotonic``."""
 
     impl = "cython"
 
@@ -315,7 +193,12 @@ cdef class Listener(WSListener):
         cdef WSTransport tr = self.transport
         if tr is None or tr.is_disconnected:
             return
-        tr.send(WSMsgType.TEXT, _result(self.codec, message_id, payload))
+        codec = self.codec
+        if type(codec) is Codec:  # the compiled codec, called in C
+            frame = (<Codec>codec).encode_result(message_id, payload)
+        else:
+            frame = codec.encode_result(message_id, payload)
+        tr.send(WSMsgType.TEXT, frame)
         _observe(action, _monotonic() - t0)
         counts = self._counts_out
         counts[action] = counts.get(action, 0) + 1

@@ -1,7 +1,8 @@
 # Included by the compiled worker modules (``include "_slots.pxi"``): a field of a msgspec
 # Struct read from its slot. Cython reads an attribute of an object it does not know through
-# the generic getattr (type lookup, then the descriptor: ~20 ns); a Struct keeps its fields
-# in slots, whose offsets its member descriptors hold (CPython's ``PyMemberDescrObject``).
+# the generic getattr (a type lookup, then a call of the descriptor), which the per-message
+# path avoids; a Struct keeps its fields in slots, whose offsets its member descriptors hold
+# (CPython's ``PyMemberDescrObject``).
 # Each module checks at import, on instances it builds, that the slots read what getattr
 # reads (and refuses to load otherwise).
 

@@ -1,11 +1,12 @@
 """The per-message path of a charger connection: the base class of ``Session``.
 
 Two implementations, one behaviour (like the frame codec in ``core/``): this module in pure
-Python, and ``_listener.pyx`` compiled with Cython, used unless absent or
-``CHARGEYARD_PURE=1`` (``CHARGEYARD_REQUIRE_EXT=1`` makes its absence an error). A whole
-text frame goes: token bucket -> ``Codec.decode`` -> the action's handler -> either an
-answer now, or a ``Commit`` whose reply the batch writer sends right after the COMMIT
-(``committed``). Everything else is delegated to ``Session`` methods: ``_throttle`` (over
+Python, and ``_listener.pyx`` compiled with Cython; callers take the class from
+``twins.load("chargeyard.worker.listener")`` (the compiled one unless ``CHARGEYARD_PURE=1``;
+``CHARGEYARD_REQUIRE_EXT=1`` makes its absence an error). A whole text frame goes: token
+bucket -> ``Codec.decode`` -> the action's handler -> either an answer now, or a
+``Commit`` whose reply the writer (``writer.py``) sends right after the COMMIT
+(``committed``, which has the codec's ``encode_result`` build the reply). Everything else is delegated to ``Session`` methods: ``_throttle`` (over
 the rate limit), ``_on_message`` (a reassembled fragmented message), ``_process_other``
 (replies to our calls, bad frames, SEND), ``_no_handler``, ``_handler_failed``,
 ``_deferred_reply`` (futures, coroutines), ``close``.
@@ -20,12 +21,12 @@ import msgspec
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from ..core import Call
-from .handlers import Commit
 from .metrics import handle as _handle
+from .writer import Commit
 
 observe = _handle  # the compiled twin counts the histogram itself (``_listener.observe``)
 
-__all__ = ["Listener", "select"]
+__all__ = ["Listener", "observe"]
 
 _TEXT, _BINARY, _CONT, _PONG, _CLOSE = (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION,
                                         WSMsgType.PONG, WSMsgType.CLOSE)
@@ -146,36 +147,3 @@ class Listener(WSListener):
         counts = self._counts_out
         counts[action] = counts.get(action, 0) + 1
 
-
-def select() -> type:
-    """The compiled Listener unless absent or ``CHARGEYARD_PURE=1`` (``core.codec.pick``)."""
-    from ..core.codec import pick
-
-    def compiled() -> type:
-        from ._listener import Listener as CListener  # type: ignore[import-not-found]
-        return CListener
-    return pick(Listener, compiled)
-
-
-def select_lane() -> Any:
-    """The writer's queue lane: the compiled listener's ``Lane`` unless absent or
-    ``CHARGEYARD_PURE=1``, else its twin ``batching.Lane``."""
-    from ..core.codec import pick
-    from .batching import Lane
-
-    def compiled() -> Any:
-        from ._listener import Lane as CLane  # type: ignore[import-not-found]
-        return CLane
-    return pick(Lane, compiled)
-
-
-def select_reply_all() -> Any:
-    """The writer's reply loop: the compiled listener's ``reply_all`` unless absent or
-    ``CHARGEYARD_PURE=1``, else its twin ``batching.reply_all``."""
-    from ..core.codec import pick
-    from .batching import reply_all
-
-    def compiled() -> Any:
-        from ._listener import reply_all as c_reply_all  # type: ignore[import-not-found]
-        return c_reply_all
-    return pick(reply_all, compiled)

@@ -22,22 +22,21 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
                     ws_create_server)
 
 from ..core import IMPL as CODEC_IMPL
-from ..core import SUBPROTOCOLS, Codec
+from ..core import SUBPROTOCOLS, Codec, twins
 from ..router.registry import DISCONNECT, NotConnected, Registry
 from ..store.base import Store
 from . import metrics as m
 from .authorization import Authorization
-from .batching import BatchWriter
 from .events import Events
 from .handlers import all_handlers
 from .leniency import Leniency
-from .listener import select_lane, select_reply_all
 from .services import Services
 from .session import Session
 from .security.gate import GatedServer
 from .security.service import UNAVAILABLE, ChargerSecurity, Ticket
 from .settings import WorkerSettings
 from .txids import TxIds
+from .writer import BatchWriter
 
 log = logging.getLogger("chargeyard.worker")
 _PATH = re.compile(r"^/(?:ocpp/)?([^/?#]+)/?$")
@@ -98,8 +97,10 @@ class Worker:
         self.store = store
         self.registry = registry
         self.codecs = {v: Codec(v) for v in ("1.6", "2.0.1", "2.1")}
+        per_message = twins.load("chargeyard.worker.writer")  # Lane, reply_all: compiled unless pure
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
-                                  on_commit=self._on_commit, reply_all=select_reply_all(), lane=select_lane())
+                                  on_commit=self._on_commit, reply_all=per_message.reply_all,
+                                  lane=per_message.Lane)
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
             Leniency.from_file(settings.leniency_file),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .authorization import Authorization
-from .batching import BatchWriter
+from .writer import BatchWriter
 from .events import Events
 from .leniency import Leniency
 from .settings import WorkerSettings

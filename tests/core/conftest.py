@@ -1,7 +1,8 @@
 """Fixtures for the core suite: both codec implementations and a seeded RNG.
 
-Every codec test takes ``codec_cls`` and so runs against the pure-Python twin and the
-compiled extension. The extension is skipped only when it is not importable and
+Every codec test takes ``codec_cls`` and so runs against the pure-Python twin
+(``core/codec.py``) and the compiled extension (``core/_codec.pyx``), both from
+``twins.load``. The extension is skipped only when it is not importable and
 ``CHARGEYARD_REQUIRE_EXT`` is not set (then its absence is an error).
 """
 
@@ -12,12 +13,14 @@ import random
 
 import pytest
 
-from chargeyard.core.codec import PyCodec
+from chargeyard.core import twins
+
+PyCodec = twins.load("chargeyard.core.codec", pure=True).Codec
 
 try:
-    from chargeyard.core._codec import Codec as CCodec
+    CCodec = twins.load("chargeyard.core.codec", pure=False).Codec
 except ImportError:  # pragma: no cover - depends on the install
-    if os.environ.get("CHARGEYARD_REQUIRE_EXT", "") in ("1", "true", "yes"):
+    if twins.require_ext():
         raise
     CCodec = None
 

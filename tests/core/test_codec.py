@@ -15,7 +15,6 @@ import pytest
 from chargeyard.core import (
     Call, CallError, CallResult, FrameError, PayloadError, Send, Tables,
 )
-from chargeyard.core.codec import PyCodec
 from chargeyard.core.framing import ERROR_CODES, VALID_ERROR_CODES
 from chargeyard.core.messages import v16, v21, v201
 
@@ -173,7 +172,7 @@ def test_encode_round_trips(codec_cls) -> None:
 
 
 def test_impls_encode_identically() -> None:
-    from .conftest import CCodec
+    from .conftest import CCodec, PyCodec
     if CCodec is None:
         pytest.skip("extension not built")
     resp = v16.BootNotificationResponse(status="Accepted", interval=300,
@@ -183,6 +182,41 @@ def test_impls_encode_identically() -> None:
         assert a.encode_result(mid, resp) == b.encode_result(mid, resp)
         assert a.encode_call(mid, "Reset", {"type": "Hard"}) == b.encode_call(mid, "Reset", {"type": "Hard"})
         assert a.encode_error(mid, "GenericError", "d" * 300) == b.encode_error(mid, "GenericError", "d" * 300)
+
+
+class _Tagged(msgspec.Struct, tag="t"):
+    pass
+
+
+class _ArrayLike(msgspec.Struct, array_like=True):
+    pass
+
+
+def test_impls_encode_results_byte_identically() -> None:
+    """Every reply is built by ``encode_result``; the compiled one writes an empty-object
+    payload itself (a fieldless Struct type the encoder writes as ``{}``, an id that needs
+    no escaping). Both give the same bytes for ids that need escaping, non-ASCII ids, and
+    payloads with and without fields, tagged or array-like, asked in any order (the
+    compiled codec caches its per-type check)."""
+    from .conftest import CCodec, PyCodec
+    if CCodec is None:
+        pytest.skip("extension not built")
+    ids = ["m1", "", "a b", 'q"uote', "back\\slash", "tab\t", "nl\n", "\x00", "\x1f", "\x7f", "é", "😀",
+           "x" * 36, "~!@#$%^&*()", "</script>", "\u2028"]
+    payloads = [v16.MeterValuesResponse(), v16.StatusNotificationResponse(), v201.MeterValuesResponse(),
+                v16.StopTransactionResponse(),  # all fields optional: {} here, but not always
+                v16.StopTransactionResponse(id_tag_info=v16.StopTransactionResponseIdTagInfo(status="Accepted")),
+                v16.HeartbeatResponse(current_time=datetime.datetime(2026, 1, 1, tzinfo=UTC)),
+                {}, {"a": 1}, [], None, _Tagged(), _ArrayLike()]
+    for version in ("1.6", "2.0.1"):
+        pure, compiled = PyCodec(version), CCodec(version)
+        for rounds in range(2):  # the second round after the compiled codec's per-type check
+            for mid in ids:
+                for payload in (payloads if rounds == 0 else payloads[::-1]):
+                    want = pure.encode_result(mid, payload)
+                    assert compiled.encode_result(mid, payload) == want, (mid, payload)
+                    assert msgspec.json.decode(want)[1] == mid
+    assert CCodec("1.6").encode_result("m1", v16.MeterValuesResponse()) == b'[3,"m1",{}]'
 
 
 # -- CALLERROR codes ---------------------------------------------------------------------

@@ -291,8 +291,7 @@ def frame_verdict(frame: Any, want_type: type) -> str:
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
 def test_differential(version: str, rng, capsys) -> None:
-    from chargeyard.core.codec import PyCodec
-    from .conftest import CCodec
+    from .conftest import CCodec, PyCodec
 
     impls = [PyCodec] + ([CCodec] if CCodec is not None else [])
     tables = Tables(version)

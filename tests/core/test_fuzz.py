@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from chargeyard.core import Call, CallError, CallResult, FrameError, Send
-from chargeyard.core.codec import PyCodec
 from chargeyard.core.framing import ERROR_CODES, VALID_ERROR_CODES
 
-from .conftest import CCodec
+from .conftest import CCodec, PyCodec
 
 VERSIONS = ["1.6", "2.0.1", "2.1"]
 PER_ITEM_S = 0.050  # generous: a decode takes microseconds; this only catches blow-ups

@@ -7,13 +7,18 @@ import asyncio
 import json
 import time
 
+import pytest
 import websockets
 
+from tests.cassandra.fixtures import scylla_store_args
 from tests.support import NodeProc
 
 
-def test_sigkill_loses_nothing_acknowledged(tmp_path):
-    node = NodeProc(tmp_path, "--accept-unknown-tags").start()
+@pytest.mark.parametrize("store", ["sqlite", "scylla"])
+def test_sigkill_loses_nothing_acknowledged(tmp_path, store, request):
+    # scylla: the ScyllaDB store on the session's Cassandra (tests/cassandra); the node dies, the database does not
+    args = scylla_store_args(request.getfixturevalue("cassandra")) if store == "scylla" else []
+    node = NodeProc(tmp_path, "--accept-unknown-tags", *args).start()
     acked: dict[str, tuple[int, int]] = {}  # charger -> (transaction id, last acknowledged Wh)
     sent = [0]
 
@@ -50,7 +55,7 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path):
 
     asyncio.run(scenario())
     assert len(acked) == 20 and sent[0] >= 1000, (len(acked), sent[0])
-    node2 = NodeProc(tmp_path).start()
+    node2 = NodeProc(tmp_path, *args).start()
     try:
         lost = []
         for cid, (tx, wh) in acked.items():

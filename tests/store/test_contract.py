@@ -1,12 +1,12 @@
 """The store contract: every backend runs this suite (``store/base.py`` docstrings are
-the semantics). SQLite always; ScyllaDB only when ``CHARGEYARD_SCYLLA_HOSTS`` is set."""
+the semantics). SQLite, and ScyllaDB's store on the session's CQL server (the ``cassandra``
+fixture of ``tests/store/conftest.py``: a local Cassandra, or ``CHARGEYARD_SCYLLA_HOSTS``)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -17,11 +17,7 @@ from chargeyard.store import make_store
 from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
                                    Store, StoreError, TransactionEvent, UpsertCharger)
 
-SCYLLA = os.environ.get("CHARGEYARD_SCYLLA_HOSTS", "")
-BACKENDS = [
-    "sqlite",
-    pytest.param("scylla", marks=pytest.mark.skipif(not SCYLLA, reason="CHARGEYARD_SCYLLA_HOSTS not set")),
-]
+BACKENDS = ["sqlite", "scylla"]
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 UTC = dt.timezone.utc
@@ -42,12 +38,12 @@ def run(coro, timeout: float = 30.0):
 class Backend:
     """Builds stores of one kind on one location (so a test can reopen the same data)."""
 
-    def __init__(self, kind: str, tmp_path) -> None:
+    def __init__(self, kind: str, tmp_path, hosts: str = "") -> None:
         self.kind = kind
         if kind == "sqlite":
             self.options = {"path": str(tmp_path / "chargeyard.db")}
         else:
-            self.options = {"scylla_hosts": SCYLLA, "keyspace": "cy_test_" + uuid.uuid4().hex[:12]}
+            self.options = {"scylla_hosts": hosts, "keyspace": "cy_test_" + uuid.uuid4().hex[:12]}
 
     def make(self) -> Store:
         return make_store(self.kind, **self.options)
@@ -61,7 +57,11 @@ class Backend:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, tmp_path) -> Backend:
-    return Backend(request.param, tmp_path)
+    hosts = request.getfixturevalue("cassandra").hosts if request.param == "scylla" else ""
+    b = Backend(request.param, tmp_path, hosts)
+    if b.kind == "scylla":  # its schema exists before any process opens it: `chargeyard store migrate`
+        run(b.make().migrate())
+    return b
 
 
 # -- chargers and connectors -----------------------------------------------------------

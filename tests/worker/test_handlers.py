@@ -13,7 +13,7 @@ from chargeyard.core.directions import CHARGER_INITIATED
 from chargeyard.core.messages import v16, v21, v201
 from chargeyard.router.registry import LocalRegistry
 from chargeyard.worker.authorization import Authorization
-from chargeyard.worker.batching import BatchWriter
+from chargeyard.worker.writer import BatchWriter
 from chargeyard.worker.events import Events
 from chargeyard.worker.handlers import all_handlers, ocpp16, ocpp21, ocpp201
 from chargeyard.worker.handlers.common import Fixed

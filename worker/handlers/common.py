@@ -30,6 +30,7 @@ import msgspec
 from ...core.directions import CHARGER_INITIATED
 from ...store import base as ops
 from ..services import Services
+from ..writer import Commit
 
 __all__ = ["DEFAULT_RESPONSES", "UNSET", "Commit", "Deferred", "Handler", "Session", "after_commits",
            "boot_accepted", "complete", "heartbeat_seen", "now", "route_data_transfer"]
@@ -42,19 +43,6 @@ R = TypeVar("R")
 
 def now() -> dt.datetime:
     return dt.datetime.now(UTC)
-
-
-class Commit(msgspec.Struct, gc=False):
-    """Answer ``response`` once ``op`` (one store write) has committed. The writer sends
-    the reply from the commit itself (``BatchWriter.add_reply``). A Struct, made in C; the
-    listeners test its exact type before they test for a response Struct. ``gc=False``: it
-    holds an op and a response, never a cycle.
-
-    (It moves to ``worker/writer.py`` with the writer's rename; this module then imports it
-    from there.)"""
-
-    op: Any
-    response: Any
 
 
 Deferred = Coroutine[Any, Any, R]

@@ -1,21 +1,27 @@
 """BatchWriter against a real SqliteStore: group commit, reply-after-commit, idle latency,
-failures and their isolation, back-pressure, flush/close. Every test runs on asyncio and on uvloop."""
+failures and their isolation, back-pressure, flush/close. Every test runs on asyncio and on uvloop.
+The per-message part (``Pending``, ``Lane``, ``reply_all``) runs on both twins
+(worker/writer.py, worker/_writer.pyx)."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import statistics
 import time
 
 import pytest
 
+from chargeyard.core import twins
 from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
                                    StoreError)
 from chargeyard.store.sqlite import SqliteStore
-from chargeyard.worker.batching import BatchWriter, WriterClosed, WriterFull
+from chargeyard.worker.writer import BatchWriter, WriterClosed, WriterFull
+from tests.support import twin_modules
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
+WRITER = "chargeyard.worker.writer"  # the per-message twins: writer.py, _writer.pyx
 
 
 def _loops():
@@ -617,27 +623,133 @@ def test_a_batch_durable_at_once_waits_behind_an_earlier_batch_still_syncing(tmp
     run(main())
 
 
-def _lanes():
-    from chargeyard.worker.batching import Lane
-    out = [Lane]
-    try:
-        from chargeyard.worker._listener import Lane as CLane
-        out.append(CLane)
-    except ImportError:  # the pure-Python build
-        pass
-    return out
+def _twins():
+    """Both writer twins (the compiled one when built), for the tests that compare them."""
+    return twin_modules(WRITER)
 
 
-@pytest.mark.parametrize("lane", _lanes(), ids=lambda c: c.__module__.rsplit(".", 1)[-1])
-def test_both_lanes_queue_replies_in_order_through_the_admission_line(tmp_path, run, lane):
+def test_the_worker_takes_the_compiled_twin_unless_pure(monkeypatch):
+    monkeypatch.setenv("CHARGEYARD_PURE", "1")
+    assert twins.load(WRITER) is _twins()[0]
+    monkeypatch.delenv("CHARGEYARD_PURE")
+    assert twins.load(WRITER) is _twins()[-1]
+
+
+def test_the_twins_share_their_names_and_fields():
+    pure = _twins()[0]
+    fields = pure.Pending.__struct_fields__
+    assert fields == ("op", "future", "added_at", "seq", "target", "message_id", "action", "response", "t0")
+    for twin in _twins():
+        assert twin.Lane.pending is twin.Pending
+        item = twin.Pending("op", None, 1.5, 7)
+        assert [getattr(item, f) for f in fields] == ["op", None, 1.5, 7, None, None, None, None, 0.0]
+        item = twin.Pending("op", None, 1.5, 7, "target", "m1", "MeterValues", "resp", 2.5)
+        assert [getattr(item, f) for f in fields] == ["op", None, 1.5, 7, "target", "m1", "MeterValues",
+                                                      "resp", 2.5]
+        for name in ("add_reply", "take", "ops"):
+            assert callable(getattr(twin.Lane, name))
+
+
+def test_reply_all_twins(twin, caplog):
+    """Replies in order, a failing target logged and skipped, futures resolved unless done,
+    and zip's length (the shorter of items and results)."""
+    twin = twin(WRITER)
+    class Target:
+        def __init__(self, fail=False):
+            self.got, self.fail = [], fail
+
+        def committed(self, message_id, action, response, t0):
+            if self.fail:
+                raise RuntimeError("boom")
+            self.got.append((message_id, action, response, t0))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, bad = Target(), Target(fail=True)
+        f1, f2 = loop.create_future(), loop.create_future()
+        f2.set_result("already")
+        cancelled = loop.create_future()
+        cancelled.cancel()
+        P = twin.Pending
+        items = [P(None, None, 0.0, 1, a, "m1", "MeterValues", "r1", 1.5),
+                 P("op", f1, 0.0, 2),
+                 P(None, None, 0.0, 3, bad, "m2", "MeterValues", "r2", 2.5),
+                 P("op", f2, 0.0, 4),
+                 P("op", cancelled, 0.0, 5),
+                 P(None, None, 0.0, 6, a, "m3", "Heartbeat", "r3", 3.5),
+                 P(None, None, 0.0, 7, a, "m4", "Heartbeat", "r4", 4.5)]  # no result: not answered
+        twin.reply_all(items, [None, "one", None, "two", "three", None])
+        assert a.got == [("m1", "MeterValues", "r1", 1.5), ("m3", "Heartbeat", "r3", 3.5)]
+        assert f1.result() == "one" and f2.result() == "already" and cancelled.cancelled()
+    with caplog.at_level("ERROR", logger="chargeyard.worker.writer"):
+        asyncio.run(main())
+    assert [r.getMessage() for r in caplog.records] == ["reply after commit failed"]
+
+
+def test_the_compiled_reply_loop_calls_a_compiled_session_in_c():
+    """``_writer.reply_all`` sends a compiled listener's reply through its C-level
+    ``_committed`` (a Python override of ``committed`` is not called; here the listener has
+    no transport, so nothing is sent); the pure loop calls ``committed``."""
+    impls = _twins()
+    if len(impls) == 1:
+        pytest.skip("the compiled writer is not built")
+    CListener = twins.load("chargeyard.worker.listener", pure=False).Listener
+    calls = []
+
+    class Spy(CListener):
+        def committed(self, *args):
+            calls.append(args)
+
+    for twin in impls:
+        twin.reply_all([twin.Pending(None, None, 0.0, 1, Spy(), "m1", "MeterValues", "r", 0.5)], [None])
+    assert calls == [("m1", "MeterValues", "r", 0.5)]  # the pure loop's call only
+
+
+def test_the_lane_twins_behave_alike():
+    """The same calls on both lanes queue the same records, number them alike, wake the
+    idle sender and report a full batch alike, and send the same items the slow way (the
+    writer's ``_add_reply``) when the lane is closed or the queue is full."""
+    def drive(twin):
+        events = []
+
+        class Writer:
+            def _add_reply(self, *args):
+                events.append(("slow",) + args)
+
+        queue = collections.deque()
+        lane = twin.Lane(Writer(), queue, 3, 4)
+        clock = iter(range(100))
+        lane.time = lambda: float(next(clock))
+        lane.wake, lane.filled = (lambda: events.append("wake")), (lambda: events.append("filled"))
+        lane.add_reply("op0", "t", "m0", "A", "r", 0.5)  # closed: the slow way
+        lane.open = lane.idle = True
+        for k in range(1, 6):
+            lane.add_reply(f"op{k}", "t", f"m{k}", "A", "r", k + 0.5)
+        assert lane.seq == 4 and not lane.idle
+        taken = lane.take(3)
+        assert len(queue) == 1 and all(type(x) is twin.Pending for x in taken)
+        fields = ("op", "future", "added_at", "seq", "target", "message_id", "action", "response", "t0")
+        return (events, [[getattr(x, f) for f in fields] for x in taken + list(queue)],
+                twin.Lane.ops(taken))
+    results = [drive(twin) for twin in _twins()]
+    assert results[0] == results[-1]
+    events, items, ops = results[0]
+    assert events == [("slow", "op0", "t", "m0", "A", "r", 0.5), "wake", "filled", "filled",
+                      ("slow", "op5", "t", "m5", "A", "r", 5.5)]
+    assert [i[3] for i in items] == [1, 2, 3, 4] and ops == ["op1", "op2", "op3"]
+    assert items[0] == ["op1", None, 0.0, 1, "t", "m1", "A", "r", 1.5]
+
+
+def test_both_lanes_queue_replies_in_order_through_the_admission_line(tmp_path, run, twin):
     """``add_reply`` through either lane: the first starts the writer (the slow path); a
     burst past ``max_queued`` waits in the admission line (the lane closed meanwhile) and is
     answered in add order; items are numbered like ``add``'s; after close, a refusal."""
+    twin = twin(WRITER)
     async def main():
         store = SqliteStore(tmp_path / "lane.db")
         await store.open()
-        w = BatchWriter(store, batch_max=4, max_queued=8, lane=lane)
-        assert type(w._lane) is lane and not w._lane.open
+        w = BatchWriter(store, batch_max=4, max_queued=8, lane=twin.Lane, reply_all=twin.reply_all)
+        assert type(w._lane) is twin.Lane and not w._lane.open
         target = ReplyTarget()
         ops = [MeterSample("CP1", "", T0 + dt.timedelta(seconds=i), float(i), 1) for i in range(30)]
         w.add_reply(ops[0], target, "0", "MeterValues", "r", 0.0)
@@ -650,7 +762,10 @@ def test_both_lanes_queue_replies_in_order_through_the_admission_line(tmp_path, 
         await w.flush()
         assert w._lane.open and w._seq == 15
         assert [c[1] for c in target.calls] == [str(i) for i in range(14)]
-        await asyncio.sleep(0.05)  # the sender goes idle; the next item wakes it
+        for _ in range(400):  # the sender goes idle; the next item wakes it
+            if w._idle:
+                break
+            await asyncio.sleep(0.005)
         assert w._idle
         w.add_reply(ops[21], target, "21", "MeterValues", "r", 0.0)
         await w.flush()

@@ -1,4 +1,5 @@
-"""Group-commit writer: the worker's only way to the store.
+"""Group-commit writer: the worker's only way to the store, and the way a handler replies
+after commit (:class:`Commit`).
 
 Shaped like aiokafka's message accumulator (``aiokafka/producer/message_accumulator.py``):
 ``add(op)`` queues one store operation and returns a future that resolves with the op's
@@ -46,6 +47,12 @@ error when
 Futures of failed ops have their exception marked as retrieved: fire-and-forget adds
 (Heartbeat, StatusNotification) do not spam "exception was never retrieved"; the
 writer logs each failed batch once and each op rejected on its own once.
+
+Two implementations of the per-message part, one behaviour: :class:`Lane` (queue in),
+:func:`reply_all` (replies out) and their record :class:`Pending` here in pure Python, and
+``_writer.pyx`` compiled. The worker picks the pair with
+``twins.load("chargeyard.worker.writer")`` and passes it as
+``BatchWriter(lane=..., reply_all=...)``; the rest of the writer is this module's.
 """
 
 from __future__ import annotations
@@ -57,28 +64,69 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from ..store.base import Op, Store, StoreError
 
-__all__ = ["BatchWriter", "WriterClosed", "WriterFull", "reply_all"]
+__all__ = ["BatchWriter", "Commit", "Lane", "Pending", "WriterClosed", "WriterFull", "reply_all"]
 
-log = logging.getLogger("chargeyard.worker.batching")
+log = logging.getLogger("chargeyard.worker.writer")
 
 OnCommit = Callable[[int, float], Any]  # (rows, seconds)
-# add: (op, future, added_at, seq); add_reply: (op, None, added_at, seq, target, message_id, action,
-# response, t0)
-_Item = tuple
 
 
-def reply_all(items: list[_Item], results: list[Any]) -> None:
+class Commit(msgspec.Struct, gc=False):
+    """A handler's answer: reply ``response`` once ``op`` (one store write) has committed.
+    The one way a handler replies after commit: the listener queues it with
+    ``BatchWriter.add_reply`` and the writer sends the reply from the commit itself, with no
+    future or callback per message. A Struct, so that it is made in C; the listeners test
+    its exact type before they test for a response Struct. ``gc=False``: it holds an op and
+    a response, never a cycle."""
+
+    op: Any
+    response: Any
+
+
+class Pending(msgspec.Struct, array_like=True, gc=False):
+    """One op in the writer's queue, from ``add`` or ``add_reply`` until it is answered.
+
+    ``add`` sets ``future``; ``add_reply`` leaves it None and sets ``target`` and the reply
+    (``target.committed(message_id, action, response, t0)``). ``seq`` numbers the ops in
+    add order, ``added_at`` is the loop's time at the add. One is made per charger message:
+    an array-like Struct without GC tracking costs what a tuple costs. Untracked, it must
+    not be the only link of a cycle left behind, so ``close()`` and ``fail_all`` always
+    empty the queues. The compiled lane has a twin of it with the same fields."""
+
+    op: Any
+    future: asyncio.Future | None
+    added_at: float
+    seq: int
+    target: Any = None
+    message_id: str | None = None
+    action: str | None = None
+    response: Any = None
+    t0: float = 0.0
+
+
+class SyncingBatch(msgspec.Struct):
+    """A committed batch whose replies wait for its sync: ``durable`` is the sync's
+    awaitable (None: durable already), ``started`` the ``perf_counter`` at its commit."""
+
+    batch: list[Pending]
+    durable: Any
+    results: list[Any]
+    started: float
+
+
+def reply_all(items: list[Pending], results: list[Any]) -> None:
     """Answer a committed batch: ``target.committed(...)`` for an ``add_reply`` item, the
-    result into an ``add`` item's future. The compiled listener has a faster twin
-    (``_listener.reply_all``: a direct C call into a compiled session), which the worker
-    passes as ``BatchWriter(reply_all=...)``."""
+    result into an ``add`` item's future. The compiled twin (``_writer.reply_all``) calls a
+    compiled session's ``committed`` in C."""
     for item, result in zip(items, results):
-        fut = item[1]
+        fut = item.future
         if fut is None:
             try:
-                item[4].committed(item[5], item[6], item[7], item[8])
+                item.target.committed(item.message_id, item.action, item.response, item.t0)
             except Exception:
                 log.exception("reply after commit failed")
         elif not fut.done():
@@ -89,11 +137,13 @@ class Lane:
     """The writer's queue as ``add_reply`` fills it, the hot path of a charger message: while
     the writer is open (started, not closed, nobody waiting for room) and its queue has room,
     an item goes straight in, without a call into the writer (``BatchWriter._add_reply``
-    otherwise). The writer keeps ``open``, ``idle`` and the numbering (``seq``) here. The
-    compiled listener has a twin (``_listener.Lane``), which the worker passes as
-    ``BatchWriter(lane=...)``."""
+    otherwise). The writer keeps ``open``, ``idle`` and the numbering (``seq``) here, and
+    makes its own items with ``pending``, so that one queue holds one record type. The
+    compiled twin is ``_writer.Lane``."""
 
     __slots__ = ("writer", "queue", "batch_max", "max_queued", "seq", "open", "idle", "time", "wake", "filled")
+
+    pending = Pending  # the record this lane queues
 
     def __init__(self, writer: Any, queue: deque, batch_max: int, max_queued: int) -> None:
         self.writer, self.queue, self.batch_max, self.max_queued = writer, queue, batch_max, max_queued
@@ -108,22 +158,22 @@ class Lane:
             self.writer._add_reply(op, target, message_id, action, response, t0)
             return
         self.seq += 1
-        queue.append((op, None, self.time(), self.seq, target, message_id, action, response, t0))
+        queue.append(Pending(op, None, self.time(), self.seq, target, message_id, action, response, t0))
         if self.idle:
             self.idle = False
             self.wake()
         if len(queue) >= self.batch_max:
             self.filled()
 
-    def take(self, n: int) -> list[_Item]:
+    def take(self, n: int) -> list[Pending]:
         """The queue's first ``n`` items, taken off it."""
         popleft = self.queue.popleft
         return [popleft() for _ in range(n)]
 
     @staticmethod
-    def ops(items: list[_Item]) -> list[Op]:
+    def ops(items: list[Pending]) -> list[Op]:
         """The items' ops."""
-        return [item[0] for item in items]
+        return [item.op for item in items]
 
 
 class WriterFull(StoreError):
@@ -139,8 +189,9 @@ class BatchWriter:
     max_queued=100_000, add_timeout=5.0, isolate_s=1.0, maintain_every_ms=4.0,
     reply_all=reply_all, lane=Lane)``.
 
-    ``reply_all(items, results)`` answers a committed batch (:func:`reply_all`, or its
-    compiled twin); ``lane`` makes the queue's :class:`Lane` (or its compiled twin).
+    ``reply_all(items, results)`` answers a committed batch and ``lane`` makes the queue's
+    :class:`Lane`: this module's, or both from the compiled twin (``_writer``; a lane and
+    a reply loop of one module, since each reads its own record).
 
     ``isolate_s``: time budget for isolating the failing ops of a failed batch (0 turns
     isolation off: a failed commit fails its whole batch).
@@ -153,7 +204,7 @@ class BatchWriter:
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
                  on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
                  isolate_s: float = 1.0, maintain_every_ms: float = 4.0,
-                 reply_all: Callable[[list[_Item], list[Any]], None] = reply_all, lane: Any = Lane) -> None:
+                 reply_all: Callable[[list[Pending], list[Any]], None] = reply_all, lane: Any = Lane) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
@@ -168,14 +219,15 @@ class BatchWriter:
             self._hooks.append(metrics if callable(metrics) else metrics.on_commit)
         if on_commit is not None:
             self._hooks.append(on_commit)
-        # items (_Item): seq strictly increasing in add order
-        self._queue: deque[_Item] = deque()
-        self._waiting: deque[_Item] = deque()  # admission line
-        self._inflight: list[_Item] = []
-        # committed batches whose replies wait, in commit order: (batch, its sync or None when
-        # durable already, results, started); a batch goes out only after every earlier one
-        self._syncing: deque[tuple[list[_Item], Any, list[Any], float]] = deque()
+        # items: seq strictly increasing in add order
+        self._queue: deque[Pending] = deque()
+        self._waiting: deque[Pending] = deque()  # admission line
+        self._inflight: list[Pending] = []
+        # committed batches whose replies wait, in commit order; a batch goes out only after
+        # every earlier one
+        self._syncing: deque[SyncingBatch] = deque()
         self._lane = lane(self, self._queue, batch_max, max_queued)  # holds seq, open, idle
+        self._pending = self._lane.pending
         self.add_reply = self._lane.add_reply  # type: ignore[method-assign]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -203,7 +255,7 @@ class BatchWriter:
     def queue_depth(self) -> int:
         """Ops added and not yet committed or failed (queued, waiting for room, in flight)."""
         return (len(self._queue) + len(self._waiting) + len(self._inflight)
-                + sum(len(b[0]) for b in self._syncing))
+                + sum(len(c.batch) for c in self._syncing))
 
     @property
     def full(self) -> bool:
@@ -286,7 +338,7 @@ class BatchWriter:
         except Exception:
             log.exception("batch writer task failed")
         if self._syncing:  # committed batches: their replies go out once synced
-            await asyncio.wait([s[1] for s in self._syncing if s[1] is not None])
+            await asyncio.wait([c.durable for c in self._syncing if c.durable is not None])
         self.fail_all(WriterClosed("writer stopped"))
 
     def fail_all(self, exc: BaseException) -> None:
@@ -305,10 +357,10 @@ class BatchWriter:
         self._ensure_started()
         fut = self._loop.create_future()  # type: ignore[union-attr]
         if self._closed:
-            self._fail([(op, fut, 0.0, 0)], WriterClosed("writer is closed"))
+            self._fail([self._pending(op, fut, 0.0, 0)], WriterClosed("writer is closed"))
         else:
             self._seq += 1
-            self._enqueue((op, fut, self._loop.time(), self._seq))  # type: ignore[union-attr]
+            self._enqueue(self._pending(op, fut, self._loop.time(), self._seq))  # type: ignore[union-attr]
         return fut
 
     def add_reply(self, op: Op, target: Any, message_id: str, action: str, response: Any, t0: float) -> None:
@@ -323,14 +375,14 @@ class BatchWriter:
     def _add_reply(self, op: Op, target: Any, message_id: str, action: str, response: Any, t0: float) -> None:
         self._ensure_started()
         if self._closed:
-            self._fail([(op, None, 0.0, 0, target, message_id, action, response, t0)],
+            self._fail([self._pending(op, None, 0.0, 0, target, message_id, action, response, t0)],
                        WriterClosed("writer is closed"))
         else:
             self._seq += 1
-            self._enqueue((op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
-                           target, message_id, action, response, t0))
+            self._enqueue(self._pending(op, None, self._loop.time(), self._seq,  # type: ignore[union-attr]
+                                        target, message_id, action, response, t0))
 
-    def _enqueue(self, item: _Item) -> None:
+    def _enqueue(self, item: Pending) -> None:
         if len(self._queue) < self.max_queued and not self._waiting:
             self._queue.append(item)
             if self._idle:
@@ -360,14 +412,14 @@ class BatchWriter:
         self._expiry = None
         now = self._loop.time()  # type: ignore[union-attr]
         expired = []
-        while self._waiting and now - self._waiting[0][2] >= self.add_timeout:
+        while self._waiting and now - self._waiting[0].added_at >= self.add_timeout:
             expired.append(self._waiting.popleft())
         if expired:
             log.warning("write queue full: %d ops refused after %.1f s", len(expired), self.add_timeout)
             self._fail(expired, WriterFull(f"write queue full for {self.add_timeout} s"))
             self._notify_flush()
         if self._waiting:
-            delay = self._waiting[0][2] + self.add_timeout - now
+            delay = self._waiting[0].added_at + self.add_timeout - now
             self._expiry = self._loop.call_later(max(0.0, delay), self._expire)  # type: ignore[union-attr]
         self._sync_lane()
 
@@ -402,7 +454,7 @@ class BatchWriter:
                         and self._maintain_after <= now and not self._closed and self.store.maintenance_due()):
                     await self._maintain()  # the deferred work's share under load: a slice this often
                 if busy and self.batch_s > 0 and len(self._queue) < self.batch_max and not self._closed:
-                    delay = self._queue[0][2] + self.batch_s - loop.time()
+                    delay = self._queue[0].added_at + self.batch_s - loop.time()
                     if delay > 0:
                         filled.clear()
                         try:
@@ -455,7 +507,7 @@ class BatchWriter:
         if self._idle and self._wake is not None:
             self._wake.set()
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         self._inflight = batch
         started = time.perf_counter()
         try:
@@ -477,7 +529,7 @@ class BatchWriter:
             return
         self._inflight = []
         # committed; not yet synced (the next batch commits meanwhile), or behind one that is not
-        self._syncing.append((batch, durable, results, started))
+        self._syncing.append(SyncingBatch(batch, durable, results, started))
         if durable is not None:
             durable.add_done_callback(self._synced)
         else:
@@ -489,27 +541,27 @@ class BatchWriter:
         waits behind earlier ones, so a charger's replies keep its order. A failed sync fails
         every op of its batch (the store's fault, not an op's: no isolation)."""
         syncing = self._syncing
-        while syncing and (syncing[0][1] is None or syncing[0][1].done()):
-            batch, durable, results, started = syncing.popleft()
+        while syncing and (syncing[0].durable is None or syncing[0].durable.done()):
+            done = syncing.popleft()
             exc = None
-            if durable is not None:
-                exc = WriterClosed("sync cancelled") if durable.cancelled() else durable.exception()
+            if done.durable is not None:
+                exc = WriterClosed("sync cancelled") if done.durable.cancelled() else done.durable.exception()
             if exc is not None:
                 self.failed_commits += 1
-                log.error("store sync of %d committed ops failed: %r", len(batch), exc)
-                self._fail(batch, exc)
+                log.error("store sync of %d committed ops failed: %r", len(done.batch), exc)
+                self._fail(done.batch, exc)
             else:
-                self._resolve(batch, results, time.perf_counter() - started)
+                self._resolve(done.batch, done.results, time.perf_counter() - done.started)
         self._notify_flush()
 
-    async def _apply(self, items: list[_Item]) -> tuple[list[Any], Any]:
+    async def _apply(self, items: list[Pending]) -> tuple[list[Any], Any]:
         """(results, None or the awaitable of their sync): ``Store.apply_then``."""
         results, durable = await self.store.apply_then(self._lane.ops(items))
         if len(results) != len(items):
             raise StoreError(f"store returned {len(results)} results for {len(items)} ops")
         return results, durable
 
-    def _resolve(self, items: list[_Item], results: list[Any],
+    def _resolve(self, items: list[Pending], results: list[Any],
                  seconds: float) -> None:
         self._reply_all(items, results)
         self.commits += 1
@@ -520,7 +572,7 @@ class BatchWriter:
             except Exception:
                 log.exception("on_commit hook failed")
 
-    async def _isolate(self, batch: list[_Item], exc: Exception) -> None:
+    async def _isolate(self, batch: list[Pending], exc: Exception) -> None:
         """Bisect a failed batch (all-or-nothing, so nothing of it is applied): commit its
         parts depth first, left before right (add order), until each failing op stands
         alone. Gives up on an apparently dead store (see the module docstring)."""
@@ -553,7 +605,7 @@ class BatchWriter:
                 streak += 1
                 last = e
                 if len(part) == 1:
-                    op = part[0][0]
+                    op = part[0].op
                     log.warning("store rejected %s of %s on its own: %r", type(op).__name__,
                                 getattr(op, "charger_id", "?"), e)
                     self._fail(part, e)
@@ -573,10 +625,10 @@ class BatchWriter:
     @staticmethod
     def _fail(items: Any, exc: BaseException) -> None:
         for item in items:
-            fut = item[1]
+            fut = item.future
             if fut is None:
                 try:
-                    item[4].commit_failed(item[5], item[6], exc)
+                    item.target.commit_failed(item.message_id, item.action, exc)
                 except Exception:
                     log.exception("error reply after a failed commit failed")
             elif not fut.done():
@@ -585,10 +637,10 @@ class BatchWriter:
 
     def _lowest_pending(self) -> int:
         if self._syncing:
-            return self._syncing[0][0][0][3]
+            return self._syncing[0].batch[0].seq
         for q in (self._inflight, self._queue, self._waiting):
             if q:
-                return q[0][3]
+                return q[0].seq
         return self._seq + 1
 
     def _notify_flush(self) -> None:
