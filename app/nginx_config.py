@@ -143,13 +143,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shutdown-timeout", default="30s",
                    help="worker_shutdown_timeout: how long old nginx processes keep proxied "
                         "WebSockets after a reload")
+    p.add_argument("--tls-cert", default="", help="PEM certificate chain: chargers connect with wss")
+    p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
+    p.add_argument("--tls-client-ca", default="",
+                   help="verify chargers' client certificates against this CA and pass the identity "
+                        "(X-Client-Verify, X-Client-Cert-CN) to workers started with --trusted-proxies")
+    p.add_argument("--require-client-cert", action="store_true",
+                   help="refuse chargers without a valid client certificate (security profile 3)")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     a = p.parse_args(argv)
     text = render(a.workers, a.ws_port, a.api, a.http_port, run_dir=a.run_dir,
                   access_log=a.access_log, daemon=a.daemon,
                   worker_processes=a.worker_processes,
                   worker_connections=a.worker_connections, ws_timeout=a.ws_timeout,
-                  shutdown_timeout=a.shutdown_timeout)
+                  shutdown_timeout=a.shutdown_timeout, tls_cert=a.tls_cert, tls_key=a.tls_key,
+                  tls_client_ca=a.tls_client_ca, require_client_cert=a.require_client_cert)
     if a.output:
         Path(a.output).write_text(text)
     else:
