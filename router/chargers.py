@@ -213,6 +213,11 @@ class ChargerSecurityApi:
             return _error(422, "invalid", 'body is {"scopes": ["read"|"command"|"admin", ...], "chargers": [globs]}')
         from .tokens import token_hash
 
+        # a token limited to some chargers makes tokens limited to (some of) the same ones
+        own = await self._grant(request)
+        if own is not None and own.chargers and (not chargers or not set(chargers) <= set(own.chargers)):
+            return _error(403, "forbidden", "a token limited to chargers "
+                                            f"{list(own.chargers)} can only create tokens limited to those")
         secret = "cy_" + secrets.token_urlsafe(32)
         try:
             await add(secret, scopes, chargers)
@@ -220,6 +225,12 @@ class ChargerSecurityApi:
             return _error(422, "invalid", str(exc))
         return web.json_response({"token": secret, "id": token_hash(secret), "scopes": scopes, "chargers": chargers,
                                   "note": "the token is shown once; only its hash is kept"}, status=201)
+
+    async def _grant(self, request: web.Request) -> Any:
+        token = request.get("token")
+        if self.tokens is None or not token:
+            return None
+        return await self.tokens.grant(token)
 
     async def delete_token(self, request: web.Request) -> web.Response:
         revoke = getattr(self.tokens, "revoke_id", None)

@@ -127,6 +127,46 @@ def test_server_generated_tokens():
     asyncio.run(main())
 
 
+def test_a_token_with_an_acl_cannot_create_a_broader_one():
+    from chargeyard.router.tokens import Grant
+
+    class Scoped(Tokens):
+        async def grant(self, token):
+            return Grant(frozenset({"admin"}), ("site-a-*",)) if token == "scoped" else None
+
+    async def main():
+        tokens = Scoped()
+        store, reg = MemoryChargerCredentials(), LocalRegistry("w1")
+        reg.attach("w1", None, lambda cid, epoch: None)
+        api = ChargerSecurityApi(Settings(), store, reg, tokens)
+
+        @web.middleware
+        async def as_scoped(request, handler):
+            import warnings
+
+            with warnings.catch_warnings():  # the key the API's own auth middleware uses
+                warnings.simplefilter("ignore")
+                request["token"] = "scoped"
+            return await handler(request)
+
+        app = web.Application(middlewares=[as_scoped])
+        api.add_routes(app.router)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        try:
+            assert (await _req("POST", base + "/api/v1/tokens", {"scopes": ["read"]}))[0] == 403
+            assert (await _req("POST", base + "/api/v1/tokens", {"scopes": ["read"], "chargers": ["*"]}))[0] == 403
+            assert (await _req("POST", base + "/api/v1/tokens",
+                               {"scopes": ["read"], "chargers": ["site-a-*"]}))[0] == 201
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
 def test_service_rejects_inconsistent_settings(tmp_path):
     from chargeyard.worker.security.service import ChargerSecurity, SecurityConfigError
 

@@ -58,5 +58,14 @@ def test_profile3_through_nginx(tls_cluster):
                 raise AssertionError("accepted a forged identity header")
         except websockets.InvalidStatus as exc:
             assert exc.response.status_code == 401
+        # deregistration through the API node disconnects the charger on its worker (Redis)
+        from tests.support import api_call
+
+        async with charger(Charger16, url, "CP3", ssl_ctx=_ctx(certs, "cp3")) as cp:
+            await boot16(cp)
+            status, _ = await api_call(c.url(""), "DELETE", "/api/v1/chargers/CP3")
+            assert status == 204
+            await asyncio.wait_for(cp._connection.wait_closed(), 10)
+        assert await refused(url, "CP3", ssl_ctx=_ctx(certs, "cp3")) == 401  # unknown now: rejected
 
     asyncio.run(main())

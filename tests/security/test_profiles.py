@@ -378,6 +378,8 @@ def test_a_non_loopback_api_without_tokens_refuses_to_start(tmp_path):
     ok.start()
     try:
         assert ok.get("/readyz")[0] == 200
+        # profile 0 (the default) says so at start
+        assert any("any charger id is accepted" in line for line in ok.log)
     finally:
         ok.stop()
 
