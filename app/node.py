@@ -150,7 +150,12 @@ class Node:
         self.registry = make_registry(s)
         await self.registry.start()
         if self.with_worker:
-            self.worker = Worker(worker_settings(s), self.store, self.registry)
+            from chargeyard.worker.security.service import SecurityConfigError
+
+            try:
+                self.worker = Worker(worker_settings(s), self.store, self.registry)
+            except SecurityConfigError as exc:  # e.g. --security-profile 2 without --tls-cert
+                raise SystemExit(f"chargeyard: {exc}") from None
             try:
                 await self.worker.start()
             except OSError as exc:

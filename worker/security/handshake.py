@@ -19,8 +19,9 @@ them with 401 (the same answer as a wrong password: no registry probing); ``acce
 lets them in at the node's profile without a password (for profile 2 and 3 the TLS
 conditions still hold).
 
-Failures per charger id and per address over a sliding window make the next attempts
-429 with ``Retry-After``. A charger presenting a password that this process already
+Failures per charger id (5 a minute) and per address (50 a minute: a site's chargers
+may share one NAT address) over a sliding window make the next attempts 429 with
+``Retry-After``. A charger presenting a password that this process already
 verified (one HMAC, no scrypt) is still admitted while its id is throttled, so an
 attacker hammering an id cannot lock out the real charger once it has connected.
 """
@@ -158,7 +159,7 @@ CredentialLookup = Callable[[str], Awaitable[ChargerCredentials | None]]
 class Authenticator:
     def __init__(self, lookup: CredentialLookup, *, profile: int = 0, unknown_chargers: str = "",
                  verifier: PasswordVerifier | None = None,
-                 id_failures: tuple[int, float] = (5, 60.0), address_failures: tuple[int, float] = (20, 60.0),
+                 id_failures: tuple[int, float] = (5, 60.0), address_failures: tuple[int, float] = (50, 60.0),
                  clock: Callable[[], float] = time.monotonic) -> None:
         if profile not in (0, 1, 2, 3):
             raise ValueError(f"--security-profile must be 0, 1, 2 or 3, not {profile!r}")
