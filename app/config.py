@@ -1,5 +1,5 @@
 """One settings object, filled from CLI flags, then ``CHARGEYARD_*`` environment
-variables, then defaults (ARCHITECTURE.md, Configuration).
+variables, then defaults (every flag is listed in docs/configuration.md).
 
 Every option is declared once, as a ``Settings`` field with its ``HELP`` line; the CLI
 builds its flags from them (help text, default, environment variable) and

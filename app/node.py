@@ -72,7 +72,7 @@ def make_tokens(s: Settings) -> Any:
 def tune_gc() -> None:
     """The per-message path allocates many short-lived container objects; with the
     default thresholds the cyclic GC ran every few hundred messages and walked every
-    live session (perf: ~14 % of a saturated worker). Freeze what start-up built and
+    live session, a large share of a saturated worker's CPU. Freeze what start-up built and
     collect the young generation less often; reference counting still frees almost
     everything at once."""
     import gc

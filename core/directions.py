@@ -4,7 +4,8 @@ The JSON schemas say what a message looks like but not who may send it; the
 specifications do. These tables are hand-kept from the OCPP 1.6 (with the
 security extension), 2.0.1 and 2.1 specifications. ``DataTransfer`` goes both
 ways. Anything in a version's schema set that is not listed as charger-initiated
-is CSMS-initiated (checked by ``tests/core/test_messages.py``).
+is CSMS-initiated. ``tests/worker/test_handlers.py`` checks that every charger-initiated
+action has a handler.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Contract (``tests/router/test_registry_contract.py`` runs it on every backend):
   answered CALLERROR), :class:`CallTimeout`, :class:`PayloadInvalid` or
   :class:`RegistryUnavailable`.
 * ``publish(event)`` / ``subscribe(charger_id)``: live events (dicts with the
-  envelope of ARCHITECTURE.md) for one charger, or ``"*"`` for all.
+  envelope of docs/architecture.md, Live events) for one charger, or ``"*"`` for all.
 * ``events(charger_id, after)`` -> a :class:`Subscription` that exists when the
   call returns (so an event published afterwards reaches it). Each event comes with
   a stream id that increases monotonically within its stream; ``after`` (an SSE

@@ -28,7 +28,8 @@ BUILD_INFO = Gauge("chargeyard_build_info", "Build information (value 1)", ["ver
 
 
 class Children:
-    """``metric.labels(...)`` costs microseconds; the hot path looks children up here."""
+    """``metric.labels(...)`` validates and joins its labels and takes a lock on every call;
+    the hot path looks its children up in this dict instead."""
 
     __slots__ = ("metric", "cache")
 
