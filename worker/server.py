@@ -308,8 +308,9 @@ class Worker:
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
         s.address = _peer(s)
-        if s.ticket is not None:
+        if s.ticket is not None:  # needed only now: not kept for the connection's life
             self.security.accepted(s.ticket)
+            s.ticket = None
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
