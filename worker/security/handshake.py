@@ -36,16 +36,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from prometheus_client import Counter
-
 from ...store.chargers import ChargerCredentials
+from ..metrics import AUTH_FAILURES
 from .passwords import PasswordVerifier, VerifierBusy
 from .tls import PeerIdentity
 
 log = logging.getLogger("chargeyard.worker.security")
-
-AUTH_FAILURES = Counter("chargeyard_ws_auth_failures_total",
-                        "Charger handshakes refused by authentication", ["reason"])
 
 # The bounded label set of chargeyard_ws_auth_failures_total{reason}
 REASONS = (
