@@ -1,5 +1,5 @@
-"""Charger credentials and security events (store/chargers.py) on SQLite and the
-in-memory reference: the same behaviour."""
+"""Charger credentials and security events (store/chargers.py) on SQLite, ScyllaDB's
+store (on the session's CQL server) and the in-memory reference: the same behaviour."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ from chargeyard.store.chargers import ChargerCredentials, MemoryChargerCredentia
 from chargeyard.store.sqlite import SqliteStore
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "scylla"])
 def make(request, tmp_path):
+    if request.param == "scylla":  # the session's CQL server (tests/store/conftest.py)
+        import uuid
+
+        from chargeyard.store import make_store
+
+        hosts = request.getfixturevalue("cassandra").hosts
+        options = {"scylla_hosts": hosts, "keyspace": "cy_creds_" + uuid.uuid4().hex[:12]}
+        asyncio.run(make_store("scylla", **options).migrate())
+        return lambda: make_store("scylla", **options)
     if request.param == "memory":
         class Mem(MemoryChargerCredentials):
             async def __aenter__(self):

@@ -81,7 +81,7 @@ class ChargerSecurity:
             raise SecurityConfigError(str(exc)) from None
         if self.profile >= 1 and self.store is None:
             raise SecurityConfigError(f"security profile {self.profile} needs a store that keeps charger "
-                                      "credentials (--store sqlite)")
+                                      "credentials")
         self.parse_id = parse_id
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, ChargerCredentials | None]] = {}
