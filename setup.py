@@ -43,7 +43,7 @@ if os.environ.get("CHARGEYARD_NO_EXT") != "1":
          Extension("chargeyard.worker._writer", ["worker/_writer.pyx"]),
          Extension("chargeyard.store._walsync", ["store/_walsync.pyx"]),
          Extension("chargeyard.store._logrows", ["store/_logrows.pyx"]),
-         Extension("chargeyard.worker._meter", ["worker/_meter.pyx"])],
+         Extension("chargeyard.worker.handlers._ocpp16", ["worker/handlers/_ocpp16.pyx"])],
         include_path=[cimport_path()],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )

@@ -49,6 +49,7 @@ class Settings:
     batch_ms: float = 0.5
     batch_max: int = 1000
     drain_timeout: float = 10.0
+    drain_rate: float = 500.0
     lease: float = 10.0
     sse_keepalive: float = 15.0
     leniency_file: str = ""
@@ -108,6 +109,11 @@ HELP = {
     "batch_ms": "most extra wait in milliseconds for a fuller commit batch when busy",
     "batch_max": "most rows per store commit",
     "drain_timeout": "seconds a stop waits for the store flush and for chargers to close",
+    "drain_rate": "chargers a stopping worker closes per second, in waves (0: all at once). Its chargers "
+                  "reconnect to the other N-1 workers, each getting about rate/(N-1) per second; keep it "
+                  "at most half of --handshake-rate so that even with 2 workers the receiver keeps half "
+                  "its admission for its own chargers. The worker's terminationGracePeriodSeconds must "
+                  "cover connections/rate plus the flush (k8s/worker.yaml)",
     "lease": "seconds a worker's ownership lease lives in Redis (renewed every lease/3)",
     "sse_keepalive": "seconds of silence before an event stream sends a keep-alive comment",
     "leniency_file": "TOML file of per-model leniency profiles",

@@ -1,7 +1,9 @@
 """One switch for every compiled module and its pure-Python twin.
 
 Convention: a compiled module ``_name.pyx`` sits beside its twin ``name.py`` in the same
-package and defines the same public names with the same behaviour. Callers never import
+package and defines the same public names with the same behaviour, or, where only part of
+a module runs per message (``worker/handlers/_ocpp16.pyx``: the 1.6 MeterValues path), the
+same behaviour for the subset of its names it lists in ``__all__``. Callers never import
 ``_name`` themselves; they ask this module::
 
     Rows = twins.load("chargeyard.store.logrows").Rows

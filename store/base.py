@@ -138,11 +138,49 @@ class TransactionEvent(msgspec.Struct, tag=True, frozen=True):
     stop_reason: str = ""
 
 
-Op = UpsertCharger | ChargerSeen | ConnectorStatus | StartTransaction | StopTransaction | MeterSample | TransactionEvent
+class Fence(msgspec.Struct, tag=True, frozen=True):
+    """A connection's ownership epoch for a charger (the registry's fencing epoch, given at
+    claim; ADR 0016). Written once per connect, never per message.
+
+    ``epoch > 0``: the store records it as the charger's highest epoch if it is, and this
+    store object holds it for the charger: from then on its writes for that charger fail
+    with :class:`StaleEpoch` once any process recorded a higher one. Result: True, or False
+    when a higher epoch was recorded already (this one is stale from the start).
+    ``epoch == 0``: a new connection whose claim is under way; the store forgets the epoch it
+    held for the charger (the new connection's writes are not fenced until its Fence).
+    ``release``: the connection of ``epoch`` closed; forgotten only if it is still the one
+    held. Both: result True, and nothing is written.
+
+    One store object stands for one worker: the epochs it holds are that worker's."""
+    charger_id: str
+    epoch: int
+    release: bool = False
+
+
+Op = (UpsertCharger | ChargerSeen | ConnectorStatus | StartTransaction | StopTransaction | MeterSample
+      | TransactionEvent | Fence)
 
 
 class StoreError(Exception):
     """Every backend failure surfaces as this (backend exception types never leak)."""
+
+
+class StaleEpoch(StoreError):
+    """Writes for chargers whose epoch held by this store is no longer the highest: another
+    worker took them over (:class:`Fence`). Nothing of the batch is applied (SQLite), or the
+    others' ops may have been (ScyllaDB; idempotent, so a retry converges).
+
+    ``indices``: the positions, in the applied list, of the ops refused; ``stale``: charger
+    -> the epoch this store held for it. A writer fails those ops alone and retries the rest."""
+
+    def __init__(self, indices: list[int], stale: dict[str, int]) -> None:
+        super().__init__(f"stale ownership epoch for {len(stale)} charger(s): "
+                         + ", ".join(f"{c}@{e}" for c, e in list(stale.items())[:5]))
+        self.indices = indices
+        self.stale = stale
+
+    def __reduce__(self) -> Any:
+        return (StaleEpoch, (self.indices, self.stale))
 
 
 class Store(ABC):
@@ -175,7 +213,8 @@ class Store(ABC):
         batch atomically; backends that cannot (ScyllaDB) rely on every op being idempotent,
         so a retried batch converges to the same state.
         Returns only once the batch is durable; on any failure nothing of it is applied
-        and :class:`StoreError` is raised."""
+        and :class:`StoreError` is raised. Ops for a charger whose :class:`Fence` epoch held
+        by this store is stale are refused: :class:`StaleEpoch` names them."""
 
     @property
     def deferred_rows(self) -> int:
@@ -263,3 +302,17 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_id_tag(self, tag: str) -> bool: ...
+
+    # -- the events outbox (store/events.py: Outbox) ---------------------------------
+    # A backend with an outbox writes each batch's events in the batch's commit and
+    # serves them to the relay here; without one there is nothing to relay.
+    async def outbox_read(self, after_seq: int, limit: int) -> list:
+        """Unpublished ``store.events.OutboxRow`` with ``seq > after_seq``, in order."""
+        return []
+
+    async def outbox_mark_published(self, upto_seq: int) -> None:
+        """Every row with ``seq <= upto_seq`` is published."""
+
+    async def outbox_spooled(self) -> int:
+        """Rows not yet published."""
+        return 0

@@ -347,7 +347,37 @@ FROM meter_chunks ORDER BY charger_id, tx_id, chunk;
 DROP TABLE meter_chunks;
 ALTER TABLE meter_chunks_v6 RENAME TO meter_chunks;
 CREATE UNIQUE INDEX meter_chunks_key ON meter_chunks (charger_id, tx_id, chunk);"""),
+    # 7: the events outbox (store/events.py, store/sqlite/outbox.py): one row per committed
+    # batch that reported events, its events packed, numbered per writing worker
     (7, """
+CREATE TABLE event_outbox (
+    worker TEXT NOT NULL,
+    first  INTEGER NOT NULL,
+    n      INTEGER NOT NULL,
+    data   BLOB NOT NULL,
+    PRIMARY KEY (worker, first)
+);
+CREATE TABLE event_outbox_state (
+    worker    TEXT PRIMARY KEY,
+    next      INTEGER NOT NULL,
+    published INTEGER NOT NULL
+);"""),
+    # 8: fenced writes (ADR 0016): the highest ownership epoch recorded per charger, and a
+    # generation bumped by every raise, so that a batch learns in one read whether any
+    # charger was fenced since it last looked (and then reads only those rows).
+    (8, """
+CREATE TABLE charger_epochs (
+    charger_id TEXT PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    gen        INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX charger_epochs_gen ON charger_epochs (gen);
+CREATE TABLE fence_gen (
+    id  INTEGER PRIMARY KEY CHECK (id = 0),
+    gen INTEGER NOT NULL
+);
+INSERT INTO fence_gen (id, gen) VALUES (0, 0);"""),
+    (9, """
 -- Registered chargers (store/chargers.py): the security profile a charger must meet and its
 -- password, only ever as salted scrypt hashes (store/passwords.py). pending_password_hash:
 -- sent to the charger, not yet accepted; previous_password_hash: the one before a rotation

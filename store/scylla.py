@@ -72,9 +72,9 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
+                   StopTransaction, Store, StoreError, TransactionEvent, UpsertCharger)
 from .chargers import ChargerCredentials, ChargerCredentialStore, SecurityEvent
-from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, Store,
-                   StoreError, TransactionEvent, UpsertCharger)
 
 __all__ = ["ScyllaStore", "MIGRATIONS", "LATEST", "migration_statements"]
 
@@ -199,7 +199,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     shard int, tag text,
     PRIMARY KEY (shard, tag))""",
     ]),
+    # fenced writes (ADR 0016): the highest ownership epoch recorded per charger (an LWT per
+    # connect raises it; every batch reads it once per charger it writes for)
     (2, [
+        """CREATE TABLE IF NOT EXISTS {ks}.charger_epochs (
+    charger_id text PRIMARY KEY, epoch bigint)""",
+    ]),
+    (3, [
         # registered chargers (store/chargers.py): hashes only, '' when none
         """CREATE TABLE IF NOT EXISTS {ks}.charger_credentials (
     charger_id text PRIMARY KEY, security_profile int, password_hash text,
@@ -264,6 +270,9 @@ _Q = {
                  "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
     "seq_done": "UPDATE {ks}.tx_event_seqs USING TTL ? SET done = true "
                 "WHERE charger_id = ? AND tx_id = ? AND seq_no = ?",
+    "epoch_get": "SELECT epoch FROM {ks}.charger_epochs WHERE charger_id = ?",
+    "epoch_init": "INSERT INTO {ks}.charger_epochs (charger_id, epoch) VALUES (?, ?) IF NOT EXISTS",
+    "epoch_raise": "UPDATE {ks}.charger_epochs SET epoch = ? WHERE charger_id = ? IF epoch < ?",
     "alloc_read": "SELECT next_id FROM {ks}.tx_id_alloc WHERE name = 'ocpp16'",
     "alloc_cas": "UPDATE {ks}.tx_id_alloc SET next_id = ? WHERE name = 'ocpp16' IF next_id = ?",
     "get_charger": "SELECT " + _CHARGER_COLS + " FROM {ks}.chargers WHERE charger_id = ?",
@@ -354,8 +363,9 @@ def _check_time(name: str, v: Any) -> None:
         raise StoreError(f"scylla: bad operation: {name}={v.isoformat()} out of range (1970..2262)")
 
 
-_OPS = (UpsertCharger, ChargerSeen, ConnectorStatus, StartTransaction, StopTransaction, MeterSample, TransactionEvent)
-_INTS = ("evse_id", "connector_id", "seq_no", "reservation_id")
+_OPS = (UpsertCharger, ChargerSeen, ConnectorStatus, StartTransaction, StopTransaction, MeterSample, TransactionEvent,
+        Fence)
+_INTS = ("evse_id", "connector_id", "seq_no", "reservation_id", "epoch")
 _FLOATS = ("meter_start_wh", "meter_stop_wh", "energy_wh")
 _TIMES = ("at", "started_at", "stopped_at")
 _STRS = ("charger_id", "tx_id", "protocol", "vendor", "model", "serial", "firmware", "status", "error_code",
@@ -488,6 +498,7 @@ class ScyllaStore(Store, ChargerCredentialStore):
         # charger index entries, and (charger, day) rows of free_sample_days (-> when, so a
         # TTL'd row is rewritten before it expires).
         self._indexed: set[str] = set()
+        self._epochs: dict[str, int] = {}  # fencing (ADR 0016): charger -> the epoch this store holds
         self._days: dict[tuple[str, int], float] = {}
 
     # -- plumbing ----------------------------------------------------------------------
@@ -753,26 +764,77 @@ class ScyllaStore(Store, ChargerCredentialStore):
             groups.setdefault(op.charger_id, []).append(i)
         sem = self._sem
         assert sem is not None
+        refused: dict[int, str] = {}
+        stale: dict[str, int] = {}
 
         async def one(idx: list[int]) -> None:
             async with sem:
-                await self._apply_charger(ops, idx, results)
+                await self._apply_charger(ops, idx, results, refused, stale)
         done = await asyncio.gather(*(one(idx) for idx in groups.values()), return_exceptions=True)
         for r in done:  # every charger's writes have settled before we report
             if isinstance(r, BaseException):
                 if isinstance(r, StoreError):
                     raise r
                 raise StoreError(f"scylla: {r!r}") from r
+        if refused:  # the other chargers' ops landed; idempotent, so the writer's retry converges
+            raise StaleEpoch(sorted(refused), stale)
         return results
 
-    async def _apply_charger(self, ops: list[Op], idx: list[int], results: list[Any]) -> None:
+    async def _stale(self, charger_id: str) -> bool:
+        """Fencing (ADR 0016): is the epoch this store holds for the charger no longer the
+        highest recorded? One read per charger and batch, only for chargers it holds one for.
+        A check before the batch's writes, not a condition on them: a claim that lands while
+        they are in flight is honoured from the next batch on."""
+        mine = self._epochs.get(charger_id)
+        if mine is None:
+            return False
+        rows = await self._q("epoch_get", charger_id)
+        return bool(rows) and (rows[0]["epoch"] or 0) > mine
+
+    async def _fence(self, o: Fence) -> bool:
+        """Record the epoch as the charger's highest unless a higher one is (an LWT per
+        connect); hold it, or forget the one held (``epoch`` 0, ``release``)."""
+        cid, epoch = o.charger_id, o.epoch
+        if o.release or epoch <= 0:
+            if not o.release or self._epochs.get(cid) == epoch:
+                self._epochs.pop(cid, None)
+            return True
+        self._epochs[cid] = epoch
+        for _ in range(8):  # raise it, or create it; another writer between the two: again
+            applied, row = self._applied(await self._q("epoch_raise", epoch, cid, epoch))
+            if applied:
+                return True
+            if row.get("epoch") is not None:
+                return row["epoch"] <= epoch
+            applied, row = self._applied(await self._q("epoch_init", cid, epoch))
+            if applied:
+                return True
+            if row.get("epoch") is not None and row["epoch"] >= epoch:
+                return row["epoch"] == epoch
+        raise StoreError(f"scylla: could not record the epoch of {cid!r} (contention)")
+
+    async def _apply_charger(self, ops: list[Op], idx: list[int], results: list[Any],
+                             refused: dict[int, str], stale: dict[str, int]) -> None:
         """One charger's ops, in order: blind writes collect into batches, flushed before
-        any op that reads."""
+        any op that reads. Ops of a charger whose held epoch is stale go into ``refused``."""
         pending: list[tuple[tuple, str, tuple]] = []
         landed: list[Any] = []  # cache entries to record once `pending` has landed
+        cid = ops[idx[0]].charger_id
+        fenced = await self._stale(cid)
         for i in idx:
             op = ops[i]
             t = type(op)
+            if t is Fence:
+                if pending:
+                    await self._write(pending, landed)
+                    pending, landed = [], []
+                results[i] = await self._fence(op)
+                fenced = not results[i]
+                continue
+            if fenced:
+                refused[i] = cid
+                stale[cid] = self._epochs.get(cid, 0)
+                continue
             if t is MeterSample:
                 pending.extend(self._sample_writes(op.charger_id, op.tx_id, op.connector_id, _us(op.at),
                                                    float(op.energy_wh), False, landed))

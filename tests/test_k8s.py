@@ -167,7 +167,9 @@ def exported_metrics() -> dict[str, str]:
     """Sample name -> type, for everything registered by the worker and router modules
     (plus prometheus_client's process collector, which /metrics also serves)."""
     import chargeyard.router.api  # noqa: F401
+    import chargeyard.services.metrics  # noqa: F401
     import chargeyard.worker.metrics  # noqa: F401
+    import chargeyard.worker.relay  # noqa: F401
     from prometheus_client import REGISTRY
 
     out: dict[str, str] = {}
@@ -226,6 +228,63 @@ def check_kustomization(m: dict) -> list[str]:
         for c in all_containers(w):
             if c.get("image") not in image_names:
                 p.append(f"{w['metadata']['name']}/{c['name']}: image {c.get('image')!r} is not set by kustomization images")
+    return p
+
+
+def hpa_target(m: dict, w: dict) -> int:
+    """The connections-per-pod target of the HPA that scales workload ``w`` (0: none)."""
+    for h in objects(m, "HorizontalPodAutoscaler"):
+        ref = h["spec"].get("scaleTargetRef") or {}
+        if ref.get("kind") != w.get("kind") or ref.get("name") != w["metadata"]["name"]:
+            continue
+        for mt in h["spec"].get("metrics") or []:
+            if mt.get("type") == "Pods" and mt["pods"]["metric"]["name"] == "chargeyard_ws_connections":
+                return int(float(str(mt["pods"]["target"]["averageValue"])))
+    return 0
+
+
+def drain_seconds(target: int, drain_rate: float, drain_timeout: float) -> float:
+    """How long a worker holding ``target`` chargers takes to stop (worker/server.py
+    Worker.drain): the chargers closed in waves at ``drain_rate`` per second (a store
+    flush before each wave, the first one bounded by ``drain_timeout``), then up to
+    ``drain_timeout`` for the last ones to close, then 5 s for the API, registry and
+    store to close."""
+    waves = target / drain_rate if drain_rate > 0 else 0.0
+    return waves + 2 * drain_timeout + 5
+
+
+def check_drain(m: dict) -> list[str]:
+    """terminationGracePeriodSeconds follows from --drain-rate and the HPA's target
+    (issue 23 item 2): a worker at the target must finish its drain before SIGKILL, and
+    the rate its chargers reconnect at must leave every receiver half its handshake
+    admission even with two workers (one receiver takes them all)."""
+    p = []
+    for w in workloads(m):
+        for c in all_containers(w):
+            argv = argv_of(c)
+            if c.get("image") != "chargeyard" or argv[:1] != ["chargeyard"] or argv[1:2] not in (["run"], ["worker"]):
+                continue
+            where = f"{w['metadata']['name']}/{c['name']}"
+            args, err = parse_chargeyard(argv[1:])
+            if err:
+                continue  # reported by check_chargeyard_containers
+            try:
+                s = settings_of(args, c.get("env") or [])
+            except SystemExit:
+                continue
+            explicit = "--drain-rate" in argv or any(e["name"] == "CHARGEYARD_DRAIN_RATE" for e in c.get("env") or [])
+            if not explicit:
+                p.append(f"{where}: --drain-rate is not set in the manifest (the grace period is computed from it)")
+            if s.drain_rate <= 0 or s.drain_rate > s.handshake_rate / 2:
+                p.append(f"{where}: --drain-rate {s.drain_rate:g} must be > 0 and at most half of --handshake-rate "
+                         f"{s.handshake_rate:g} (with 2 workers one receiver takes every reconnect)")
+            target = hpa_target(m, w)
+            grace = pod_spec(w).get("terminationGracePeriodSeconds", 30)
+            need = drain_seconds(target, s.drain_rate, s.drain_timeout)
+            if grace < need:
+                p.append(f"{where}: terminationGracePeriodSeconds {grace} < {target} connections (HPA target) / "
+                         f"drain rate {s.drain_rate:g} + 2 x drain timeout {s.drain_timeout:g} s + 5 s = "
+                         f"{need:g} s: SIGKILL would cut the drain")
     return p
 
 
@@ -645,7 +704,7 @@ def check_secret_example(m: dict, tmp: Path) -> list[str]:
 
 def all_problems(m: dict, tmp: Path) -> list[str]:
     return (check_kustomization(m) + check_hpa(m) + check_selectors(m) + check_chargeyard_containers(m)
-            + check_nginx(m, tmp) + check_dashboard(m) + check_secret_example(m, tmp))
+            + check_drain(m) + check_nginx(m, tmp) + check_dashboard(m) + check_secret_example(m, tmp))
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -711,6 +770,11 @@ MUTATIONS = {
     "short grace": (lambda m: pod_spec(one(m, "StatefulSet", "chargeyard-worker"))
                     .update(terminationGracePeriodSeconds=15), "terminationGracePeriodSeconds 15"),
     "longer drain": (lambda m: _set_arg(_worker(m), "--drain-timeout", "20"), "2 x drain timeout 20"),
+    "slower drain rate": (lambda m: _set_arg(_worker(m), "--drain-rate", "250"), "drain rate 250"),
+    "drain rate above admission": (lambda m: _set_arg(_worker(m), "--drain-rate", "1500"), "half of --handshake-rate"),
+    "drain rate implicit": (lambda m: _drop_arg(_worker(m), "--drain-rate"), "--drain-rate is not set"),
+    "HPA target up": (lambda m: objects(m, "HorizontalPodAutoscaler")[0]["spec"]["metrics"][0]["pods"]["target"]
+                      .update(averageValue="60000"), "60000 connections (HPA target)"),
     "no tokens": (lambda m: _drop_arg(_api(m), "--tokens-file"), "bind 127.0.0.1"),
     "tokens path": (lambda m: _set_arg(_worker(m), "--tokens-file", "/etc/chargeyard/tokens/t.json"),
                     "not a key of the mounted tokens Secret"),

@@ -24,7 +24,7 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
 from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec, twins
 from ..router.registry import DISCONNECT, NotConnected, Registry
-from ..store.base import Store
+from ..store.base import Fence, Store
 from . import metrics as m
 from .authorization import Authorization
 from .events import Events
@@ -101,6 +101,7 @@ class Worker:
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=per_message.reply_all,
                                   lane=per_message.Lane)
+        self.writer.on_stale = self._stale_epochs
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
             Leniency.from_file(settings.leniency_file),
@@ -162,7 +163,15 @@ class Worker:
         log.info(self.security.describe())
 
     async def drain(self) -> None:
-        """SIGTERM: refuse new chargers, flush batches, close chargers with 1001."""
+        """SIGTERM: readiness false and new chargers refused at once; then the chargers are
+        closed with 1001 in waves at ``drain_rate`` per second, each wave after a store
+        flush (nothing a charger was told is committed stays only in the queue); then
+        the background tasks stop.
+
+        Why waves: the closed chargers reconnect at once, through nginx, to the other
+        workers (consistent hash: about drain_rate/(N-1) per second each). Closing them
+        all together was a reconnect storm of our own making that the receivers'
+        handshake admission (``handshake_rate``) refused in part."""
         if self.draining:
             return
         self.ready, self.draining = False, True
@@ -171,17 +180,42 @@ class Worker:
         elif self._server is not None:
             self._server.close()
         self._write_last_seen()
-        try:
-            await asyncio.wait_for(self.writer.flush(), self.settings.drain_timeout)
-        except asyncio.TimeoutError:
-            log.warning("drain: store flush did not finish in %.0f s", self.settings.drain_timeout)
-        for sess in list(self.sessions.values()):
-            sess.close(WSCloseCode.GOING_AWAY, "server draining", "drain")
-        deadline = time.monotonic() + self.settings.drain_timeout
+        s = self.settings
+        todo = list(self.sessions.values())
+        rate = s.drain_rate
+        # a wave every period (10 per second, fewer when the rate is below 10/s); wave k
+        # (1, 2, ...) brings the chargers closed up to rate x period x k in all, so a
+        # fractional wave size (25/s: 2.5 a wave) still averages the rate
+        period = 0.1 if rate <= 0 else max(0.1, 1.0 / rate)
+        log.info("drain: closing %d chargers at %s per second", len(todo),
+                 f"{rate:g}" if rate > 0 else "all")
+        flush_ok = True
+        started = next_wave = time.monotonic()
+        done, k = 0, 0
+        while done < len(todo):
+            k += 1
+            upto = len(todo) if rate <= 0 else min(len(todo), max(done + 1, round(rate * period * k)))
+            wave = [x for x in todo[done:upto] if self.sessions.get(x.charger_id) is x]
+            done = upto
+            if flush_ok and wave:  # what these chargers sent is committed before they go
+                try:
+                    await asyncio.wait_for(self.writer.flush(), s.drain_timeout)
+                except asyncio.TimeoutError:  # a store that is down: close without waiting
+                    flush_ok = False
+                    log.warning("drain: store flush did not finish in %.0f s", s.drain_timeout)
+            for sess in wave:
+                sess.close(WSCloseCode.GOING_AWAY, "server draining", "drain")
+            if done < len(todo):
+                # never faster than the rate: a slow flush delays the next wave, the
+                # waves after it do not catch up in a burst
+                next_wave = max(next_wave + period, time.monotonic())
+                await asyncio.sleep(next_wave - time.monotonic())
+        deadline = time.monotonic() + s.drain_timeout
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.sessions:
             log.warning("drain: %d connections did not close in time", len(self.sessions))
+        log.info("drain: %d chargers closed in %.1f s", len(todo), time.monotonic() - started)
         for t in list(self.services.tasks):
             t.cancel()
 
@@ -320,6 +354,9 @@ class Worker:
             log.info("charger reconnected: closing its previous connection", extra=_event(
                 "takeover", charger_id=s.charger_id, by="reconnect", address=s.address))
             old.close(WSCloseCode.OK, "replaced by a new connection", "takeover")
+        # fenced writes (ADR 0016): its messages wait for its claim, so that its Fence is
+        # queued before any of its writes (one registry round trip per connect)
+        _reading(s, False)
         self.spawn(self._claim(s))
         self.services.events.emit(s.charger_id, "charger.connected", {"protocol": s.protocol})
 
@@ -328,6 +365,43 @@ class Worker:
             s.epoch = await self.registry.claim(s.charger_id, s.protocol)
         except Exception as exc:  # registry down: keep serving, it re-registers later
             log.warning("could not register %s: %r", s.charger_id, exc)
+            # unfenced until it is: the store forgets the epoch it held for the charger
+            self._fence(Fence(s.charger_id, 0))
+        else:
+            if s.epoch and s.closed_reason is None:
+                # before any of its writes: from here on the store refuses this connection's
+                # writes once a higher epoch is recorded for the charger (ADR 0016)
+                fut = self._fence(Fence(s.charger_id, s.epoch))
+                if fut is not None:
+                    fut.add_done_callback(lambda f: self._fenced(s, f))
+        finally:
+            _reading(s, True)
+
+    def _fence(self, op: Fence) -> asyncio.Future | None:
+        if self.writer.closed:
+            return None
+        fut = self.writer.add(op)
+        fut.add_done_callback(_ignore_failure)
+        return fut
+
+    def _fenced(self, s: Session, fut: asyncio.Future) -> None:
+        """A Fence landed: False means a newer claim was recorded first (stale at once)."""
+        if fut.cancelled() or fut.exception() is not None:
+            if not fut.cancelled():
+                log.warning("could not fence %s at epoch %d: %r", s.charger_id, s.epoch, fut.exception())
+            return
+        if fut.result() is False:
+            self._stale_epochs({s.charger_id: s.epoch})
+
+    def _stale_epochs(self, stale: dict[str, int]) -> None:
+        """The store refused writes of these chargers (charger -> the stale epoch): another
+        worker owns them now. Close our connection if it is the one of that epoch or older."""
+        for cid, epoch in stale.items():
+            s = self.sessions.get(cid)
+            if s is not None and 0 < s.epoch <= epoch and s.closed_reason is None:
+                log.info("ownership epoch is stale: closing the charger's connection here", extra=_event(
+                    "takeover", charger_id=cid, by="fenced", epoch=epoch))
+                s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
     def session_closed(self, s: Session, reason: str) -> None:
         m.WS_CONNECTIONS.labels(s.protocol).dec()
@@ -342,6 +416,8 @@ class Worker:
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
             self.services.events.emit(s.charger_id, "charger.disconnected", {"reason": reason})
+        if s.epoch:  # after every write of this connection: the store forgets its epoch
+            self._fence(Fence(s.charger_id, s.epoch, release=True))
 
     async def _release(self, charger_id: str, epoch: int) -> None:
         try:
@@ -384,6 +460,17 @@ def _peer(s: Session) -> str:
     if not peer:
         return ""
     return f"{peer[0]}:{peer[1]}" if len(peer) >= 2 else str(peer)
+
+
+def _reading(s: Session, on: bool) -> None:
+    """Pause or resume reading the session's socket (not once it is closed)."""
+    tr = s.transport
+    if tr is None or tr.is_disconnected:
+        return
+    if on:
+        tr.underlying_transport.resume_reading()
+    else:
+        tr.underlying_transport.pause_reading()
 
 
 def _ignore_failure(fut: asyncio.Future) -> None:

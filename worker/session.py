@@ -24,7 +24,7 @@ from picows import WSCloseCode, WSMsgType, WSTransport
 
 from ..core import Call, CallError, CallResult, Codec, FrameError, PayloadError, Send, twins
 from ..router.registry import CallRejected, CallTimeout, NotConnected, PayloadInvalid
-from ..store.base import ChargerSeen
+from ..store.base import ChargerSeen, StaleEpoch
 from . import metrics as m
 from .services import Services
 
@@ -202,6 +202,12 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self.committed(call.message_id, call.action, fut.result(), t0)
 
     def commit_failed(self, message_id: str, action: str, exc: BaseException) -> None:
+        if isinstance(exc, StaleEpoch):  # another worker owns the charger now (ADR 0016): it
+            # has the charger's session, so no reply from here; this connection goes
+            if self.closed_reason is None:
+                log.info("ownership epoch %d of %s is stale: closing its connection", self.epoch, self.charger_id)
+            self.close(WSCloseCode.OK, "connected elsewhere", "takeover")
+            return
         # nothing is acknowledged unless committed: the charger will retry
         log.warning("reply to %s from %s failed: %r", action, self.charger_id, exc)
         self.send_error(message_id, self.tables.codes["internal"], "storage unavailable")

@@ -26,6 +26,7 @@ class WorkerSettings:
     ping_interval: float = 900.0        # ping after this long idle (0: off)
     idle_timeout: float = 1800.0        # close a connection whose ping is not answered by then
     drain_timeout: float = 10.0         # seconds a drain waits for the store and the chargers
+    drain_rate: float = 500.0           # chargers closed per second by a drain (0: all at once)
     # answers to chargers
     heartbeat_interval: int = 300
     max_concurrent_boots: int = 200     # BootNotifications in flight before answering Pending

@@ -44,6 +44,11 @@ error when
 * more than ``isolate_s`` seconds have passed since the batch failed, or the failed batch
   commit itself took longer than that (timeouts mean "unavailable", not "bad op").
 
+Fenced writes (ADR 0016): a store that refuses ops because this worker's ownership epoch
+for their charger is stale says which (:class:`~chargeyard.store.base.StaleEpoch`); those
+ops fail at once with it, the rest of the batch is retried without them (no bisection),
+and ``on_stale(stale)`` (charger -> stale epoch) lets the worker close those sessions.
+
 Futures of failed ops have their exception marked as retrieved: fire-and-forget adds
 (Heartbeat, StatusNotification) do not spam "exception was never retrieved"; the
 writer logs each failed batch once and each op rejected on its own once.
@@ -66,7 +71,7 @@ from typing import Any
 
 import msgspec
 
-from ..store.base import Op, Store, StoreError
+from ..store.base import Op, StaleEpoch, Store, StoreError
 
 __all__ = ["BatchWriter", "Commit", "Lane", "Pending", "WriterClosed", "WriterFull", "reply_all"]
 
@@ -248,6 +253,8 @@ class BatchWriter:
         self.rows_committed = 0
         self.rejected_ops = 0  # ops that failed on their own (isolated from their batch)
         self.isolations = 0  # failed batches retried in parts
+        self.fenced_ops = 0  # ops refused for a stale ownership epoch
+        self.on_stale: Callable[[dict[str, int]], Any] | None = None  # charger -> stale epoch
 
     # -- state -------------------------------------------------------------------------
 
@@ -528,6 +535,9 @@ class BatchWriter:
             self._notify_flush()
             return
         self._inflight = []
+        if not batch:  # every op refused for a stale epoch (``_apply``)
+            self._notify_flush()
+            return
         # committed; not yet synced (the next batch commits meanwhile), or behind one that is not
         self._syncing.append(SyncingBatch(batch, durable, results, started))
         if durable is not None:
@@ -555,8 +565,19 @@ class BatchWriter:
         self._notify_flush()
 
     async def _apply(self, items: list[Pending]) -> tuple[list[Any], Any]:
-        """(results, None or the awaitable of their sync): ``Store.apply_then``."""
-        results, durable = await self.store.apply_then(self._lane.ops(items))
+        """(results, None or the awaitable of their sync): ``Store.apply_then``. Ops refused
+        for a stale epoch are failed and taken out of ``items`` (in place: the caller's list),
+        and the rest is applied again."""
+        while True:
+            try:
+                results, durable = await self.store.apply_then(self._lane.ops(items))
+                break
+            except StaleEpoch as exc:
+                if not exc.indices:
+                    raise
+                self._fenced(items, exc)
+                if not items:
+                    return [], None
         if len(results) != len(items):
             raise StoreError(f"store returned {len(results)} results for {len(items)} ops")
         return results, durable
@@ -616,9 +637,22 @@ class BatchWriter:
                     stack.append(part[:mid])
                 continue
             streak = 0
-            self._resolve(part, results, time.perf_counter() - started)
+            if part:  # empty: every op refused for a stale epoch (``_apply``)
+                self._resolve(part, results, time.perf_counter() - started)
         self.rejected_ops += rejected
         log.warning("isolated %d failing op(s) of a batch of %d in %d retries", rejected, len(batch), probes)
+
+    def _fenced(self, items: list[Pending], exc: StaleEpoch) -> None:
+        refused = set(exc.indices)
+        self._fail([items[i] for i in sorted(refused) if i < len(items)], exc)
+        items[:] = [item for i, item in enumerate(items) if i not in refused]
+        self.fenced_ops += len(refused)
+        log.warning("store refused %d op(s) for a stale ownership epoch: %s", len(refused), exc)
+        if self.on_stale is not None:
+            try:
+                self.on_stale(exc.stale)
+            except Exception:
+                log.exception("on_stale hook failed")
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -11,8 +11,16 @@ every writer of the store uses.
   commits at NORMAL, and its durability future is done once a sync covered it
   (``wal.Wal.durable``). If the file's write lock is taken (a fold for a read, another
   process) it does not wait: the batch goes to the store thread, as larger ones do.
+* With an outbox (``outbox`` = the worker id), the events the batch's ops report
+  (``store/events.py``'s ``from_op``) are written in the same transaction
+  (``outbox.py``): none for a batch that fails, all of those that committed.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
+* Fenced writes (ADR 0016): a ``Fence`` op records a connection's ownership epoch in
+  ``charger_epochs`` and bumps ``fence_gen``; every batch of a store that holds epochs reads
+  ``fence_gen`` first, inside its transaction, and only when it moved reads the rows raised
+  since, marking the chargers another process fenced as stale. Only while some charger is
+  stale does a batch look at its ops one by one, refusing that charger's (``StaleEpoch``).
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ import sqlite3
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
-from ..base import (ChargerSeen, ConnectorStatus, MeterSample, Op, StartTransaction, StopTransaction, StoreError,
-                    TransactionEvent, UpsertCharger, to_us)
-from . import sql
+from ..base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
+                    StopTransaction, StoreError, TransactionEvent, UpsertCharger, to_us)
+from ..events import EVENT_OPS, encoded
+from . import outbox, sql
 from .readings import ROWS, Readings, packed
 from .wal import Wal
 
@@ -33,6 +42,7 @@ __all__ = ["Batches", "LOCK_TAKEN", "TX_ID_MAX", "not_open", "store_errors"]
 
 TX_ID_MAX = 2**31 - 1  # positive signed 32-bit: what every 1.6 charger can hold
 LOCK_TAKEN = object()  # on_loop: the write lock was taken, nothing done
+_MISSING = object()  # an undo entry's "the key was absent"
 _checked = ROWS.checked
 _sample_rows = ROWS.sample_rows
 _run_end = ROWS.run_end
@@ -68,7 +78,18 @@ class Batches:
         self._tx_conn: Any = None  # the connection of the batch being applied (its ops' statements)
         self._log_rows: list[tuple] = []  # the log rows of the batch being applied, in order
         self._single: dict[type, Callable[[Any], Any]] = {
-            StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event}
+            StartTransaction: self._start, StopTransaction: self._stop, TransactionEvent: self._event,
+            Fence: self._fence, **dict.fromkeys(EVENT_OPS, _no_effect)}
+        # fencing (ADR 0016): charger -> the epoch this store holds; the subset found stale;
+        # the fence_gen whose raises are loaded (-1: none yet); the batch's undo log for them
+        self.epochs: dict[str, int] = {}
+        self.stale: dict[str, int] = {}
+        self.fence_gen = -1
+        self._undo: list[tuple[Any, Any, Any]] = []
+        self._turned_stale: list[tuple[Fence, str]] = []
+        # the worker id whose outbox this store writes the batches' events to (None: no
+        # events; store/events.py, outbox.py)
+        self.outbox: str | None = None
         self._bulk: dict[type, Callable[[list], None]] = {
             MeterSample: self._samples, ChargerSeen: self._seen, ConnectorStatus: self._statuses,
             UpsertCharger: self._chargers}
@@ -89,8 +110,18 @@ class Batches:
 
         def apply(c: sqlite3.Connection) -> list[Any]:
             return self.apply_ops(c, ops)
+        try:
+            done = await self._apply_then(apply, len(ops))
+        except BaseException:
+            self.revert_fences()  # a failed COMMIT (apply_ops restores what it raised in)
+            raise
+        self._undo = []
+        return done
+
+    async def _apply_then(self, apply: Callable[[sqlite3.Connection], list[Any]],
+                          n: int) -> tuple[list[Any], asyncio.Future | None]:
         wal = self.wal
-        if self.loop_conn is not None and len(ops) <= self.LOOP_BATCH_MAX:
+        if self.loop_conn is not None and n <= self.LOOP_BATCH_MAX:
             if wal.restarts():  # it syncs the WAL's new header: not on the loop
                 if wal.walsync is None:
                     return await self.run(self.write, apply), None
@@ -104,10 +135,25 @@ class Batches:
         return await self.run(self.write, apply), None
 
     def apply_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
-        """The batch's statements, inside its transaction; one result per op."""
+        """The batch's statements, inside its transaction; one result per op. If it raises,
+        the fencing state it changed is restored (``revert_fences``; the caller does it too
+        when the COMMIT fails)."""
+        self._undo = []
+        try:
+            return self._apply_ops(conn, ops)
+        except BaseException:
+            self.revert_fences()
+            raise
+
+    def _apply_ops(self, conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
         self._tx_conn = conn
+        if self.epochs:  # one read per batch: did any process fence a charger since?
+            self._refresh(conn)
+            if self.stale:  # a takeover under way: this batch's ops are looked at one by one
+                self._refuse_stale(ops)
         results: list[Any] = [None] * len(ops)
         self._log_rows = log_rows = []
+        self._turned_stale = []
         i, n = 0, len(ops)
         while i < n:
             t = type(ops[i])
@@ -122,6 +168,10 @@ class Batches:
                 raise StoreError(f"not a store operation: {t.__name__}")
             results[i] = single(ops[i])
             i += 1
+        if self._turned_stale:  # a Fence of this batch was stale at once: refuse what follows it
+            self._refuse_after_fences(ops)
+        if self.outbox is not None:  # in this transaction: the events are exactly the committed facts
+            outbox.write(conn, self.outbox, encoded(ops, results))
         readings = self.readings
         if log_rows:
             self._log(conn, log_rows)
@@ -206,6 +256,100 @@ class Batches:
             conn.execute(sql.EVENT_END, (o.charger_id, o.tx_id, at, o.stop_reason, wh))
         return True
 
+    # -- fencing (ADR 0016) ------------------------------------------------------------
+
+    def _set(self, d: dict, key: str, value: Any) -> None:
+        """``d[key] = value`` (``_MISSING``: delete), undone if the batch fails."""
+        self._undo.append((d, key, d.get(key, _MISSING)))
+        if value is _MISSING:
+            d.pop(key, None)
+        else:
+            d[key] = value
+
+    def revert_fences(self) -> None:
+        """Restore the fencing state the last batch changed (it rolled back)."""
+        undo, self._undo = self._undo, []
+        for d, key, old in reversed(undo):
+            if d is None:
+                self.fence_gen = old
+            elif old is _MISSING:
+                d.pop(key, None)
+            else:
+                d[key] = old
+
+    def _refresh(self, conn: sqlite3.Connection) -> None:
+        """Load the epochs raised by any process since ``fence_gen``: chargers whose epoch here
+        is lower become stale. One indexed read, and only when the generation moved."""
+        gen = conn.execute(sql.FENCE_GEN).fetchone()[0]
+        if gen == self.fence_gen:
+            return
+        if self.epochs and self.fence_gen >= 0:
+            epochs = self.epochs
+            for cid, epoch in conn.execute(sql.FENCED_SINCE, (self.fence_gen,)).fetchall():
+                mine = epochs.get(cid)
+                if mine is not None and epoch > mine and cid not in self.stale:
+                    self._set(self.stale, cid, mine)
+        self._undo.append((None, None, self.fence_gen))
+        self.fence_gen = gen
+
+    def _refuse_stale(self, ops: list[Op]) -> None:
+        """Raise StaleEpoch naming the batch's ops for stale chargers, if any; a Fence in the
+        batch ends its charger's staleness for the ops after it (a new connection here)."""
+        stale = dict(self.stale)
+        refused: list[int] = []
+        names: dict[str, int] = {}
+        for i, o in enumerate(ops):
+            cid = getattr(o, "charger_id", None)
+            if cid not in stale:
+                continue
+            if type(o) is Fence:
+                if not o.release or o.epoch == stale[cid]:
+                    del stale[cid]
+                continue
+            refused.append(i)
+            names[cid] = stale[cid]
+        if refused:
+            raise StaleEpoch(refused, names)
+
+    def _refuse_after_fences(self, ops: list[Op]) -> None:
+        refused: list[int] = []
+        names: dict[str, int] = {}
+        for fence, cid in self._turned_stale:
+            at = next(j for j, x in enumerate(ops) if x is fence)
+            for j in range(at + 1, len(ops)):
+                o = ops[j]
+                if type(o) is Fence and o.charger_id == cid:
+                    break
+                if getattr(o, "charger_id", None) == cid:
+                    refused.append(j)
+                    names[cid] = self.stale[cid]
+        if refused:
+            raise StaleEpoch(sorted(refused), names)
+
+    def _fence(self, o: Fence) -> bool:
+        cid, epoch = o.charger_id, o.epoch
+        if o.release or epoch <= 0:
+            if not o.release or self.epochs.get(cid) == epoch:
+                self._set(self.epochs, cid, _MISSING)
+                self._set(self.stale, cid, _MISSING)
+            return True
+        conn = self._tx_conn
+        self._refresh(conn)  # every raise before ours is loaded: fence_gen may then move to ours
+        row = conn.execute(sql.EPOCH_GET, (cid,)).fetchone()
+        highest = 0 if row is None else row[0]
+        self._set(self.epochs, cid, epoch)
+        if highest > epoch:  # claimed again elsewhere before this Fence landed
+            self._set(self.stale, cid, epoch)
+            self._turned_stale.append((o, cid))
+            return False
+        if highest < epoch:
+            gen = conn.execute(sql.FENCE_BUMP).fetchone()[0]
+            conn.execute(sql.EPOCH_PUT, (cid, epoch, gen))
+            self._undo.append((None, None, self.fence_gen))
+            self.fence_gen = gen
+        self._set(self.stale, cid, _MISSING)
+        return True
+
     @staticmethod
     def allocate(conn: sqlite3.Connection, count: int) -> tuple[int, int]:
         """``count`` 1.6 transaction ids, inside a write transaction."""
@@ -262,6 +406,11 @@ class Batches:
                 if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or conn.in_transaction:
                     raise
         return LOCK_TAKEN
+
+
+def _no_effect(op: Any) -> None:
+    """An op whose only effect is its event (``store.events.EVENT_OPS``)."""
+    return None
 
 
 async def not_open(*args: Any) -> Any:

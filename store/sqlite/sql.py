@@ -73,6 +73,15 @@ WHERE charger_id = ?1 AND tx_id = ?2 AND stopped_at IS NULL"""
 TX_ID_NEXT = "SELECT next_id FROM tx_id_alloc WHERE name = 'ocpp16'"
 TX_ID_TAKE = "UPDATE tx_id_alloc SET next_id = ? WHERE name = 'ocpp16'"
 
+# fenced writes (ADR 0016)
+FENCE_GEN = "SELECT gen FROM fence_gen WHERE id = 0"
+FENCE_BUMP = "UPDATE fence_gen SET gen = gen + 1 WHERE id = 0 RETURNING gen"
+FENCED_SINCE = "SELECT charger_id, epoch FROM charger_epochs WHERE gen > ?"
+EPOCH_GET = "SELECT epoch FROM charger_epochs WHERE charger_id = ?"
+EPOCH_PUT = """
+INSERT INTO charger_epochs (charger_id, epoch, gen) VALUES (?1, ?2, ?3)
+ON CONFLICT (charger_id) DO UPDATE SET epoch = excluded.epoch, gen = excluded.gen WHERE excluded.epoch > epoch"""
+
 ID_TAG_GET = "SELECT status, expiry FROM id_tags WHERE tag = ?"
 ID_TAG_PUT = ("INSERT INTO id_tags (tag, status, expiry) VALUES (?, ?, ?) ON CONFLICT (tag) DO UPDATE SET "
               "status = excluded.status, expiry = excluded.expiry")

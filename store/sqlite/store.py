@@ -9,6 +9,8 @@ the modules beside it:
   and its compiled twin ``store/_logrows.pyx`` do the per-reading work, and hold the rows'
   packed format);
 * ``reads.py``: the operator API's reads;
+* ``outbox.py``: the events outbox each batch writes (with ``outbox=<worker id>``) and the
+  relay reads;
 * ``sql.py``: the statements (the schema: ``store/migrations.py``).
 
 Four threads: the event loop commits small batches on a connection of its own; the store
@@ -31,7 +33,7 @@ from typing import Any, Callable, Coroutine
 from ..base import Op, Store, StoreError, from_us, to_us
 from ..chargers import ChargerCredentialStore, ChargerCredentials, SecurityEvent
 from .. import migrations
-from . import reads, sql
+from . import outbox, reads, sql
 from .batch import LOCK_TAKEN, TX_ID_MAX, Batches, not_open, store_errors
 from ..logrows import READING_LOGS
 from .readings import Readings
@@ -44,7 +46,7 @@ log = logging.getLogger("chargeyard.store.sqlite")
 
 class SqliteStore(Store, ChargerCredentialStore):
     """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0, fold_rows=FOLD_ROWS,
-    idle_fold_rows=IDLE_FOLD_ROWS)``: :meth:`maintain` (the writer calls it when it has no
+    idle_fold_rows=IDLE_FOLD_ROWS, outbox=None)``: :meth:`maintain` (the writer calls it when it has no
     batch waiting, and every few milliseconds under load), with ``idle_fold_rows`` readings
     logged by this store, moves or folds a slice of the reading log in a transaction of its
     own. With ``fold_rows`` (a writer that never calls it), each batch folds one whole log
@@ -56,7 +58,7 @@ class SqliteStore(Store, ChargerCredentialStore):
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL",
                  busy_timeout: float = 10.0, fold_rows: int = FOLD_ROWS,
-                 idle_fold_rows: int | None = None) -> None:
+                 idle_fold_rows: int | None = None, outbox: str | None = None) -> None:
         if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA (OFF would lose commits)")
         self.path = Path(path)
@@ -65,6 +67,7 @@ class SqliteStore(Store, ChargerCredentialStore):
         self.readings = Readings(fold_rows, idle_fold_rows)
         self.wal = Wal(self.path, self.synchronous, busy_timeout)
         self.batches = Batches(self.synchronous, self.readings, self.wal)
+        self.batches.outbox = outbox
         self._executor: ThreadPoolExecutor | None = None
 
     # Two knobs of the parts, settable on the store (the writer's tests shrink them).
@@ -224,6 +227,29 @@ class SqliteStore(Store, ChargerCredentialStore):
         if not 1 <= count <= TX_ID_MAX:
             raise ValueError(f"count must be 1..{TX_ID_MAX}")
         return await self._run(self.batches.write, lambda conn: Batches.allocate(conn, count))
+
+    # -- the events outbox (store/events.py) -----------------------------------------
+    # The relay's side; each batch writes its events in its own transaction (batch.py).
+
+    async def outbox_read(self, after_seq: int, limit: int) -> list:
+        worker = self.batches.outbox
+        if worker is None:
+            return []
+
+        def read(conn: sqlite3.Connection) -> list:
+            return outbox.read(conn, worker, max(after_seq, outbox.published(conn, worker)), limit)
+        return await self._run(lambda: read(self.batches.db))
+
+    async def outbox_mark_published(self, upto_seq: int) -> None:
+        worker = self.batches.outbox
+        if worker is not None:
+            await self._run(self.batches.write, lambda conn: outbox.mark(conn, worker, upto_seq))
+
+    async def outbox_spooled(self) -> int:
+        worker = self.batches.outbox
+        if worker is None:
+            return 0
+        return await self._run(lambda: outbox.spooled(self.batches.db, worker))
 
     # -- reads -----------------------------------------------------------------------
 

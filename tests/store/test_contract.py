@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from chargeyard.store import make_store
-from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
-                                   Store, StoreError, TransactionEvent, UpsertCharger)
+from chargeyard.store.base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, StaleEpoch, StartTransaction,
+                                   StopTransaction, Store, StoreError, TransactionEvent, UpsertCharger)
 
 BACKENDS = ["sqlite", "scylla"]
 
@@ -302,6 +302,79 @@ def test_timestamps_are_utc_iso(backend):
         assert tx["started_at"] == "2025-03-01T08:00:00.123456Z"
         json.dumps(tx)  # plain JSON-able dict
     backend.with_store(body)
+
+
+# -- fenced writes (ADR 0016): two store objects on one database stand for two workers --------
+
+def two_stores(backend, body):
+    async def main():
+        async with backend.make() as a, backend.make() as b:
+            return await body(a, b)
+    return run(main(), timeout=60.0)
+
+
+async def last_reading_wh(s: Store, charger_id: str) -> list[float]:
+    return [r["energy_wh"] for r in (await s.get_charger(charger_id) or {}).get("last_readings", [])]
+
+
+def test_fence_refuses_the_stale_workers_writes(backend):
+    async def body(a: Store, b: Store):
+        assert await a.apply([Fence("CP1", 5), StartTransaction("CP1", "1", 1, "T", 0.0, at(0))]) == [True, "1"]
+        assert await b.apply([Fence("CP1", 6)]) == [True]  # a takeover: b's claim landed
+        late = [ChargerSeen("CP2", at(1)), MeterSample("CP1", "1", at(2), 500.0, 1),
+                StopTransaction("CP1", "1", 600.0, at(3)), ChargerSeen("CP2", at(1))]
+        with pytest.raises(StaleEpoch) as e:
+            await a.apply(late)
+        assert e.value.indices == [1, 2] and e.value.stale == {"CP1": 5}
+        assert isinstance(e.value, StoreError)
+        assert await a.apply([late[0], late[3]]) == [None, None]  # the rest, without them
+        # the new owner writes, its writes stand; the old one's never landed
+        assert await b.apply([MeterSample("CP1", "1", at(4), 100.0, 1)]) == [None]
+        with pytest.raises(StaleEpoch):
+            await a.apply([StopTransaction("CP1", "1", 600.0, at(3))])
+        tx = await b.get_transaction("CP1", "1")
+        assert tx["active"] and tx["energy_wh"] == 100.0 and tx["meter_stop_wh"] is None
+        assert await last_reading_wh(b, "CP1") == [100.0]
+        # other chargers, and chargers a store holds no epoch for, are not fenced
+        assert await a.apply([ChargerSeen("CP3", at(5))]) == [None]
+    two_stores(backend, body)
+
+
+def test_fence_stale_at_claim_and_a_new_claim(backend):
+    async def body(a: Store, b: Store):
+        assert await b.apply([Fence("CP1", 7)]) == [True]
+        # a's claim (epoch 6) lands after b's (7): stale at once, and so is what follows it
+        with pytest.raises(StaleEpoch) as e:
+            await a.apply([Fence("CP1", 6), ChargerSeen("CP1", at(0)), ChargerSeen("CP2", at(0))])
+        assert e.value.indices == [1]
+        assert await a.apply([Fence("CP1", 6), ChargerSeen("CP2", at(0))]) == [False, None]
+        # the charger comes back to a: a new connection (epoch 0 first), then its claim
+        assert await a.apply([Fence("CP1", 0), ChargerSeen("CP1", at(1)), Fence("CP1", 8),
+                              ChargerSeen("CP1", at(2))]) == [True, None, True, None]
+        with pytest.raises(StaleEpoch):
+            await b.apply([ChargerSeen("CP1", at(3))])
+        # a repeated Fence of the epoch in force is fine (a retried batch)
+        assert await a.apply([Fence("CP1", 8), ChargerSeen("CP1", at(3))]) == [True, None]
+    two_stores(backend, body)
+
+
+def test_fence_release_and_order_in_a_batch(backend):
+    async def body(a: Store, b: Store):
+        await a.apply([Fence("CP1", 1)])
+        await b.apply([Fence("CP1", 2)])
+        # in one batch: the stale connection's op, its release, a new claim here, the new one's op
+        with pytest.raises(StaleEpoch) as e:
+            await a.apply([ChargerSeen("CP1", at(0)), Fence("CP1", 1, release=True), Fence("CP1", 3),
+                           ChargerSeen("CP1", at(1))])
+        assert e.value.indices == [0]
+        assert await a.apply([Fence("CP1", 1, release=True), Fence("CP1", 3),
+                              ChargerSeen("CP1", at(1))]) == [True, True, None]
+        # a release of an epoch no longer held changes nothing
+        assert await b.apply([Fence("CP1", 1, release=True)]) == [True]
+        with pytest.raises(StaleEpoch):
+            await b.apply([ChargerSeen("CP1", at(2))])
+        assert await b.apply([Fence("CP1", 2, release=True), ChargerSeen("CP9", at(2))]) == [True, None]
+    two_stores(backend, body)
 
 
 # -- ids, tags, lifecycle ----------------------------------------------------------------

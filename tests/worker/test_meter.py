@@ -1,5 +1,5 @@
-"""The readings of a 1.6 MeterValues and the common path of its handler (``worker/meter.py``
-and its compiled twin ``_meter.pyx``): the same results from both, for well-formed and
+"""The readings of a 1.6 MeterValues and the common path of its handler
+(``worker/handlers/ocpp16.py`` and its compiled twin ``_ocpp16.pyx``): the same results from both, for well-formed and
 quirky sampled values."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import pytest
 from chargeyard.core import twins
 from chargeyard.core.messages import v16
 from chargeyard.store.base import MeterSample
-from chargeyard.worker import meter
+from chargeyard.worker.handlers import ocpp16 as meter
+from chargeyard.worker.handlers.common import i64
 
-IMPLS = [twins.load("chargeyard.worker.meter", pure=True)]
+IMPLS = [twins.load("chargeyard.worker.handlers.ocpp16", pure=True)]
 try:
-    IMPLS.append(twins.load("chargeyard.worker.meter", pure=False))
+    IMPLS.append(twins.load("chargeyard.worker.handlers.ocpp16", pure=False))
 except ImportError:  # the pure-Python build: the twin alone
     pass
 
@@ -53,7 +54,7 @@ CASES = {
 def test_the_connector_is_clamped_like_i64(impl, connector):
     req = msgspec.convert({"connectorId": 1, "meterValue": [mv(sv("1"))]}, v16.MeterValuesRequest)
     got = impl.samples_16("CP1", "", connector, req.meter_value)
-    assert got[0].connector_id == meter.i64(connector) and type(got[0].connector_id) is int
+    assert got[0].connector_id == i64(connector) and type(got[0].connector_id) is int
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=lambda c: c.IMPL)
@@ -135,8 +136,12 @@ def test_other_types_than_the_codecs_read_through_getattr(impl):
     assert want == impl.samples_16("CP1", "1", 1, stop.transaction_data)
 
 
-def test_the_twins_define_the_same_names():
+def test_the_compiled_twin_defines_the_meter_values_path():
+    """The compiled module compiles the MeterValues path of ``ocpp16.py``: every name it
+    defines is one of the pure module's, and the path's three are there."""
     if len(IMPLS) < 2:
         pytest.skip("the pure-Python build")
-    assert sorted(IMPLS[0].__all__) == sorted(IMPLS[1].__all__)
+    pure, compiled = IMPLS
+    assert set(compiled.__all__) == {"IMPL", "energy_16", "meter_values_16", "samples_16"}
+    assert set(compiled.__all__) <= set(pure.__all__)
     assert all(hasattr(impl, name) for impl in IMPLS for name in impl.__all__)

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from chargeyard.core import twins
-from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
-                                   StoreError)
+from chargeyard.store.base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, StaleEpoch, StartTransaction,
+                                   StopTransaction, StoreError)
 from chargeyard.store.sqlite import SqliteStore
 from chargeyard.worker.writer import BatchWriter, WriterClosed, WriterFull
 from tests.support import twin_modules
@@ -350,7 +350,9 @@ def test_isolation_cost_on_1000_meter_samples(tmp_path, run):
             calls += 1
             return await real_apply(ops)
         store.apply_then = counting  # type: ignore[method-assign]
-        w = BatchWriter(store, batch_max=1000)
+        # isolation gives up on a store that looks down after isolate_s; a loaded machine
+        # must not make a slow isolation look like an outage here
+        w = BatchWriter(store, batch_max=1000, isolate_s=60.0)
         await w.start()
         await w.add(StartTransaction("CP0", "1", 1, "T", 0.0, T0))
         out: dict[str, list[tuple[float, int]]] = {"clean": [], "one bad op": []}
@@ -500,6 +502,55 @@ def test_add_reply_calls_its_target_after_commit_and_isolates_like_add(tmp_path,
         late = ReplyTarget()
         w.add_reply(ChargerSeen("CP1", T0), late, "x", "Heartbeat", None, 0.0)
         assert late.calls == [("failed", "x", "Heartbeat", "WriterClosed")]
+        await store.close()
+    run(main())
+
+
+@pytest.mark.parametrize("pure", [True, False])
+def test_ops_refused_for_a_stale_epoch_fail_alone_without_bisection(tmp_path, run, pure):
+    """Fenced writes (ADR 0016): another store object (another worker) claims CP1; the
+    stale worker's ops for CP1 fail with StaleEpoch at once, its other chargers' ops of the same
+    batch commit in one retry (no bisection, however many stale ops are adjacent), and
+    ``on_stale`` names the charger and the stale epoch."""
+    mod = twins.load(WRITER, pure=pure)
+
+    async def main():
+        store = await _open(tmp_path)
+        other = await _open(tmp_path)
+        rec = Recording(store)
+        w = BatchWriter(rec, batch_max=1000, reply_all=mod.reply_all, lane=mod.Lane)
+        stale_seen: list[dict] = []
+        w.on_stale = stale_seen.append
+        await w.start()
+        assert await w.add(Fence("CP1", 5)) is True
+        assert await other.apply([Fence("CP1", 6)]) == [True]
+        rec.gate = asyncio.Event()  # one batch of everything below
+        target = ReplyTarget()
+        futs = []
+        for i in range(1, 41):
+            cid = "CP1" if 10 <= i < 30 else "CP2"  # 20 adjacent stale ops
+            op = MeterSample(cid, "", T0 + dt.timedelta(seconds=i), float(i), 1)
+            if i % 2:
+                w.add_reply(op, target, str(i), "MeterValues", "resp", 0.0)
+            else:
+                futs.append((cid, w.add(op)))
+        rec.gate.set()
+        await w.flush()
+        for cid, fut in futs:
+            if cid == "CP1":
+                assert isinstance(fut.exception(), StaleEpoch)
+            else:
+                assert fut.result() is None
+        failed = [c for c in target.calls if c[0] == "failed"]
+        assert [c[1] for c in failed] == [str(i) for i in range(11, 30, 2)]
+        assert {c[3] for c in failed} == {"StaleEpoch"}
+        assert [c[1] for c in target.calls if c[0] == "ok"] == [str(i) for i in range(1, 41, 2)
+                                                                if not 10 <= i < 30]
+        assert w.fenced_ops == 20 and w.isolations == 0 and w.rejected_ops == 0
+        assert stale_seen == [{"CP1": 5}]
+        assert rec.batches[-1] == 20  # the rest, in one commit
+        await w.close()
+        await other.close()
         await store.close()
     run(main())
 

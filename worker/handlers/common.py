@@ -32,13 +32,43 @@ from ...store import base as ops
 from ..services import Services
 from ..writer import Commit
 
-__all__ = ["DEFAULT_RESPONSES", "UNSET", "Commit", "Deferred", "Handler", "Session", "after_commits",
+__all__ = ["DEFAULT_RESPONSES", "ENERGY", "I64", "UNSET", "energy_register", "finite", "i64", "Commit", "Deferred", "Handler", "Session", "after_commits",
            "boot_accepted", "complete", "heartbeat_seen", "now", "route_data_transfer"]
 
 log = logging.getLogger("chargeyard.worker")
 UTC = dt.timezone.utc
 UNSET = msgspec.UNSET
+ENERGY = "Energy.Active.Import.Register"
+I64 = 2**63 - 1
 R = TypeVar("R")
+
+
+def i64(n: int) -> int:
+    """Schema-valid integers can be arbitrarily large; the store keeps 64-bit ones."""
+    return n if -I64 <= n <= I64 else (I64 if n > 0 else -I64)
+
+
+def finite(x: float) -> float | None:
+    return x if x - x == 0.0 else None  # inf - inf and nan - nan are nan
+
+
+def energy_register(sampled: list, wh_of: Callable[[Any], float | None]) -> float | None:
+    """The ``Energy.Active.Import.Register`` reading (the default measurand) of a
+    sampledValue list in Wh, preferring the total over per-phase readings; ``wh_of`` reads
+    one sampled value the way its OCPP version writes it."""
+    best = None
+    for sv in sampled:
+        measurand = sv.measurand
+        if measurand is not UNSET and measurand != ENERGY:
+            continue
+        wh = wh_of(sv)
+        if wh is None:
+            continue
+        if sv.phase is UNSET:
+            return wh
+        if best is None:
+            best = wh
+    return best
 
 
 def now() -> dt.datetime:

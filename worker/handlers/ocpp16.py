@@ -1,24 +1,32 @@
 """OCPP 1.6 handlers: one function per charger-initiated action (``handlers(services)``
-maps the action names to them). The answer forms are in ``common.py``."""
+maps the action names to them). The answer forms are in ``common.py``.
+
+MeterValues runs for every message of a saturated worker: its common path
+(``meter_values_16``) and the readings it builds (``samples_16``) are compiled in this
+module's twin ``_ocpp16.pyx``, which defines those two names and ``energy_16``; the
+handlers take them through ``twins.load`` (this module's own under ``CHARGEYARD_PURE=1``
+or when the twin is not built)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from ...core import twins
 from ...core.messages import v16
 from ...store import base as ops
+from ...store.base import MeterSample
 from ..services import Services
 from . import security
 from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
-                     heartbeat_seen, now, route_data_transfer)
+                     energy_register, finite, heartbeat_seen, i64, now, route_data_transfer)
 
-__all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat",
-           "meter_values_several", "security_event_notification", "sign_certificate", "start_transaction",
-           "status_notification", "stop_transaction"]
+__all__ = ["IMPL", "authorize", "boot_notification", "data_transfer", "energy_16", "handlers", "heartbeat",
+           "meter_values_16", "meter_values_several", "samples_16", "security_event_notification",
+           "sign_certificate", "start_transaction", "status_notification", "stop_transaction"]
 
-METER = twins.load("chargeyard.worker.meter")  # the MeterValues common path, compiled when built
-i64 = METER.i64
+IMPL = "python"
 
 METER_VALUES_ACCEPTED = v16.MeterValuesResponse()
 STATUS_NOTIFICATION_ACCEPTED = v16.StatusNotificationResponse()
@@ -104,7 +112,7 @@ def stop_transaction(session: Session, req: v16.StopTransactionRequest) -> Defer
     tx = str(req.transaction_id)
     stop = ops.StopTransaction(session.charger_id, tx, float(req.meter_stop), req.timestamp,
                                req.reason or "", req.id_tag or "")
-    readings = METER.samples_16(session.charger_id, tx, 0, req.transaction_data) \
+    readings = _twin().samples_16(session.charger_id, tx, 0, req.transaction_data) \
         if req.transaction_data is not UNSET else []
     writes = [writer.add(op) for op in readings]
     writes.append(writer.add(stop))
@@ -122,6 +130,50 @@ async def _stopped(session: Session, req: v16.StopTransactionRequest,
     if status is None:
         return v16.StopTransactionResponse()
     return v16.StopTransactionResponse(id_tag_info=v16.StopTransactionResponseIdTagInfo(status=status))
+
+
+def _wh_16(sv: Any) -> float | None:
+    """1.6: a decimal string in Wh (the default) or kWh."""
+    try:
+        value = float(sv.value)
+    except ValueError:
+        return None
+    return finite(value * 1000.0 if sv.unit == "kWh" else value)
+
+
+def energy_16(sampled: list) -> float | None:
+    return energy_register(sampled, _wh_16)
+
+
+def samples_16(charger_id: str, tx: str, connector: int, meter_value: list) -> list[MeterSample]:
+    """A ``MeterSample`` for each MeterValue with an energy reading (``energy_16``), in
+    order; the connector clamped to 64 bits."""
+    samples = []
+    for mv in meter_value:
+        wh = energy_16(mv.sampled_value)
+        if wh is not None:
+            samples.append(MeterSample(charger_id, tx, mv.timestamp, wh, i64(connector)))
+    return samples
+
+
+def meter_values_16(wants_events: Callable[[str], bool], several: Callable[..., Any], commit: Callable[..., Any],
+                    accepted: Any) -> Callable[[Any, Any], Any]:
+    """The MeterValues handler, bound to a worker's ``wants_events``. The common case is
+    answered here: no reading: ``accepted`` at once; one reading and nobody listening:
+    ``commit(reading, accepted)``. Anything else goes to ``several(session, request, tx,
+    readings, wants_event)`` (``meter_values_several``)."""
+
+    def meter_values(session: Any, req: Any) -> Any:
+        charger_id = session.charger_id
+        tx = str(req.transaction_id) if req.transaction_id is not UNSET else ""
+        readings = samples_16(charger_id, tx, req.connector_id, req.meter_value)
+        if not readings:
+            return accepted
+        wants_event = wants_events(charger_id)
+        if len(readings) == 1 and not wants_event:
+            return commit(readings[0], accepted)
+        return several(session, req, tx, readings, wants_event)
+    return meter_values
 
 
 def data_transfer(session: Session, req: v16.DataTransferRequest) -> v16.DataTransferResponse:
@@ -149,11 +201,16 @@ def handlers(services: Services) -> dict[str, Handler]:
         "StatusNotification": status_notification,
         "StartTransaction": start_transaction,
         # bound to this worker's event listeners; the rest goes to meter_values_several
-        "MeterValues": METER.meter_values_16(services.events.wants_events, meter_values_several, Commit,
-                                             METER_VALUES_ACCEPTED),
+        "MeterValues": _twin().meter_values_16(services.events.wants_events, meter_values_several, Commit,
+                                               METER_VALUES_ACCEPTED),
         "StopTransaction": stop_transaction,
         "DataTransfer": data_transfer,
         "SignCertificate": sign_certificate,
         "SecurityEventNotification": security_event_notification,
     }
     return complete("1.6", v16, table)
+
+
+def _twin() -> Any:
+    """The compiled ``_ocpp16`` unless absent or ``CHARGEYARD_PURE=1``, else this module."""
+    return twins.load(__name__)

@@ -9,19 +9,35 @@ import asyncio
 from types import ModuleType
 from typing import Any
 
-from ...core import twins
 from ...core.messages import v201
 from ...store import base as ops
 from ..services import Services
 from . import security
 from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
-                     heartbeat_seen, now, route_data_transfer)
+                     energy_register, finite, heartbeat_seen, i64, now, route_data_transfer)
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values",
            "security_event_notification", "sign_certificate", "status_notification", "transaction_event"]
 
-METER = twins.load("chargeyard.worker.meter")
-i64, energy_201 = METER.i64, METER.energy_201
+
+
+def _wh_201(sv: Any) -> float | None:
+    """2.0.1/2.1: value x 10^multiplier in Wh (the default) or kWh."""
+    unit, mult = "Wh", 0
+    uom = sv.unit_of_measure
+    if uom is not UNSET:
+        if uom.unit is not UNSET:
+            unit = uom.unit
+        if uom.multiplier is not UNSET:
+            mult = uom.multiplier
+    if unit not in ("Wh", "kWh") or not -9 <= mult <= 9:
+        return None
+    return finite(sv.value * (10.0 ** mult) * (1000.0 if unit == "kWh" else 1.0))
+
+
+def energy_201(sampled: list) -> float | None:
+    return energy_register(sampled, _wh_201)
+
 
 METER_VALUES_ACCEPTED = v201.MeterValuesResponse()
 STATUS_NOTIFICATION_ACCEPTED = v201.StatusNotificationResponse()

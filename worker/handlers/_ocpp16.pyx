@@ -1,14 +1,15 @@
 # cython: language_level=3
-"""Compiled twin of ``meter.py`` (read its docstring): ``samples_16`` and
-``meter_values_16`` with the same results; the calls between their steps stay in C."""
+"""Compiled twin of the MeterValues path of ``ocpp16.py`` (read its docstring):
+``samples_16``, ``meter_values_16`` and ``energy_16`` with the same results; the calls
+between their steps stay in C."""
 
 from msgspec import UNSET
 
 from chargeyard.core.messages import v16 as _v16
 from chargeyard.store.base import MeterSample
-from .meter import ENERGY, I64, energy_16, energy_201, finite, i64
+from chargeyard.worker.handlers.common import ENERGY, I64
 
-__all__ = ["ENERGY", "I64", "IMPL", "energy_16", "energy_201", "finite", "i64", "meter_values_16", "samples_16"]
+__all__ = ["IMPL", "energy_16", "meter_values_16", "samples_16"]
 
 IMPL = "compiled"
 
@@ -23,7 +24,7 @@ cdef object _Sample = MeterSample
 # types the codec decodes; any other type (StopTransaction's transactionData, a subclass)
 # goes through getattr.
 
-include "_slots.pxi"
+include "../_slots.pxi"
 
 cdef object _REQ = _v16.MeterValuesRequest
 cdef object _MV = _v16.MeterValuesRequestMeterValue
@@ -43,7 +44,7 @@ def _check():
     sv = _SV(value="1", unit="Wh", measurand=_ENERGY)
     mv = _MV(timestamp=None, sampled_value=[sv])
     req = _REQ(connector_id=3, meter_value=[mv], transaction_id=7)
-    _check_slots("chargeyard.worker._meter", (
+    _check_slots("chargeyard.worker.handlers._ocpp16", (
         (sv, _SV, _SV_VALUE, "value"), (sv, _SV, _SV_UNIT, "unit"), (sv, _SV, _SV_PHASE, "phase"),
         (sv, _SV, _SV_MEASURAND, "measurand"), (mv, _MV, _MV_SAMPLED, "sampled_value"),
         (mv, _MV, _MV_AT, "timestamp"), (req, _REQ, _REQ_TX, "transaction_id"),
@@ -54,7 +55,7 @@ _check()
 
 
 cdef inline object _i64(n):
-    """``meter.i64``: clamped to 64 bits."""
+    """``common.i64``: clamped to 64 bits."""
     if _MINUS_I64 <= n <= _I64:
         return n
     return _I64 if n > 0 else _MINUS_I64
@@ -110,6 +111,10 @@ cdef object _meter_values_16(session, req, wants_events, several, commit, accept
     if len(readings) == 1 and not wants_event:
         return commit(readings[0], accepted)
     return several(session, req, tx, readings, wants_event)
+
+
+def energy_16(sampled):
+    return _energy_16(sampled)
 
 
 def samples_16(charger_id, tx, connector, meter_value):

@@ -1,0 +1,89 @@
+"""The monitoring service: applies event batches to the :class:`Monitor`, stores the
+alerts that changed with the events' ids (exactly-once effects), exports
+``chargeyard_alerts_active{kind}``, and tells listeners (SSE, the webhook)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from ...store.events import Event
+from .. import metrics as m
+from ..storage import MonitoringStore
+from .alerts import KINDS, Alert, Monitor, MonitorSettings
+
+log = logging.getLogger("chargeyard.monitoring")
+
+GROUP = "chargeyard-monitoring"
+
+Listener = Callable[[Alert], None]
+
+
+class Monitoring:
+    def __init__(self, store: MonitoringStore, settings: MonitorSettings | None = None, *,
+                 clock: Callable[[], float] = time.time, group: str = GROUP,
+                 listeners: list[Listener] | None = None) -> None:
+        self.store = store
+        self.monitor = Monitor(settings, clock)
+        self.group = group
+        self.listeners = list(listeners or [])
+
+    async def open(self) -> Monitoring:
+        """Load the timers and open alerts saved before a restart."""
+        states, alerts = await self.store.load_monitor()
+        self.monitor.restore(states, alerts)
+        self._gauges()
+        return self
+
+    async def handle(self, events: list[Event]) -> list[Alert]:
+        """Apply a batch (duplicates skipped), check the timers, store; returns the alerts
+        raised or cleared."""
+        if not events:
+            return await self.tick()
+        seen = await self.store.seen(self.group, [e.id for e in events])
+        fresh = [e for e in events if e.id not in seen]
+        if len(fresh) < len(events):
+            m.DUPLICATES.labels(self.group).inc(len(events) - len(fresh))
+        for e in fresh:
+            self.monitor.apply(e)
+        self.monitor.tick()
+        changed = await self._commit([e.id for e in fresh])
+        m.CONSUMED.labels(self.group).inc(len(fresh))
+        return changed
+
+    async def tick(self) -> list[Alert]:
+        """Check the timers alone (the consumer calls this when no events come)."""
+        self.monitor.tick()
+        return await self._commit([])
+
+    async def _commit(self, ids: list[str]) -> list[Alert]:
+        alerts, states = self.monitor.take_changes()
+        if not (alerts or states or ids):
+            return []
+        try:
+            await self.store.commit_monitoring(self.group, ids, alerts, states)
+        except BaseException:
+            # not stored: the consumer does not commit its offsets, the events come again;
+            # rebuild from what was stored so they apply to the state they found
+            states_, open_ = await self.store.load_monitor()
+            self.monitor.restore(states_, open_)
+            raise
+        for a in alerts:
+            if a.cleared_at is None:
+                m.ALERTS_RAISED.labels(a.kind).inc()
+                log.warning("alert %s raised for %s: %s", a.kind, a.charger_id, a.detail)
+            else:
+                log.info("alert %s cleared for %s", a.kind, a.charger_id)
+            for listener in self.listeners:
+                try:
+                    listener(a)
+                except Exception:
+                    log.exception("alert listener failed")
+        self._gauges()
+        return alerts
+
+    def _gauges(self) -> None:
+        counts = self.monitor.active_counts()
+        for kind in KINDS:
+            m.ALERTS_ACTIVE.labels(kind).set(counts[kind])
