@@ -124,12 +124,37 @@ def worker_settings(s: Settings) -> Any:
         heartbeat_interval=s.heartbeat_interval,
         max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
         accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
-        batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap)
+        batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap,
+        security_profile=s.security_profile, unknown_chargers=s.unknown_chargers, tls_cert=s.tls_cert,
+        tls_key=s.tls_key, tls_client_ca=s.tls_client_ca, trusted_proxies=s.trusted_proxies,
+        ca_cert=s.ca_cert, ca_key=s.ca_key)
 
 
 class StoreUnusable(Exception):
     """The store refused to open (e.g. a schema version this code does not run on): one
     line on stderr, exit status 1, no traceback (a pod's log shows what to do)."""
+
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_host(s: Settings, tokens: Any) -> str:
+    """Where the operator API listens. Without tokens it is open to anyone who reaches
+    it: only loopback, unless ``--insecure-api`` says otherwise."""
+    host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
+    if tokens is None and not _loopback(host) and not s.insecure_api:
+        raise SystemExit(f"--api-host {host}: the operator API would accept anyone on that address without "
+                         "authentication; configure --tokens-file, or pass --insecure-api to run it open")
+    return host
 
 
 class Node:
@@ -150,6 +175,8 @@ class Node:
         from chargeyard.worker.server import Worker
 
         s = self.settings
+        tokens = make_tokens(s) if self.with_api else None
+        host = api_host(s, tokens) if self.with_api else ""  # a refusal before anything starts
         os.makedirs(s.data_dir, exist_ok=True)
         from chargeyard.store import StoreError
 
@@ -162,20 +189,24 @@ class Node:
         self.registry = make_registry(s)
         await self.registry.start()
         if self.with_worker:
-            self.worker = Worker(worker_settings(s), self.store, self.registry)
+            from chargeyard.worker.security.service import SecurityConfigError
+
+            try:
+                self.worker = Worker(worker_settings(s), self.store, self.registry)
+            except SecurityConfigError as exc:  # e.g. --security-profile 2 without --tls-cert
+                raise SystemExit(f"chargeyard: {exc}") from None
             try:
                 await self.worker.start()
             except OSError as exc:
                 raise port_in_use(exc, "ws_port", s.host, s.ws_port) from None
         if self.with_api:
-            tokens = make_tokens(s)
-            host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
             if tokens is None:
-                log.warning("no API tokens configured (--tokens-file): the operator API listens on "
-                            "127.0.0.1 only, without authentication")
+                log.warning("no API tokens configured (--tokens-file): the operator API listens on %s "
+                            "without authentication", host)
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
-                           on_id_tag_change=self.worker.authorization.forget if self.worker else None)
+                           on_id_tag_change=self.worker.authorization.forget if self.worker else None,
+                           on_charger_change=self.worker.security.forget if self.worker else None)
             try:
                 await self.api.start(host, s.http_port)
             except OSError as exc:

@@ -80,6 +80,7 @@ import msgspec
 from .events import EVENT_OPS, OutboxRow, encoded
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
                    StopTransaction, Store, StoreError, TransactionEvent, UpsertCharger)
+from .chargers import ChargerCredentials, ChargerCredentialStore, SecurityEvent
 
 __all__ = ["ScyllaStore", "MIGRATIONS", "LATEST", "migration_statements"]
 
@@ -219,6 +220,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE IF NOT EXISTS {ks}.event_outbox_state (
     worker text PRIMARY KEY, published bigint)""",
     ]),
+    (4, [
+        # registered chargers (store/chargers.py): hashes only, '' when none
+        """CREATE TABLE IF NOT EXISTS {ks}.charger_credentials (
+    charger_id text PRIMARY KEY, security_profile int, password_hash text,
+    pending_password_hash text, previous_password_hash text, updated_at bigint)""",
+        # SecurityEventNotifications, newest first per charger; seq: the receipt time in
+        # microseconds x 1000 + a random 0-999 (two events of one microsecond both stay)
+        """CREATE TABLE IF NOT EXISTS {ks}.security_events (
+    charger_id text, seq bigint, type text, at text, tech_info text, received_at bigint,
+    PRIMARY KEY (charger_id, seq)) WITH CLUSTERING ORDER BY (seq DESC)""",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -309,6 +321,16 @@ _Q = {
     "outbox_trim": "DELETE FROM {ks}.event_outbox WHERE worker = ? AND first <= ?",
     "outbox_published": "SELECT published FROM {ks}.event_outbox_state WHERE worker = ?",
     "outbox_mark": "UPDATE {ks}.event_outbox_state SET published = ? WHERE worker = ?",
+    "creds_get": "SELECT charger_id, security_profile, password_hash, pending_password_hash, previous_password_hash "
+                 "FROM {ks}.charger_credentials WHERE charger_id = ?",
+    "creds_put": "INSERT INTO {ks}.charger_credentials (charger_id, security_profile, password_hash, "
+                 "pending_password_hash, previous_password_hash, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+    "creds_delete": "DELETE FROM {ks}.charger_credentials WHERE charger_id = ? IF EXISTS",
+    "creds_ids": "SELECT charger_id FROM {ks}.charger_credentials LIMIT ?",
+    "sec_event_add": "INSERT INTO {ks}.security_events (charger_id, seq, type, at, tech_info, received_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+    "sec_events": "SELECT charger_id, type, at, tech_info, received_at FROM {ks}.security_events "
+                  "WHERE charger_id = ? LIMIT ?",
 }
 _READS = frozenset(n for n, q in _Q.items() if q.startswith("SELECT"))
 _LWT = frozenset(n for n, q in _Q.items() if " IF " in q)
@@ -421,7 +443,7 @@ def _tx_dict(row: dict, samples: list[dict]) -> dict:
             "last_reading_at": _iso(newest["at"]) if newest else None}
 
 
-class ScyllaStore(Store):
+class ScyllaStore(Store, ChargerCredentialStore):
     """``ScyllaStore(hosts, keyspace="chargeyard", *, port=9042, datacenter=None,
     replication_factor=None, tablets=False, username=None, password=None,
     consistency="LOCAL_QUORUM", read_consistency=None, serial_consistency="LOCAL_SERIAL",
@@ -1290,3 +1312,36 @@ class ScyllaStore(Store):
         await self._q("delete_tag", tag)
         await self._q("tag_unindex", _shard(tag), tag)  # after the row: a failure leaves an entry reads skip
         return existed
+
+    # -- charger credentials and security events (store/chargers.py) -----------------
+
+    async def get_charger_credentials(self, charger_id: str) -> ChargerCredentials | None:
+        rows = await self._q("creds_get", charger_id)
+        if not rows or rows[0].get("security_profile") is None:
+            return None
+        r = rows[0]
+        return ChargerCredentials(charger_id=r["charger_id"], security_profile=r["security_profile"],
+                                  password_hash=r.get("password_hash") or "",
+                                  pending_password_hash=r.get("pending_password_hash") or "",
+                                  previous_password_hash=r.get("previous_password_hash") or "")
+
+    async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
+        await self._q("creds_put", creds.charger_id, creds.security_profile, creds.password_hash,
+                      creds.pending_password_hash, creds.previous_password_hash, time.time_ns() // 1000)
+
+    async def delete_charger_credentials(self, charger_id: str) -> bool:
+        applied, _ = self._applied(await self._q("creds_delete", charger_id))
+        return applied
+
+    async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:
+        return sorted(r["charger_id"] for r in await self._q("creds_ids", int(limit)))
+
+    async def add_security_event(self, event: SecurityEvent) -> None:
+        now_us = time.time_ns() // 1000
+        await self._q("sec_event_add", event.charger_id, now_us * 1000 + random.randrange(1000), event.type,
+                      event.at, event.tech_info, now_us)
+
+    async def list_security_events(self, charger_id: str, limit: int = 100) -> list[SecurityEvent]:
+        rows = await self._q("sec_events", charger_id, int(limit))
+        return [SecurityEvent(charger_id=r["charger_id"], type=r["type"], at=r["at"], tech_info=r.get("tech_info") or "",
+                              received_at=_iso(r.get("received_at")) or "") for r in rows]

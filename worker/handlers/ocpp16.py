@@ -18,12 +18,13 @@ from ...core.messages import v16
 from ...store import base as ops
 from ...store.base import MeterSample
 from ..services import Services
+from . import security
 from .common import (tag_status, UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
                      energy_register, finite, heartbeat_seen, i64, now, route_data_transfer)
 
 __all__ = ["IMPL", "authorize", "boot_notification", "data_transfer", "energy_16", "handlers", "heartbeat",
-           "meter_values_16", "meter_values_several", "samples_16", "start_transaction", "status_notification",
-           "stop_transaction"]
+           "meter_values_16", "meter_values_several", "samples_16", "security_event_notification",
+           "sign_certificate", "start_transaction", "status_notification", "stop_transaction"]
 
 IMPL = "python"
 
@@ -155,6 +156,17 @@ def data_transfer(session: Session, req: v16.DataTransferRequest) -> v16.DataTra
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
 
 
+def sign_certificate(session: Session, req: v16.SignCertificateRequest) -> v16.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v16)
+
+
+def security_event_notification(session: Session, req: v16.SecurityEventNotificationRequest
+                                ) -> Deferred[v16.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v16)
+
+
 def handlers(services: Services) -> dict[str, Handler]:
     """Action name -> handler for a worker's 1.6 sessions; every other charger-initiated
     action gets its default answer (``common.complete``)."""
@@ -168,6 +180,8 @@ def handlers(services: Services) -> dict[str, Handler]:
         "MeterValues": _twin().meter_values_16(meter_values_several, Commit, METER_VALUES_ACCEPTED),
         "StopTransaction": stop_transaction,
         "DataTransfer": data_transfer,
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
     }
     return complete("1.6", v16, table)
 

@@ -12,11 +12,12 @@ from typing import Any
 from ...core.messages import v201
 from ...store import base as ops
 from ..services import Services
-from .common import (security_event_notification, tag_status, UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
-                     energy_register, finite, heartbeat_seen, i64, now, route_data_transfer)
+from . import security
+from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
+                     energy_register, finite, heartbeat_seen, i64, now, route_data_transfer, tag_status)
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values",
-           "status_notification", "transaction_event"]
+           "security_event_notification", "sign_certificate", "status_notification", "transaction_event"]
 
 
 
@@ -41,7 +42,6 @@ def energy_201(sampled: list) -> float | None:
 METER_VALUES_ACCEPTED = v201.MeterValuesResponse()
 STATUS_NOTIFICATION_ACCEPTED = v201.StatusNotificationResponse()
 TRANSACTION_EVENT_ACCEPTED = v201.TransactionEventResponse()
-SECURITY_EVENT_ACCEPTED = v201.SecurityEventNotificationResponse()
 UNKNOWN_VENDOR = v201.DataTransferResponse(status="UnknownVendorId")
 
 
@@ -130,13 +130,19 @@ async def _transaction_event_after(messages: ModuleType, session: Session, tag: 
     return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
 
 
-def security_event(session: Session, req: v201.SecurityEventNotificationRequest
-                   ) -> v201.SecurityEventNotificationResponse:
-    return security_event_notification(session, req, SECURITY_EVENT_ACCEPTED)
-
-
 def data_transfer(session: Session, req: v201.DataTransferRequest) -> v201.DataTransferResponse:
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
+
+
+def sign_certificate(session: Session, req: v201.SignCertificateRequest) -> v201.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v201)
+
+
+def security_event_notification(session: Session, req: v201.SecurityEventNotificationRequest
+                                ) -> Deferred[v201.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v201)
 
 
 def handlers(services: Services) -> dict[str, Handler]:
@@ -149,7 +155,8 @@ def handlers(services: Services) -> dict[str, Handler]:
         "StatusNotification": status_notification,
         "MeterValues": meter_values,
         "TransactionEvent": transaction_event,
-        "SecurityEventNotification": security_event,
         "DataTransfer": data_transfer,
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
     }
     return complete("2.0.1", v201, table)
