@@ -385,7 +385,7 @@ def test_a_non_loopback_api_without_tokens_refuses_to_start(tmp_path):
 
 
 def test_auth_failures_reach_the_event_stream(p1):
-    """Monitoring's auth_failures alert feeds on charger.auth_failed events."""
+    """Monitoring's auth_failures alert feeds on LoginFailed security events (from the outbox)."""
     import aiohttp
 
     assert p1.request("PUT", "/api/v1/chargers/CP-AF", {"password": PW})[0] == 201
@@ -397,9 +397,11 @@ def test_auth_failures_reach_the_event_stream(p1):
                 assert await refused(p1.ws("CP-AF"), "CP-AF", "wrong-password-0009") == 401
                 while True:
                     line = (await asyncio.wait_for(r.content.readline(), 10)).decode()
-                    if line.startswith("data:") and "charger.auth_failed" in line:
+                    if line.startswith("data:") and "LoginFailed" in line:
                         event = json.loads(line[5:])
-                        assert event["data"]["reason"] == "bad_password" and event["data"]["status"] == 401
+                        assert event["type"] == "charger.security_event" and event["data"]["type"] == "LoginFailed"
+                        assert "reason=bad_password" in event["data"]["tech_info"]
+                        assert "status=401" in event["data"]["tech_info"]
                         assert PW not in line and "wrong-password" not in line
                         return
 
