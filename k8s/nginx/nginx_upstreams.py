@@ -22,7 +22,7 @@ does, so a reload never fails on it. Runs in the chargeyard image:
 Settings (environment): POD_NAMESPACE, WORKER_SERVICE, WORKER_WS_PORT, API_UPSTREAM,
 NGINX_WS_PORT, NGINX_HTTP_PORT, NGINX_CONF, NGINX_RUN_DIR, NGINX_WORKER_PROCESSES,
 POLL_SECONDS, RELOAD_MIN_SECONDS; NGINX_TLS_CERT, NGINX_TLS_KEY, NGINX_TLS_CLIENT_CA,
-NGINX_REQUIRE_CLIENT_CERT (chargers' TLS, k8s/overlays/tls); KUBE_API_URL overrides the
+NGINX_REQUIRE_CLIENT_CERT (chargers' TLS, k8s-overlays/tls); KUBE_API_URL overrides the
 in-cluster API address.
 """
 
@@ -60,7 +60,7 @@ def settings(env: dict[str, str] | None = None) -> dict[str, str]:
         "poll": env.get("POLL_SECONDS", "5"),
         "reload_min": env.get("RELOAD_MIN_SECONDS", "10"),
         "api_url": env.get("KUBE_API_URL", ""),
-        # chargers' TLS, ended by nginx (k8s/overlays/tls): certificate files from a Secret
+        # chargers' TLS, ended by nginx (k8s-overlays/tls): certificate files from a Secret
         "tls_cert": env.get("NGINX_TLS_CERT", ""),
         "tls_key": env.get("NGINX_TLS_KEY", ""),
         "tls_client_ca": env.get("NGINX_TLS_CLIENT_CA", ""),
