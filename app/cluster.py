@@ -125,7 +125,11 @@ class Cluster:
         if spec.worker_id:
             argv += ["--worker-id", spec.worker_id]
         wait = spec.ws_port if spec.cmd == "worker" else spec.http_port
-        proc = procs.start_process(argv, name=spec.name, port=wait, env=self._env(),
+        env = self._env()
+        if self.settings.tls_cert:  # nginx terminates TLS in front of the workers (see start)
+            env.update(CHARGEYARD_TLS_CERT="", CHARGEYARD_TLS_KEY="", CHARGEYARD_TLS_CLIENT_CA="",
+                       CHARGEYARD_TRUSTED_PROXIES=self.settings.trusted_proxies or "127.0.0.1/32")
+        proc = procs.start_process(argv, name=spec.name, port=wait, env=env,
                                    log_path=self.run_dir / f"{spec.name}.log",
                                    timeout=self.start_timeout)
         try:  # every node serves the operator API: wait for that listener too
@@ -185,7 +189,10 @@ class Cluster:
             conf.write_text(nginx_config.render(
                 [f"127.0.0.1:{sp.ws_port}" for sp in self.specs], f"{s.host}:{s.ws_port}",
                 api_upstreams, f"{s.host}:{s.http_port}",
-                run_dir=self.run_dir / "nginx", worker_connections=4096))
+                run_dir=self.run_dir / "nginx", worker_connections=4096,
+                # nginx terminates the chargers' TLS; the workers believe its identity headers
+                tls_cert=s.tls_cert, tls_key=s.tls_key, tls_client_ca=s.tls_client_ca,
+                require_client_cert=s.security_profile == 3))
             self.nginx = procs.start_nginx(conf, self.run_dir / "nginx", s.ws_port, s.host)
         except BaseException:
             self.stop()

@@ -65,6 +65,16 @@ class Settings:
     leniency_file: str = ""
     log_level: str = "info"
     api_host: str = ""
+    insecure_api: bool = False
+    # charger security (ARCHITECTURE.md, Charger security)
+    security_profile: int = 0
+    unknown_chargers: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    trusted_proxies: str = ""
+    ca_cert: str = ""
+    ca_key: str = ""
     # billing and monitoring (services/)
     offline_after: float = 120.0
     stall_after: float = 900.0
@@ -138,6 +148,20 @@ HELP = {
     "sse_keepalive": "seconds of silence before an event stream sends a keep-alive comment",
     "leniency_file": "TOML file of per-model leniency profiles",
     "log_level": "debug, info, warning or error (JSON lines on stderr)",
+    "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1; "
+                "another address without tokens needs --insecure-api)",
+    "insecure_api": "let the operator API listen on a non-loopback --api-host without tokens",
+    "security_profile": "the chargers' minimum OCPP security profile: 0 anyone, 1 HTTP Basic password, "
+                        "2 TLS + password, 3 TLS client certificate (a registered charger may require more)",
+    "unknown_chargers": "accept or reject charger ids that are not registered (empty: accept at profile 0, "
+                        "else reject)",
+    "tls_cert": "PEM server certificate chain for wss:// on the charger port (profiles 2 and 3)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle that chargers' client certificates must chain to (profile 3)",
+    "trusted_proxies": "comma-separated addresses or CIDRs of TLS-terminating proxies whose "
+                       "X-Client-Verify / X-Client-Cert-CN / X-Forwarded-Proto / X-Real-IP headers are believed",
+    "ca_cert": "PEM certificate of the CSMS CA that signs chargers' SignCertificate requests",
+    "ca_key": "PEM private key of --ca-cert",
     "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1)",
     "offline_after": "monitoring: seconds a charger may stay disconnected before charger_offline is raised "
                      "(a takeover is not an outage)",

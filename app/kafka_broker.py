@@ -293,9 +293,13 @@ class KafkaBroker:
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars)."""
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (22 chars),
+    never starting with "-" (the storage tool would read it as an option)."""
     import base64
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 __all__ = ["KAFKA_VERSION", "KafkaBroker", "ensure_jars", "free_port", "metadata_brokers"]

@@ -58,17 +58,40 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
            listen_http: int | str, *, run_dir: str | os.PathLike = ".",
            access_log: bool = False, daemon: bool = False, worker_processes: int | str = "auto",
            worker_connections: int = 65536, ws_timeout: str = "3600s",
-           api_timeout: str = "60s", shutdown_timeout: str = "30s", template: str | os.PathLike | None = None) -> str:
+           api_timeout: str = "60s", shutdown_timeout: str = "30s", template: str | os.PathLike | None = None,
+           tls_cert: str = "", tls_key: str = "", tls_client_ca: str = "",
+           require_client_cert: bool = False) -> str:
     """The nginx configuration text.
 
     ``workers``/``api_upstreams`` are ``host:port`` strings; ``listen_ws``/``listen_http``
     a port or ``host:port``; ``run_dir`` gets pid, error log, temp dirs (and
-    ``access.log`` if ``access_log``).
+    ``access.log`` if ``access_log``). With ``tls_cert``/``tls_key`` the charger port
+    is wss (TLS 1.2+); with ``tls_client_ca`` nginx verifies client certificates
+    (required when ``require_client_cert``, security profile 3) and passes the verified
+    identity to the workers, which must trust it (``--trusted-proxies``).
     """
     if not workers:
         raise ValueError("at least one worker upstream is needed")
     if not api_upstreams:
         raise ValueError("at least one API upstream is needed")
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("TLS needs both a certificate and its key")
+    if (tls_client_ca or require_client_cert) and not tls_cert:
+        raise ValueError("client certificates need TLS (a certificate and its key)")
+    if require_client_cert and not tls_client_ca:
+        raise ValueError("required client certificates need the CA that issues them")
+    tls_lines = []
+    if tls_cert:
+        tls_lines = [f"ssl_certificate {Path(tls_cert).resolve()};",
+                     f"ssl_certificate_key {Path(tls_key).resolve()};",
+                     "ssl_protocols TLSv1.2 TLSv1.3;",
+                     "ssl_session_cache shared:chargeyard_tls:10m;"]
+    if tls_client_ca:
+        # an invalid certificate (expired, another CA) is refused here with 400; none at
+        # all is refused too when required, else the worker decides by the charger's profile
+        tls_lines += [f"ssl_client_certificate {Path(tls_client_ca).resolve()};",
+                      f"ssl_verify_client {'on' if require_client_cert else 'optional'};",
+                      "ssl_verify_depth 4;"]
     run = Path(run_dir).resolve()
     text = Path(template or default_template()).read_text()
     values = {
@@ -84,6 +107,8 @@ def render(workers: Sequence[str], listen_ws: int | str, api_upstreams: Sequence
         "API_SERVERS": "\n".join(
             f"        server {_check_addr(a)} max_fails=1 fail_timeout=2s;" for a in api_upstreams),
         "LISTEN_WS": _listen(listen_ws),
+        "WS_SSL": " ssl" if tls_cert else "",
+        "WS_TLS": "\n".join(f"        {line}" for line in tls_lines) or "        # plain ws (no --tls-cert)",
         "LISTEN_HTTP": _listen(listen_http),
         "WS_TIMEOUT": ws_timeout,
         "API_TIMEOUT": api_timeout,
@@ -118,13 +143,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shutdown-timeout", default="30s",
                    help="worker_shutdown_timeout: how long old nginx processes keep proxied "
                         "WebSockets after a reload")
+    p.add_argument("--tls-cert", default="", help="PEM certificate chain: chargers connect with wss")
+    p.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
+    p.add_argument("--tls-client-ca", default="",
+                   help="verify chargers' client certificates against this CA and pass the identity "
+                        "(X-Client-Verify, X-Client-Cert-CN) to workers started with --trusted-proxies")
+    p.add_argument("--require-client-cert", action="store_true",
+                   help="refuse chargers without a valid client certificate (security profile 3)")
     p.add_argument("-o", "--output", help="write here instead of stdout")
     a = p.parse_args(argv)
     text = render(a.workers, a.ws_port, a.api, a.http_port, run_dir=a.run_dir,
                   access_log=a.access_log, daemon=a.daemon,
                   worker_processes=a.worker_processes,
                   worker_connections=a.worker_connections, ws_timeout=a.ws_timeout,
-                  shutdown_timeout=a.shutdown_timeout)
+                  shutdown_timeout=a.shutdown_timeout, tls_cert=a.tls_cert, tls_key=a.tls_key,
+                  tls_client_ca=a.tls_client_ca, require_client_cert=a.require_client_cert)
     if a.output:
         Path(a.output).write_text(text)
     else:

@@ -45,11 +45,27 @@ def scylla_options(s: Settings) -> dict[str, Any]:
     return kw
 
 
-def make_store(s: Settings) -> Any:
+def outbox_id(s: Settings) -> str:
+    """The events outbox a worker writes and relays: its worker id, which must be the same
+    after a restart (what a killed process left spooled is published by the next one with
+    that id). The default worker id (hostname-pid) changes with every start, so then the
+    outbox is the host's name: one node per data directory and host."""
+    import socket
+
+    if s.worker_id == f"{socket.gethostname()}-{os.getpid()}":
+        return socket.gethostname()
+    return s.worker_id
+
+
+def make_store(s: Settings, outbox: str | None = None) -> Any:
+    """``outbox``: the worker id whose events outbox the store writes (None: no events,
+    e.g. an API-only process)."""
     from chargeyard.store import make_store as build
 
     try:
         options = scylla_options(s) if s.store == "scylla" else {}
+        if outbox is not None:
+            options["outbox"] = outbox
         return build(s.store, data_dir=s.data_dir, scylla_hosts=s.scylla_hosts, keyspace=s.keyspace, **options)
     except (ValueError, ImportError) as exc:
         raise SystemExit(f"--store {s.store}: {exc}") from None
@@ -108,7 +124,10 @@ def worker_settings(s: Settings) -> Any:
         heartbeat_interval=s.heartbeat_interval,
         max_concurrent_boots=s.max_concurrent_boots, boot_retry_interval=s.boot_retry_interval,
         accept_unknown_tags=s.accept_unknown_tags, leniency_file=s.leniency_file, batch_ms=s.batch_ms,
-        batch_max=s.batch_max, seen_interval=s.seen_interval)
+        batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap,
+        security_profile=s.security_profile, unknown_chargers=s.unknown_chargers, tls_cert=s.tls_cert,
+        tls_key=s.tls_key, tls_client_ca=s.tls_client_ca, trusted_proxies=s.trusted_proxies,
+        ca_cert=s.ca_cert, ca_key=s.ca_key)
 
 
 def service_settings(s: Settings) -> Any:
@@ -135,6 +154,28 @@ class StoreUnusable(Exception):
     line on stderr, exit status 1, no traceback (a pod's log shows what to do)."""
 
 
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_host(s: Settings, tokens: Any) -> str:
+    """Where the operator API listens. Without tokens it is open to anyone who reaches
+    it: only loopback, unless ``--insecure-api`` says otherwise."""
+    host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
+    if tokens is None and not _loopback(host) and not s.insecure_api:
+        raise SystemExit(f"--api-host {host}: the operator API would accept anyone on that address without "
+                         "authentication; configure --tokens-file, or pass --insecure-api to run it open")
+    return host
+
+
 class Node:
     """A worker and/or the operator API in one process."""
 
@@ -156,10 +197,12 @@ class Node:
         from chargeyard.worker.server import Worker
 
         s = self.settings
+        tokens = make_tokens(s) if self.with_api else None
+        host = api_host(s, tokens) if self.with_api else ""  # a refusal before anything starts
         os.makedirs(s.data_dir, exist_ok=True)
         from chargeyard.store import StoreError
 
-        store = make_store(s)
+        store = make_store(s, outbox_id(s) if self.with_worker else None)
         try:
             await store.open()
         except StoreError as exc:
@@ -176,19 +219,21 @@ class Node:
                                                     listeners=[alert_publisher(self.registry)]).open()
             self.services_store = self.services.store
         if self.with_worker:
-            # TODO(events-worker): hand the committed events to the in-process services,
-            # event_sinks=[self.services.handle] if self.services is not None else []
-            self.worker = Worker(worker_settings(s), self.store, self.registry)
+            from chargeyard.worker.security.service import SecurityConfigError
+
+            try:
+                self.worker = Worker(worker_settings(s), self.store, self.registry,
+                                     event_sinks=[self.services.handle] if self.services is not None else [])
+            except SecurityConfigError as exc:  # e.g. --security-profile 2 without --tls-cert
+                raise SystemExit(f"chargeyard: {exc}") from None
             try:
                 await self.worker.start()
             except OSError as exc:
                 raise port_in_use(exc, "ws_port", s.host, s.ws_port) from None
         if self.with_api:
-            tokens = make_tokens(s)
-            host = s.api_host or (s.host if tokens is not None else "127.0.0.1")
             if tokens is None:
-                log.warning("no API tokens configured (--tokens-file): the operator API listens on "
-                            "127.0.0.1 only, without authentication")
+                log.warning("no API tokens configured (--tokens-file): the operator API listens on %s "
+                            "without authentication", host)
             from chargeyard.services.api import ServicesApi
 
             if self.services_store is None:  # the services' state written by their processes
@@ -199,6 +244,7 @@ class Node:
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
                            on_id_tag_change=self.worker.authorization.forget if self.worker else None,
+                           on_charger_change=self.worker.security.forget if self.worker else None,
                            services=ServicesApi(self.services_store, self.services_store))
             try:
                 await self.api.start(host, s.http_port)

@@ -22,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from ..store.base import Store
 from . import openapi as t
-from .registry import CallRejected, Registry, RegistryError
+from .chargers import ChargerSecurityApi
+from .registry import DISCONNECT, CallRejected, Registry, RegistryError
 
 log = logging.getLogger("chargeyard.api")
 
@@ -81,7 +82,8 @@ class _Invalid(Exception):
 class Api:
     def __init__(self, settings: Any, store: Store, registry: Registry, tokens: Any = None,
                  ready: Callable[[], bool] | None = None,
-                 on_id_tag_change: Callable[[str], None] | None = None, services: Any = None) -> None:
+                 on_id_tag_change: Callable[[str], None] | None = None,
+                 on_charger_change: Callable[[str], None] | None = None, services: Any = None) -> None:
         self.settings = settings
         # billing's and monitoring's routes (services/api.py ``ServicesApi``); None: 503
         self.services = services
@@ -90,6 +92,8 @@ class Api:
         self.tokens = tokens
         self._ready = ready or (lambda: True)
         self._on_id_tag_change = on_id_tag_change
+        # charger registration, password rotation, security events, server-made tokens
+        self.security = ChargerSecurityApi(settings, store, registry, tokens, on_charger_change)
         self.app = web.Application(middlewares=[self._errors, self._auth], client_max_size=1024 * 1024)
         # every route comes from the table the OpenAPI document describes
         self._scopes: dict[tuple[str, str], str | None] = {}
@@ -245,6 +249,8 @@ class Api:
 
     async def call(self, request: web.Request) -> web.Response:
         cid, action = request.match_info["id"], request.match_info["action"]
+        if action == DISCONNECT or action.startswith("_"):  # internal calls are not OCPP actions
+            return error(422, "payload_invalid", f"unknown action {action!r}")
         try:
             payload = msgspec.json.decode(await request.read() or b"{}")
         except msgspec.DecodeError:
@@ -363,30 +369,24 @@ class Api:
         items = [t.IdTag(r["id_tag"], r["status"]) for r in rows[:limit]]
         return ok(t.IdTagPage(items, items[-1].id_tag if len(rows) > limit else None))
 
-    async def put_token(self, request: web.Request) -> web.Response:
-        """Admin: create or replace a token ({"scopes": [...], "chargers": [globs]})."""
-        add = getattr(self.tokens, "add", None)
-        if add is None:
-            return error(409, "read_only", "tokens come from a file here; edit the file")
-        try:
-            body = await _body(request, t.TokenBody)
-        except _Invalid as exc:
-            return error(422, "invalid", f'{exc}; body is {{"scopes": ["read"|"command"|"admin", ...], '
-                                         f'"chargers": [...]}}')
-        try:
-            await add(request.match_info["token"], body.scopes, body.chargers)
-        except ValueError as exc:
-            return error(422, "invalid", str(exc))
-        return ok(body)
+    # -- charger security and tokens (router/chargers.py) ------------------------------
+    async def put_charger(self, request: web.Request) -> web.Response:
+        return await self.security.put_charger(request)
+
+    async def delete_charger(self, request: web.Request) -> web.Response:
+        return await self.security.delete_charger(request)
+
+    async def rotate_password(self, request: web.Request) -> web.Response:
+        return await self.security.rotate_password(request)
+
+    async def security_events(self, request: web.Request) -> web.Response:
+        return await self.security.security_events(request)
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        return await self.security.create_token(request)
 
     async def delete_token(self, request: web.Request) -> web.Response:
-        """Admin: revoke a token on every node at once (tokens in Redis)."""
-        revoke = getattr(self.tokens, "revoke", None)
-        if revoke is None:
-            return error(409, "read_only", "tokens come from a file here; edit the file")
-        if not await revoke(request.match_info["token"]):
-            return error(404, "not_found", "unknown token")
-        return web.Response(status=204)
+        return await self.security.delete_token(request)
 
     async def delete_id_tag(self, request: web.Request) -> web.Response:
         tag = request.match_info["tag"]

@@ -193,6 +193,47 @@ class AlertPage(msgspec.Struct):
     items: list[Alert]
 
 
+class TokenCreated(msgspec.Struct):
+    token: str  # the secret: shown this once, only its hash is kept
+    id: str  # the token's id (its SHA-256, hex) for DELETE /tokens/{id}
+    scopes: list[Scope]
+    chargers: list[str]
+    note: str = ""
+
+
+class ChargerRegistration(msgspec.Struct, forbid_unknown_fields=True):
+    security_profile: int = 1  # 0-3: the least this charger must meet (the node's minimum may be higher)
+    password: str | None = None  # 16-40 characters; needed for profiles 1 and 2; stored hashed only
+
+
+class ChargerRegistered(msgspec.Struct):
+    id: str
+    security_profile: int
+    password_set: bool
+
+
+class PasswordRotation(msgspec.Struct, forbid_unknown_fields=True):
+    password: str | None = None  # the new password (16-40 characters); absent: generated
+
+
+class PasswordRotated(msgspec.Struct):
+    id: str
+    status: str  # the charger's answer: Accepted or RebootRequired
+    via: str  # ChangeConfiguration (1.6) or SetVariables (2.0.1, 2.1)
+    previous_password: str
+
+
+class SecurityEvent(msgspec.Struct):
+    type: str
+    at: str  # the charger's timestamp
+    tech_info: str
+    received_at: str
+
+
+class SecurityEventPage(msgspec.Struct):
+    items: list[SecurityEvent]
+
+
 class Health(msgspec.Struct):
     status: str
 
@@ -291,13 +332,32 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/id-tags/{tag}", "delete_id_tag",
           "Remove an id tag (it is then Invalid, unless unknown tags are accepted)", scope="admin",
           status=204, errors={404: "unknown id tag"}, params=(_TAG,)),
-    Route("PUT", "/api/v1/tokens/{token}", "put_token",
-          "Create or replace an API token (tokens in Redis; a tokens file is read-only)", scope="admin",
-          body=TokenBody, response=TokenBody, errors={409: "tokens come from a file", 422: "invalid body"},
-          params=(Param("token", "path", "the token's secret"),)),
-    Route("DELETE", "/api/v1/tokens/{token}", "delete_token", "Revoke an API token on every node",
-          scope="admin", status=204, errors={404: "unknown token", 409: "tokens come from a file"},
-          params=(Param("token", "path", "the token's secret"),)),
+    Route("PUT", "/api/v1/chargers/{id}", "put_charger",
+          "Register a charger: the security profile it must meet and its password (stored only as a "
+          "salted scrypt hash, never returned)", scope="admin", body=ChargerRegistration,
+          response=ChargerRegistered, errors={422: "invalid profile, or a password that is not 16-40 characters",
+                                              501: "the store keeps no charger credentials"}, params=(_ID,)),
+    Route("DELETE", "/api/v1/chargers/{id}", "delete_charger", "Deregister a charger and disconnect it",
+          scope="admin", status=204, errors={404: "not registered"}, params=(_ID,)),
+    Route("POST", "/api/v1/chargers/{id}/password", "rotate_password",
+          "Rotate a connected charger's password through the charger itself (1.6 ChangeConfiguration "
+          "AuthorizationKey, 2.0.1 SetVariables SecurityCtrlr.BasicAuthPassword). The stored hash switches "
+          "once the charger accepted; the previous password works until it reconnects with the new one",
+          scope="admin", body=PasswordRotation, response=PasswordRotated,
+          errors={404: "not registered or not connected", 409: "the charger refused the new password",
+                  422: "a password that is not 16-40 characters", 504: "no answer within call_timeout"},
+          params=(_ID,)),
+    Route("GET", "/api/v1/chargers/{id}/security-events", "security_events",
+          "The charger's SecurityEventNotifications, newest first", response=SecurityEventPage,
+          params=(_ID, Param("limit", "query", "most events, 1-1000 (default 100)", "integer"))),
+    Route("POST", "/api/v1/tokens", "create_token",
+          "Create an API token: the server generates the secret and shows it once (tokens in Redis; "
+          "a tokens file is read-only)", scope="admin", body=TokenBody, response=TokenCreated, status=201,
+          errors={409: "tokens come from a file", 422: "invalid body"}),
+    Route("DELETE", "/api/v1/tokens/{token_id}", "delete_token", "Revoke an API token on every node",
+          scope="admin", status=204, errors={404: "unknown token", 409: "tokens come from a file",
+                                             422: "not a token id"},
+          params=(Param("token_id", "path", "the token's id (SHA-256 hex) as created; never the secret"),)),
     Route("GET", "/api/v1/tariffs", "list_tariffs", "Tariffs", response=TariffPage,
           errors={503: "billing is not available on this node"}),
     Route("GET", "/api/v1/tariffs/{tariff_id}", "get_tariff", "One tariff", response=Tariff,
@@ -332,7 +392,9 @@ ROUTES: tuple[Route, ...] = (
 )
 
 _TYPES = (Error, ChargerPage, Charger, CallResult, ChargerError, Transaction, TransactionPage,
-          IdTagBody, IdTag, IdTagPage, TokenBody, Health, Ready, TariffBody, Tariff, TariffPage, Cdr, Alert, AlertPage)
+          IdTagBody, IdTag, IdTagPage, TokenBody, TokenCreated, ChargerRegistration, ChargerRegistered,
+          PasswordRotation, PasswordRotated, SecurityEventPage, Health, Ready, TariffBody, Tariff, TariffPage,
+          Cdr, Alert, AlertPage)
 
 
 def _ref(t: type) -> dict:

@@ -42,6 +42,10 @@ from typing import Any
 CallExecutor = Callable[[str, str, dict, float], Awaitable[dict]]
 TakeoverCallback = Callable[[str, int], Any]  # (charger_id, new_epoch)
 
+# Not an OCPP action: ``call(charger_id, DISCONNECT, {"reason": ...})`` makes the owning
+# worker close the charger's connection (deregistration); the API refuses it from operators.
+DISCONNECT = "_Disconnect"
+
 
 # The replay window behind ``Last-Event-ID``: per charger, for the firehose, and how
 # long a stream's window outlives its last subscriber (single node) or event (Redis).

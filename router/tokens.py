@@ -3,7 +3,12 @@
 Scopes nest: ``admin`` ⊇ ``command`` ⊇ ``read``. A grant may carry an ACL, a list
 of charger-id globs (``fnmatch``, case-sensitive); without one it covers every
 charger. Tokens are only ever stored hashed (SHA-256 hex) in Redis; a file may
-hold them in clear or as ``sha256:<hex>``.
+hold them in clear or as ``sha256:<hex>``. ``POST /api/v1/tokens`` generates the secret
+(256 random bits), shows it once and stores its hash; the token's id is that hash.
+
+Secrets are never compared with each other: a presented token is hashed and its hash
+looked up, so a lookup's timing depends on SHA-256 output an attacker cannot steer, not
+on how much of a real secret a guess matches.
 
 ``authorize(token, scope, charger_id=None)`` answers ``"ok"``, ``"unauthenticated"``
 (no or unknown token: HTTP 401) or ``"forbidden"`` (scope or ACL: HTTP 403). With
@@ -218,8 +223,13 @@ class RedisTokens(TokenStore):
         self._cache.pop(token_hash(token), None)
 
     async def revoke(self, token: str) -> bool:
-        self._cache.pop(token_hash(token), None)
-        return bool(await self._r.delete(token_key(token)))
+        return await self.revoke_id(token_hash(token))
+
+    async def revoke_id(self, token_id: str) -> bool:
+        """Revoke by the token's id (its SHA-256 hex): what ``DELETE /tokens/{id}`` gets,
+        so the secret never travels in a URL."""
+        self._cache.pop(token_id, None)
+        return bool(await self._r.delete(f"cy:token:{{{token_id}}}"))
 
     async def grant(self, token: str) -> Grant | None:
         await self._ensure_seeded()

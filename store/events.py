@@ -330,23 +330,39 @@ def from_op(op: Any, result: Any, protocol: str = "") -> list[Event]:
 def encoded(ops: list[Any], results: list[Any]) -> list[tuple[str, bytes]]:
     """``(charger id, encoded envelope)`` of every event a committed batch reports, in op
     order: what a backend writes to its outbox. The same events as :func:`from_op`; the
-    MeterSample (most of a busy batch) takes a shorter path to the same bytes."""
+    MeterSample (most of a busy batch) takes a shorter path to the same bytes: the id's
+    hash of (charger, type, transaction, connector) is computed once per batch and copied
+    for each reading's time."""
     out: list[tuple[str, bytes]] = []
     append = out.append
     enc = _encoder.encode
+    prefixes: dict[tuple[str, str, int], Any] = {}
+    utc = dt.timezone.utc
     for op, result in zip(ops, results):
         if type(op) is MeterSample:
-            if op.tx_id:
+            tx = op.tx_id
+            if tx:
                 cid = op.charger_id
-                eid = _blake2b(f"{cid}\x1ftransaction.meter\x1f{op.tx_id}\x1f{op.connector_id}\x1f{to_us(op.at)}"
-                               .encode(), digest_size=16).hexdigest()
-                at = op.at if op.at.tzinfo is not None else op.at.replace(tzinfo=dt.timezone.utc)
-                append((cid, enc(Event(eid, "transaction.meter", SOURCE, at, cid,
-                                       TransactionMeter(op.tx_id, op.connector_id, op.energy_wh)))))
+                at = op.at
+                if at.tzinfo is None:
+                    at = at.replace(tzinfo=utc)
+                key = (cid, tx, op.connector_id)
+                h = prefixes.get(key)
+                if h is None:
+                    h = prefixes[key] = _blake2b(f"{cid}\x1ftransaction.meter\x1f{tx}\x1f{op.connector_id}\x1f".encode(),
+                                                 digest_size=16)
+                h = h.copy()
+                h.update(str((at - _EPOCH) // _US).encode())
+                append((cid, enc(Event(h.hexdigest(), "transaction.meter", SOURCE, at, cid,
+                                       TransactionMeter(tx, op.connector_id, op.energy_wh)))))
             continue
         for e in from_op(op, result):
             append((e.charger_id, enc(e)))
     return out
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_US = dt.timedelta(microseconds=1)
 
 
 # -- the outbox --------------------------------------------------------------------------

@@ -377,6 +377,30 @@ CREATE TABLE fence_gen (
     gen INTEGER NOT NULL
 );
 INSERT INTO fence_gen (id, gen) VALUES (0, 0);"""),
+    (9, """
+-- Registered chargers (store/chargers.py): the security profile a charger must meet and its
+-- password, only ever as salted scrypt hashes (store/passwords.py). pending_password_hash:
+-- sent to the charger, not yet accepted; previous_password_hash: the one before a rotation
+-- the charger accepted, valid until it connects with the new one. '' when none.
+CREATE TABLE charger_credentials (
+    charger_id             TEXT PRIMARY KEY,
+    security_profile       INTEGER NOT NULL,
+    password_hash          TEXT NOT NULL DEFAULT '',
+    pending_password_hash  TEXT NOT NULL DEFAULT '',
+    previous_password_hash TEXT NOT NULL DEFAULT '',
+    updated_at             INTEGER NOT NULL
+) WITHOUT ROWID;
+-- SecurityEventNotification as received: at is the charger's timestamp as sent (text),
+-- received_at our clock (microseconds).
+CREATE TABLE security_events (
+    id          INTEGER PRIMARY KEY,
+    charger_id  TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    tech_info   TEXT NOT NULL DEFAULT '',
+    received_at INTEGER NOT NULL
+);
+CREATE INDEX security_events_charger ON security_events (charger_id, id);"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

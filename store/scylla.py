@@ -75,8 +75,12 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
+
+from .events import EVENT_OPS, OutboxRow, encoded
 from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
                    StopTransaction, Store, StoreError, TransactionEvent, UpsertCharger)
+from .chargers import ChargerCredentials, ChargerCredentialStore, SecurityEvent
 
 __all__ = ["ScyllaStore", "MIGRATIONS", "LATEST", "migration_statements"]
 
@@ -207,6 +211,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE IF NOT EXISTS {ks}.charger_epochs (
     charger_id text PRIMARY KEY, epoch bigint)""",
     ]),
+    (3, [
+        # the events outbox (store/events.py): one partition per worker id, one row per
+        # batch (events first .. first+n-1, a msgpack list of (charger id, envelope))
+        """CREATE TABLE IF NOT EXISTS {ks}.event_outbox (
+    worker text, first bigint, n int, data blob,
+    PRIMARY KEY (worker, first))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.event_outbox_state (
+    worker text PRIMARY KEY, published bigint)""",
+    ]),
+    (4, [
+        # registered chargers (store/chargers.py): hashes only, '' when none
+        """CREATE TABLE IF NOT EXISTS {ks}.charger_credentials (
+    charger_id text PRIMARY KEY, security_profile int, password_hash text,
+    pending_password_hash text, previous_password_hash text, updated_at bigint)""",
+        # SecurityEventNotifications, newest first per charger; seq: the receipt time in
+        # microseconds x 1000 + a random 0-999 (two events of one microsecond both stay)
+        """CREATE TABLE IF NOT EXISTS {ks}.security_events (
+    charger_id text, seq bigint, type text, at text, tech_info text, received_at bigint,
+    PRIMARY KEY (charger_id, seq)) WITH CLUSTERING ORDER BY (seq DESC)""",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -289,6 +313,24 @@ _Q = {
     "tag_index": "INSERT INTO {ks}.id_tag_index (shard, tag) VALUES (?, ?)",
     "tag_unindex": "DELETE FROM {ks}.id_tag_index WHERE shard = ? AND tag = ?",
     "tag_ids": "SELECT tag FROM {ks}.id_tag_index WHERE shard = ? AND tag > ? LIMIT ?",
+    "outbox_add": "INSERT INTO {ks}.event_outbox (worker, first, n, data) VALUES (?, ?, ?, ?)",
+    "outbox_last": "SELECT first, n FROM {ks}.event_outbox WHERE worker = ? ORDER BY first DESC LIMIT 1",
+    "outbox_floor": "SELECT first, n FROM {ks}.event_outbox WHERE worker = ? AND first <= ? "
+                    "ORDER BY first DESC LIMIT 1",
+    "outbox_read": "SELECT first, n, data FROM {ks}.event_outbox WHERE worker = ? AND first >= ? LIMIT ?",
+    "outbox_trim": "DELETE FROM {ks}.event_outbox WHERE worker = ? AND first <= ?",
+    "outbox_published": "SELECT published FROM {ks}.event_outbox_state WHERE worker = ?",
+    "outbox_mark": "UPDATE {ks}.event_outbox_state SET published = ? WHERE worker = ?",
+    "creds_get": "SELECT charger_id, security_profile, password_hash, pending_password_hash, previous_password_hash "
+                 "FROM {ks}.charger_credentials WHERE charger_id = ?",
+    "creds_put": "INSERT INTO {ks}.charger_credentials (charger_id, security_profile, password_hash, "
+                 "pending_password_hash, previous_password_hash, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+    "creds_delete": "DELETE FROM {ks}.charger_credentials WHERE charger_id = ? IF EXISTS",
+    "creds_ids": "SELECT charger_id FROM {ks}.charger_credentials LIMIT ?",
+    "sec_event_add": "INSERT INTO {ks}.security_events (charger_id, seq, type, at, tech_info, received_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+    "sec_events": "SELECT charger_id, type, at, tech_info, received_at FROM {ks}.security_events "
+                  "WHERE charger_id = ? LIMIT ?",
 }
 _READS = frozenset(n for n, q in _Q.items() if q.startswith("SELECT"))
 _LWT = frozenset(n for n, q in _Q.items() if " IF " in q)
@@ -344,8 +386,12 @@ def _check_time(name: str, v: Any) -> None:
         raise StoreError(f"scylla: bad operation: {name}={v.isoformat()} out of range (1970..2262)")
 
 
+_EVENT_ONLY = frozenset(EVENT_OPS)
+_pack_events = msgspec.msgpack.Encoder().encode
+_unpack_events = msgspec.msgpack.Decoder(list[tuple[str, bytes]]).decode
+
 _OPS = (UpsertCharger, ChargerSeen, ConnectorStatus, StartTransaction, StopTransaction, MeterSample, TransactionEvent,
-        Fence)
+        Fence, *EVENT_OPS)
 _INTS = ("evse_id", "connector_id", "seq_no", "reservation_id", "epoch")
 _FLOATS = ("meter_start_wh", "meter_stop_wh", "energy_wh")
 _TIMES = ("at", "started_at", "stopped_at")
@@ -397,7 +443,7 @@ def _tx_dict(row: dict, samples: list[dict]) -> dict:
             "last_reading_at": _iso(newest["at"]) if newest else None}
 
 
-class ScyllaStore(Store):
+class ScyllaStore(Store, ChargerCredentialStore):
     """``ScyllaStore(hosts, keyspace="chargeyard", *, port=9042, datacenter=None,
     replication_factor=None, tablets=False, username=None, password=None,
     consistency="LOCAL_QUORUM", read_consistency=None, serial_consistency="LOCAL_SERIAL",
@@ -433,7 +479,8 @@ class ScyllaStore(Store):
                  username: str | None = None, password: str | None = None, consistency: str = "LOCAL_QUORUM",
                  read_consistency: str | None = None, serial_consistency: str = "LOCAL_SERIAL",
                  request_timeout: float = 10.0, connect_timeout: float = 10.0, max_concurrency: int = 128,
-                 retention_days: float = 90, charger_ops_per_batch: int = 2, **cluster_options: Any) -> None:
+                 retention_days: float = 90, charger_ops_per_batch: int = 2, outbox: str | None = None,
+                 **cluster_options: Any) -> None:
         self._d = _load_driver()
         if isinstance(hosts, str):
             hosts = [h for h in hosts.split(",")]
@@ -492,6 +539,10 @@ class ScyllaStore(Store):
         self._indexed: set[str] = set()
         self._epochs: dict[str, int] = {}  # fencing (ADR 0016): charger -> the epoch this store holds
         self._days: dict[tuple[str, int], float] = {}
+        # the worker id whose events outbox this store writes (None: no events); the next
+        # seq is kept here, read back at open (one writer per worker id)
+        self.outbox = outbox
+        self._outbox_next = 1
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -601,6 +652,8 @@ class ScyllaStore(Store):
             await self._connect()
             await self._check_schema()
             self._ps = await self._blocking(self._prepare_sync)
+            if self.outbox is not None:
+                self._outbox_next = await self._outbox_resume()
         except BaseException:
             await self._shutdown()
             raise
@@ -768,9 +821,86 @@ class ScyllaStore(Store):
                 if isinstance(r, StoreError):
                     raise r
                 raise StoreError(f"scylla: {r!r}") from r
+        if self.outbox is not None:
+            # the events of what landed (with refused ops, the others' landed: their retry
+            # may report nothing new, e.g. a stop already closed, so they are written now;
+            # the retry's repeats carry the same ids)
+            if refused:
+                keep = [i for i in range(len(ops)) if i not in refused]
+                await self._outbox_write(encoded([ops[i] for i in keep], [results[i] for i in keep]))
+            else:
+                await self._outbox_write(encoded(ops, results))
         if refused:  # the other chargers' ops landed; idempotent, so the writer's retry converges
             raise StaleEpoch(sorted(refused), stale)
         return results
+
+    # -- the events outbox (store/events.py) -----------------------------------------
+    # Not in one logged batch with the facts: a batch's facts span partitions and include
+    # LWTs (start keys, replay keys, first close), which a multi-partition logged batch
+    # cannot carry. Instead the batch's events are one row written after all its facts
+    # landed and before the batch is acknowledged (``apply`` returns): an acknowledged
+    # fact always has its event; a batch that fails is not acknowledged, and its retry (the
+    # writer's, or the charger's resend) writes the same events with the same ids, which
+    # consumers deduplicate. The seq counter is this process's (one writer per worker
+    # id), read back from the partition at open.
+
+    async def _outbox_write(self, rows: list[tuple[str, bytes]]) -> None:
+        if not rows:
+            return
+        first = self._outbox_next
+        self._outbox_next += len(rows)
+        try:
+            await self._execute(self._ps["outbox_add"], (self.outbox, first, len(rows), _pack_events(rows)))
+        except Exception as e:
+            raise StoreError(f"scylla: events outbox: {e!r}") from e
+
+    async def _outbox_resume(self) -> int:
+        last = await self._q("outbox_last", self.outbox)
+        if last:
+            return last[0]["first"] + last[0]["n"]
+        return await self._outbox_published() + 1
+
+    async def _outbox_published(self) -> int:
+        rows = await self._q("outbox_published", self.outbox)
+        return (rows[0]["published"] or 0) if rows else 0
+
+    async def outbox_read(self, after_seq: int, limit: int) -> list:
+        if self.outbox is None:
+            return []
+        after_seq = max(after_seq, await self._outbox_published())
+        floor = await self._q("outbox_floor", self.outbox, after_seq)
+        start = floor[0]["first"] if floor else 0
+        out: list[OutboxRow] = []
+        while True:
+            rows = await self._q("outbox_read", self.outbox, start, 64)
+            for r in rows:
+                for i, (key, payload) in enumerate(_unpack_events(r["data"])):
+                    seq = r["first"] + i
+                    if seq > after_seq:
+                        out.append(OutboxRow(seq, key, payload))
+                        if len(out) >= limit:
+                            return out
+            if len(rows) < 64:
+                return out
+            start = rows[-1]["first"] + 1
+
+    async def outbox_mark_published(self, upto_seq: int) -> None:
+        if self.outbox is None:
+            return
+        await self._q("outbox_mark", max(upto_seq, await self._outbox_published()), self.outbox)
+        # drop the rows wholly published (a row published in part stays until all of it is)
+        floor = await self._q("outbox_floor", self.outbox, upto_seq)
+        if floor:
+            first, n = floor[0]["first"], floor[0]["n"]
+            bound = first if first + n - 1 <= upto_seq else first - 1
+            if bound >= 1:
+                await self._q("outbox_trim", self.outbox, bound)
+
+    async def outbox_spooled(self) -> int:
+        if self.outbox is None:
+            return 0
+        return max(0, self._outbox_next - 1 - await self._outbox_published())
+
 
     async def _stale(self, charger_id: str) -> bool:
         """Fencing (ADR 0016): is the epoch this store holds for the charger no longer the
@@ -848,6 +978,8 @@ class ScyllaStore(Store):
                 if pending:
                     await self._write(pending, landed)
                     pending, landed = [], []
+                if t in _EVENT_ONLY:
+                    continue  # its only effect is its event (outbox)
                 if t is StartTransaction:
                     results[i] = await self._start(op)
                 elif t is StopTransaction:
@@ -1180,3 +1312,36 @@ class ScyllaStore(Store):
         await self._q("delete_tag", tag)
         await self._q("tag_unindex", _shard(tag), tag)  # after the row: a failure leaves an entry reads skip
         return existed
+
+    # -- charger credentials and security events (store/chargers.py) -----------------
+
+    async def get_charger_credentials(self, charger_id: str) -> ChargerCredentials | None:
+        rows = await self._q("creds_get", charger_id)
+        if not rows or rows[0].get("security_profile") is None:
+            return None
+        r = rows[0]
+        return ChargerCredentials(charger_id=r["charger_id"], security_profile=r["security_profile"],
+                                  password_hash=r.get("password_hash") or "",
+                                  pending_password_hash=r.get("pending_password_hash") or "",
+                                  previous_password_hash=r.get("previous_password_hash") or "")
+
+    async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
+        await self._q("creds_put", creds.charger_id, creds.security_profile, creds.password_hash,
+                      creds.pending_password_hash, creds.previous_password_hash, time.time_ns() // 1000)
+
+    async def delete_charger_credentials(self, charger_id: str) -> bool:
+        applied, _ = self._applied(await self._q("creds_delete", charger_id))
+        return applied
+
+    async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:
+        return sorted(r["charger_id"] for r in await self._q("creds_ids", int(limit)))
+
+    async def add_security_event(self, event: SecurityEvent) -> None:
+        now_us = time.time_ns() // 1000
+        await self._q("sec_event_add", event.charger_id, now_us * 1000 + random.randrange(1000), event.type,
+                      event.at, event.tech_info, now_us)
+
+    async def list_security_events(self, charger_id: str, limit: int = 100) -> list[SecurityEvent]:
+        rows = await self._q("sec_events", charger_id, int(limit))
+        return [SecurityEvent(charger_id=r["charger_id"], type=r["type"], at=r["at"], tech_info=r.get("tech_info") or "",
+                              received_at=_iso(r.get("received_at")) or "") for r in rows]

@@ -1,52 +1,71 @@
-"""Events of the worker's chargers (``charger.*``, ``transaction.*``) for live listeners.
+"""Live events of the worker's chargers (``charger.*``, ``transaction.*``) for SSE.
 
-Published through the registry (SSE subscribers, in-process or Redis pub/sub) and to
-optional in-process sinks. Never blocks a charger's reply.
+Fed from committed batches only (``BatchWriter(on_batch=...)``): the same facts, and the
+same event ids, as the store's outbox (``store/events.py``'s ``from_op``), so nothing is
+shown live that was not acknowledged. Events are built only for chargers someone watches
+(the registry's ``wants_events``), published through the registry (in-process, or Redis in
+a cluster) and to optional in-process sinks (tests). Never blocks a charger's reply.
+
+The live payload keeps the names SSE clients know: a ``transaction.meter``'s register is
+``meter_wh`` (a transaction's ``energy_wh`` elsewhere in the API is the energy delivered),
+and every event's ``data`` carries ``at`` (the fact's time).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-from ..router.registry import Registry
+import msgspec
 
-__all__ = ["Events"]
+from ..router.registry import Registry
+from ..store.events import Event, from_op
+
+__all__ = ["Events", "live"]
 
 log = logging.getLogger("chargeyard.worker")
-UTC = dt.timezone.utc
 
 
 def _always(charger_id: str) -> bool:
     return True
 
 
+def live(event: Event) -> dict:
+    """The SSE form of an event: the envelope as a dict, ``data`` with ``at``."""
+    data = msgspec.to_builtins(event.data)
+    if event.type == "transaction.meter":
+        data["meter_wh"] = data.pop("energy_wh")
+    at = event.time.isoformat()
+    data["at"] = at
+    return {"id": event.id, "type": event.type, "source": event.source, "time": at,
+            "charger_id": event.charger_id, "data": data}
+
+
 class Events:
-    """``emit(charger_id, kind, data)``; ``wants_events(charger_id)`` says whether anyone
-    listens, so that per-message events are not even built when nobody does."""
+    """``committed(ops, results)`` per committed batch; ``wants_events(charger_id)`` says
+    whether anyone listens (chosen once: the registry's own method unless a sink wants
+    everything)."""
 
     def __init__(self, registry: Registry, worker_id: str, spawn: Callable[[Any], None],
                  sinks: list[Callable[[dict], Any]] | None = None) -> None:
         self.registry = registry
         self.sinks = tuple(sinks or ())
         self._spawn = spawn
-        self._seq = 0
-        self._prefix = uuid.uuid4().hex[:12] + "-"  # ids stay unique across restarts
-        self._source = f"chargeyard/{worker_id}"
         self._publish_nowait = getattr(registry, "publish_nowait", None)
-        # Chosen once: the MeterValues path asks per message, and the registry's own method
-        # answers it in one call when no sink always wants everything.
         self.wants_events: Callable[[str], bool] = _always if self.sinks else registry.wants_events
 
-    def emit(self, charger_id: str, kind: str, data: dict) -> None:
-        if not self.wants_events(charger_id):
-            return
-        self._seq += 1
-        event = {"id": f"{self._prefix}{self._seq:x}", "type": kind, "source": self._source,
-                 "time": dt.datetime.now(UTC).isoformat(), "charger_id": charger_id, "data": data}
+    def committed(self, ops: list[Any], results: list[Any]) -> None:
+        """The live events of one committed batch, for the watched chargers only."""
+        wants = self.wants_events
+        for op, result in zip(ops, results):
+            cid = getattr(op, "charger_id", None)
+            if cid is None or not wants(cid):
+                continue
+            for event in from_op(op, result):
+                self.emit(live(event))
+
+    def emit(self, event: dict) -> None:
         if self._publish_nowait is not None:
             self._publish_nowait(event)
         else:
@@ -62,5 +81,3 @@ class Events:
             await self.registry.publish(event)
         except Exception as exc:
             log.debug("event not published: %r", exc)
-
-

@@ -11,6 +11,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 WS_CONNECTIONS = Gauge("chargeyard_ws_connections", "Open charger WebSocket connections", ["protocol"])
 WS_CLOSED = Counter("chargeyard_ws_connections_closed_total", "Closed charger connections", ["reason"])
 WS_REFUSED = Counter("chargeyard_ws_handshakes_refused_total", "Refused WebSocket handshakes", ["reason"])
+# reason: one of worker/security/handshake.py REASONS
+AUTH_FAILURES = Counter("chargeyard_ws_auth_failures_total", "Charger handshakes refused by authentication",
+                        ["reason"])
 CALL_ERRORS = Counter("chargeyard_ocpp_call_errors_total", "CALLERRORs sent to chargers", ["protocol", "code"])
 BATCH_ROWS = Histogram("chargeyard_db_batch_rows", "Rows per store commit",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))

@@ -23,15 +23,19 @@ from picows import (WSCloseCode, WSUpgradeRequest, WSUpgradeResponse, WSUpgradeR
 
 from ..core import IMPL as CODEC_IMPL
 from ..core import SUBPROTOCOLS, Codec, twins
-from ..router.registry import NotConnected, Registry
+from ..router.registry import DISCONNECT, NotConnected, Registry
 from ..store.base import Fence, Store
+from ..store.events import ConnectionClosed, ConnectionOpened, SecurityEventReported
 from . import metrics as m
 from .authorization import Authorization
 from .events import Events
 from .handlers import all_handlers
 from .leniency import Leniency
+from .relay import KafkaPublisher, LocalPublisher, Relay, Sink
 from .services import Services
 from .session import Session
+from .security.gate import GatedServer
+from .security.service import UNAVAILABLE, ChargerSecurity, Ticket
 from .settings import WorkerSettings
 from .txids import TxIds
 from .writer import BatchWriter
@@ -86,11 +90,15 @@ def _event(event: str, **fields: Any) -> dict[str, Any]:
 
 
 class Worker:
-    """One worker process's charger endpoint. ``sinks`` receive every event too (tests,
-    in-process consumers)."""
+    """One worker process's charger endpoint. ``sinks`` receive every live event too, as
+    the SSE dicts (tests). ``event_sinks`` are the in-process consumers of the outbox on a
+    node without Kafka (``relay.LocalPublisher``: the billing and monitoring services,
+    which ``app/node.py`` composes); with ``settings.kafka_bootstrap`` the relay publishes
+    to Kafka instead. Either way the events are the store's committed outbox rows."""
 
     def __init__(self, settings: WorkerSettings, store: Store, registry: Registry,
-                 sinks: list[Callable[[dict], Any]] | None = None) -> None:
+                 sinks: list[Callable[[dict], Any]] | None = None,
+                 event_sinks: list[Sink] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -98,17 +106,27 @@ class Worker:
         per_message = twins.load("chargeyard.worker.writer")  # Lane, reply_all: compiled unless pure
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=per_message.reply_all,
-                                  lane=per_message.Lane)
+                                  lane=per_message.Lane, on_batch=self._on_batch)
+        # the outbox relay (ADR 0015): Kafka, or the in-process consumers on one node
+        self.event_sinks = list(event_sinks or ())
+        self.relay = Relay(store, KafkaPublisher(settings.kafka_bootstrap, client_id=f"chargeyard-{settings.worker_id}")
+                           if settings.kafka_bootstrap else LocalPublisher(*self.event_sinks))
         self.writer.on_stale = self._stale_epochs
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
             Leniency.from_file(settings.leniency_file),
             Events(registry, settings.worker_id, self.spawn, sinks))
+        # charger authentication at the handshake, TLS, the CSMS CA (worker/security/)
+        self.security = ChargerSecurity(settings, store, parse_charger_id)
+        self.services.security = self.security
         self.handlers = all_handlers(self.services)
         self.sessions: dict[str, Session] = {}
+        self._announced: set[int] = set()  # sessions whose charger.connected was queued
         self.ready = False
         self.draining = False
         self._server: asyncio.Server | None = None
+        self._gate: GatedServer | None = None
+        self._auth_events: dict[str, float] = {}
         self._hs_tokens = float(settings.handshake_rate)
         self._hs_last = time.monotonic()
         self.port = 0
@@ -122,9 +140,9 @@ class Worker:
     async def start(self) -> None:
         s = self.settings
         await self.writer.start()
+        self.relay.start()
         self.registry.attach(s.worker_id, self.execute_call, self.on_takeover)
-        self._server = await ws_create_server(
-            self._factory, s.host, s.ws_port,
+        options: dict[str, Any] = dict(
             max_frame_size=s.max_frame,
             # pings come from one sweep over all sessions (_keepalive), not from picows'
             # auto-ping: that is a task with a sleeping timer per connection
@@ -132,10 +150,19 @@ class Worker:
             read_buffer_init_size=s.ws_read_buffer,
             websocket_handshake_timeout=10,
             logger_name="chargeyard.ws",
+        )
+        if self.security.gated:
+            # the handshake waits for the charger's authentication (a store lookup, maybe a
+            # password check in a thread), then picows alone serves the connection
+            await self.security.start()
+            self._gate = GatedServer(self._gated_factory, self.security.precheck, UNAVAILABLE,
+                                     quick=self.security.quick)
+            self._server = await self._gate.start(s.host, s.ws_port, ssl=self.security.tls, **options)
+        else:
             # uvloop's own TCP transport: the same CPU per message as picows' default
             # (aiofastnet) here, and less memory per idle connection
-            use_aiofastnet=False,
-        )
+            self._server = await ws_create_server(self._factory, s.host, s.ws_port, use_aiofastnet=False,
+                                                  **options)
         self.port = self._server.sockets[0].getsockname()[1]
         if s.ping_interval > 0:
             self.spawn(self._keepalive())
@@ -143,7 +170,9 @@ class Worker:
             self.spawn(self._last_seen())
         m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
         self.ready = True
-        log.info("worker %s listening for chargers on ws://%s:%d/ocpp/{id}", s.worker_id, s.host, self.port)
+        log.info("worker %s listening for chargers on %s://%s:%d/ocpp/{id}", s.worker_id, self.security.scheme,
+                 s.host, self.port)
+        log.info(self.security.describe())
 
     async def drain(self) -> None:
         """SIGTERM: readiness false and new chargers refused at once; then the chargers are
@@ -158,7 +187,9 @@ class Worker:
         if self.draining:
             return
         self.ready, self.draining = False, True
-        if self._server is not None:
+        if self._gate is not None:
+            self._gate.close()
+        elif self._server is not None:
             self._server.close()
         self._write_last_seen()
         s = self.settings
@@ -203,6 +234,10 @@ class Worker:
     async def stop(self) -> None:
         await self.drain()
         await self.writer.close()
+        # after the writer's last commit: publish what is spooled, for a bounded time (what
+        # is left is published by the next process with this worker id)
+        await self.relay.close(drain_s=self.settings.relay_drain_s)
+        self.security.close()
 
     async def _keepalive(self) -> None:
         """Ping chargers idle for ping_interval; close those that leave a ping unanswered
@@ -255,6 +290,49 @@ class Worker:
         return WSUpgradeResponseWithListener(
             WSUpgradeResponse.create_error_response(status, body.encode(), headers), None)
 
+    def _gated_factory(self, request: WSUpgradeRequest, ticket: Ticket | None) -> Any:
+        """The upgrade answer once the gate's check is done: its refusal (401, 429, 503),
+        or the usual checks and a session."""
+        if ticket is None:
+            # no check ran: the path has no charger id (the usual 400 below), or the request
+            # head was too large for the gate to read, which never becomes a session
+            if parse_charger_id(request.path) is not None:
+                return self._refuse(request, 431, "bad_request", "request header fields too large")
+        else:
+            d = ticket.decision
+            if not d.accepted:
+                if d.status in (401, 429):
+                    self._auth_failed(ticket)
+                reason = "auth" if d.status in (401, 429) else d.reason or "unavailable"
+                text = {401: "authentication failed", 429: "too many failed attempts, retry later"}.get(
+                    d.status, "charger authentication unavailable, retry")
+                return self._refuse(request, d.status, reason, text, d.headers())
+            if ticket.charger_id != parse_charger_id(request.path):  # cannot differ; never trust it
+                return self._refuse(request, 400, "bad_id", "charger id mismatch")
+        answer = self._factory(request)
+        if ticket is not None and isinstance(answer.listener, Session):
+            answer.listener.ticket = ticket
+        return answer
+
+    AUTH_EVENT_EVERY = 10.0  # seconds between two charger.auth_failed events of one charger
+
+    def _auth_failed(self, ticket: Ticket) -> None:
+        """A ``LoginFailed`` security event for monitoring's ``auth_failures`` alert: at most one per
+        charger every ``AUTH_EVENT_EVERY`` seconds (an attacker's loop must not flood the bus;
+        the counter chargeyard_ws_auth_failures_total counts every one)."""
+        now_t = time.monotonic()
+        last = self._auth_events.get(ticket.charger_id, 0.0)
+        if now_t - last < self.AUTH_EVENT_EVERY:
+            return
+        if len(self._auth_events) > 50_000:
+            self._auth_events.clear()
+        self._auth_events[ticket.charger_id] = now_t
+        # published from the outbox as charger.security_event (LoginFailed), in order with
+        # the charger's other facts
+        self._event_op(SecurityEventReported(
+            ticket.charger_id, "LoginFailed", dt.datetime.now(dt.timezone.utc),
+            f"reason={ticket.decision.reason} status={ticket.decision.status} address={ticket.peer.address}"))
+
     def _factory(self, request: WSUpgradeRequest) -> Any:
         if self.draining:
             return self._refuse(request, 503, "draining", "draining, connect again", {"Retry-After": "5"})
@@ -282,6 +360,9 @@ class Worker:
     # -- session table -----------------------------------------------------------------
     def session_opened(self, s: Session) -> None:
         s.address = _peer(s)
+        if s.ticket is not None:  # needed only now: not kept for the connection's life
+            self.security.accepted(s.ticket)
+            s.ticket = None
         old = self.sessions.get(s.charger_id)
         self.sessions[s.charger_id] = s
         m.WS_CONNECTIONS.labels(s.protocol).inc()
@@ -295,7 +376,6 @@ class Worker:
         # queued before any of its writes (one registry round trip per connect)
         _reading(s, False)
         self.spawn(self._claim(s))
-        self.services.events.emit(s.charger_id, "charger.connected", {"protocol": s.protocol})
 
     async def _claim(self, s: Session) -> None:
         try:
@@ -312,6 +392,12 @@ class Worker:
                 if fut is not None:
                     fut.add_done_callback(lambda f: self._fenced(s, f))
         finally:
+            # charger.connected, committed in order with the charger's facts, after its
+            # Fence and before any of its messages (epoch 0: the registry did not answer)
+            if s.closed_reason is None:
+                self._announced.add(id(s))
+                self._event_op(ConnectionOpened(s.charger_id, s.protocol, s.epoch, self.settings.worker_id,
+                                                dt.datetime.now(dt.timezone.utc)))
             _reading(s, True)
 
     def _fence(self, op: Fence) -> asyncio.Future | None:
@@ -340,6 +426,16 @@ class Worker:
                     "takeover", charger_id=cid, by="fenced", epoch=epoch))
                 s.close(WSCloseCode.OK, "connected elsewhere", "takeover")
 
+    def _event_op(self, op: Any) -> None:
+        """Queue an op whose only effect is its event (``store.events.EVENT_OPS``)."""
+        if self.writer.closed:
+            log.debug("event op not written, the writer is closed: %r", op)
+            return
+        try:
+            self.writer.add(op).add_done_callback(_ignore_failure)
+        except Exception as exc:  # a full writer
+            log.warning("event not written: %r (%r)", op, exc)
+
     def session_closed(self, s: Session, reason: str) -> None:
         m.WS_CONNECTIONS.labels(s.protocol).dec()
         m.WS_CLOSED.labels(reason).inc()
@@ -352,7 +448,11 @@ class Worker:
             self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
-            self.services.events.emit(s.charger_id, "charger.disconnected", {"reason": reason})
+        # every session announced reports its close, a replaced one too (reason takeover)
+        if id(s) in self._announced:
+            self._announced.discard(id(s))
+            self._event_op(ConnectionClosed(s.charger_id, s.epoch, reason, self.settings.worker_id,
+                                            dt.datetime.now(dt.timezone.utc)))
         if s.epoch:  # after every write of this connection: the store forgets its epoch
             self._fence(Fence(s.charger_id, s.epoch, release=True))
 
@@ -374,7 +474,17 @@ class Worker:
         s = self.sessions.get(charger_id)
         if s is None:
             raise NotConnected(f"charger {charger_id!r} is not connected")
+        if action == DISCONNECT:  # deregistered: the charger's credentials are gone
+            self.security.forget(charger_id)
+            s.close(WSCloseCode.POLICY_VIOLATION, str(payload.get("reason") or "disconnected"), "deregistered")
+            return {}
         return await s.call(action, payload, timeout)
+
+    def _on_batch(self, ops: list[Any], results: list[Any]) -> None:
+        """A committed batch: its live events to the watched chargers' SSE subscribers, and
+        the relay told that the outbox has new rows."""
+        self.services.events.committed(ops, results)
+        self.relay.wake()
 
     def _on_commit(self, rows: int, seconds: float) -> None:
         m.BATCH_ROWS.observe(rows)

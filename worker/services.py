@@ -43,6 +43,9 @@ class Services:
         # forms of handlers/common.py); an unknown vendorId is answered UnknownVendorId
         self.data_transfer: dict[str, Callable[[Any, Any], Any]] = {}
         self.boots_in_flight = 0
+        # charger security (worker/security/service.py ChargerSecurity): the CSMS CA for
+        # SignCertificate, the store of security events; set by the worker
+        self.security: Any = None
         self.tasks: set[asyncio.Task] = set()
         self._warned: dict[tuple[str, str], float] = {}
 

@@ -57,7 +57,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
 
     __slots__ = ("services", "table", "charger_id", "protocol", "version", "address", "tables", "epoch",
                  "vendor", "model", "leniency", "closed_reason", "connected_at", "_seen_written", "_pending",
-                 "_call_lock", "_queued")
+                 "_call_lock", "_queued", "ticket")
 
     def __init__(self, services: Services, table: SessionTable, charger_id: str, protocol: str, version: str,
                  codec: Codec, handlers: dict[str, Any]) -> None:
@@ -68,6 +68,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self.protocol = protocol
         self.version = version
         self.address = ""  # the peer's host:port, once connected (for the logs)
+        self.ticket: Any = None  # the handshake's authentication (worker/security/service.py)
         self.codec = codec
         self.tables = codec.tables
         self.handlers = handlers

@@ -37,3 +37,15 @@ class WorkerSettings:
     batch_ms: float = 0.5               # most extra wait for a fuller batch when busy (ms)
     batch_max: int = 1000
     seen_interval: float = 30.0         # how often last_seen follows the chargers' messages (s)
+    # events (store/events.py, worker/relay.py)
+    kafka_bootstrap: str = ""           # empty: the relay hands the outbox to in-process sinks
+    relay_drain_s: float = 5.0          # at shutdown, how long the relay may publish what is spooled
+    # charger security (worker/security/): the node's minimum profile and what it needs
+    security_profile: int = 0           # 0 anyone, 1 Basic, 2 TLS + Basic, 3 client certificate
+    unknown_chargers: str = ""          # accept | reject ("": accept at profile 0, else reject)
+    tls_cert: str = ""                  # wss:// on the charger port when set (with tls_key)
+    tls_key: str = ""
+    tls_client_ca: str = ""             # client certificates chain to this CA (profile 3)
+    trusted_proxies: str = ""           # CIDRs whose identity headers are believed
+    ca_cert: str = ""                   # the CSMS CA signing SignCertificate requests
+    ca_key: str = ""

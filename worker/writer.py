@@ -205,12 +205,17 @@ class BatchWriter:
     ``metrics``/``on_commit``: called after every successful commit as
     ``on_commit(rows, seconds)`` (``metrics`` may be that callable or an object with an
     ``on_commit`` method); exceptions from it are logged, never raised.
+
+    ``on_batch``: called once per committed (and synced) batch, before ``on_commit``, as
+    ``on_batch(ops, results)``: the worker derives the live events of the batch there and
+    wakes its events relay (one call per batch, none per message).
     """
 
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
                  on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
                  isolate_s: float = 1.0, maintain_every_ms: float = 4.0,
-                 reply_all: Callable[[list[Pending], list[Any]], None] = reply_all, lane: Any = Lane) -> None:
+                 reply_all: Callable[[list[Pending], list[Any]], None] = reply_all, lane: Any = Lane,
+                 on_batch: Callable[[list[Op], list[Any]], None] | None = None) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
@@ -225,6 +230,7 @@ class BatchWriter:
             self._hooks.append(metrics if callable(metrics) else metrics.on_commit)
         if on_commit is not None:
             self._hooks.append(on_commit)
+        self._on_batch = on_batch
         # items: seq strictly increasing in add order
         self._queue: deque[Pending] = deque()
         self._waiting: deque[Pending] = deque()  # admission line
@@ -624,6 +630,11 @@ class BatchWriter:
     def _resolve(self, items: list[Pending], results: list[Any],
                  seconds: float) -> None:
         self._reply_all(items, results)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(self._lane.ops(items), results)
+            except Exception:
+                log.exception("on_batch hook failed")
         self.commits += 1
         self.rows_committed += len(items)
         for hook in self._hooks:

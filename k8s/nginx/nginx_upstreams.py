@@ -21,7 +21,9 @@ does, so a reload never fails on it. Runs in the chargeyard image:
 
 Settings (environment): POD_NAMESPACE, WORKER_SERVICE, WORKER_WS_PORT, API_UPSTREAM,
 NGINX_WS_PORT, NGINX_HTTP_PORT, NGINX_CONF, NGINX_RUN_DIR, NGINX_WORKER_PROCESSES,
-POLL_SECONDS, RELOAD_MIN_SECONDS; KUBE_API_URL overrides the in-cluster API address.
+POLL_SECONDS, RELOAD_MIN_SECONDS; NGINX_TLS_CERT, NGINX_TLS_KEY, NGINX_TLS_CLIENT_CA,
+NGINX_REQUIRE_CLIENT_CERT (chargers' TLS, k8s-overlays/tls); KUBE_API_URL overrides the
+in-cluster API address.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ def settings(env: dict[str, str] | None = None) -> dict[str, str]:
         "poll": env.get("POLL_SECONDS", "5"),
         "reload_min": env.get("RELOAD_MIN_SECONDS", "10"),
         "api_url": env.get("KUBE_API_URL", ""),
+        # chargers' TLS, ended by nginx (k8s-overlays/tls): certificate files from a Secret
+        "tls_cert": env.get("NGINX_TLS_CERT", ""),
+        "tls_key": env.get("NGINX_TLS_KEY", ""),
+        "tls_client_ca": env.get("NGINX_TLS_CLIENT_CA", ""),
+        "require_client_cert": env.get("NGINX_REQUIRE_CLIENT_CERT", ""),
     }
 
 
@@ -144,6 +151,11 @@ def nginx_config_argv(names: list[str], cfg: dict[str, str], output: str | None 
         argv += ["--worker", f"{n}:{cfg['worker_ws_port']}"]
     argv += ["--api", cfg["api"], "--ws-port", cfg["ws_port"], "--http-port", cfg["http_port"],
              "--run-dir", cfg["run_dir"], "--worker-processes", cfg["worker_processes"]]
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        if cfg.get(key):
+            argv += ["--" + key.replace("_", "-"), cfg[key]]
+    if cfg.get("require_client_cert", "").lower() in ("1", "true", "yes", "on"):
+        argv.append("--require-client-cert")
     if output:
         argv += ["-o", output]
     return argv

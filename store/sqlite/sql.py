@@ -208,3 +208,20 @@ def tx_keyset(charger: bool, active: bool | None, started: bool, after: bool) ->
     order = "ORDER BY started_at DESC, charger_id DESC, tx_id DESC"
     page = f"SELECT * FROM transactions WHERE {' AND '.join(where)} {order} LIMIT ?"
     return f"WITH page AS MATERIALIZED ({page}) {TX_SELECT.format('page')} {order}"
+# -- charger credentials and security events (store/chargers.py) -----------------------
+
+CREDS_GET = """
+SELECT charger_id, security_profile, password_hash, pending_password_hash, previous_password_hash
+FROM charger_credentials WHERE charger_id = ?"""
+CREDS_PUT = """
+INSERT INTO charger_credentials (charger_id, security_profile, password_hash, pending_password_hash,
+    previous_password_hash, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (charger_id) DO UPDATE SET security_profile = ?2, password_hash = ?3,
+    pending_password_hash = ?4, previous_password_hash = ?5, updated_at = ?6"""
+CREDS_DELETE = "DELETE FROM charger_credentials WHERE charger_id = ?"
+CREDS_IDS = "SELECT charger_id FROM charger_credentials ORDER BY charger_id LIMIT ?"
+SECURITY_EVENT_ADD = """
+INSERT INTO security_events (charger_id, type, at, tech_info, received_at) VALUES (?, ?, ?, ?, ?)"""
+SECURITY_EVENTS = """
+SELECT charger_id, type, at, tech_info, received_at FROM security_events
+WHERE charger_id = ? ORDER BY id DESC LIMIT ?"""

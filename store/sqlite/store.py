@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Coroutine
 
-from ..base import Op, Store, StoreError, to_us
+from ..base import Op, Store, StoreError, from_us, to_us
+from ..chargers import ChargerCredentialStore, ChargerCredentials, SecurityEvent
 from .. import migrations
 from . import outbox, reads, sql
 from .batch import LOCK_TAKEN, TX_ID_MAX, Batches, not_open, store_errors
@@ -43,7 +44,7 @@ __all__ = ["SqliteStore"]
 log = logging.getLogger("chargeyard.store.sqlite")
 
 
-class SqliteStore(Store):
+class SqliteStore(Store, ChargerCredentialStore):
     """``SqliteStore(path, *, synchronous="FULL", busy_timeout=10.0, fold_rows=FOLD_ROWS,
     idle_fold_rows=IDLE_FOLD_ROWS, outbox=None)``: :meth:`maintain` (the writer calls it when it has no
     batch waiting, and every few milliseconds under load), with ``idle_fold_rows`` readings
@@ -330,3 +331,34 @@ class SqliteStore(Store):
 
     async def delete_id_tag(self, tag: str) -> bool:
         return await self._run(self.batches.write, lambda conn: conn.execute(sql.ID_TAG_DELETE, (tag,)).rowcount > 0)
+
+    # -- charger credentials and security events (store/chargers.py) -----------------
+
+    async def get_charger_credentials(self, charger_id: str) -> ChargerCredentials | None:
+        row = await self._run(lambda: self.batches.db.execute(sql.CREDS_GET, (charger_id,)).fetchone())
+        if row is None:
+            return None
+        return ChargerCredentials(charger_id=row[0], security_profile=row[1], password_hash=row[2],
+                                  pending_password_hash=row[3], previous_password_hash=row[4])
+
+    async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
+        args = (creds.charger_id, creds.security_profile, creds.password_hash, creds.pending_password_hash,
+                creds.previous_password_hash, to_us(dt.datetime.now(dt.timezone.utc)))
+        await self._run(self.batches.write, lambda conn: conn.execute(sql.CREDS_PUT, args))
+
+    async def delete_charger_credentials(self, charger_id: str) -> bool:
+        return await self._run(self.batches.write,
+                               lambda conn: conn.execute(sql.CREDS_DELETE, (charger_id,)).rowcount > 0)
+
+    async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:
+        rows = await self._run(lambda: self.batches.db.execute(sql.CREDS_IDS, (limit,)).fetchall())
+        return [r[0] for r in rows]
+
+    async def add_security_event(self, event: SecurityEvent) -> None:
+        args = (event.charger_id, event.type, event.at, event.tech_info, to_us(dt.datetime.now(dt.timezone.utc)))
+        await self._run(self.batches.write, lambda conn: conn.execute(sql.SECURITY_EVENT_ADD, args))
+
+    async def list_security_events(self, charger_id: str, limit: int = 100) -> list[SecurityEvent]:
+        rows = await self._run(lambda: self.batches.db.execute(sql.SECURITY_EVENTS, (charger_id, limit)).fetchall())
+        return [SecurityEvent(charger_id=r[0], type=r[1], at=r[2], tech_info=r[3], received_at=from_us(r[4]) or "")
+                for r in rows]

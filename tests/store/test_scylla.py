@@ -128,7 +128,7 @@ def test_prepared_statements_use_tables_and_columns_of_the_schema():
         q = q.format(ks="ks")
         for table in re.findall(r"\bks\.(\w+)", q):
             assert table in tables, (name, table)
-            cols = set(re.findall(r"(\w+) (?:text|bigint|int|double|boolean)", tables[table]))
+            cols = set(re.findall(r"(\w+) (?:text|bigint|int|double|boolean|blob)", tables[table]))
             body = re.sub(r"'[^']*'", "", q.split(f"ks.{table}", 1)[1])
             used = set(re.findall(r"\b([a-z_]+)\s*(?:=|,|\)|\s+(?:AND|ASC|IF|FROM|WHERE))", body))
             used -= {"null", "true", "name", "next_id"} if table != "tx_id_alloc" else {"null"}

@@ -99,18 +99,16 @@ cdef list _samples_16(charger_id, tx, connector, meter_value):
     return samples
 
 
-cdef object _meter_values_16(session, req, wants_events, several, commit, accepted):
-    charger_id = session.charger_id
+cdef object _meter_values_16(session, req, several, commit, accepted):
     t = _field(req, _REQ, _REQ_TX, "transaction_id")
     tx = "" if t is _UNSET else str(t)
-    cdef list readings = _samples_16(charger_id, tx, _field(req, _REQ, _REQ_CON, "connector_id"),
+    cdef list readings = _samples_16(session.charger_id, tx, _field(req, _REQ, _REQ_CON, "connector_id"),
                                      _field(req, _REQ, _REQ_MV, "meter_value"))
     if not readings:
         return accepted
-    wants_event = wants_events(charger_id)
-    if len(readings) == 1 and not wants_event:
+    if len(readings) == 1:
         return commit(readings[0], accepted)
-    return several(session, req, tx, readings, wants_event)
+    return several(session, readings)
 
 
 def energy_16(sampled):
@@ -121,7 +119,7 @@ def samples_16(charger_id, tx, connector, meter_value):
     return _samples_16(charger_id, tx, connector, meter_value)
 
 
-def meter_values_16(wants_events, several, commit, accepted):
+def meter_values_16(several, commit, accepted):
     def meter_values(session, req):
-        return _meter_values_16(session, req, wants_events, several, commit, accepted)
+        return _meter_values_16(session, req, several, commit, accepted)
     return meter_values

@@ -29,11 +29,13 @@ import msgspec
 
 from ...core.directions import CHARGER_INITIATED
 from ...store import base as ops
+from ...store.events import SecurityEventReported
 from ..services import Services
 from ..writer import Commit
 
 __all__ = ["DEFAULT_RESPONSES", "ENERGY", "I64", "UNSET", "energy_register", "finite", "i64", "Commit", "Deferred", "Handler", "Session", "after_commits",
-           "boot_accepted", "complete", "heartbeat_seen", "now", "route_data_transfer"]
+           "boot_accepted", "complete", "heartbeat_seen", "now", "route_data_transfer", "report_security",
+           "security_event_notification", "tag_status"]
 
 log = logging.getLogger("chargeyard.worker")
 UTC = dt.timezone.utc
@@ -134,8 +136,38 @@ async def _booted(session: Session, write: asyncio.Future, firmware: str, respon
     log.info("charger booted", extra={"fields": {
         "event": "boot", "charger_id": session.charger_id, "vendor": session.vendor, "model": session.model,
         "firmware": firmware}})
-    services.events.emit(session.charger_id, "charger.booted",
-                         {"vendor": session.vendor, "model": session.model, "firmware": firmware})
+    return response
+
+
+async def tag_status(session: Session, tag: str) -> str:
+    """The id tag's status (``Authorization.status``); one other than Accepted is also
+    written as a ``charger.security_event`` of type ``IdTagRejected`` (the
+    ``auth_failures`` alert counts them)."""
+    status = await session.services.authorization.status(tag)
+    if status != "Accepted":
+        report_security(session, "IdTagRejected", f"idTag {tag}: {status}")
+    return status
+
+
+def report_security(session: Session, kind: str, tech_info: str = "", at: dt.datetime | None = None) -> None:
+    """Queue a security event: it commits in order with the charger's facts and is
+    published from the outbox. Not awaited: a failed write loses only this event."""
+    try:
+        write = session.services.writer.add(SecurityEventReported(session.charger_id, kind, at or now(), tech_info))
+    except Exception as exc:  # a full or closed writer
+        log.debug("security event of %s not written: %r", session.charger_id, exc)
+        return
+    write.add_done_callback(_ignore_failure)
+
+
+def _ignore_failure(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def security_event_notification(session: Session, req: Any, response: R) -> R:
+    """SecurityEventNotification (2.0.1, 2.1): the charger's own security event."""
+    report_security(session, req.type, req.tech_info or "", req.timestamp)
     return response
 
 

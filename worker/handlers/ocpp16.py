@@ -18,12 +18,13 @@ from ...core.messages import v16
 from ...store import base as ops
 from ...store.base import MeterSample
 from ..services import Services
-from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
+from . import security
+from .common import (tag_status, UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
                      energy_register, finite, heartbeat_seen, i64, now, route_data_transfer)
 
 __all__ = ["IMPL", "authorize", "boot_notification", "data_transfer", "energy_16", "handlers", "heartbeat",
-           "meter_values_16", "meter_values_several", "samples_16", "start_transaction", "status_notification",
-           "stop_transaction"]
+           "meter_values_16", "meter_values_several", "samples_16", "security_event_notification",
+           "sign_certificate", "start_transaction", "status_notification", "stop_transaction"]
 
 IMPL = "python"
 
@@ -51,7 +52,7 @@ def heartbeat(session: Session, req: v16.HeartbeatRequest) -> v16.HeartbeatRespo
 
 
 async def authorize(session: Session, req: v16.AuthorizeRequest) -> v16.AuthorizeResponse:
-    status = await session.services.authorization.status(req.id_tag)
+    status = await tag_status(session, req.id_tag)
     return v16.AuthorizeResponse(id_tag_info=v16.AuthorizeResponseIdTagInfo(status=status))
 
 
@@ -61,9 +62,6 @@ def status_notification(session: Session, req: v16.StatusNotificationRequest) ->
     at = req.timestamp if req.timestamp is not UNSET else now()
     services.writer.add(ops.ConnectorStatus(session.charger_id, 0, i64(req.connector_id), req.status,
                                             req.error_code, at, req.info or ""))
-    services.events.emit(session.charger_id, "charger.status", {
-        "connector_id": req.connector_id, "status": req.status, "error_code": req.error_code,
-        "at": at.isoformat()})
     return STATUS_NOTIFICATION_ACCEPTED
 
 
@@ -71,37 +69,21 @@ async def start_transaction(session: Session, req: v16.StartTransactionRequest) 
     """Deferred: the id tag's status and a new transaction id first. A retry of the same
     start (same connector, tag, meter and time) gets the first one's id from the store."""
     services = session.services
-    status = await services.authorization.status(req.id_tag)
+    status = await tag_status(session, req.id_tag)
     new_id = await services.tx_ids.next()
     tx = await services.writer.add(ops.StartTransaction(
         session.charger_id, str(new_id), i64(req.connector_id), req.id_tag, float(req.meter_start), req.timestamp,
         i64(req.reservation_id) if req.reservation_id is not UNSET else None))
-    services.events.emit(session.charger_id, "transaction.started", {
-        "transaction_id": tx, "connector_id": req.connector_id, "id_tag": req.id_tag,
-        "meter_start_wh": float(req.meter_start), "at": req.timestamp.isoformat()})
     return v16.StartTransactionResponse(id_tag_info=v16.StartTransactionResponseIdTagInfo(status=status),
                                         transaction_id=int(tx))
 
 
-def meter_values_several(session: Session, req: v16.MeterValuesRequest, tx: str, readings: list[ops.MeterSample],
-                         wants_event: bool) -> Deferred[v16.MeterValuesResponse]:
-    """MeterValues with several readings, or whose ``transaction.meter`` event someone
-    wants: every reading committed, then the event (the last reading's register, as
-    ``meter_wh``) and the answer. The common case (no reading, or one and no listener) is
-    answered by ``meter.meter_values_16`` (compiled), which calls this for the rest."""
-    writes = [session.services.writer.add(op) for op in readings]
-    if not wants_event:
-        return after_commits(writes, METER_VALUES_ACCEPTED)
-    return _meter_event_after(session, req.connector_id, tx, readings[-1], writes)
-
-
-async def _meter_event_after(session: Session, connector_id: int, tx: str, last: ops.MeterSample,
-                             writes: list[asyncio.Future]) -> v16.MeterValuesResponse:
-    await asyncio.gather(*writes)
-    session.services.events.emit(session.charger_id, "transaction.meter", {
-        "transaction_id": tx, "connector_id": connector_id, "meter_wh": last.energy_wh,
-        "at": last.at.isoformat()})
-    return METER_VALUES_ACCEPTED
+def meter_values_several(session: Session, readings: list[ops.MeterSample]) -> Deferred[v16.MeterValuesResponse]:
+    """MeterValues with several readings: every reading committed, then the answer. The
+    common case (no reading, or one) is answered by ``meter_values_16`` (compiled), which
+    calls this for the rest. Their ``transaction.meter`` events come from the outbox."""
+    writer = session.services.writer
+    return after_commits([writer.add(op) for op in readings], METER_VALUES_ACCEPTED)
 
 
 def stop_transaction(session: Session, req: v16.StopTransactionRequest) -> Deferred[v16.StopTransactionResponse]:
@@ -121,11 +103,8 @@ def stop_transaction(session: Session, req: v16.StopTransactionRequest) -> Defer
 async def _stopped(session: Session, req: v16.StopTransactionRequest,
                    writes: list[asyncio.Future]) -> v16.StopTransactionResponse:
     services = session.services
-    status = await services.authorization.status(req.id_tag) if req.id_tag is not UNSET else None
+    status = await tag_status(session, req.id_tag) if req.id_tag is not UNSET else None
     await asyncio.gather(*writes)
-    services.events.emit(session.charger_id, "transaction.ended", {
-        "transaction_id": str(req.transaction_id), "meter_stop_wh": float(req.meter_stop),
-        "reason": req.reason or "", "at": req.timestamp.isoformat()})
     if status is None:
         return v16.StopTransactionResponse()
     return v16.StopTransactionResponse(id_tag_info=v16.StopTransactionResponseIdTagInfo(status=status))
@@ -155,28 +134,37 @@ def samples_16(charger_id: str, tx: str, connector: int, meter_value: list) -> l
     return samples
 
 
-def meter_values_16(wants_events: Callable[[str], bool], several: Callable[..., Any], commit: Callable[..., Any],
+def meter_values_16(several: Callable[..., Any], commit: Callable[..., Any],
                     accepted: Any) -> Callable[[Any, Any], Any]:
-    """The MeterValues handler, bound to a worker's ``wants_events``. The common case is
-    answered here: no reading: ``accepted`` at once; one reading and nobody listening:
-    ``commit(reading, accepted)``. Anything else goes to ``several(session, request, tx,
-    readings, wants_event)`` (``meter_values_several``)."""
+    """The MeterValues handler. The common case is answered here: no reading: ``accepted``
+    at once; one reading: ``commit(reading, accepted)``. Several go to ``several(session,
+    readings)`` (``meter_values_several``). No event is built here: the store derives the
+    ``transaction.meter`` events of each committed batch (``store/events.py``)."""
 
     def meter_values(session: Any, req: Any) -> Any:
-        charger_id = session.charger_id
         tx = str(req.transaction_id) if req.transaction_id is not UNSET else ""
-        readings = samples_16(charger_id, tx, req.connector_id, req.meter_value)
+        readings = samples_16(session.charger_id, tx, req.connector_id, req.meter_value)
         if not readings:
             return accepted
-        wants_event = wants_events(charger_id)
-        if len(readings) == 1 and not wants_event:
+        if len(readings) == 1:
             return commit(readings[0], accepted)
-        return several(session, req, tx, readings, wants_event)
+        return several(session, readings)
     return meter_values
 
 
 def data_transfer(session: Session, req: v16.DataTransferRequest) -> v16.DataTransferResponse:
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
+
+
+def sign_certificate(session: Session, req: v16.SignCertificateRequest) -> v16.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v16)
+
+
+def security_event_notification(session: Session, req: v16.SecurityEventNotificationRequest
+                                ) -> Deferred[v16.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v16)
 
 
 def handlers(services: Services) -> dict[str, Handler]:
@@ -188,11 +176,12 @@ def handlers(services: Services) -> dict[str, Handler]:
         "Authorize": authorize,
         "StatusNotification": status_notification,
         "StartTransaction": start_transaction,
-        # bound to this worker's event listeners; the rest goes to meter_values_several
-        "MeterValues": _twin().meter_values_16(services.events.wants_events, meter_values_several, Commit,
-                                               METER_VALUES_ACCEPTED),
+        # compiled; several readings go to meter_values_several
+        "MeterValues": _twin().meter_values_16(meter_values_several, Commit, METER_VALUES_ACCEPTED),
         "StopTransaction": stop_transaction,
         "DataTransfer": data_transfer,
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
     }
     return complete("1.6", v16, table)
 

@@ -12,11 +12,12 @@ from typing import Any
 from ...core.messages import v201
 from ...store import base as ops
 from ..services import Services
+from . import security
 from .common import (UNSET, Commit, Deferred, Handler, Session, after_commits, boot_accepted, complete,
-                     energy_register, finite, heartbeat_seen, i64, now, route_data_transfer)
+                     energy_register, finite, heartbeat_seen, i64, now, route_data_transfer, tag_status)
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "handlers", "heartbeat", "meter_values",
-           "status_notification", "transaction_event"]
+           "security_event_notification", "sign_certificate", "status_notification", "transaction_event"]
 
 
 
@@ -42,7 +43,6 @@ METER_VALUES_ACCEPTED = v201.MeterValuesResponse()
 STATUS_NOTIFICATION_ACCEPTED = v201.StatusNotificationResponse()
 TRANSACTION_EVENT_ACCEPTED = v201.TransactionEventResponse()
 UNKNOWN_VENDOR = v201.DataTransferResponse(status="UnknownVendorId")
-EVENT_TYPES = {"Started": "transaction.started", "Updated": "transaction.meter", "Ended": "transaction.ended"}
 
 
 def boot_notification(session: Session, req: v201.BootNotificationRequest, messages: ModuleType = v201
@@ -67,7 +67,7 @@ def heartbeat(session: Session, req: v201.HeartbeatRequest) -> v201.HeartbeatRes
 async def authorize(session: Session, req: v201.AuthorizeRequest, messages: ModuleType = v201
                     ) -> v201.AuthorizeResponse:
     """``messages``: the version's message types (2.1 passes its own)."""
-    status = await session.services.authorization.status(req.id_token.id_token)
+    status = await tag_status(session, req.id_token.id_token)
     return messages.AuthorizeResponse(id_token_info=messages.IdTokenInfoType(status=status))
 
 
@@ -76,9 +76,6 @@ def status_notification(session: Session, req: v201.StatusNotificationRequest) -
     services = session.services
     services.writer.add(ops.ConnectorStatus(session.charger_id, i64(req.evse_id), i64(req.connector_id),
                                             req.connector_status, "", req.timestamp))
-    services.events.emit(session.charger_id, "charger.status", {
-        "evse_id": req.evse_id, "connector_id": req.connector_id, "status": req.connector_status,
-        "at": req.timestamp.isoformat()})
     return STATUS_NOTIFICATION_ACCEPTED
 
 
@@ -101,9 +98,9 @@ def meter_values(session: Session, req: v201.MeterValuesRequest
 
 def transaction_event(session: Session, req: v201.TransactionEventRequest, messages: ModuleType = v201
                       ) -> Commit | Deferred[v201.TransactionEventResponse]:
-    """The event is written at once (applied once per transaction and seqNo). No id token
-    and no listener: ``Commit``. Otherwise the answer waits for the token's status, and the
-    event for the commit (sent only if the write was not a repeat). ``messages``: the
+    """The event is written at once (applied once per transaction and seqNo). No id token:
+    ``Commit``. Otherwise the answer waits for the token's status and the commit. Its
+    ``transaction.*`` events come from the commit (``store/events.py``). ``messages``: the
     version's message types (2.1 passes its own; the empty answer is the same in both)."""
     services = session.services
     info = req.transaction_info
@@ -121,32 +118,31 @@ def transaction_event(session: Session, req: v201.TransactionEventRequest, messa
     op = ops.TransactionEvent(session.charger_id, info.transaction_id, i64(req.seq_no), req.event_type,
                               req.timestamp, req.trigger_reason, tag, evse_id, connector_id, meter_wh,
                               info.stopped_reason or "")
-    wants_event = services.events.wants_events(session.charger_id)
-    if not tag and not wants_event:
+    if not tag:
         return Commit(op, TRANSACTION_EVENT_ACCEPTED)
-    event = None
-    if wants_event:
-        event = (EVENT_TYPES[req.event_type], {
-            "transaction_id": info.transaction_id, "seq_no": req.seq_no, "event_type": req.event_type,
-            "meter_wh": meter_wh, "evse_id": evse_id, "at": req.timestamp.isoformat(),
-            "stop_reason": info.stopped_reason or ""})
-    return _transaction_event_after(messages, session, tag, services.writer.add(op), event)
+    return _transaction_event_after(messages, session, tag, services.writer.add(op))
 
 
-async def _transaction_event_after(messages: ModuleType, session: Session, tag: str, write: asyncio.Future,
-                                   event: tuple[str, dict] | None) -> Any:
+async def _transaction_event_after(messages: ModuleType, session: Session, tag: str, write: asyncio.Future) -> Any:
     services = session.services
-    status = await services.authorization.status(tag) if tag else None
-    applied = await write
-    if event is not None and applied:
-        services.events.emit(session.charger_id, *event)
-    if status is None:
-        return TRANSACTION_EVENT_ACCEPTED
+    status = await tag_status(session, tag)
+    await write
     return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
 
 
 def data_transfer(session: Session, req: v201.DataTransferRequest) -> v201.DataTransferResponse:
     return route_data_transfer(session, req, UNKNOWN_VENDOR)
+
+
+def sign_certificate(session: Session, req: v201.SignCertificateRequest) -> v201.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v201)
+
+
+def security_event_notification(session: Session, req: v201.SecurityEventNotificationRequest
+                                ) -> Deferred[v201.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v201)
 
 
 def handlers(services: Services) -> dict[str, Handler]:
@@ -160,5 +156,7 @@ def handlers(services: Services) -> dict[str, Handler]:
         "MeterValues": meter_values,
         "TransactionEvent": transaction_event,
         "DataTransfer": data_transfer,
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
     }
     return complete("2.0.1", v201, table)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from ...core.messages import v21
 from ..services import Services
-from . import ocpp201
+from . import ocpp201, security
 from .common import Commit, Deferred, Handler, Session, complete, now, route_data_transfer
 
 __all__ = ["authorize", "boot_notification", "data_transfer", "get_certificate_chain_status", "handlers",
-           "transaction_event", "vat_number_validation"]
+           "security_event_notification", "sign_certificate", "transaction_event", "vat_number_validation"]
 
 UNKNOWN_VENDOR = v21.DataTransferResponse(status="UnknownVendorId")
 
@@ -49,6 +49,17 @@ def get_certificate_chain_status(session: Session, req: v21.GetCertificateChainS
         for q in req.certificate_status_requests])
 
 
+def sign_certificate(session: Session, req: v21.SignCertificateRequest) -> v21.SignCertificateResponse:
+    """Signed by the CSMS CA when the CSR's CN is this charger; CertificateSigned follows."""
+    return security.sign_certificate(session, req, v21)
+
+
+def security_event_notification(session: Session, req: v21.SecurityEventNotificationRequest
+                                ) -> Deferred[v21.SecurityEventNotificationResponse]:
+    """Stored, published as charger.security_event, then answered."""
+    return security.security_event_notification(session, req, v21)
+
+
 def handlers(services: Services) -> dict[str, Handler]:
     """Action name -> handler for a worker's 2.1 sessions; every other charger-initiated
     action gets its default answer (``common.complete``)."""
@@ -60,6 +71,8 @@ def handlers(services: Services) -> dict[str, Handler]:
         "MeterValues": ocpp201.meter_values,
         "TransactionEvent": transaction_event,
         "DataTransfer": data_transfer,
+        "SignCertificate": sign_certificate,
+        "SecurityEventNotification": security_event_notification,
         "VatNumberValidation": vat_number_validation,
         "GetCertificateChainStatus": get_certificate_chain_status,
     }
