@@ -11,18 +11,12 @@ committed events, the in-process services, alerts read over the operator API
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import time
 
-import pytest
 import websockets
 
-from chargeyard.worker.server import Worker
 from tests.support import NodeProc, api_call
-
-pytestmark = pytest.mark.skipif("event_sinks" not in inspect.signature(Worker).parameters,
-                                reason="the in-process services need the worker's event_sinks (events-worker)")
 
 OFFLINE_AFTER = 1.0
 

@@ -21,7 +21,6 @@ lists ``charger_offline`` for CP-1 after ``--offline-after``; started again, it 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import signal
 import subprocess
@@ -32,12 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
-from chargeyard.worker.server import Worker
 from tests.support import NodeProc
-
-# billing and monitoring get the worker's committed events through its event_sinks hook
-# (events-worker); until then the CDR and alert steps cannot happen
-EVENTS = "event_sinks" in inspect.signature(Worker).parameters
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "charger16.py"
 
@@ -104,8 +98,6 @@ async def walkthrough(base: str) -> str:
     status, body = await curl(base, "GET", f"/chargers/CP-1/transactions/{tx}")
     assert status == 200 and body["energy_wh"] >= 500 and body["stopped_at"] and body["id_tag"] == "TAG-1"
     assert body["stop_reason"] == "Remote"
-    if not EVENTS:
-        return tx
     energy_wh = body["energy_wh"]
     cdr = await until(base, f"/chargers/CP-1/transactions/{tx}/cdr", lambda status, _: status == 200)
     # the tariff applied to the store's energy: 0.30/kWh, 1.00 per session, 19 % VAT
@@ -203,8 +195,7 @@ def test_readme_walkthrough_twice_with_a_restart(tmp_path):
             if round_ == 1:  # after the restart: ids jumped, the first one is not the charger's
                 assert int(txs[1]) > int(txs[0]) + 1, txs
                 asyncio.run(asyncio.wait_for(wrong_id_is_rejected(base, txs[0]), 30))
-                if EVENTS:
-                    charger = offline_alert(node, charger)
+                charger = offline_alert(node, charger)
         except BaseException:
             node.stop()
             charger.kill()
