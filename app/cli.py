@@ -22,6 +22,13 @@ def main(argv: list[str] | None = None) -> int:
                        ("api", "an operator API node (cluster member)")):
         p = sub.add_parser(name, help=text)
         add_arguments(p)
+    services = {"kafka_bootstrap", "data_dir", "store", "scylla_hosts", "keyspace", "scylla_username",
+                "scylla_password", "scylla_datacenter", "scylla_tls", "scylla_ca_file", "redis_url", "worker_id",
+                "host", "http_port", "heartbeat_interval", "offline_after", "stall_after", "max_kw",
+                "alert_webhook", "log_level"}
+    for name, text in (("billing", "the billing service: prices ended transactions (Kafka consumer)"),
+                       ("monitoring", "the monitoring service: raises and clears alerts (Kafka consumer)")):
+        add_arguments(sub.add_parser(name, help=text), services)
     p = sub.add_parser("cluster", help="a local cluster: valkey, nginx, N workers and the API")
     p.add_argument("--workers", type=int, default=int(os.environ.get("CHARGEYARD_WORKERS", "3")),
                    help="worker processes (default: 3; env CHARGEYARD_WORKERS)")
@@ -49,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         # every node serves the operator API, /metrics and the probes on --http-port
         run(settings, worker=args.cmd in ("run", "worker"), api=True)
         return 0
+    if args.cmd in ("billing", "monitoring"):
+        from .service_main import run as run_service
+
+        return run_service(args.cmd, settings)
     if args.cmd == "cluster":
         from .cluster import main as cluster_main
 

@@ -12,6 +12,14 @@ N + 1``. The banner prints every node's metrics address and
 discovery (``file_sd_configs``). A worker or the API node that dies is reported and
 restarted after a second with the same worker id and ports.
 
+With ``events=True`` (what ``chargeyard cluster`` does) the events go through Kafka: a
+real Apache Kafka broker (``kafka_broker.py``, KRaft, data under
+``<data-dir>/cluster/kafka``; the jars are fetched with mvn into ~/.cache/chargeyard on
+first use) unless ``--kafka-bootstrap`` names one, every node gets
+``CHARGEYARD_KAFKA_BOOTSTRAP``, and ``chargeyard billing`` and ``chargeyard monitoring``
+run as processes (their /metrics on ``--http-port + N + 2`` and ``+ N + 3``), supervised
+like the workers.
+
 Files: the cluster's SQLite store is ``<data-dir>/cluster/store/`` (shared by its
 nodes, never the one ``chargeyard run`` uses in ``<data-dir>``); logs, nginx and
 valkey files are under ``<data-dir>/cluster`` too.
@@ -82,7 +90,7 @@ class Cluster:
     seconds with the same worker id and ports (``None``: no supervision)."""
 
     def __init__(self, settings: Settings, workers: int = 3, *, python: str = sys.executable,
-                 start_timeout: float = 30.0, restart_delay: float | None = 1.0) -> None:
+                 start_timeout: float = 30.0, restart_delay: float | None = 1.0, events: bool = False) -> None:
         if workers < 1:
             raise ValueError("--workers must be at least 1")
         self.settings = settings
@@ -97,6 +105,12 @@ class Cluster:
         self.nginx: procs.Proc | None = None
         self.specs: list[_NodeSpec] = []
         self.api_spec: _NodeSpec | None = None
+        # events: the Kafka broker (ours, or --kafka-bootstrap's) and the two services
+        self.events = events
+        self.kafka: Any = None  # kafka_broker.KafkaBroker when the cluster started one
+        self.kafka_bootstrap = settings.kafka_bootstrap
+        self.service_specs: list[_NodeSpec] = []
+        self.services: list[procs.Proc] = []
         self.restart_delay = restart_delay
         self.restarts: list[tuple[str, float]] = []  # (name, monotonic time) per restart
         self.failures: list[str] = []  # one line per child that exited non-zero
@@ -111,7 +125,7 @@ class Cluster:
         if spec.worker_id:
             argv += ["--worker-id", spec.worker_id]
         wait = spec.ws_port if spec.cmd == "worker" else spec.http_port
-        env = child_env(self.settings)
+        env = self._env()
         if self.settings.tls_cert:  # nginx terminates TLS in front of the workers (see start)
             env.update(CHARGEYARD_TLS_CERT="", CHARGEYARD_TLS_KEY="", CHARGEYARD_TLS_CLIENT_CA="",
                        CHARGEYARD_TRUSTED_PROXIES=self.settings.trusted_proxies or "127.0.0.1/32")
@@ -125,10 +139,32 @@ class Cluster:
             raise RuntimeError(f"{spec.name} did not start: {exc}\n{proc.log_tail()}") from exc
         return proc
 
+    def _env(self) -> dict[str, str]:
+        env = child_env(self.settings)
+        if self.kafka_bootstrap:
+            env["CHARGEYARD_KAFKA_BOOTSTRAP"] = self.kafka_bootstrap
+        return env
+
+    def _service(self, spec: _NodeSpec) -> procs.Proc:
+        """``chargeyard billing`` / ``monitoring``: ready once its /metrics listens."""
+        argv = [self.python, "-m", "chargeyard.cli", spec.cmd, "--host", "127.0.0.1",
+                "--http-port", str(spec.http_port), "--redis-url", self.redis_url,
+                "--kafka-bootstrap", self.kafka_bootstrap, "--worker-id", spec.worker_id]
+        return procs.start_process(argv, name=spec.name, port=spec.http_port, env=self._env(),
+                                   log_path=self.run_dir / f"{spec.name}.log", timeout=self.start_timeout)
+
+    def _start(self, spec: _NodeSpec) -> procs.Proc:
+        return self._service(spec) if spec.cmd in ("billing", "monitoring") else self._node(spec)
+
     def start(self) -> Cluster:
         s = self.settings
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
+            if self.events and not self.kafka_bootstrap:
+                from .kafka_broker import KafkaBroker
+
+                self.kafka = KafkaBroker(self.run_dir / "kafka").start()
+                self.kafka_bootstrap = self.kafka.bootstrap
             if not self.redis_url:
                 self.valkey = procs.start_valkey(self.run_dir / "valkey")
                 self.redis_url = f"redis://127.0.0.1:{self.valkey.port}/0"
@@ -136,11 +172,16 @@ class Cluster:
             self.specs = [_NodeSpec("worker", f"worker-{i}", s.ws_port + i, s.http_port + i, f"w{i}")
                           for i in range(1, n + 1)]
             self.api_spec = _NodeSpec("api", "api", procs.free_port(), s.http_port + n + 1)
+            if self.events:
+                self.service_specs = [_NodeSpec(kind, kind, 0, s.http_port + n + 2 + i, kind)
+                                      for i, kind in enumerate(("billing", "monitoring"))]
             self._check_ports()
             self.store_dir.mkdir(parents=True, exist_ok=True)
             for spec in self.specs:
                 self.workers.append(self._node(spec))
             self.api = self._node(self.api_spec)
+            for spec in self.service_specs:
+                self.services.append(self._service(spec))
             self.write_file_sd()
             conf = self.run_dir / "nginx.conf"
             # chargers: hashed over the workers; the API: any node (workers serve it too)
@@ -169,7 +210,7 @@ class Cluster:
     def _check_ports(self) -> None:
         """The nodes' fixed ports must be free: say which flag they derive from."""
         s = self.settings
-        for spec in (*self.specs, self.api_spec):
+        for spec in (*self.specs, self.api_spec, *self.service_specs):
             assert spec is not None
             if spec.cmd == "worker" and not procs.port_free("127.0.0.1", spec.ws_port):
                 raise PortInUse("ws_port", "127.0.0.1", spec.ws_port) from None
@@ -182,6 +223,7 @@ class Cluster:
     def metrics_targets(self) -> list[tuple[str, str]]:
         """(node name, host:port) of every node's /metrics."""
         nodes = [*self.specs, self.api_spec] if self.api_spec is not None else list(self.specs)
+        nodes += self.service_specs
         return [(sp.name, f"127.0.0.1:{sp.http_port}") for sp in nodes]
 
     @property
@@ -211,6 +253,7 @@ class Cluster:
             slots = [(i, self.specs[i], w) for i, w in enumerate(self.workers)]
             if self.api is not None and self.api_spec is not None:
                 slots.append((-1, self.api_spec, self.api))
+            slots += [(-2 - i, self.service_specs[i], p) for i, p in enumerate(self.services)]
             for i, spec, proc in slots:
                 if proc.running:
                     continue
@@ -228,15 +271,17 @@ class Cluster:
                     if self._stopping.is_set():
                         return
                     try:
-                        new = self._node(spec)
+                        new = self._start(spec)
                     except (RuntimeError, TimeoutError, OSError) as exc:
                         log.error("restarting %s failed: %s; trying again", spec.name, exc)
                         died[spec.name] = time.monotonic()
                         continue
                     if i >= 0:
                         self.workers[i] = new
-                    else:
+                    elif i == -1:
                         self.api = new
+                    else:
+                        self.services[-2 - i] = new
                 del died[spec.name]
                 self.restarts.append((spec.name, time.monotonic()))
                 log.warning("%s restarted (pid %d, worker id %s, ws %d, http %d)", spec.name, new.pid,
@@ -251,7 +296,7 @@ class Cluster:
         return self.valkey
 
     def children(self) -> list[procs.Proc]:
-        return [p for p in (self.nginx, *self.workers, self.api, self.valkey) if p is not None]
+        return [p for p in (self.nginx, *self.workers, self.api, *self.services, self.valkey) if p is not None]
 
     def stop(self) -> list[str]:
         """Stop everything in order; returns the failures (children that exited
@@ -280,9 +325,11 @@ class Cluster:
             t.start()
         for t in threads:
             t.join()
-        for p in (self.api, self.nginx, self.valkey):
+        for p in (*self.services, self.api, self.nginx, self.valkey):
             if p is not None:
                 stop_one(p, grace if p is self.api else 5.0)
+        if self.kafka is not None:  # last: the services commit their offsets on stop
+            self.kafka.stop()
         for name, (p, code) in sorted(done.items()):
             if code is not None and code != 0:  # None: it had died before (reported then)
                 self._failed(name, p, "on stop")
@@ -295,6 +342,11 @@ class Cluster:
                  f"{len(self.workers) + 1} nodes (every worker, and the API node)",
                  "metrics (one address per node; /metrics on the API port rotates between nodes):"]
         lines += [f"  {name}: http://{addr}/metrics" for name, addr in self.metrics_targets()]
+        if self.events:
+            lines.append(f"events: Kafka {self.kafka_bootstrap} (topic chargeyard.events"
+                         f"{', data ' + str(self.kafka.data_dir) if self.kafka is not None else ''})")
+            lines += [f"  {sp.name}: chargeyard {sp.cmd}, consumer group chargeyard-{sp.cmd}"
+                      for sp in self.service_specs]
         lines += [f"prometheus file-SD: {self.file_sd_path}",
                   f"registry: {self.redis_url}",
                   f"store: {self.store_dir}",
@@ -321,7 +373,7 @@ def main(settings: Settings, workers: int = 3) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        cluster = Cluster(settings, workers).start()
+        cluster = Cluster(settings, workers, events=True).start()
     except PortInUse as exc:
         print(f"chargeyard: {exc}", file=sys.stderr)
         return 2

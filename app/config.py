@@ -75,6 +75,11 @@ class Settings:
     trusted_proxies: str = ""
     ca_cert: str = ""
     ca_key: str = ""
+    # billing and monitoring (services/)
+    offline_after: float = 120.0
+    stall_after: float = 900.0
+    max_kw: float = 350.0
+    alert_webhook: str = ""
 
     @property
     def ws_read_buffer(self) -> int:
@@ -157,6 +162,14 @@ HELP = {
                        "X-Client-Verify / X-Client-Cert-CN / X-Forwarded-Proto / X-Real-IP headers are believed",
     "ca_cert": "PEM certificate of the CSMS CA that signs chargers' SignCertificate requests",
     "ca_key": "PEM private key of --ca-cert",
+    "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1)",
+    "offline_after": "monitoring: seconds a charger may stay disconnected before charger_offline is raised "
+                     "(a takeover is not an outage)",
+    "stall_after": "monitoring: seconds an active transaction may go without meter values before "
+                   "transaction_stalled is raised",
+    "max_kw": "monitoring: a meter register rising faster than this many kW raises meter_anomaly",
+    "alert_webhook": "monitoring: URL that gets a JSON POST per alert raised or cleared, retried with backoff "
+                     "(empty: none)",
 }
 
 

@@ -130,6 +130,25 @@ def worker_settings(s: Settings) -> Any:
         ca_cert=s.ca_cert, ca_key=s.ca_key)
 
 
+def service_settings(s: Settings) -> Any:
+    """Billing's and monitoring's settings (``services/runner.py``) from the app's."""
+    from chargeyard.services.runner import ServiceSettings
+
+    return ServiceSettings(kafka_bootstrap=s.kafka_bootstrap, data_dir=s.data_dir,
+                           offline_after=s.offline_after, heartbeat_interval=s.heartbeat_interval,
+                           stall_after=s.stall_after, max_kw=s.max_kw, alert_webhook=s.alert_webhook)
+
+
+def alert_publisher(registry: Any) -> Any:
+    """A monitoring listener: each alert raised or cleared onto the registry's alert stream,
+    which ``GET /api/v1/alerts/events`` serves (``Api.sse``)."""
+    from chargeyard.services.api import alert_event
+
+    def publish(alert: Any) -> None:
+        asyncio.get_running_loop().create_task(registry.publish(alert_event(alert)))
+    return publish
+
+
 class StoreUnusable(Exception):
     """The store refused to open (e.g. a schema version this code does not run on): one
     line on stderr, exit status 1, no traceback (a pod's log shows what to do)."""
@@ -168,6 +187,9 @@ class Node:
         self.registry: Any = None
         self.worker: Any = None
         self.api: Any = None
+        self.services: Any = None  # billing + monitoring in-process (one node, no Kafka)
+        self.services_store: Any = None  # what the API serves tariffs, CDRs and alerts from
+        self._own_services_store = False
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -188,11 +210,20 @@ class Node:
         self.store = store
         self.registry = make_registry(s)
         await self.registry.start()
+        if self.with_worker and not s.kafka_bootstrap and not s.redis_url:
+            # one node: billing and monitoring consume the outbox in-process (in a cluster
+            # they are the `chargeyard billing` / `chargeyard monitoring` processes)
+            from chargeyard.services.runner import InProcessServices
+
+            self.services = await InProcessServices(service_settings(s), self.store,
+                                                    listeners=[alert_publisher(self.registry)]).open()
+            self.services_store = self.services.store
         if self.with_worker:
             from chargeyard.worker.security.service import SecurityConfigError
 
             try:
-                self.worker = Worker(worker_settings(s), self.store, self.registry)
+                self.worker = Worker(worker_settings(s), self.store, self.registry,
+                                     event_sinks=[self.services.handle] if self.services is not None else [])
             except SecurityConfigError as exc:  # e.g. --security-profile 2 without --tls-cert
                 raise SystemExit(f"chargeyard: {exc}") from None
             try:
@@ -203,10 +234,18 @@ class Node:
             if tokens is None:
                 log.warning("no API tokens configured (--tokens-file): the operator API listens on %s "
                             "without authentication", host)
+            from chargeyard.services.api import ServicesApi
+
+            if self.services_store is None:  # the services' state written by their processes
+                from chargeyard.services.storage import SqliteServiceStore
+
+                self.services_store = await SqliteServiceStore(service_settings(s).db_path()).open()
+                self._own_services_store = True
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,
                            on_id_tag_change=self.worker.authorization.forget if self.worker else None,
-                           on_charger_change=self.worker.security.forget if self.worker else None)
+                           on_charger_change=self.worker.security.forget if self.worker else None,
+                           services=ServicesApi(self.services_store, self.services_store))
             try:
                 await self.api.start(host, s.http_port)
             except OSError as exc:
@@ -217,6 +256,10 @@ class Node:
             await self.worker.stop()
         if self.api is not None:
             await self.api.stop()
+        if self.services is not None:
+            await self.services.close()
+        elif self._own_services_store:
+            await self.services_store.close()
         if self.registry is not None:
             await self.registry.stop()
         if self.store is not None:

@@ -82,7 +82,7 @@ def cluster_ports(workers: int, host: str = "127.0.0.1") -> tuple[int, int]:
     ranges must be free and apart; two random free ports are often neighbours."""
     import random
 
-    span = 2 * workers + 3  # ws_port..+workers, then http_port..+workers+1
+    span = 2 * workers + 5  # ws_port..+workers, then http_port..+workers+3 (API node, services)
     for _ in range(200):
         base = random.randrange(20000, 60000 - span)
         if all(port_free(host, p) for p in range(base, base + span)):

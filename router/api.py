@@ -83,8 +83,10 @@ class Api:
     def __init__(self, settings: Any, store: Store, registry: Registry, tokens: Any = None,
                  ready: Callable[[], bool] | None = None,
                  on_id_tag_change: Callable[[str], None] | None = None,
-                 on_charger_change: Callable[[str], None] | None = None) -> None:
+                 on_charger_change: Callable[[str], None] | None = None, services: Any = None) -> None:
         self.settings = settings
+        # billing's and monitoring's routes (services/api.py ``ServicesApi``); None: 503
+        self.services = services
         self.store = store
         self.registry = registry
         self.tokens = tokens
@@ -121,7 +123,8 @@ class Api:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                    503: "unavailable"}.get(exc.status, "http_error")
             return error(exc.status, code, exc.reason)
         except RegistryError as exc:
             return error(exc.status, exc.code, str(exc))
@@ -278,14 +281,15 @@ class Api:
     async def events(self, request: web.Request) -> web.StreamResponse:
         return await self.sse(request, request.match_info["id"])
 
-    async def sse(self, request: web.Request, stream: str) -> web.StreamResponse:
+    async def sse(self, request: web.Request, stream: str,
+                  keep: Callable[[dict], bool] | None = None) -> web.StreamResponse:
         """Server-Sent Events of one registry stream (every SSE endpoint goes through here).
 
         The response starts only once the subscription exists, with ``: subscribed``;
         then one ``id:``/``event:``/``data:`` block per event, and a ``: keep-alive``
         comment after ``sse_keepalive`` seconds of silence, for as long as the client
         stays. ``Last-Event-ID`` (header, or ``?last_event_id=``) replays the newer
-        events of the stream's window first."""
+        events of the stream's window first. ``keep``: only the events it accepts."""
         after = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
         sub = await self.registry.events(stream, after)
         try:
@@ -303,6 +307,8 @@ class Api:
                     await resp.write(b": keep-alive\n\n")
                     continue
                 sid, ev = item
+                if keep is not None and not keep(ev):
+                    continue
                 await resp.write(f"id: {sid}\nevent: {ev.get('type', 'message')}\n"
                                  f"data: {_dumps(ev)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError, RegistryError):
@@ -389,3 +395,35 @@ class Api:
         if self._on_id_tag_change:
             self._on_id_tag_change(tag)
         return web.Response(status=204)
+
+    # -- the services' routes: tariffs, CDRs (billing), alerts (monitoring) --------------
+    def _services(self) -> Any:
+        if self.services is None:
+            raise web.HTTPServiceUnavailable(reason="billing and monitoring are not available on this node")
+        return self.services
+
+    async def list_tariffs(self, request: web.Request) -> web.Response:
+        return await self._services().list_tariffs(request)
+
+    async def get_tariff(self, request: web.Request) -> web.Response:
+        return await self._services().get_tariff(request)
+
+    async def put_tariff(self, request: web.Request) -> web.Response:
+        return await self._services().put_tariff(request)
+
+    async def delete_tariff(self, request: web.Request) -> web.Response:
+        return await self._services().delete_tariff(request)
+
+    async def get_cdr(self, request: web.Request) -> web.Response:
+        return await self._services().get_cdr(request)  # the charger's ACL: checked by _auth
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        return await self._services().list_alerts(request, await self._acl(request))
+
+    async def alert_events(self, request: web.Request) -> web.StreamResponse:
+        """The alerts monitoring publishes on the registry (services/api.py ``ALERT_STREAM``)."""
+        from ..services.api import ALERT_STREAM
+
+        covers = await self._acl(request)
+        keep = None if covers is None else (lambda ev: covers(ev.get("data", {}).get("charger_id", "")))
+        return await self.sse(request, ALERT_STREAM, keep)

@@ -132,6 +132,67 @@ class TokenBody(msgspec.Struct, forbid_unknown_fields=True):
     chargers: list[str] = []  # glob patterns of the chargers it reaches; empty: all
 
 
+class TariffBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A tariff (``PUT /tariffs/{tariff_id}``); amounts are decimal strings (or numbers)."""
+    currency: str  # ISO 4217, e.g. EUR
+    per_kwh: str | Number = "0"
+    per_minute: str | Number = "0"
+    session_fee: str | Number = "0"
+    vat_percent: str | Number = "0"
+    chargers: list[str] = msgspec.field(default_factory=lambda: ["*"])  # ids globs; most specific wins
+    valid_from: str | None = None  # RFC 3339 with a zone; null: always
+    valid_to: str | None = None  # exclusive
+
+
+class Tariff(msgspec.Struct):
+    tariff_id: str
+    currency: str
+    per_kwh: str
+    per_minute: str
+    session_fee: str
+    vat_percent: str
+    chargers: list[str]
+    valid_from: str | None
+    valid_to: str | None
+
+
+class TariffPage(msgspec.Struct):
+    items: list[Tariff]
+
+
+class Cdr(msgspec.Struct):
+    """A charge detail record: amounts are decimal strings rounded half-even to the
+    currency's minor unit; ``tariff_id`` null (and every amount zero) when no tariff matched."""
+    tariff_id: str | None
+    currency: str
+    energy_wh: Number
+    duration_s: int
+    energy_cost: str
+    time_cost: str
+    session_fee: str
+    net: str
+    vat: str
+    total: str
+
+
+AlertKind = Literal["charger_offline", "no_heartbeat", "connector_faulted", "transaction_stalled",
+                    "meter_anomaly", "auth_failures"]
+
+
+class Alert(msgspec.Struct):
+    id: str
+    kind: AlertKind
+    charger_id: str
+    connector_id: int | None
+    raised_at: str
+    cleared_at: str | None  # null while active
+    detail: dict[str, Any]
+
+
+class AlertPage(msgspec.Struct):
+    items: list[Alert]
+
+
 class TokenCreated(msgspec.Struct):
     token: str  # the secret: shown this once, only its hash is kept
     id: str  # the token's id (its SHA-256, hex) for DELETE /tokens/{id}
@@ -218,6 +279,7 @@ _ID = Param("id", "path", "charger id (OCPP identity, 1-48 characters)")
 _TAG = Param("tag", "path", "id tag, 1-36 characters")
 _LIMIT = Param("limit", "query", "most items per page, 1-1000 (default 1000)", "integer")
 _CURSOR = Param("cursor", "query", "next_cursor of the previous page (opaque; omit for the first page)")
+_TARIFF = Param("tariff_id", "path", "tariff id, 1-64 characters")
 _AUTH = {401: "missing or unknown bearer token", 403: "the token lacks the scope or the charger"}
 
 ROUTES: tuple[Route, ...] = (
@@ -296,6 +358,32 @@ ROUTES: tuple[Route, ...] = (
           scope="admin", status=204, errors={404: "unknown token", 409: "tokens come from a file",
                                              422: "not a token id"},
           params=(Param("token_id", "path", "the token's id (SHA-256 hex) as created; never the secret"),)),
+    Route("GET", "/api/v1/tariffs", "list_tariffs", "Tariffs", response=TariffPage,
+          errors={503: "billing is not available on this node"}),
+    Route("GET", "/api/v1/tariffs/{tariff_id}", "get_tariff", "One tariff", response=Tariff,
+          errors={404: "unknown tariff"}, params=(_TARIFF,)),
+    Route("PUT", "/api/v1/tariffs/{tariff_id}", "put_tariff",
+          "Create or replace a tariff; ended transactions are priced with the tariff valid at their "
+          "start whose charger glob is the most specific match", scope="admin", body=TariffBody,
+          response=Tariff, errors={422: "invalid tariff"}, params=(_TARIFF,)),
+    Route("DELETE", "/api/v1/tariffs/{tariff_id}", "delete_tariff", "Remove a tariff", scope="admin",
+          status=204, errors={404: "unknown tariff"}, params=(_TARIFF,)),
+    Route("GET", "/api/v1/chargers/{id}/transactions/{tx}/cdr", "get_cdr",
+          "The charge detail record of an ended transaction, once billing has priced it",
+          response=Cdr, errors={404: "not priced (yet), or unknown transaction"},
+          params=(_ID, Param("tx", "path", "transaction id (as listed in tx_id)"))),
+    Route("GET", "/api/v1/alerts", "list_alerts",
+          "Alerts raised by monitoring, newest first, filtered by the token's ACL", response=AlertPage,
+          errors={422: "bad active flag or limit"},
+          params=(Param("active", "query", "true: open only; false: cleared only", "boolean"),
+                  Param("charger_id", "query", "only this charger's"), _LIMIT)),
+    Route("GET", "/api/v1/alerts/events", "alert_events",
+          "Server-Sent Events of alerts raised (`event: alert.raised`) and cleared "
+          "(`event: alert.cleared`), `data:` the envelope with the alert in `data`, filtered by "
+          "the token's ACL. Keep-alive comments and `Last-Event-ID` replay as for a charger's events.",
+          params=(Param("Last-Event-ID", "header", "the id of the last event received"),
+                  Param("last_event_id", "query", "the same, for clients that cannot set headers")),
+          media="text/event-stream"),
     Route("GET", "/metrics", "metrics", "Prometheus metrics of this node", scope=None,
           media="text/plain"),
     Route("GET", "/healthz", "healthz", "Liveness", scope=None, response=Health),
@@ -305,7 +393,8 @@ ROUTES: tuple[Route, ...] = (
 
 _TYPES = (Error, ChargerPage, Charger, CallResult, ChargerError, Transaction, TransactionPage,
           IdTagBody, IdTag, IdTagPage, TokenBody, TokenCreated, ChargerRegistration, ChargerRegistered,
-          PasswordRotation, PasswordRotated, SecurityEventPage, Health, Ready)
+          PasswordRotation, PasswordRotated, SecurityEventPage, Health, Ready, TariffBody, Tariff, TariffPage,
+          Cdr, Alert, AlertPage)
 
 
 def _ref(t: type) -> dict:
@@ -371,7 +460,7 @@ def document() -> dict:
         "info": {"title": "Chargeyard operator API", "version": "1",
                  "description": "Bearer tokens carry scopes that nest: read ⊂ command ⊂ admin. "
                                 "read: every GET; command: operator calls to chargers "
-                                "(POST .../calls/{action}); admin: id tags and tokens. A token's "
+                                "(POST .../calls/{action}); admin: id tags, tokens and tariffs. A token's "
                                 "charger ACL (globs) limits the chargers it reaches and filters "
                                 "lists. Without a tokens file the API listens on 127.0.0.1 only, "
                                 "without authentication. Errors are always "

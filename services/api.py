@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,19 @@ from aiohttp import web
 from .billing.tariffs import TariffError, from_json, to_json
 from .monitoring.alerts import Alert
 from .storage import BillingStore, MonitoringStore
+
+
+# the registry stream the operator API's ``GET /alerts/events`` reads (``Api.sse``): alerts
+# are published there as envelopes whose ``charger_id`` is this key (a charger id never
+# starts with "@"), the alert itself in ``data``
+ALERT_STREAM = "@alerts"
+
+
+def alert_event(alert: Alert) -> dict:
+    """The registry envelope of an alert raised or cleared (``Registry.publish``)."""
+    return {"id": f"{alert.id}:{'cleared' if alert.cleared_at else 'raised'}",
+            "type": "alert.cleared" if alert.cleared_at else "alert.raised", "source": "chargeyard-monitoring",
+            "time": alert.cleared_at or alert.raised_at, "charger_id": ALERT_STREAM, "data": alert.api()}
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -96,7 +110,9 @@ class ServicesApi:
             return _error(404, "not_found", "no CDR for this transaction (yet)")
         return web.json_response(cdr.api())
 
-    async def list_alerts(self, request: web.Request) -> web.Response:
+    async def list_alerts(self, request: web.Request,
+                          covers: Callable[[str], bool] | None = None) -> web.Response:
+        """``covers``: the token's charger ACL (None: every charger)."""
         q = request.query
         active: bool | None = None
         if "active" in q:
@@ -108,7 +124,7 @@ class ServicesApi:
         except ValueError:
             return _error(422, "invalid_query", "limit must be an integer")
         alerts = await self.monitoring.list_alerts(active, q.get("charger_id") or None, limit)
-        return web.json_response({"items": [a.api() for a in alerts]})
+        return web.json_response({"items": [a.api() for a in alerts if covers is None or covers(a.charger_id)]})
 
     async def alert_events(self, request: web.Request) -> web.StreamResponse:
         if self.feed is None:

@@ -57,8 +57,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
 
 
 async def serve(kind: str, s: ServiceSettings, stop: asyncio.Event, transactions: TransactionSource | None = None,
-                **consumer_options: Any) -> None:
-    """One service as a Kafka consumer until ``stop`` is set."""
+                *, listeners: list | None = None, **consumer_options: Any) -> None:
+    """One service as a Kafka consumer until ``stop`` is set; ``listeners`` get monitoring's
+    alerts raised and cleared."""
     if not s.kafka_bootstrap:
         raise ValueError(f"chargeyard {kind} consumes Kafka: set --kafka-bootstrap")
     webhook: Webhook | None = None
@@ -69,7 +70,7 @@ async def serve(kind: str, s: ServiceSettings, stop: asyncio.Event, transactions
             billing = Billing(store, transactions, default_currency=s.currency)
             consumer = Consumer(s.kafka_bootstrap, BILLING_GROUP, billing.handle, topic=s.topic, **consumer_options)
         elif kind == "monitoring":
-            listeners = []
+            listeners = list(listeners or [])
             if s.alert_webhook:
                 webhook = Webhook(s.alert_webhook).start()
                 listeners.append(webhook)
@@ -92,8 +93,10 @@ class InProcessServices:
     """One node without Kafka: billing and monitoring fed by the relay's LocalPublisher
     (``sinks``), the monitor's timers ticked every ``tick_s``."""
 
-    def __init__(self, s: ServiceSettings, transactions: TransactionSource, *, tick_s: float = 1.0) -> None:
+    def __init__(self, s: ServiceSettings, transactions: TransactionSource, *, tick_s: float = 1.0,
+                 listeners: list | None = None) -> None:
         self.settings = s
+        self.listeners = list(listeners or [])  # of alerts raised and cleared (SSE)
         self.transactions = transactions
         self.tick_s = tick_s
         self.store = SqliteServiceStore(s.db_path())
@@ -105,7 +108,7 @@ class InProcessServices:
     async def open(self) -> InProcessServices:
         await self.store.open()
         self.billing = Billing(self.store, self.transactions, default_currency=self.settings.currency)
-        listeners = []
+        listeners = list(self.listeners)
         if self.settings.alert_webhook:
             self.webhook = Webhook(self.settings.alert_webhook).start()
             listeners.append(self.webhook)

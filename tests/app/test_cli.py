@@ -10,7 +10,7 @@ import pytest
 
 from chargeyard import cli
 
-BUILT = ["run", "worker", "api", "cluster", "store", "nginx-config"]
+BUILT = ["run", "worker", "api", "billing", "monitoring", "cluster", "store", "nginx-config"]
 
 
 def test_help_lists_only_what_is_built(capsys):
@@ -19,11 +19,17 @@ def test_help_lists_only_what_is_built(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "{" + ",".join(BUILT) + "}" in out, out
-    for gone in ("bench", "billing", "monitoring", "not built", "not available"):
+    for gone in ("bench", "not built", "not available"):
         assert gone not in out, gone
 
 
-@pytest.mark.parametrize("cmd", ["bench", "billing", "monitoring"])
+@pytest.mark.parametrize("cmd", ["billing", "monitoring"])
+def test_services_need_kafka(cmd, capsys):
+    assert cli.main([cmd]) == 2
+    assert "--kafka-bootstrap" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", ["bench"])
 def test_unbuilt_commands_are_usage_errors(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([cmd])

@@ -5,21 +5,28 @@ and the walk-through still works because it reads the id from the API).
 The README's steps, which ``walkthrough`` follows literally:
 
     curl -X PUT $API/id-tags/TAG-1 -d '{"status":"Accepted"}'
+    curl -X PUT $API/tariffs/std -d '{"currency":"EUR","per_kwh":"0.30","session_fee":"1.00","vat_percent":"19"}'
     curl -N $API/chargers/CP-1/events &
     curl -X POST $API/chargers/CP-1/calls/RemoteStartTransaction -d '{"idTag":"TAG-1","connectorId":1}'
     sleep 5     # the charger starts metering (here: wait for its first transaction.meter event)
     TX=$(curl -s "$API/transactions?charger_id=CP-1&active=true" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["tx_id"])')
     curl -X POST $API/chargers/CP-1/calls/RemoteStopTransaction -d "{\"transactionId\":$TX}"
     curl $API/chargers/CP-1/transactions/$TX
+    curl $API/chargers/CP-1/transactions/$TX/cdr
+
+then (``offline_alert``) the charger is stopped with Ctrl-C: ``curl "$API/alerts?active=true"``
+lists ``charger_offline`` for CP-1 after ``--offline-after``; started again, it is cleared.
 """  # noqa: E501
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import aiohttp
@@ -45,6 +52,7 @@ def start_charger(node: NodeProc) -> subprocess.Popen:
 async def walkthrough(base: str) -> str:
     """The README's steps; returns the transaction id read from the API."""
     assert (await curl(base, "PUT", "/id-tags/TAG-1", '{"status":"Accepted"}'))[0] == 200
+    assert (await curl(base, "PUT", "/tariffs/std", TARIFF))[0] == 200
     deadline = time.monotonic() + 15
     while True:  # the charger boots and connects
         status, body = await curl(base, "GET", "/chargers/CP-1")
@@ -90,7 +98,54 @@ async def walkthrough(base: str) -> str:
     status, body = await curl(base, "GET", f"/chargers/CP-1/transactions/{tx}")
     assert status == 200 and body["energy_wh"] >= 500 and body["stopped_at"] and body["id_tag"] == "TAG-1"
     assert body["stop_reason"] == "Remote"
+    energy_wh = body["energy_wh"]
+    cdr = await until(base, f"/chargers/CP-1/transactions/{tx}/cdr", lambda status, _: status == 200)
+    # the tariff applied to the store's energy: 0.30/kWh, 1.00 per session, 19 % VAT
+    energy = (Decimal(str(energy_wh)) / 1000 * Decimal("0.30")).quantize(Decimal("0.01"))
+    net = energy + Decimal("1.00")
+    vat = (net * Decimal("0.19")).quantize(Decimal("0.01"))
+    assert cdr["tariff_id"] == "std" and cdr["energy_wh"] == energy_wh, cdr
+    assert (cdr["energy_cost"], cdr["session_fee"], cdr["net"], cdr["vat"], cdr["total"]) == \
+        (str(energy), "1.00", str(net), str(vat), str(net + vat)), cdr
     return tx
+
+
+TARIFF = '{"currency":"EUR","per_kwh":"0.30","session_fee":"1.00","vat_percent":"19"}'
+
+
+async def until(base: str, path: str, ok, timeout: float = 15.0):
+    """GET ``path`` until ``ok(status, body)``; the body then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = await curl(base, "GET", path)
+        if ok(status, body):
+            return body
+        assert time.monotonic() < deadline, (path, status, body)
+        await asyncio.sleep(0.1)
+
+
+def offline_alert(node: NodeProc, charger: subprocess.Popen) -> subprocess.Popen:
+    """Ctrl-C the charger: charger_offline after --offline-after; back: cleared. Returns the
+    charger started again."""
+    base = node.url("/api/v1")
+
+    def alerts(active: str, pred):
+        async def get():
+            body = await until(base, f"/alerts?active={active}&charger_id=CP-1",
+                               lambda s, b: s == 200 and pred(b["items"]))
+            return body["items"]
+        return asyncio.run(asyncio.wait_for(get(), 30))
+
+    charger.send_signal(signal.SIGINT)
+    out, _ = charger.communicate(timeout=15)
+    assert charger.returncode == 0, out
+    (alert,) = alerts("true", lambda items: any(a["kind"] == "charger_offline" for a in items))
+    assert alert["cleared_at"] is None and alert["kind"] == "charger_offline"
+    charger = start_charger(node)
+    # cleared on reconnect (earlier ones: the node's own restart, while CP-1 was away)
+    alerts("false", lambda items: alert["id"] in [a["id"] for a in items])
+    assert alerts("true", lambda items: True) == []
+    return charger
 
 
 async def wrong_id_is_rejected(base: str, wrong: str) -> None:
@@ -132,7 +187,7 @@ def test_readme_walkthrough_twice_with_a_restart(tmp_path):
     data = tmp_path / "data"
     txs = []
     for round_ in range(2):
-        node = NodeProc(data, "--call-timeout", "5", "--heartbeat-interval", "120").start()
+        node = NodeProc(data, "--call-timeout", "5", "--heartbeat-interval", "120", "--offline-after", "1").start()
         charger = start_charger(node)
         try:
             base = node.url("/api/v1")
@@ -140,6 +195,7 @@ def test_readme_walkthrough_twice_with_a_restart(tmp_path):
             if round_ == 1:  # after the restart: ids jumped, the first one is not the charger's
                 assert int(txs[1]) > int(txs[0]) + 1, txs
                 asyncio.run(asyncio.wait_for(wrong_id_is_rejected(base, txs[0]), 30))
+                charger = offline_alert(node, charger)
         except BaseException:
             node.stop()
             charger.kill()

@@ -1,4 +1,4 @@
-"""Fixtures for the events relay and the services: a real Kafka broker (tests/kafka_broker.py)
+"""Fixtures for the events relay and the services: a real Kafka broker (chargeyard.kafka_broker)
 and an asyncio runner with a bounded wait."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tests.kafka_broker import KafkaBroker, java_bin
+from chargeyard.kafka_broker import KafkaBroker, java_bin
 
 
 def _need_kafka_tools() -> None:

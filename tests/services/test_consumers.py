@@ -19,7 +19,7 @@ from chargeyard.services.monitoring.service import Monitoring
 from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 from chargeyard.worker.relay import KafkaPublisher, Relay
-from tests.kafka_broker import KafkaBroker, free_port
+from chargeyard.kafka_broker import KafkaBroker, free_port
 from tests.services.kafka_read import until
 
 UTC = dt.timezone.utc

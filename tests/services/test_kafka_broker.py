@@ -7,7 +7,7 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.kafka_broker import metadata_brokers
+from chargeyard.kafka_broker import metadata_brokers
 
 
 async def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:

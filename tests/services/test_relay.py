@@ -11,7 +11,7 @@ import uuid
 
 from chargeyard.store import events as ev
 from chargeyard.worker.relay import EVENTS_PUBLISHED, PUBLISH_ERRORS, KafkaPublisher, LocalPublisher, Relay
-from tests.kafka_broker import KafkaBroker, free_port
+from chargeyard.kafka_broker import KafkaBroker, free_port
 from tests.services.kafka_read import first_of_each, read_events, until
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)

@@ -114,7 +114,7 @@ def test_committed_events_survive_kill_9(tmp_path):
 
 
 def test_relay_publishes_from_the_store(tmp_path):
-    from tests.kafka_broker import KafkaBroker, java_bin
+    from chargeyard.kafka_broker import KafkaBroker, java_bin
     from tests.services.kafka_read import first_of_each, read_events, until
     try:
         java_bin()
