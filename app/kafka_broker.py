@@ -18,6 +18,7 @@ Only the standard library is used here.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -233,7 +234,8 @@ class KafkaBroker:
         props = self._properties()
         out = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 (closed in _reap)
         self.proc = subprocess.Popen(self._java("kafka.Kafka", str(props)), stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self._out = out
         deadline = t0 + timeout
         while time.monotonic() < deadline:
@@ -290,6 +292,16 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL when the process that started the broker
+    dies, even by kill -9 or a CI timeout, so no orphaned JVM outlives a test session or a
+    local cluster."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _cluster_id() -> str:

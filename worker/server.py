@@ -37,6 +37,7 @@ from .session import Session
 from .security.gate import GatedServer
 from .security.service import UNAVAILABLE, ChargerSecurity, Ticket
 from .settings import WorkerSettings
+from .sweeps import Sweeps
 from .txids import TxIds
 from .writer import BatchWriter
 
@@ -121,6 +122,7 @@ class Worker:
         self.services.security = self.security
         self.handlers = all_handlers(self.services)
         self.sessions: dict[str, Session] = {}
+        self.sweeps = Sweeps(settings, self.sessions, self.writer)  # keep-alive, last_seen
         self._announced: set[int] = set()  # sessions whose charger.connected was queued
         self.ready = False
         self.draining = False
@@ -144,7 +146,7 @@ class Worker:
         self.registry.attach(s.worker_id, self.execute_call, self.on_takeover)
         options: dict[str, Any] = dict(
             max_frame_size=s.max_frame,
-            # pings come from one sweep over all sessions (_keepalive), not from picows'
+            # pings come from one sweep over all sessions (sweeps.py), not from picows'
             # auto-ping: that is a task with a sleeping timer per connection
             enable_auto_ping=False,
             read_buffer_init_size=s.ws_read_buffer,
@@ -165,9 +167,9 @@ class Worker:
                                                   **options)
         self.port = self._server.sockets[0].getsockname()[1]
         if s.ping_interval > 0:
-            self.spawn(self._keepalive())
+            self.spawn(self.sweeps.keepalive())
         if s.seen_interval > 0:
-            self.spawn(self._last_seen())
+            self.spawn(self.sweeps.last_seen())
         m.BUILD_INFO.labels(_version(), CODEC_IMPL).set(1)
         self.ready = True
         log.info("worker %s listening for chargers on %s://%s:%d/ocpp/{id}", s.worker_id, self.security.scheme,
@@ -191,7 +193,7 @@ class Worker:
             self._gate.close()
         elif self._server is not None:
             self._server.close()
-        self._write_last_seen()
+        self.sweeps.write_all_seen()
         s = self.settings
         todo = list(self.sessions.values())
         rate = s.drain_rate
@@ -238,44 +240,6 @@ class Worker:
         # is left is published by the next process with this worker id)
         await self.relay.close(drain_s=self.settings.relay_drain_s)
         self.security.close()
-
-    async def _keepalive(self) -> None:
-        """Ping chargers idle for ping_interval; close those that leave a ping unanswered
-        until idle_timeout (at least 1 s after the ping). One sweep over all sessions every
-        quarter of the shorter interval (0.25-30 s): cheaper than a timer per connection."""
-        s = self.settings
-        ping_after = s.ping_interval
-        reply_timeout = max(1.0, s.idle_timeout - ping_after)
-        period = min(30.0, max(0.25, min(ping_after, reply_timeout) / 4))
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for sess in list(self.sessions.values()):
-                try:
-                    sess.keepalive(now, ping_after, reply_timeout)
-                except Exception:
-                    log.exception("keepalive of %s failed", sess.charger_id)
-
-    async def _last_seen(self) -> None:
-        """Every ``seen_interval``, last_seen = the time of the last message of each charger
-        that sent one since: one write per charger and interval, none per message."""
-        while True:
-            await asyncio.sleep(self.settings.seen_interval)
-            self._write_last_seen()
-
-    def _write_last_seen(self) -> None:
-        wall, now = dt.datetime.now(dt.timezone.utc), time.monotonic()
-        for sess in list(self.sessions.values()):
-            self._write_seen(sess, wall, now)
-
-    def _write_seen(self, sess: Session, wall: dt.datetime, now: float) -> None:
-        op = sess.seen_since_written(wall, now)
-        if op is None or self.writer.closed:
-            return
-        try:
-            self.writer.add(op).add_done_callback(_ignore_failure)
-        except Exception as exc:  # a full or closed writer: the next write moves it
-            log.debug("last_seen of %s not written: %r", sess.charger_id, exc)
 
     def spawn(self, coro: Any) -> None:
         self.services.spawn(coro)
@@ -445,7 +409,7 @@ class Worker:
             duration_s=round(time.monotonic() - s.connected_at, 3)))
         if self.sessions.get(s.charger_id) is s:
             del self.sessions[s.charger_id]
-            self._write_seen(s, dt.datetime.now(dt.timezone.utc), time.monotonic())
+            self.sweeps.write_seen(s)
             if s.epoch:
                 self.spawn(self._release(s.charger_id, s.epoch))
         # every session announced reports its close, a replaced one too (reason takeover)

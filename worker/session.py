@@ -95,7 +95,7 @@ class Session(Listener):  # type: ignore[misc,valid-type]
         self._last = self.connected_at  # also the time of the last message taken in
         self._seen_written = self._last  # the _last that last_seen was last written for
         self._backlog: deque[bytes] | None = None
-        # keepalive (Worker._keepalive): last pong, and when the unanswered ping was sent
+        # keepalive (Sweeps.keepalive, worker/sweeps.py): last pong, and when the unanswered ping was sent
         self._alive = time.monotonic()
         self._ping_at = 0.0
 

@@ -106,13 +106,13 @@ def test_last_seen_is_one_write_per_interval_not_per_message(tmp_path):
                 for i in range(20):
                     await rpc(ws, meter_values(i))
                 assert written == []
-                w._write_last_seen()  # what the periodic task does every seen_interval
-                w._write_last_seen()  # no message since: nothing
+                w.sweeps.write_all_seen()  # what the periodic task does every seen_interval
+                w.sweeps.write_all_seen()  # no message since: nothing
                 assert [op.charger_id for op in written] == ["cp-many"]
                 last_message = w.sessions["cp-many"]._last
                 await rpc(ws, meter_values(20))
                 assert w.sessions["cp-many"]._last > last_message
-                w._write_last_seen()
+                w.sweeps.write_all_seen()
                 assert len(written) == 2 and written[1].at >= written[0].at
     run(scenario())
 
