@@ -76,6 +76,15 @@ def port_free(host: str, port: int) -> bool:
         return True
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), else the IANA default."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
 def cluster_ports(workers: int, host: str = "127.0.0.1") -> tuple[int, int]:
     """``(ws_port, http_port)`` for a local cluster of ``workers`` (for tests): the
     cluster's nodes take the ports just above both (see app/cluster.py), so the two
@@ -83,8 +92,13 @@ def cluster_ports(workers: int, host: str = "127.0.0.1") -> tuple[int, int]:
     import random
 
     span = 2 * workers + 5  # ws_port..+workers, then http_port..+workers+3 (API node, services)
+    # below the kernel's ephemeral range: a port found free there can be taken by any
+    # outgoing connection (another test's client) before the node binds it
+    low, high = 20000, _ephemeral_low() - span
+    if high <= low:
+        low, high = 1024, 60000 - span
     for _ in range(200):
-        base = random.randrange(20000, 60000 - span)
+        base = random.randrange(low, high)
         if all(port_free(host, p) for p in range(base, base + span)):
             return base, base + workers + 1
     raise RuntimeError(f"no {span} consecutive free ports on {host}")

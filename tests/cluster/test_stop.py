@@ -106,8 +106,12 @@ def test_metrics_addresses_drain_with_1001_and_own_store(tmp_path):
         targets = json.loads((tmp_path / "data" / "cluster" / "prometheus.json").read_text())
         addrs = {g["labels"]["node"]: g["targets"][0] for g in targets}
         assert addrs == {"worker-1": f"127.0.0.1:{c.http_port + 1}", "worker-2": f"127.0.0.1:{c.http_port + 2}",
-                         "api": f"127.0.0.1:{c.http_port + 3}"}
+                         "api": f"127.0.0.1:{c.http_port + 3}", "billing": f"127.0.0.1:{c.http_port + 4}",
+                         "monitoring": f"127.0.0.1:{c.http_port + 5}"}
         for name, addr in addrs.items():
+            if name in ("billing", "monitoring"):  # Kafka consumers: their lag, not connections
+                assert f"{name}: http://{addr}/metrics" in c.banner, c.banner
+                continue
             assert f"{name}: http://{addr}/metrics" in c.banner, c.banner
             assert "chargeyard_ws_connections" in _metrics(addr) or name == "api"
 
