@@ -572,8 +572,12 @@ def test_a_writer_never_idle_still_gives_the_deferred_work_its_share(tmp_path, r
         await asyncio.gather(*(w.add(MeterSample(f"CP{i % 5}", "", T0 + dt.timedelta(seconds=i), float(i), 1))
                                for i in range(300)))  # 300 rows logged: maintenance is due
         w.maintenance_runs = 0
-        futs, i, end = [], 0, time.monotonic() + 0.5
-        while time.monotonic() < end:  # one op per loop turn: a commit always finds more queued
+        first_commit = w.commits
+        futs, i, start = [], 0, time.monotonic()
+        # one op per loop turn, so a commit always finds more queued; at least 0.5 s and 20
+        # commits (a loaded CI machine commits slower), never more than 10 s
+        while (time.monotonic() - start < 0.5 or w.commits - first_commit < 20) \
+                and time.monotonic() - start < 10:
             i += 1
             futs.append(w.add(ChargerSeen(f"CP{i % 5}", T0 + dt.timedelta(seconds=i))))
             await asyncio.sleep(0)
