@@ -18,7 +18,6 @@ Only the standard library is used here.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +28,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from .procs import die_with_parent, kill_popen, stop_popen
 
 KAFKA_VERSION = "4.1.1"  # keep equal to <kafka.version> in kafka/pom.xml
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
@@ -235,7 +236,7 @@ class KafkaBroker:
         out = open(self.data_dir / "stdout.log", "ab")  # noqa: SIM115 (closed in _reap)
         self.proc = subprocess.Popen(self._java("kafka.Kafka", str(props)), stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         self._out = out
         deadline = t0 + timeout
         while time.monotonic() < deadline:
@@ -253,22 +254,14 @@ class KafkaBroker:
         """A clean shutdown (SIGTERM), SIGKILL if it takes longer than ``timeout``."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_popen(self.proc, timeout)
         self._reap()
 
     def kill(self) -> None:
         """SIGKILL: the broker dies without a clean shutdown."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        kill_popen(self.proc)
         self._reap()
 
     def restart(self, timeout: float = 90.0) -> KafkaBroker:
@@ -292,16 +285,6 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL when the process that started the broker
-    dies, even by kill -9 or a CI timeout, so no orphaned JVM outlives a test session or a
-    local cluster."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _cluster_id() -> str:

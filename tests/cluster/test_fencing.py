@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import websockets
 
-from chargeyard import procs
 from chargeyard.router.redis_registry import RedisRegistry
 from chargeyard.store import make_store
 from chargeyard.worker.server import Worker
@@ -30,17 +29,6 @@ pytestmark = pytest.mark.slow
 
 CID = "CP-FENCE-1"
 BOOT = [2, "b", "BootNotification", {"chargePointVendor": "Acme", "chargePointModel": "X1"}]
-
-
-@pytest.fixture(scope="module")
-def valkey(tmp_path_factory):
-    try:
-        proc = procs.start_valkey(tmp_path_factory.mktemp("valkey"))
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    proc.url = f"redis://127.0.0.1:{proc.port}/0"
-    yield proc
-    proc.stop()
 
 
 def run(coro, timeout: float = 60.0):

@@ -11,18 +11,6 @@ from chargeyard import procs
 
 
 @pytest.fixture(scope="session")
-def valkey(tmp_path_factory):
-    """A valkey-server shared by the session; its URL is ``valkey.url``."""
-    try:
-        proc = procs.start_valkey(tmp_path_factory.mktemp("valkey"))
-    except FileNotFoundError as exc:
-        pytest.skip(str(exc))
-    proc.url = f"redis://127.0.0.1:{proc.port}/0"
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="session")
 def valkey_cluster_mode(tmp_path_factory):
     """A one-node valkey in cluster mode owning all 16384 slots: any script or
     MULTI touching keys of two slots fails with CROSSSLOT, as on a real cluster."""
