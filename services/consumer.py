@@ -22,6 +22,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from ..core.tasks import cancel_and_wait
 from ..store.events import TOPIC, Event, decode
 from . import metrics as m
 
@@ -61,12 +62,7 @@ class Consumer:
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def _make(self) -> Any:
         from aiokafka import AIOKafkaConsumer

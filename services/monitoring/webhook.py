@@ -10,6 +10,7 @@ from collections import deque
 
 import msgspec
 
+from ...core.tasks import cancel_and_wait
 from .. import metrics as m
 from .alerts import Alert
 
@@ -43,12 +44,7 @@ class Webhook:
         return self
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         import aiohttp
