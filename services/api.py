@@ -25,6 +25,8 @@ from .billing.tariffs import TariffError, from_json, to_json
 from .monitoring.alerts import Alert
 from .storage import BillingStore, MonitoringStore
 
+MAX_ALERTS = 10_000  # the largest page of GET /alerts (and what an ACL-filtered page reads)
+
 
 # the registry stream the operator API's ``GET /alerts/events`` reads (``Api.sse``): alerts
 # are published there as envelopes whose ``charger_id`` is this key (a charger id never
@@ -120,11 +122,15 @@ class ServicesApi:
                 return _error(422, "invalid_query", "active must be true or false")
             active = q["active"] in ("true", "1")
         try:
-            limit = min(int(q.get("limit", "1000")), 10_000)
+            limit = min(int(q.get("limit", "1000")), MAX_ALERTS)
         except ValueError:
             return _error(422, "invalid_query", "limit must be an integer")
-        alerts = await self.monitoring.list_alerts(active, q.get("charger_id") or None, limit)
-        return web.json_response({"items": [a.api() for a in alerts if covers is None or covers(a.charger_id)]})
+        if covers is None:
+            alerts = await self.monitoring.list_alerts(active, q.get("charger_id") or None, limit)
+        else:  # filter before the limit: a page of others' alerts must not hide this token's
+            alerts = [a for a in await self.monitoring.list_alerts(active, q.get("charger_id") or None, MAX_ALERTS)
+                      if covers(a.charger_id)][:limit]
+        return web.json_response({"items": [a.api() for a in alerts]})
 
     async def alert_events(self, request: web.Request) -> web.StreamResponse:
         if self.feed is None:

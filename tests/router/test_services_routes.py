@@ -134,6 +134,12 @@ def test_services_routes(tmp_path):
                     assert sorted(a["charger_id"] for a in items) == ["CP-1", "XY-9"]
                     items = (await call("GET", "/alerts?charger_id=XY-9", "all", 200, "AlertPage"))["items"]
                     assert [a["charger_id"] for a in items] == ["XY-9"]
+                    # the ACL filters before the limit: XY-9's newer alert does not take cp1's page
+                    await mon.handle([ev.status("XY-9", T0 + dt.timedelta(seconds=30), 0, 2, "Faulted", "X")])
+                    items = (await call("GET", "/alerts?active=true&limit=1", "all", 200, "AlertPage"))["items"]
+                    assert [a["charger_id"] for a in items] == ["XY-9"]
+                    items = (await call("GET", "/alerts?active=true&limit=1", "cp1", 200, "AlertPage"))["items"]
+                    assert [a["charger_id"] for a in items] == ["CP-1"]
                     await call("GET", "/alerts?active=maybe", "all", 422, "Error")
                     # Available clears it
                     await mon.handle([ev.status("CP-1", T0 + dt.timedelta(minutes=1), 1, 1, "Available", "")])
