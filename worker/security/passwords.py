@@ -25,7 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ...store.passwords import (DEFAULT_LN, MAX_LEN, MIN_LEN, PasswordError, check_rule, generate_password,
                                 hash_password, needs_rehash, verify_password)
+from ..metrics import PASSWORD_CHECKS
 from .authcache import CacheKey, make_verifier, match_verifier
+
+_VIA_SCRYPT = PASSWORD_CHECKS.labels("scrypt")
+_VIA_STORED = PASSWORD_CHECKS.labels("stored_verifier")
+_VIA_PROCESS = PASSWORD_CHECKS.labels("process_verifier")
 
 
 class VerifierBusy(Exception):
@@ -58,11 +63,13 @@ class PasswordVerifier:
             hit = match_verifier(self.cache_key, mine, charger_id, password, hashes)
             if hit is not None:
                 self.fast_checks += 1
+                _VIA_PROCESS.inc()
                 return hit
         if stored_verifier and stored_verifier != mine:
             hit = match_verifier(self.cache_key, stored_verifier, charger_id, password, hashes)
             if hit is not None:
                 self.stored_checks += 1
+                _VIA_STORED.inc()
                 self._remember(charger_id, stored_verifier)
                 return hit
         return None
@@ -89,6 +96,7 @@ class PasswordVerifier:
             loop = asyncio.get_running_loop()
             for stored in hashes:
                 self.slow_checks += 1
+                _VIA_SCRYPT.inc()
                 if await loop.run_in_executor(self._pool, verify_password, password, stored):
                     verifier = make_verifier(self.cache_key, charger_id, stored, password)
                     self._remember(charger_id, verifier)
