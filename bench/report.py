@@ -309,6 +309,10 @@ def _auth_storm_lines(a: dict | None) -> list[str]:
             f"Before the restart the first connection of the {_f(first.get('connected'), '{:,}')} chargers took "
             f"{_f(first.get('setup_s'), '{:.1f} s')} ({_f((first.get('password_checks') or {}).get('scrypt'))} "
             "scrypt runs, at most 32 handshakes in flight).", ""]
+    if st.get("connect_errors"):
+        out += [f"Connect errors in the authenticated storm (retried with back-off, counted in its absorb "
+                f"time): {st['connect_errors']}; password checks after a retry: "
+                f"{_f(checks.get('process_verifier'))} by the process's own verifier.", ""]
     return out
 
 
