@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -207,6 +208,20 @@ async def _connect_all(node: NodeProc, ids, password=PW) -> list[int]:
     return list(await asyncio.gather(*(one(cid) for cid in ids)))
 
 
+def _wait_for_stored_verifiers(db, n: int, timeout: float = 15.0) -> None:
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+            have = conn.execute("SELECT count(*) FROM charger_credentials WHERE verifier != ''").fetchone()[0]
+        if have >= n:
+            return
+        assert time.monotonic() < deadline, f"{have}/{n} verifiers stored"
+        time.sleep(0.05)
+
+
 def test_node_restart_storm_runs_no_scrypt(tmp_path):
     data = tmp_path / "d"
     ids = [f"CP-R{i}" for i in range(8)]
@@ -217,6 +232,7 @@ def test_node_restart_storm_runs_no_scrypt(tmp_path):
             assert node.request("PUT", f"/api/v1/chargers/{cid}", {"security_profile": 1, "password": PW})[0] == 201
         assert asyncio.run(_connect_all(node, ids)) == [101] * len(ids)
         assert _checks(node)["scrypt"] == len(ids)
+        _wait_for_stored_verifiers(data / "chargeyard.db", len(ids))  # written after the handshake
     finally:
         node.stop()
     assert stat.S_IMODE(os.stat(data / KEY_FILE_NAME).st_mode) == 0o600
