@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -75,6 +75,8 @@ class Settings:
     trusted_proxies: str = ""
     ca_cert: str = ""
     ca_key: str = ""
+    auth_cache_key_file: str = ""
+    auth_cache_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
     # billing and monitoring (services/)
     offline_after: float = 120.0
     stall_after: float = 900.0
@@ -162,6 +164,12 @@ HELP = {
                        "X-Client-Verify / X-Client-Cert-CN / X-Forwarded-Proto / X-Real-IP headers are believed",
     "ca_cert": "PEM certificate of the CSMS CA that signs chargers' SignCertificate requests",
     "ca_key": "PEM private key of --ca-cert",
+    "auth_cache_key_file": "file holding the key (32+ characters) of the stored password verifiers that spare a "
+                           "restarted or other worker the scrypt run per charger (ADR 0019); every worker of a "
+                           "cluster needs the same key (empty: --auth-cache-key, else <data-dir>/auth-cache.key, "
+                           "made at first start, mode 0600)",
+    "auth_cache_key": "that key itself (better: the environment variable, from a Secret, than the flag); wins "
+                      "over --auth-cache-key-file",
     "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1)",
     "offline_after": "monitoring: seconds a charger may stay disconnected before charger_offline is raised "
                      "(a takeover is not an outage)",

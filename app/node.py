@@ -127,7 +127,8 @@ def worker_settings(s: Settings) -> Any:
         batch_max=s.batch_max, seen_interval=s.seen_interval, kafka_bootstrap=s.kafka_bootstrap,
         security_profile=s.security_profile, unknown_chargers=s.unknown_chargers, tls_cert=s.tls_cert,
         tls_key=s.tls_key, tls_client_ca=s.tls_client_ca, trusted_proxies=s.trusted_proxies,
-        ca_cert=s.ca_cert, ca_key=s.ca_key)
+        ca_cert=s.ca_cert, ca_key=s.ca_key, auth_cache_key=s.auth_cache_key,
+        auth_cache_key_file=s.auth_cache_key_file, data_dir=s.data_dir)
 
 
 def service_settings(s: Settings) -> Any:

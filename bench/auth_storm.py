@@ -1,16 +1,23 @@
 """Reconnect storm with authenticated chargers (security profile 1): what the password
-checks cost the node, cold (the first connection of each charger to this process: one
-scrypt each, in the verifier's thread pool) and warm (a reconnect with the password this
-process already verified: one HMAC each).
+checks cost the node
+
+* ``cold``: the first connection of each charger (one scrypt each, in the verifier's
+  thread pool);
+* ``warm``: a reconnect to the same process (its own verifier: one HMAC each);
+* ``restarted``: a reconnect to a new process on the same data dir (the stored
+  verifiers, ADR 0019: one HMAC each, no scrypt);
+* ``restarted_new_key``: the same after deleting the cache key file, so the stored
+  verifiers are void: what every restart cost before ADR 0019 (one scrypt each).
 
     .venv/bin/python -m chargeyard.bench.auth_storm [--chargers 300] [--concurrency 300]
 
 It registers ``--chargers`` chargers straight into a fresh SQLite store (one hash for
 all: registration is not what is measured), starts ``chargeyard run --security-profile
 1``, connects every charger at once with HTTP Basic (honouring ``Retry-After`` on 503),
-then closes them all and connects them again. Per phase it prints the storm's duration,
-handshakes/s, the refusals by status and the node's CPU seconds; the last line is one
-JSON object. Not a test: the figures depend on the machine.
+closes them all and connects them again, per phase. Per phase it prints the storm's
+duration, handshakes/s, the refusals by status, the node's CPU seconds and its password
+checks by kind; the last line is one JSON object. Not a test: the figures depend on the
+machine.
 """
 
 from __future__ import annotations
@@ -93,19 +100,55 @@ async def _close(conns: list) -> None:
     await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
 
-async def _run(a: argparse.Namespace, url: str, pid: int) -> dict:
-    out: dict = {"chargers": a.chargers}
-    for phase in ("cold", "warm"):
-        cpu0 = _cpu(pid)
-        seconds, refusals, conns = await _storm(url, a.chargers, a.concurrency, a.timeout)
-        cpu = _cpu(pid) - cpu0
-        out[phase] = {"seconds": round(seconds, 2), "handshakes_per_s": round(a.chargers / seconds, 1),
-                      "refused": refusals, "node_cpu_s": round(cpu, 2)}
-        print(f"{phase}: {a.chargers} authenticated chargers in {seconds:.2f} s "
-              f"({a.chargers / seconds:.1f}/s), node CPU {cpu:.2f} s, refused {refusals or 'none'}")
-        await _close(conns)
-        await asyncio.sleep(0.5)
-    return out
+def _checks(http_port: int) -> dict[str, float]:
+    import urllib.request
+
+    from chargeyard.bench.auth_phase import password_checks
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+        return password_checks(r.read().decode())
+
+
+async def _phase(a: argparse.Namespace, name: str, url: str, pid: int, http_port: int) -> dict:
+    checks0, cpu0 = _checks(http_port), _cpu(pid)
+    seconds, refusals, conns = await _storm(url, a.chargers, a.concurrency, a.timeout)
+    cpu = _cpu(pid) - cpu0
+    checks = {k: v - checks0.get(k, 0) for k, v in _checks(http_port).items()}
+    print(f"{name}: {a.chargers} authenticated chargers in {seconds:.2f} s "
+          f"({a.chargers / seconds:.1f}/s), node CPU {cpu:.2f} s, refused {refusals or 'none'}, "
+          f"password checks {checks}")
+    await _close(conns)
+    await asyncio.sleep(0.5)
+    return {"seconds": round(seconds, 2), "handshakes_per_s": round(a.chargers / seconds, 1),
+            "refused": refusals, "node_cpu_s": round(cpu, 2), "password_checks": checks}
+
+
+class _Node:
+    """``chargeyard run --security-profile 1`` on ``data``, started and stopped."""
+
+    def __init__(self, data: Path) -> None:
+        import urllib.request
+
+        self.ws_port, self.http_port = _free_port(), _free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "chargeyard.cli", "run", "--host", "127.0.0.1",
+                                      "--ws-port", str(self.ws_port), "--http-port", str(self.http_port),
+                                      "--data-dir", str(data), "--security-profile", "1", "--log-level", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.url = f"ws://127.0.0.1:{self.ws_port}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -116,27 +159,24 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     data = Path(tempfile.mkdtemp(prefix="cy-auth-storm-"))
     asyncio.run(_register(data, a.chargers))
-    ws_port, http_port = _free_port(), _free_port()
-    node = subprocess.Popen([sys.executable, "-m", "chargeyard.cli", "run", "--host", "127.0.0.1",
-                             "--ws-port", str(ws_port), "--http-port", str(http_port), "--data-dir", str(data),
-                             "--security-profile", "1", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out: dict = {"chargers": a.chargers}
+    node: _Node | None = None
     try:
-        import urllib.request
+        # (phase, restart the node before it, delete the cache key before that restart)
+        for phase, restart, new_key in (("cold", True, False), ("warm", False, False),
+                                        ("restarted", True, False), ("restarted_new_key", True, True)):
+            if restart:
+                if node is not None:
+                    node.stop()
+                if new_key:
+                    from chargeyard.worker.security.authcache import KEY_FILE_NAME
 
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        out = asyncio.run(_run(a, f"ws://127.0.0.1:{ws_port}", node.pid))
+                    (data / KEY_FILE_NAME).unlink()
+                node = _Node(data)
+            out[phase] = asyncio.run(_phase(a, phase, node.url, node.proc.pid, node.http_port))
     finally:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(15)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        if node is not None:
+            node.stop()
         shutil.rmtree(data, ignore_errors=True)
     print(json.dumps(out))
     return out

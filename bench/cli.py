@@ -42,7 +42,7 @@ def smoke_options() -> suite.Options:
                          sweep_duration_s=0.7, conn_levels=[50], conn_duration_s=0.7,
                          metering_interval_s=0.5, memory_levels=[200], storm_timeout_s=15.0,
                          storm_at_memory_top=False, ready_timeout_s=10.0, idle_cpu_s=0.3,
-                         rounds=1, round_s=0.5)
+                         rounds=1, round_s=0.5, auth_storm_chargers=20)
 
 
 def _add_common(p: argparse.ArgumentParser):
@@ -71,6 +71,10 @@ def _add_compare(p: argparse.ArgumentParser):
     p.add_argument("--memory-levels", type=_ints, default=None, dest="memory_levels",
                    help="idle connection counts for memory, e.g. 1000,10000,50000 ('' = skip)")
     p.add_argument("--no-storm", action="store_false", dest="storm", default=None)
+    p.add_argument("--no-auth-storm", action="store_false", dest="auth_storm", default=None,
+                   help="skip the storm of password-authenticated chargers after a restart")
+    p.add_argument("--auth-storm-chargers", type=int, default=None, dest="auth_storm_chargers",
+                   help="chargers of that storm (default: --chargers, the unauthenticated storm's)")
     p.add_argument("--rounds", type=int, default=None,
                    help="extra closed-loop rounds, the servers in turn; ratios are judged on "
                         "the median of all rounds (default 2, 0 = none)")

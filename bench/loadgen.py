@@ -8,7 +8,12 @@ Started by the coordinator (:mod:`chargeyard.bench.runner`), usually pinned with
 * then commands on stdin, each answered by one ``{"event":"result",...}`` line:
   ``closed`` (request/response, next request after the reply), ``open`` (fixed offered
   rate), ``interval`` (each charger every N s, plus heartbeats), ``idle`` (heartbeats
-  only), ``storm`` (every charger drops and reconnects at once), ``quit``.
+  only), ``storm`` (every charger drops and reconnects at once), ``hold`` (chargers that
+  drop stay down: the server is about to restart), ``rejoin`` (every charger reconnects at
+  once, to the ``url`` given: the restarted server), ``quit``.
+
+With ``password`` in the config every charger sends HTTP Basic (its id, that password)
+at the handshake (security profile 1).
 
 Times in commands are ``time.monotonic()`` values: CLOCK_MONOTONIC is system-wide on
 Linux, so the coordinator and all workers share one clock. A reply counts when it is
@@ -21,6 +26,7 @@ message id (:func:`chargeyard.bench.frames.reply_id`) without parsing JSON.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
@@ -97,6 +103,7 @@ class Charger(WSListener):
         self.built = -1e9
         self.timers: dict = {}
         self.flip = False
+        self.headers: dict = {}   # handshake headers (subprotocol, HTTP Basic)
 
     # -- picows callbacks
     def on_ws_connected(self, transport):
@@ -152,6 +159,12 @@ class Generator:
         prefix = cfg.get("prefix", "cy")
         self.chargers = [Charger(self, i, f"{prefix}-{i:07d}")
                          for i in range(first, first + int(cfg["count"]))]
+        password = cfg.get("password")
+        for ch in self.chargers:
+            ch.headers = {"Sec-WebSocket-Protocol": self.protocol}
+            if password:
+                ch.headers["Authorization"] = "Basic " + base64.b64encode(
+                    f"{ch.cid}:{password}".encode()).decode()
         self.mode = "setup"
         self.reconnect = True
         self.stopping = False
@@ -302,7 +315,7 @@ class Generator:
                 try:
                     await ws_connect(
                         lambda: ch, self.url + ch.cid,
-                        extra_headers={"Sec-WebSocket-Protocol": self.protocol},
+                        extra_headers=ch.headers,
                         websocket_handshake_timeout=self.hs_timeout,
                         read_buffer_init_size=self.read_buffer,
                         max_frame_size=1 << 20, socket_factory=self.new_socket)
@@ -509,6 +522,34 @@ class Generator:
         self.storm_at = None
         return res
 
+    async def run_rejoin(self, c: dict) -> dict:
+        """The server restarted (after ``hold``): every charger not connected reconnects at
+        ``at`` to ``url``, at once and without back-off, as in a storm; measured the same way."""
+        self.reset_counters()
+        self.url = c["url"].rstrip("/") + "/"
+        self.reconnect = True
+        down = [ch for ch in self.chargers if ch.t is None and not ch.ready]
+        self.storm_target = self.ready_count + len(down)
+        self.storm_done_at = None
+        self.storm_event = asyncio.Event()
+        self.connect_errors = {}
+        await self._wait_until(c["at"])
+        cpu0, wall0 = _cpu_s(), monotonic()
+        self.storm_at = monotonic()
+        timeout = float(c.get("timeout", 60))
+        for ch in down:
+            self.spawn(self.connect(ch, deadline=self.storm_at + timeout))
+        try:
+            await asyncio.wait_for(self.storm_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        res = self._result("rejoin", cpu0, wall0)
+        res["storm_at"] = self.storm_at
+        res["storm_done_at"] = self.storm_done_at
+        res["storm_target"] = self.storm_target
+        self.storm_at = None
+        return res
+
     async def close(self):
         self.stopping = True
         for task in list(self.pending_tasks):
@@ -552,6 +593,11 @@ async def amain():
             res = await gen.run_periodic(c, cmd)
         elif cmd == "storm":
             res = await gen.run_storm(c)
+        elif cmd == "hold":
+            gen.reconnect = False
+            res = {"event": "result", "cmd": "hold", "ready": gen.ready_count}
+        elif cmd == "rejoin":
+            res = await gen.run_rejoin(c)
         elif cmd == "ping":
             res = {"event": "result", "cmd": "ping", "ready": gen.ready_count}
         else:

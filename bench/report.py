@@ -137,6 +137,7 @@ def markdown(results: dict) -> str:
     row("DB rows per commit (closed loop)", batch)
     lines.append("")
 
+    lines += _auth_storm_lines(results.get("auth_storm"))
     if results.get("kind") == "compare":
         lines += ["## Ratios (Chargeyard / other)", "",
                   "| | vs baseline | vs ceiling |", "|---|---|---|",
@@ -281,6 +282,38 @@ def markdown(results: dict) -> str:
     lines += ["Plots: `load.png` (throughput and p99 vs offered load), `connections.png` "
               "(throughput and p99 vs connections), `memory.png` (memory vs connections).", ""]
     return "\n".join(lines)
+
+
+def _auth_storm_lines(a: dict | None) -> list[str]:
+    """The storm of password-authenticated chargers after a worker restart
+    (bench/auth_phase.py) beside the unauthenticated storm, as a ratio."""
+    if not a:
+        return []
+    out = ["## Reconnect storm with authenticated chargers (security profile 1, after a worker restart)", ""]
+    if a.get("unavailable") or a.get("error"):
+        return out + [f"Not measured: {a.get('unavailable') or a.get('error')}", ""]
+    st, first = a.get("storm") or {}, a.get("first_connect") or {}
+
+    def absorbed(s: dict, n) -> str:
+        if not s.get("complete", True) or s.get("absorb_s") is None:
+            return f"incomplete: {_f(s.get('reconnected'), '{:,}')}/{_f(n, '{:,}')}"
+        return f"{s['absorb_s']:.2f} s"
+    checks = st.get("password_checks") or {}
+    out += ["| storm | chargers | absorbed in | password checks |", "|---|---|---|---|",
+            f"| unauthenticated (the Chargeyard column above) | {_f(a.get('unauthenticated_chargers'), '{:,}')} | "
+            f"{_f(a.get('unauthenticated_absorb_s'), '{:.2f} s')} | none |",
+            f"| HTTP Basic, restarted worker (cold process, stored verifiers) | {_f(st.get('chargers'), '{:,}')} | "
+            f"{absorbed(st, st.get('chargers'))} | {_f(checks.get('scrypt'))} scrypt, "
+            f"{_f(checks.get('stored_verifier'))} stored verifier |",
+            "", f"Ratio authenticated / unauthenticated: **{_f(a.get('ratio_vs_unauthenticated'), '{:.2f}x')}**. "
+            f"Before the restart the first connection of the {_f(first.get('connected'), '{:,}')} chargers took "
+            f"{_f(first.get('setup_s'), '{:.1f} s')} ({_f((first.get('password_checks') or {}).get('scrypt'))} "
+            "scrypt runs, at most 32 handshakes in flight).", ""]
+    if st.get("connect_errors"):
+        out += [f"Connect errors in the authenticated storm (retried with back-off, counted in its absorb "
+                f"time): {st['connect_errors']}; password checks after a retry: "
+                f"{_f(checks.get('process_verifier'))} by the process's own verifier.", ""]
+    return out
 
 
 def plots(results: dict, outdir: str) -> list[str]:

@@ -492,10 +492,12 @@ def measure_periodic(srv, pool, mode, interval_s, heartbeat_s, warmup, duration,
     return _window(srv, pool, cmd, warmup, duration, gen_cores)
 
 
-def measure_storm(srv, pool, timeout: float) -> dict:
+def measure_storm(srv, pool, timeout: float, command: dict | None = None) -> dict:
+    """``command``: another storm-shaped generator command (e.g. ``rejoin`` after a
+    server restart, bench/auth_phase.py), measured the same way."""
     at = time.monotonic() + 0.3
     cpu0 = srv.cpu()
-    res = pool.command({"cmd": "storm", "at": at, "timeout": timeout}, timeout + 30)
+    res = pool.command(dict(command or {"cmd": "storm"}, at=at, timeout=timeout), timeout + 30)
     cpu1 = srv.cpu()
     target = sum(r["storm_target"] for r in res)
     ready = sum(r["ready"] for r in res)

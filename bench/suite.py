@@ -68,6 +68,8 @@ class Options:
     round_s: float = 5.0
     store: str = "sqlite"      # scylla: also the worker on the ScyllaDB store, in the same run
     scylla_hosts: str | None = None  # its CQL server (default: a local Cassandra, tests/cassandra)
+    auth_storm: bool = True    # the storm of password-authenticated chargers after a restart
+    auth_storm_chargers: int = 0  # its fleet (0: ``chargers``, the unauthenticated storm's)
 
 
 def _gen_cores(cpus: str | None) -> int:
@@ -262,6 +264,22 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
+def auth_storm(o: Options, logdir: str, chargeyard: dict) -> dict:
+    """The reconnect storm of password-authenticated chargers after a worker restart
+    (bench/auth_phase.py), beside the unauthenticated storm of this run, as a ratio."""
+    from . import auth_phase
+
+    _, spec = runner.resolve_target("chargeyard", o.chargeyard_cmd)
+    cfg = dict(gen_config(load_profile("burst")), protocol=o.protocol,
+               reconnect=load_profile("reconnect-storm")["reconnect"])  # as bench_target's storm
+    out = auth_phase.measure(spec, o.auth_storm_chargers or o.chargers, cfg, o, logdir)
+    plain = chargeyard.get("storm") or {}
+    out["unauthenticated_absorb_s"] = plain.get("absorb_s")
+    out["unauthenticated_chargers"] = plain.get("chargers")
+    out["ratio_vs_unauthenticated"] = _ratio((out.get("storm") or {}).get("absorb_s"), plain.get("absorb_s"))
+    return out
+
+
 def summarize(results: dict) -> None:
     """Top-level figures: per server, and Chargeyard against baseline and ceiling."""
     by_role = {s["role"]: (n, s) for n, s in results["servers"].items()}
@@ -348,6 +366,8 @@ def compare(o: Options, logdir: str) -> dict:
             name, spec = runner.resolve_target(t, o.chargeyard_cmd)
             specs[name] = spec
             results["servers"][name] = bench_target(name, spec, o, logdir)
+        if o.auth_storm and o.storm and results["servers"].get("chargeyard", {}).get("available"):
+            results["auth_storm"] = auth_storm(o, logdir, results["servers"]["chargeyard"])
         if o.rounds > 0:
             available = {n: sp for n, sp in specs.items() if results["servers"][n].get("available")}
             results["rounds"] = closed_rounds(available, o, logdir)

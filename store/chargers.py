@@ -10,6 +10,12 @@ three hashes so that no charger is ever locked out half-way:
 * ``previous_password_hash``: the one in force before the charger accepted the new one,
   still valid until the charger authenticates with the new password.
 
+``verifier`` remembers the last successful password check so that a restarted worker
+(or any other) need not run scrypt again (ADR 0019): an HMAC-SHA256, under a key the
+store never holds, of the charger id, the stored hash it matched and the password
+(``chargeyard.worker.security.authcache``). Bound to the hash, it stops matching when a
+rotation or a re-registration replaces that hash; useless without the key.
+
 Backends implement :class:`ChargerCredentialStore` beside :class:`~.base.Store`; the
 contract is in ``tests/store/test_chargers.py``.
 """
@@ -27,6 +33,7 @@ class ChargerCredentials(msgspec.Struct, frozen=True, kw_only=True):
     password_hash: str = ""
     pending_password_hash: str = ""
     previous_password_hash: str = ""
+    verifier: str = ""      # "" when none; see the module doc
 
     def hashes(self) -> tuple[str, ...]:
         """Every hash a login may match, the one in force first."""
@@ -51,7 +58,12 @@ class ChargerCredentialStore(ABC):
 
     @abstractmethod
     async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
-        """Insert or replace the whole record."""
+        """Insert or replace the whole record (its ``verifier`` too)."""
+
+    @abstractmethod
+    async def put_charger_verifier(self, charger_id: str, verifier: str) -> None:
+        """Replace only the ``verifier`` of a registered charger (nothing for an unknown
+        id: a deregistration racing a login does not bring the charger back)."""
 
     @abstractmethod
     async def delete_charger_credentials(self, charger_id: str) -> bool:
@@ -82,6 +94,11 @@ class MemoryChargerCredentials(ChargerCredentialStore):
 
     async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
         self._creds[creds.charger_id] = creds
+
+    async def put_charger_verifier(self, charger_id: str, verifier: str) -> None:
+        creds = self._creds.get(charger_id)
+        if creds is not None:
+            self._creds[charger_id] = msgspec.structs.replace(creds, verifier=verifier)
 
     async def delete_charger_credentials(self, charger_id: str) -> bool:
         return self._creds.pop(charger_id, None) is not None

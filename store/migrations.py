@@ -401,6 +401,10 @@ CREATE TABLE security_events (
     received_at INTEGER NOT NULL
 );
 CREATE INDEX security_events_charger ON security_events (charger_id, id);"""),
+    (10, """
+-- The last successful password check of a charger (store/chargers.py, ADR 0019): an HMAC
+-- under a key kept outside the store, bound to the hash it matched. '' when none.
+ALTER TABLE charger_credentials ADD COLUMN verifier TEXT NOT NULL DEFAULT '';"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -231,6 +231,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     charger_id text, seq bigint, type text, at text, tech_info text, received_at bigint,
     PRIMARY KEY (charger_id, seq)) WITH CLUSTERING ORDER BY (seq DESC)""",
     ]),
+    (5, [
+        # the last successful password check per charger (store/chargers.py, ADR 0019): an
+        # HMAC under a key kept outside the store, bound to the hash it matched; its own
+        # table so that writing it never touches (or resurrects) the credentials row
+        """CREATE TABLE IF NOT EXISTS {ks}.charger_verifiers (
+    charger_id text PRIMARY KEY, verifier text)""",
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -327,6 +334,9 @@ _Q = {
                  "pending_password_hash, previous_password_hash, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
     "creds_delete": "DELETE FROM {ks}.charger_credentials WHERE charger_id = ? IF EXISTS",
     "creds_ids": "SELECT charger_id FROM {ks}.charger_credentials LIMIT ?",
+    "verifier_get": "SELECT verifier FROM {ks}.charger_verifiers WHERE charger_id = ?",
+    "verifier_put": "INSERT INTO {ks}.charger_verifiers (charger_id, verifier) VALUES (?, ?)",
+    "verifier_delete": "DELETE FROM {ks}.charger_verifiers WHERE charger_id = ?",
     "sec_event_add": "INSERT INTO {ks}.security_events (charger_id, seq, type, at, tech_info, received_at) "
                      "VALUES (?, ?, ?, ?, ?, ?)",
     "sec_events": "SELECT charger_id, type, at, tech_info, received_at FROM {ks}.security_events "
@@ -1316,21 +1326,30 @@ class ScyllaStore(Store, ChargerCredentialStore):
     # -- charger credentials and security events (store/chargers.py) -----------------
 
     async def get_charger_credentials(self, charger_id: str) -> ChargerCredentials | None:
-        rows = await self._q("creds_get", charger_id)
+        rows, vrows = await asyncio.gather(self._q("creds_get", charger_id), self._q("verifier_get", charger_id))
         if not rows or rows[0].get("security_profile") is None:
             return None
         r = rows[0]
         return ChargerCredentials(charger_id=r["charger_id"], security_profile=r["security_profile"],
                                   password_hash=r.get("password_hash") or "",
                                   pending_password_hash=r.get("pending_password_hash") or "",
-                                  previous_password_hash=r.get("previous_password_hash") or "")
+                                  previous_password_hash=r.get("previous_password_hash") or "",
+                                  verifier=(vrows[0].get("verifier") or "") if vrows else "")
 
     async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
-        await self._q("creds_put", creds.charger_id, creds.security_profile, creds.password_hash,
-                      creds.pending_password_hash, creds.previous_password_hash, time.time_ns() // 1000)
+        await asyncio.gather(
+            self._q("creds_put", creds.charger_id, creds.security_profile, creds.password_hash,
+                    creds.pending_password_hash, creds.previous_password_hash, time.time_ns() // 1000),
+            self._q("verifier_put", creds.charger_id, creds.verifier))
+
+    async def put_charger_verifier(self, charger_id: str, verifier: str) -> None:
+        # no read first: a verifier row without credentials is never returned (get needs
+        # both), and the next registration's put replaces it
+        await self._q("verifier_put", charger_id, verifier)
 
     async def delete_charger_credentials(self, charger_id: str) -> bool:
         applied, _ = self._applied(await self._q("creds_delete", charger_id))
+        await self._q("verifier_delete", charger_id)
         return applied
 
     async def registered_charger_ids(self, limit: int = 10_000) -> list[str]:

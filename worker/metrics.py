@@ -14,6 +14,10 @@ WS_REFUSED = Counter("chargeyard_ws_handshakes_refused_total", "Refused WebSocke
 # reason: one of worker/security/handshake.py REASONS
 AUTH_FAILURES = Counter("chargeyard_ws_auth_failures_total", "Charger handshakes refused by authentication",
                         ["reason"])
+# how each password check was decided: "scrypt" (a memory-hard run), "stored_verifier" (the
+# verifier another or an earlier worker stored, ADR 0019), "process_verifier" (this process's)
+PASSWORD_CHECKS = Counter("chargeyard_ws_password_checks_total", "Charger password checks by how they were decided",
+                          ["via"])
 CALL_ERRORS = Counter("chargeyard_ocpp_call_errors_total", "CALLERRORs sent to chargers", ["protocol", "code"])
 BATCH_ROWS = Histogram("chargeyard_db_batch_rows", "Rows per store commit",
                        buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000))

@@ -6,7 +6,7 @@ The app's ``Settings`` (CLI flags, environment, defaults) is composed into this 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["WorkerSettings"]
 
@@ -49,3 +49,8 @@ class WorkerSettings:
     trusted_proxies: str = ""           # CIDRs whose identity headers are believed
     ca_cert: str = ""                   # the CSMS CA signing SignCertificate requests
     ca_key: str = ""
+    # the key of the stored password verifiers (worker/security/authcache.py, ADR 0019):
+    # auth_cache_key, else auth_cache_key_file, else <data_dir>/auth-cache.key (made once)
+    auth_cache_key: str = field(default="", repr=False)
+    auth_cache_key_file: str = ""
+    data_dir: str = ""

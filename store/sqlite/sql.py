@@ -211,13 +211,14 @@ def tx_keyset(charger: bool, active: bool | None, started: bool, after: bool) ->
 # -- charger credentials and security events (store/chargers.py) -----------------------
 
 CREDS_GET = """
-SELECT charger_id, security_profile, password_hash, pending_password_hash, previous_password_hash
+SELECT charger_id, security_profile, password_hash, pending_password_hash, previous_password_hash, verifier
 FROM charger_credentials WHERE charger_id = ?"""
 CREDS_PUT = """
 INSERT INTO charger_credentials (charger_id, security_profile, password_hash, pending_password_hash,
-    previous_password_hash, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    previous_password_hash, verifier, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 ON CONFLICT (charger_id) DO UPDATE SET security_profile = ?2, password_hash = ?3,
-    pending_password_hash = ?4, previous_password_hash = ?5, updated_at = ?6"""
+    pending_password_hash = ?4, previous_password_hash = ?5, verifier = ?6, updated_at = ?7"""
+CREDS_VERIFIER_PUT = "UPDATE charger_credentials SET verifier = ? WHERE charger_id = ?"
 CREDS_DELETE = "DELETE FROM charger_credentials WHERE charger_id = ?"
 CREDS_IDS = "SELECT charger_id FROM charger_credentials ORDER BY charger_id LIMIT ?"
 SECURITY_EVENT_ADD = """

@@ -339,12 +339,16 @@ class SqliteStore(Store, ChargerCredentialStore):
         if row is None:
             return None
         return ChargerCredentials(charger_id=row[0], security_profile=row[1], password_hash=row[2],
-                                  pending_password_hash=row[3], previous_password_hash=row[4])
+                                  pending_password_hash=row[3], previous_password_hash=row[4], verifier=row[5])
 
     async def put_charger_credentials(self, creds: ChargerCredentials) -> None:
         args = (creds.charger_id, creds.security_profile, creds.password_hash, creds.pending_password_hash,
-                creds.previous_password_hash, to_us(dt.datetime.now(dt.timezone.utc)))
+                creds.previous_password_hash, creds.verifier, to_us(dt.datetime.now(dt.timezone.utc)))
         await self._run(self.batches.write, lambda conn: conn.execute(sql.CREDS_PUT, args))
+
+    async def put_charger_verifier(self, charger_id: str, verifier: str) -> None:
+        await self._run(self.batches.write,
+                        lambda conn: conn.execute(sql.CREDS_VERIFIER_PUT, (verifier, charger_id)))
 
     async def delete_charger_credentials(self, charger_id: str) -> bool:
         return await self._run(self.batches.write,

@@ -47,6 +47,11 @@ def test_smoke_comparison_writes_a_report(tmp_path):
         assert all(r["db_deferred_rows_start"] is not None and r["db_deferred_rows"] is not None
                    for r in cy["sweep"])
         assert "rows deferred (start → end)" in report
+        # the storm of password-authenticated chargers after a restart, beside the plain one
+        auth = results["auth_storm"]
+        assert auth["storm"]["complete"] and auth["storm"]["password_checks"]["scrypt"] == 0, auth
+        assert auth["ratio_vs_unauthenticated"] is not None
+        assert "## Reconnect storm with authenticated chargers" in report
     else:
         print("chargeyard skipped in smoke:", cy["unavailable"])
     for key in ("ratio_vs_baseline", "ratio_vs_ceiling", "cpu_us_per_msg", "targets", "capacity"):

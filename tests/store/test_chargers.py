@@ -67,3 +67,26 @@ def test_security_events_newest_first(make):
             assert [e.type for e in await s.list_security_events("CP1", limit=1)] == ["T2"]
 
     asyncio.run(main())
+
+
+def test_verifier_is_part_of_the_record_and_updated_alone(make):
+    """The stored password verifier (ADR 0019): put/get carry it, put_charger_verifier
+    changes only it, never registers an unknown id, and a deregistration takes it along."""
+    async def main():
+        async with make() as s:
+            c = ChargerCredentials(charger_id="CP1", security_profile=1, password_hash="scrypt$a")
+            await s.put_charger_credentials(c)
+            assert (await s.get_charger_credentials("CP1")).verifier == ""
+            await s.put_charger_verifier("CP1", "v1$mac-1")
+            assert await s.get_charger_credentials("CP1") == msgspec.structs.replace(c, verifier="v1$mac-1")
+            rotated = msgspec.structs.replace(c, pending_password_hash="scrypt$b", verifier="v1$mac-1")
+            await s.put_charger_credentials(rotated)  # a rotation step keeps it (bound to its hash)
+            assert await s.get_charger_credentials("CP1") == rotated
+            await s.put_charger_verifier("CP-unknown", "v1$mac-2")
+            assert await s.get_charger_credentials("CP-unknown") is None
+            assert "CP-unknown" not in await s.registered_charger_ids()
+            assert await s.delete_charger_credentials("CP1")
+            await s.put_charger_credentials(c)  # registered again: no verifier from before
+            assert (await s.get_charger_credentials("CP1")).verifier == ""
+
+    asyncio.run(main())

@@ -21,9 +21,10 @@ conditions still hold).
 
 Failures per charger id (5 a minute) and per address (50 a minute: a site's chargers
 may share one NAT address) over a sliding window make the next attempts 429 with
-``Retry-After``. A charger presenting a password that this process already
-verified (one HMAC, no scrypt) is still admitted while its id is throttled, so an
-attacker hammering an id cannot lock out the real charger once it has connected.
+``Retry-After``. A charger presenting a password that was already verified (one
+HMAC, no scrypt: this process's verifier or the stored one, ADR 0019) is still admitted
+while its id is throttled, so an attacker hammering an id cannot lock out the real
+charger once it has connected.
 """
 
 from __future__ import annotations
@@ -194,9 +195,10 @@ class Authenticator:
             if self.unknown == UNKNOWN_REJECT:
                 return await self._throttled_or(charger_id, peer, lambda: self._refuse(
                     "unknown_charger", charger_id, peer))
-            required, hashes = self.profile, ()
+            required, hashes, stored_verifier = self.profile, (), ""
         else:
             required, hashes = max(self.profile, creds.security_profile), creds.hashes()
+            stored_verifier = creds.verifier
         if required == 0:
             return ACCEPT0
 
@@ -214,9 +216,10 @@ class Authenticator:
 
         basic = parse_basic(authorization)
         password = basic[1] if basic is not None and basic[0] == charger_id else None
-        # a password this process already verified passes even while the id is throttled
+        # a password already verified (here, or by any worker with the cache key: the stored
+        # verifier) passes even while the id is throttled
         if password is not None:
-            hit = self.verifier.known(charger_id, password, hashes)
+            hit = self.verifier.known(charger_id, password, hashes, stored_verifier)
             if hit is not None:
                 return Decision(101, profile=required, matched_hash=hit)
         now = self.clock()
@@ -228,7 +231,7 @@ class Authenticator:
         if password is None:
             return self._refuse("bad_username", charger_id, peer)
         try:
-            hit = await self.verifier.verify(charger_id, password, hashes)
+            hit = await self.verifier.verify(charger_id, password, hashes, stored_verifier)
         except VerifierBusy:
             return self._refuse("busy", charger_id, peer, count=False, status=503, retry_after=1)
         if hit is None:

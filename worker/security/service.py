@@ -4,7 +4,8 @@ The worker builds one :class:`ChargerSecurity`, serves through its gate when
 :attr:`ChargerSecurity.gated`, and asks :meth:`ChargerSecurity.refusal` for the upgrade
 answer of each connection. Settings read (all optional, defaults = profile 0):
 ``security_profile``, ``unknown_chargers``, ``tls_cert``, ``tls_key``, ``tls_client_ca``,
-``trusted_proxies``, ``ca_cert``, ``ca_key``.
+``trusted_proxies``, ``ca_cert``, ``ca_key``, and for the stored password verifiers
+(ADR 0019) ``auth_cache_key``, ``auth_cache_key_file``, ``data_dir``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Any
 import msgspec
 
 from ...store.chargers import ChargerCredentialStore, ChargerCredentials
+from .authcache import CacheKey, CacheKeyError, load_cache_key
 from .certs import CertificateAuthority
 from .gate import NOT_NOW, parse_head
 from .handshake import ACCEPT0, UNKNOWN_ACCEPT, Authenticator, Decision
+from .passwords import PasswordVerifier
 from .tls import PeerIdentity, TlsConfigError, TrustedProxies, peer_identity, server_context
 
 log = logging.getLogger("chargeyard.worker.security")
@@ -74,9 +77,16 @@ class ChargerSecurity:
         except (OSError, ValueError) as exc:
             raise SecurityConfigError(f"--ca-cert/--ca-key: {exc}") from None
         self.store = store if isinstance(store, ChargerCredentialStore) else None
+        try:  # the key of the stored verifiers: shared by every worker on this store
+            self.cache_key = load_cache_key(_get(s, "auth_cache_key", ""), _get(s, "auth_cache_key_file", ""),
+                                            _get(s, "data_dir", "")) if self.store is not None \
+                else CacheKey.per_process()
+        except CacheKeyError as exc:
+            raise SecurityConfigError(str(exc)) from None
+        verifier = PasswordVerifier(cache_key=self.cache_key, on_verified=self._save_verifier)
         try:
             self.auth = Authenticator(self._lookup, profile=self.profile,
-                                      unknown_chargers=_get(s, "unknown_chargers", ""))
+                                      unknown_chargers=_get(s, "unknown_chargers", ""), verifier=verifier)
         except ValueError as exc:
             raise SecurityConfigError(str(exc)) from None
         if self.profile >= 1 and self.store is None:
@@ -145,7 +155,8 @@ class ChargerSecurity:
                                            ("required" if self.profile == 3 else "verified if sent") + ")"
                                            if self.tls.verify_mode.name != "CERT_NONE" else ", TLS")
         proxies = f", identity headers trusted from {len(self.proxies.nets)} proxy network(s)" if self.proxies else ""
-        return self.auth.describe() + tls + proxies
+        cache = f", password checks remembered under {self.cache_key.source}" if self.profile >= 1 else ""
+        return self.auth.describe() + tls + proxies + cache
 
     # -- credentials, cached briefly (a cluster's API process changes them) --------------
     async def _lookup(self, charger_id: str) -> ChargerCredentials | None:
@@ -160,6 +171,25 @@ class ChargerSecurity:
             self._cache.clear()
         self._cache[charger_id] = (now + self.cache_ttl, creds)
         return creds
+
+    def _save_verifier(self, charger_id: str, verifier: str) -> None:
+        """A scrypt check succeeded: store its verifier for every worker (and this one's
+        next start), and keep it in the cached credentials meanwhile."""
+        if self.store is None:
+            return
+        hit = self._cache.get(charger_id)
+        if hit is not None and hit[1] is not None:
+            self._cache[charger_id] = (hit[0], msgspec.structs.replace(hit[1], verifier=verifier))
+        t = asyncio.ensure_future(self._store_verifier(charger_id, verifier))
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def _store_verifier(self, charger_id: str, verifier: str) -> None:
+        assert self.store is not None
+        try:
+            await self.store.put_charger_verifier(charger_id, verifier)
+        except Exception as exc:  # the next login runs scrypt again: slower, never wrong
+            log.warning("could not store the password verifier of %s: %s", charger_id, type(exc).__name__)
 
     def forget(self, charger_id: str) -> None:
         """Credentials changed here (API in this process): no waiting for the TTL."""
