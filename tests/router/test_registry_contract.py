@@ -107,6 +107,21 @@ def test_claim_epochs_increase_and_owner(make, arun):
     arun(body())
 
 
+def test_epochs_keep_growing_across_a_restart(make, arun):
+    """The store remembers each charger's highest epoch (fencing, ADR 0016): a registry
+    started again (a restarted node) must hand out larger epochs, or the reconnected
+    chargers' first writes are refused as stale and they are dropped once more."""
+    async def body():
+        first = await make()
+        async with stopping(first):
+            before = await first.claim("CP-1", "ocpp1.6")
+        again = await make()
+        async with stopping(again):
+            assert await again.claim("CP-1", "ocpp1.6") > before
+
+    arun(body())
+
+
 def test_reclaim_by_the_same_worker(make, arun):
     """A charger reconnecting to the worker that holds it gets a newer epoch; only
     *another* worker is told through ``on_takeover`` (the worker replaces its own
