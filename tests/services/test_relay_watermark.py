@@ -1,0 +1,144 @@
+"""The relay's synced watermark (worker/relay.py ``synced_only``): a batch committed on the
+event loop at ``synchronous=NORMAL`` is not published until the WAL sync that makes it
+durable is done, and then at once (woken by the writer's report, not by a poll); rows
+left by an earlier process are published after the one fdatasync at the relay's start.
+
+The real SqliteStore, BatchWriter and Relay; only the WAL's sync is held back, by handing
+the batches a durability future the test resolves (``Wal.durable``)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from chargeyard.store.base import ChargerSeen
+from chargeyard.store.events import decode
+from chargeyard.store.sqlite import SqliteStore
+from chargeyard.worker.relay import Relay
+from chargeyard.worker.writer import BatchWriter
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+
+
+class Capture:
+    """A publisher that keeps what it is given: the rows and their synced-time stamps."""
+
+    def __init__(self) -> None:
+        self.rows: list = []
+        self.stamps: list = []
+
+    async def publish(self, rows, stamps=None) -> None:
+        self.rows.extend(rows)
+        self.stamps.append(stamps)
+
+    async def close(self) -> None:
+        pass
+
+
+async def until(pred, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def _held_syncs(store: SqliteStore) -> list[asyncio.Future]:
+    """Every loop batch's durability future is one of ours, done when the test says."""
+    held: list[asyncio.Future] = []
+
+    def durable() -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        held.append(fut)
+        return fut
+    store.wal.durable = durable  # type: ignore[method-assign]
+    return held
+
+
+def test_an_unsynced_batch_is_published_only_after_its_sync(tmp_path, run):
+    async def main():
+        store = SqliteStore(tmp_path / "cy.db", outbox="w1")
+        await store.open()
+        assert store.wal.walsync is not None, "loop batches must commit at NORMAL and sync apart"
+        held = _held_syncs(store)
+        relay = Relay(store, Capture(), synced_only=True, poll_s=0.02, metrics=False, name="t")
+        writer = BatchWriter(store, on_synced=relay.synced)
+        await writer.start()
+        relay.start()
+        try:
+            await until(lambda: relay.watermark is not None)  # the start's durable head: nothing yet
+            assert relay.watermark == 0
+            fut = writer.add(ChargerSeen("cp-1", T0))
+            await until(lambda: len(held) == 1)  # committed, its sync held back
+            assert [r.seq for r in await store.outbox_read(0, 10)] == [1]  # readable: committed
+            await asyncio.sleep(0.3)  # many polls (poll_s 0.02): a relay that ignores the sync would publish
+            assert relay.publisher.rows == [] and not fut.done()
+            assert relay.watermark == 0
+            held[0].set_result(None)  # the sync is done: the reply, and the relay's wake-up
+            await fut
+            await until(lambda: len(relay.publisher.rows) == 1)
+            row = relay.publisher.rows[0]
+            assert row.seq == 1 and decode(row.payload).charger_id == "cp-1"
+            # its synced time: reported with the watermark that released it
+            stamps = relay.publisher.stamps[-1]
+            assert stamps[-1][0] == 1 and abs(stamps[-1][1] / 1000 - dt.datetime.now(UTC).timestamp()) < 60
+
+            # a second batch, synced before a third: only the synced one goes out
+            f2 = writer.add(ChargerSeen("cp-2", T0))
+            await until(lambda: len(held) == 2)
+            f3 = writer.add(ChargerSeen("cp-3", T0))
+            await until(lambda: len(held) == 3)
+            held[1].set_result(None)
+            await f2
+            await until(lambda: len(relay.publisher.rows) == 2)
+            await asyncio.sleep(0.2)
+            assert [r.seq for r in relay.publisher.rows] == [1, 2] and not f3.done()
+            held[2].set_result(None)
+            await f3
+            await until(lambda: len(relay.publisher.rows) == 3)
+            assert [decode(r.payload).charger_id for r in relay.publisher.rows] == ["cp-1", "cp-2", "cp-3"]
+        finally:
+            for f in held:
+                if not f.done():
+                    f.set_result(None)
+            await writer.close()
+            await relay.close()
+            await store.close()
+    run(main())
+
+
+def test_rows_of_an_earlier_process_go_after_the_start_sync(tmp_path, run):
+    """Rows committed before the relay starts (a restart) have no writer report: the
+    relay's first watermark (one fdatasync of the WAL) covers them."""
+    async def main():
+        store = SqliteStore(tmp_path / "cy.db", outbox="w1")
+        await store.open()
+        await store.apply([ChargerSeen(f"cp-{i}", T0) for i in range(3)])
+        relay = Relay(store, Capture(), synced_only=True, poll_s=0.02, metrics=False, name="t").start()
+        try:
+            await until(lambda: len(relay.publisher.rows) == 3)
+            assert relay.watermark == 3 and relay.synced_only
+        finally:
+            await relay.close()
+            await store.close()
+    run(main())
+
+
+def test_a_store_without_a_watermark_publishes_as_committed(run):
+    """An outbox whose commits are durable when they return has no ``outbox_durable_head``:
+    the relay turns the mode off and publishes what it reads."""
+    from chargeyard.store.events import MemoryOutbox, heartbeat
+
+    async def main():
+        box = MemoryOutbox()
+        relay = Relay(box, Capture(), synced_only=True, poll_s=0.02, metrics=False, name="t")
+        box.on_append = relay.wake
+        relay.start()
+        try:
+            box.append(heartbeat("cp-1", T0))
+            await until(lambda: len(relay.publisher.rows) == 1)
+            assert not relay.synced_only
+        finally:
+            await relay.close()
+    run(main())
