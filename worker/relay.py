@@ -277,7 +277,7 @@ class Relay:
                 seq = await head() if head is not None else None
             except Exception as exc:  # the store is down: the writer reports that; retry
                 log.warning("relay %s: cannot read the outbox's durable head: %r", self.name, exc)
-                await self._idle(self.backoff_max_s)
+                await self._idle(self.backoff_max_s, clear=True)
                 continue
             if seq is None:  # commits are durable when they return: no watermark to keep
                 self.synced_only = False
@@ -317,8 +317,12 @@ class Relay:
             EVENTS_SPOOLED.set(n)
         return n
 
-    async def _idle(self, seconds: float) -> None:
-        self._wake.clear()
+    async def _idle(self, seconds: float, clear: bool = False) -> None:
+        """Wait for a wake or ``seconds``. The loop clears the wake before it reads the
+        outbox, not here: a wake that came while it read, published or marked must not be
+        lost (the rows it announces would wait for the next poll)."""
+        if clear:
+            self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
         except asyncio.TimeoutError:
@@ -329,11 +333,10 @@ class Relay:
         if self.synced_only:
             await self._first_watermark()
         while not self._closing:
+            self._wake.clear()  # a wake from here on is about rows this round may not see
             upto = self.watermark if self.synced_only else None
             if self.synced_only and (upto is None or upto <= self.after):  # nothing synced beyond what went out
-                await self._mark()
-                await self._spool()
-                await self._idle(self.poll_s)
+                await self._caught_up()
                 continue
             try:
                 if upto is None:
@@ -342,12 +345,10 @@ class Relay:
                     rows = await self.outbox.outbox_read(self.after, self.batch_max, upto)
             except Exception as exc:  # the store is down: the writer reports that; retry
                 log.warning("relay %s: cannot read the outbox: %r", self.name, exc)
-                await self._idle(self.backoff_max_s)
+                await self._idle(self.backoff_max_s, clear=True)
                 continue
             if not rows:
-                await self._mark()
-                await self._spool()
-                await self._idle(self.poll_s)
+                await self._caught_up()
                 continue
             try:
                 if self.synced_only:
@@ -371,12 +372,28 @@ class Relay:
             self.published += len(rows)
             if self.metrics:
                 EVENTS_PUBLISHED.inc(len(rows))
-            # marking is a write transaction in the store: under load at most every
-            # mark_every_s (the cursor is in memory; a crash before a mark only publishes
-            # those rows again, with the same ids), and whenever the relay caught up
-            if len(rows) < self.batch_max or time.monotonic() - self._marked_at >= self.mark_every_s:
+            # marking is a write transaction in the store (SQLite: a synced COMMIT), at most
+            # every mark_every_s, caught up or not (the cursor is in memory; a crash before a
+            # mark only publishes those rows again, with the same ids): a mark per round
+            # would be a sync per batch at partial load, when each synced batch is a round
+            if time.monotonic() - self._marked_at >= self.mark_every_s:
                 await self._mark()
                 await self._spool()
+
+    async def _caught_up(self) -> None:
+        """Nothing to publish: mark what went out if a mark is due, else wait at most
+        until it is (or for a wake: a synced batch, a commit)."""
+        wait = self.poll_s
+        if self.after > self._marked:
+            due = self._marked_at + self.mark_every_s - time.monotonic()
+            if due <= 0:
+                await self._mark()
+                await self._spool()
+            else:
+                wait = min(wait, due)
+        else:
+            await self._spool()
+        await self._idle(wait)
 
     async def _mark(self) -> None:
         if self.after <= self._marked:
@@ -392,7 +409,7 @@ class Relay:
         # a commit's wake() must not cut the backoff short: sleep it out unless closing
         end = time.monotonic() + seconds
         while not self._closing and (left := end - time.monotonic()) > 0:
-            await self._idle(left)
+            await self._idle(left, clear=True)
 
     def _failed(self, exc: BaseException, n: int) -> None:
         self.errors += 1
