@@ -1,6 +1,7 @@
 """``chargeyard-bench ...``: the benchmark suite's command line.
 
     chargeyard-bench compare                 # the standard comparison (make bench)
+    chargeyard-bench compare --kafka         # and the worker publishing to a local Kafka broker
     chargeyard-bench smoke                   # seconds; what tests/bench runs
     chargeyard-bench run --profile metering --target chargeyard
     chargeyard-bench capacity [--from DIR] [--write-hpa k8s/hpa.yaml]
