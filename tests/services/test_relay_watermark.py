@@ -142,3 +142,37 @@ def test_a_store_without_a_watermark_publishes_as_committed(run):
         finally:
             await relay.close()
     run(main())
+
+
+class RejectingStore(SqliteStore):
+    """Refuses any batch that holds the charger "BAD" (all-or-nothing, like a constraint):
+    the writer isolates it by committing the batch's parts one after the other."""
+
+    async def apply_then(self, ops):
+        if any(op.charger_id == "BAD" for op in ops):
+            from chargeyard.store.base import StoreError
+
+            raise StoreError("sqlite: CHECK constraint failed")
+        return await super().apply_then(ops)
+
+
+def test_a_batch_committed_in_parts_reports_each_part(tmp_path, run):
+    """Isolation commits the good ops of a failed batch in parts: each part's report covers
+    its own events, the reports rise, and the last covers every committed event."""
+    async def main():
+        store = RejectingStore(tmp_path / "cy.db", outbox="w1")
+        await store.open()
+        heads: list[int] = []
+        writer = BatchWriter(store, on_synced=heads.append)
+        await writer.start()
+        try:
+            futs = [writer.add(ChargerSeen("BAD" if i == 5 else f"cp-{i}", T0)) for i in range(8)]
+            done = await asyncio.gather(*futs, return_exceptions=True)
+            assert [isinstance(d, Exception) for d in done] == [i == 5 for i in range(8)]
+            assert len(heads) >= 2 and heads == sorted(heads) and heads[-1] == 7
+            rows = await store.outbox_read(0, 100, heads[-1])
+            assert [decode(r.payload).charger_id for r in rows] == [f"cp-{i}" for i in range(8) if i != 5]
+        finally:
+            await writer.close()
+            await store.close()
+    run(main())
