@@ -176,3 +176,39 @@ def test_a_batch_committed_in_parts_reports_each_part(tmp_path, run):
             await writer.close()
             await store.close()
     run(main())
+
+
+def test_marks_are_rate_limited_while_rows_keep_coming(run):
+    """A mark is a synced write transaction: one per round would be one per batch at partial
+    load (each synced batch wakes a round). At most one per ``mark_every_s``, and the last
+    rows are marked soon after the relay catches up."""
+    from chargeyard.store.events import MemoryOutbox, heartbeat
+
+    class CountingOutbox(MemoryOutbox):
+        marks = 0
+
+        async def outbox_mark_published(self, upto_seq: int) -> None:
+            self.marks += 1
+            await super().outbox_mark_published(upto_seq)
+
+    async def main():
+        box = CountingOutbox()
+        relay = Relay(box, Capture(), mark_every_s=0.2, poll_s=0.05, metrics=False, name="t")
+        box.on_append = relay.wake
+        relay.start()
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = loop.time()
+            n = 0
+            while loop.time() - t0 < 1.0:  # a "batch" every 5 ms: a round each
+                box.append(heartbeat(f"cp-{n}", T0))
+                n += 1
+                await asyncio.sleep(0.005)
+            elapsed = loop.time() - t0
+            await until(lambda: len(relay.publisher.rows) == n)
+            rounds = len(relay.publisher.stamps)
+            assert box.marks <= elapsed / 0.2 + 2 < rounds  # the bound, and it bites
+            await until(lambda: box.published == n)  # caught up: the last rows marked too
+        finally:
+            await relay.close()
+    run(main())
