@@ -66,9 +66,9 @@ class Options:
     protocol: str = "ocpp1.6"
     rounds: int = 2            # extra closed-loop rounds, the servers taken in turn (drift)
     round_s: float = 5.0
+    kafka: bool = False        # also the worker publishing to a local Kafka broker, in the same run
     store: str = "sqlite"      # scylla: also the worker on the ScyllaDB store, in the same run
     scylla_hosts: str | None = None  # its CQL server (default: a local Cassandra, tests/cassandra)
-    kafka: bool = False        # also the worker publishing to a local Kafka broker, in the same run
 
 
 def _gen_cores(cpus: str | None) -> int:
