@@ -1,6 +1,7 @@
 """``chargeyard-bench ...``: the benchmark suite's command line.
 
     chargeyard-bench compare                 # the standard comparison (make bench)
+    chargeyard-bench compare --kafka         # and the worker publishing to a local Kafka broker
     chargeyard-bench smoke                   # seconds; what tests/bench runs
     chargeyard-bench run --profile metering --target chargeyard
     chargeyard-bench capacity [--from DIR] [--write-hpa k8s/hpa.yaml]
@@ -84,6 +85,9 @@ def _add_compare(p: argparse.ArgumentParser):
                         "(target chargeyard-scylla; a local Cassandra unless --scylla-hosts)")
     p.add_argument("--scylla-hosts", default=None,
                    help="CQL server for --store scylla (default: start tests/cassandra's Cassandra)")
+    p.add_argument("--kafka", action="store_true", default=None,
+                   help="also measure the worker publishing its events to a local Kafka broker in the "
+                        "same run (target chargeyard-kafka; needs Java 17 and the aiokafka extra)")
 
 
 def _options(args, base: suite.Options) -> suite.Options:

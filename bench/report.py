@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+from . import kafka_variant
+
 ORDER = {"ceiling": 0, "baseline": 1, "chargeyard": 2, "custom": 3}
 
 
@@ -162,6 +164,9 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['store']} | {_f(r['cpu_us_per_msg'], '{:.1f}')} | "
                          f"{_f(r['rows_per_batch'], '{:.1f}')} | {_f(r['p99_ms_half_load'], '{:.2f}')} | {db} |")
         lines.append("")
+
+    if results.get("kafka"):
+        lines += kafka_variant.markdown(results["kafka"])
 
     rr = results.get("round_ratios") or {}
     if rr.get("rounds", 0) > 1:

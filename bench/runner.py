@@ -55,6 +55,14 @@ BUILTIN_TARGETS = {
         "metrics": "http://127.0.0.1:{http_port}/metrics",
         "store": "scylla",
     },
+    # the same worker publishing its events to Kafka (``--kafka``): the run's broker, ``use_kafka``
+    "chargeyard-kafka": {
+        "label": "Chargeyard worker, Kafka on", "role": "chargeyard-kafka", "ready": "http",
+        "cmd": "{chargeyard} run --host 127.0.0.1 --ws-port {ws_port} --http-port {http_port}"
+               " --data-dir {data_dir} --accept-unknown-tags --kafka-bootstrap {kafka_bootstrap}",
+        "metrics": "http://127.0.0.1:{http_port}/metrics",
+        "kafka": True,
+    },
 }
 
 # The CQL server of the ``chargeyard-scylla`` target: its contact point and the pid whose
@@ -64,6 +72,14 @@ SCYLLA: dict = {"hosts": None, "db_pid": None}
 
 def use_scylla(hosts: str, db_pid: int | None) -> None:
     SCYLLA.update(hosts=hosts, db_pid=db_pid)
+
+
+# The broker of the ``chargeyard-kafka`` target (bench/kafka_variant.py): its bootstrap and pid.
+KAFKA: dict = {"bootstrap": None, "pid": None}
+
+
+def use_kafka(bootstrap: str | None, pid: int | None) -> None:
+    KAFKA.update(bootstrap=bootstrap, pid=pid)
 
 
 def _migrate_keyspace(data_dir: str) -> str:
@@ -143,6 +159,7 @@ class Server:
     metrics_url: str | None
     tmp: object = field(default=None, repr=False)
     db_pid: int | None = None  # the store's own process (ScyllaDB/Cassandra), if any
+    broker_pid: int | None = None  # the Kafka broker's process, if the server publishes to one
 
     @property
     def pid(self) -> int:
@@ -156,6 +173,9 @@ class Server:
 
     def db_cpu(self) -> float | None:
         return procstat.cpu_seconds(self.db_pid) if self.db_pid else None
+
+    def broker_cpu(self) -> float | None:
+        return procstat.cpu_seconds(self.broker_pid) if self.broker_pid else None
 
     def metrics(self) -> str | None:
         if not self.metrics_url:
@@ -196,8 +216,14 @@ def start_server(name: str, spec: dict, cpus: str | None, logdir: str,
         except (TargetFailed, OSError, subprocess.TimeoutExpired) as exc:
             tmp.cleanup()
             raise TargetFailed(str(exc)) from exc
+    kafka = {}
+    if spec.get("kafka"):
+        if not KAFKA["bootstrap"]:
+            tmp.cleanup()
+            raise TargetFailed(f"{name}: no Kafka broker (use_kafka / --kafka)")
+        kafka = {"kafka_bootstrap": KAFKA["bootstrap"]}
     cmd = spec["cmd"].format(python=shlex.quote(sys.executable), chargeyard=_chargeyard_exe(),
-                             ws_port=ws_port, http_port=http_port, data_dir=tmp.name, **scylla)
+                             ws_port=ws_port, http_port=http_port, data_dir=tmp.name, **scylla, **kafka)
     argv = taskset_prefix(cpus) + shlex.split(cmd)
     os.makedirs(logdir, exist_ok=True)
     log_path = os.path.join(logdir, f"server-{name}.log")
@@ -215,7 +241,8 @@ def start_server(name: str, spec: dict, cpus: str | None, logdir: str,
         log.close()
     metrics = spec.get("metrics", "").format(http_port=http_port) or None
     srv = Server(name, spec, proc, ws_port, http_port, tmp.name, log_path,
-                 f"ws://127.0.0.1:{ws_port}/ocpp/", metrics, tmp, SCYLLA["db_pid"] if scylla else None)
+                 f"ws://127.0.0.1:{ws_port}/ocpp/", metrics, tmp, SCYLLA["db_pid"] if scylla else None,
+                 KAFKA["pid"] if kafka else None)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -403,7 +430,7 @@ def histogram_delta(before: str | None, after: str | None, name: str) -> dict | 
 
 
 def gauge_value(text: str | None, name: str) -> float | None:
-    """An unlabelled gauge's value in a /metrics text (None when absent)."""
+    """An unlabelled gauge's (or counter's) value in a /metrics text (None when absent)."""
     for line in (text or "").splitlines():
         if line.startswith(name + " "):
             try:
@@ -431,10 +458,10 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
         p.stdin.write(json.dumps(cmd) + "\n")
         p.stdin.flush()
     _sleep_until(start)
-    cpu0, m0, db0 = srv.cpu(), srv.metrics(), srv.db_cpu()
+    cpu0, m0, db0, br0 = srv.cpu(), srv.metrics(), srv.db_cpu(), srv.broker_cpu()
     busy0 = procstat.cpu_busy_seconds(pool.watch_cpus)
     _sleep_until(end)
-    cpu1, m1, db1 = srv.cpu(), srv.metrics(), srv.db_cpu()
+    cpu1, m1, db1, br1 = srv.cpu(), srv.metrics(), srv.db_cpu(), srv.broker_cpu()
     busy1 = procstat.cpu_busy_seconds(pool.watch_cpus)
     res = merge(pool._collect(duration + warmup + 30))
     n = res["count"]
@@ -461,6 +488,14 @@ def _window(srv: Server, pool: GenPool, cmd: dict, warmup: float, duration: floa
     if db0 is not None and db1 is not None:  # the database's own process (ScyllaDB store)
         out["db_cpu_s"] = db1 - db0
         out["db_cpu_us_per_msg"] = (db1 - db0) * 1e6 / n if n else None
+    if br0 is not None and br1 is not None:  # the Kafka broker's process (not in the server's CPU)
+        out["broker_cpu_s"] = br1 - br0
+        out["broker_cpu_us_per_msg"] = (br1 - br0) * 1e6 / n if n else None
+    # the events relay: events published per second (to Kafka, or to the in-process services)
+    pub0, pub1 = gauge_value(m0, "chargeyard_events_published_total"), gauge_value(m1, "chargeyard_events_published_total")
+    if pub0 is not None and pub1 is not None:
+        out["events_published_per_s"] = (pub1 - pub0) / duration
+        out["events_spooled"] = gauge_value(m1, "chargeyard_events_spooled")
     batch = histogram_delta(m0, m1, "chargeyard_db_batch_rows")
     if batch is not None:
         out["db_batch_rows"] = batch

@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 
-from . import runner
+from . import kafka_variant, runner
 from .runner import GenPool, TargetFailed, start_server
 
 
@@ -66,6 +66,7 @@ class Options:
     protocol: str = "ocpp1.6"
     rounds: int = 2            # extra closed-loop rounds, the servers taken in turn (drift)
     round_s: float = 5.0
+    kafka: bool = False        # also the worker publishing to a local Kafka broker, in the same run
     store: str = "sqlite"      # scylla: also the worker on the ScyllaDB store, in the same run
     scylla_hosts: str | None = None  # its CQL server (default: a local Cassandra, tests/cassandra)
     auth_storm: bool = True    # the storm of password-authenticated chargers after a restart
@@ -205,11 +206,17 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                  f"{_store_note(closed)}")
             cap = closed["msgs_per_s"]
             res["sweep"] = []
-            for frac in o.sweep_fractions:
+            fractions = list(o.sweep_fractions)
+            if spec.get("kafka") and 0.5 not in fractions:  # commit -> consumer latency is at half load
+                fractions.append(0.5)
+            for frac in fractions:
                 if cap <= 0:
                     break
-                r = runner.measure_open(srv, pool, frac * cap, min(1.0, o.warmup_s),
-                                        o.sweep_duration_s, cores)
+                if spec.get("kafka") and frac == 0.5:
+                    r = _kafka_half_load(srv, pool, frac * cap, o, cores, logdir)
+                else:
+                    r = runner.measure_open(srv, pool, frac * cap, min(1.0, o.warmup_s),
+                                            o.sweep_duration_s, cores)
                 r["fraction"] = frac
                 res["sweep"].append(r)
                 _log(f"{name}: offered {frac:.0%} = {frac * cap:.0f}/s -> "
@@ -258,6 +265,19 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
             res["memory"] = {"error": f"{type(exc).__name__}: {exc}", "levels": []}
             _log(f"{name}: memory ERROR {res['memory']['error']}")
     return res
+
+
+def _kafka_half_load(srv, pool, rate: float, o: Options, cores: int, logdir: str) -> dict:
+    """The Kafka target's half-load window, with the commit -> consumer latency consumer
+    reading the topic meanwhile (on the generator's cores); without it if it cannot start."""
+    try:
+        return kafka_variant.measure_half_load(srv, pool, rate, min(1.0, o.warmup_s), o.sweep_duration_s,
+                                               cores, runner.KAFKA["bootstrap"], o.gen_cpus, logdir)
+    except (RuntimeError, OSError, ValueError) as exc:
+        _log(f"kafka: no latency measured: {exc}")
+        r = runner.measure_open(srv, pool, rate, min(1.0, o.warmup_s), o.sweep_duration_s, cores)
+        r["kafka_latency_error"] = f"{type(exc).__name__}: {exc}"
+        return r
 
 
 def _ratio(a, b):
@@ -361,6 +381,19 @@ def compare(o: Options, logdir: str) -> dict:
         db = _start_scylla(o, logdir)
     elif o.store != "sqlite":
         raise SystemExit(f"--store {o.store}: sqlite or scylla")
+    broker = None
+    if o.kafka:
+        if "chargeyard-kafka" not in targets:  # right after the worker without Kafka: the same run
+            at = targets.index("chargeyard") + 1 if "chargeyard" in targets else len(targets)
+            targets.insert(at, "chargeyard-kafka")
+        try:
+            broker = kafka_variant.start_broker(o.server_cpus, o.gen_cpus, logdir)
+            runner.use_kafka(broker.bootstrap, broker.pid)
+            results["kafka_broker"] = {"bootstrap": broker.bootstrap, "cpus": broker.cpus}
+        except Exception as exc:  # no Java, no jars, no start: the other targets still run
+            runner.use_kafka(None, None)
+            results["kafka_broker"] = {"error": f"{type(exc).__name__}: {exc}"}
+            _log(f"kafka: the broker did not start, chargeyard-kafka is unavailable: {exc}")
     try:
         for t in targets:
             name, spec = runner.resolve_target(t, o.chargeyard_cmd)
@@ -374,8 +407,21 @@ def compare(o: Options, logdir: str) -> dict:
     finally:
         if db is not None:
             db.stop()
+        if broker is not None:
+            broker.stop()
+            runner.use_kafka(None, None)
     summarize(results)
     results["stores"] = store_table(results)
+    kafka = kafka_variant.kafka_table(results)
+    if kafka is not None:
+        results["kafka"] = kafka
+        results["targets"][f"cpu_per_msg Kafka on <= {kafka_variant.CPU_RATIO_MAX:.2f}x off"] = _verdict(
+            kafka["cpu_ratio_median"], bool(kafka["met"]),
+            f"median of {kafka['rounds']} rounds" if kafka["rounds"] > 1 else None)
+        _log(f"kafka: worker CPU/msg on/off {_fmt(kafka['cpu_ratio_median'] and kafka['cpu_ratio_median'] * 100)} %, "
+             f"relay {_fmt(kafka['relay_events_per_s'])} events/s at saturation, commit -> consumer "
+             f"p50 {_fmt(kafka['latency_p50_ms'])} ms p99 {_fmt(kafka['latency_p99_ms'])} ms at half load, "
+             f"broker {_fmt(kafka['broker_cpu_us_per_msg'])} us/msg")
     for row in results["stores"]:
         _log(f"store {row['store']}: {_fmt(row['cpu_us_per_msg'])} us/msg worker CPU, "
              f"{_fmt(row['rows_per_batch'])} rows/batch, p99 {_fmt(row['p99_ms_half_load'])} ms at 50%, "

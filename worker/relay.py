@@ -7,13 +7,26 @@ While the broker is down the outbox grows (``chargeyard_events_spooled``), repli
 chargers go on as before, and the relay retries with a capped exponential backoff,
 logging why; afterwards it drains the spool in order.
 
+Only durable rows are published (``synced_only``, the worker's relay): a batch committed
+on the event loop at ``synchronous=NORMAL`` is synced by the WAL's sync thread after its
+COMMIT, and a power cut before that sync loses it, so publishing it at once could tell
+Kafka of a fact the store then does not have. The writer reports, once per synced batch,
+the highest outbox seq that sync covered (``BatchWriter(on_synced=...)`` ->
+:meth:`Relay.synced`); the relay reads only up to that watermark, and each report wakes
+it (one call per batch, none per message). At start the watermark is the store's
+``outbox_durable_head()`` (rows left by an earlier process, synced once). A store without
+one (commits durable when they return) has no watermark: every committed row may go.
+
 Delivery is at least once: a crash (or a lost acknowledgement) between publishing and
 marking publishes those rows again, with the same event ids, in the same order, so a
 consumer that skips ids it has seen sees every event once, in commit order per charger.
 
 Kafka specifics (``KafkaPublisher``): aiokafka's idempotent producer (``acks="all"``),
 topic ``chargeyard.events``, key = charger id (the Java client's murmur2 partitioner, so
-one charger's events share a partition and keep their order), one record batch per
+one charger's events share a partition and keep their order), each record's timestamp
+the moment the relay learned its row was synced (its commit as the charger saw it: the
+reply goes out then; a consumer's commit -> receipt latency is its receipt minus that
+timestamp), one record batch per
 partition per round (``create_batch``/``send_batch``), and a round is done only when
 every partition's batch is acknowledged. After a failure the producer is replaced (a new
 producer id) and the round is sent again from its first row.
@@ -24,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from prometheus_client import Counter
@@ -37,9 +51,14 @@ EVENTS_PUBLISHED = Counter("chargeyard_events_published", "Events published to t
 PUBLISH_ERRORS = Counter("chargeyard_events_publish_errors", "Failed attempts to publish a round of events")
 
 
+Stamps = list[tuple[int, int]]  # (seq, unix ms): rows up to seq were known synced at ms; seq ascending
+
+
 class Publisher(Protocol):
-    async def publish(self, rows: list[OutboxRow]) -> None:
-        """Deliver every row, in order per key, or raise (then none counts as delivered)."""
+    async def publish(self, rows: list[OutboxRow], stamps: Stamps | None = None) -> None:
+        """Deliver every row, in order per key, or raise (then none counts as delivered).
+        ``stamps`` (when known) give each row's synced time: that of the first entry whose
+        seq is at least the row's."""
 
     async def close(self) -> None: ...
 
@@ -121,17 +140,17 @@ class KafkaPublisher:
             self._partitions = ps
             self._partition_of.clear()
 
-    async def publish(self, rows: list[OutboxRow]) -> None:
+    async def publish(self, rows: list[OutboxRow], stamps: Stamps | None = None) -> None:
         try:
             producer = await self._ensure()
-            await asyncio.wait_for(self._publish(producer, rows), self.request_timeout_s * 2)
+            await asyncio.wait_for(self._publish(producer, rows, stamps), self.request_timeout_s * 2)
         except BaseException:
             producer, self._producer = self._producer, None
             if producer is not None:
                 await self._stop(producer)
             raise
 
-    async def _publish(self, producer: Any, rows: list[OutboxRow]) -> None:
+    async def _publish(self, producer: Any, rows: list[OutboxRow], stamps: Stamps | None) -> None:
         from aiokafka.partitioner import murmur2
 
         topic = self.topic
@@ -140,7 +159,12 @@ class KafkaPublisher:
         partition_of = self._partition_of
         builders: dict[int, Any] = {}
         sends: list[Awaitable[Any]] = []
+        # the rows' synced times: one comparison per row, the next stamp per batch of rows
+        stamp_iter = iter(stamps or ())
+        bound, ts = next(stamp_iter, (1 << 62, None))
         for r in rows:
+            while r.seq > bound:
+                bound, ts = next(stamp_iter, (1 << 62, None))
             key = r.key.encode()
             p = partition_of.get(r.key)
             if p is None:  # one charger id, one partition: cached per id (murmur2 is pure Python)
@@ -148,11 +172,11 @@ class KafkaPublisher:
             b = builders.get(p)
             if b is None:
                 b = builders[p] = producer.create_batch()
-            if b.append(key=key, value=r.payload, timestamp=None, headers=_HEADERS) is None:
+            if b.append(key=key, value=r.payload, timestamp=ts, headers=_HEADERS) is None:
                 # full: send it, then start the partition's next batch (sent after it, in order)
                 sends.append(await producer.send_batch(b, topic, partition=p))
                 b = builders[p] = producer.create_batch()
-                if b.append(key=key, value=r.payload, timestamp=None, headers=_HEADERS) is None:
+                if b.append(key=key, value=r.payload, timestamp=ts, headers=_HEADERS) is None:
                     raise ValueError(f"event {r.seq} is larger than a batch ({self.max_batch_bytes} bytes)")
         for p, b in builders.items():
             sends.append(await producer.send_batch(b, topic, partition=p))
@@ -178,7 +202,7 @@ class LocalPublisher:
     def __init__(self, *sinks: Sink) -> None:
         self.sinks = list(sinks)
 
-    async def publish(self, rows: list[OutboxRow]) -> None:
+    async def publish(self, rows: list[OutboxRow], stamps: Stamps | None = None) -> None:
         if not self.sinks:  # nobody in-process to feed: the rows are only marked published
             return
         events = [decode(r.payload) for r in rows]
@@ -198,11 +222,17 @@ class Relay:
     """Moves outbox rows to a publisher. ``wake()`` after a commit that wrote events (one
     call per batch); without it the relay still polls every ``poll_s``.
 
+    ``synced_only``: publish only rows at or below the synced watermark, raised by
+    :meth:`synced` (the writer's ``on_synced``); it starts at the store's
+    ``outbox_durable_head()``, and a store without one (or that returns None) turns the mode
+    off. See the module docstring.
+
     ``metrics=False`` for a second relay in the same process (the gauges are global)."""
 
     def __init__(self, outbox: Outbox, publisher: Publisher, *, batch_max: int = 5000, poll_s: float = 0.5,
                  backoff_min_s: float = 0.1, backoff_max_s: float = 5.0, warn_every_s: float = 30.0,
-                 mark_every_s: float = 0.1, metrics: bool = True, name: str = "kafka") -> None:
+                 mark_every_s: float = 0.1, metrics: bool = True, name: str = "kafka",
+                 synced_only: bool = False) -> None:
         self.outbox = outbox
         self.publisher = publisher
         self.batch_max = batch_max
@@ -225,9 +255,35 @@ class Relay:
         self._warned_at = 0.0
         self._marked = 0  # the last seq marked published in the outbox
         self._marked_at = 0.0
+        self.synced_only = synced_only
+        self.watermark: int | None = None  # synced_only: the highest seq known synced (None: none yet)
+        self._stamps: deque[tuple[int, int]] = deque()  # (watermark, unix ms it was reported), ascending
 
     def wake(self) -> None:
         self._wake.set()
+
+    def synced(self, seq: int) -> None:
+        """Every outbox row up to ``seq`` is durable (the writer, once per synced batch):
+        raise the watermark and wake the relay."""
+        if self.watermark is None or seq > self.watermark:  # a batch without events wakes nobody
+            self.watermark = seq
+            self._stamps.append((seq, time.time_ns() // 1_000_000))
+            self._wake.set()
+
+    async def _first_watermark(self) -> None:
+        head = getattr(self.outbox, "outbox_durable_head", None)
+        while not self._closing:
+            try:
+                seq = await head() if head is not None else None
+            except Exception as exc:  # the store is down: the writer reports that; retry
+                log.warning("relay %s: cannot read the outbox's durable head: %r", self.name, exc)
+                await self._idle(self.backoff_max_s, clear=True)
+                continue
+            if seq is None:  # commits are durable when they return: no watermark to keep
+                self.synced_only = False
+            else:
+                self.synced(seq)
+            return
 
     def start(self) -> Relay:
         if self._task is None:
@@ -261,8 +317,12 @@ class Relay:
             EVENTS_SPOOLED.set(n)
         return n
 
-    async def _idle(self, seconds: float) -> None:
-        self._wake.clear()
+    async def _idle(self, seconds: float, clear: bool = False) -> None:
+        """Wait for a wake or ``seconds``. The loop clears the wake before it reads the
+        outbox, not here: a wake that came while it read, published or marked must not be
+        lost (the rows it announces would wait for the next poll)."""
+        if clear:
+            self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
         except asyncio.TimeoutError:
@@ -270,20 +330,31 @@ class Relay:
 
     async def run(self) -> None:
         backoff = self.backoff_min_s
+        if self.synced_only:
+            await self._first_watermark()
         while not self._closing:
+            self._wake.clear()  # a wake from here on is about rows this round may not see
+            upto = self.watermark if self.synced_only else None
+            if self.synced_only and (upto is None or upto <= self.after):  # nothing synced beyond what went out
+                await self._caught_up()
+                continue
             try:
-                rows = await self.outbox.outbox_read(self.after, self.batch_max)
+                if upto is None:
+                    rows = await self.outbox.outbox_read(self.after, self.batch_max)
+                else:
+                    rows = await self.outbox.outbox_read(self.after, self.batch_max, upto)
             except Exception as exc:  # the store is down: the writer reports that; retry
                 log.warning("relay %s: cannot read the outbox: %r", self.name, exc)
-                await self._idle(self.backoff_max_s)
+                await self._idle(self.backoff_max_s, clear=True)
                 continue
             if not rows:
-                await self._mark()
-                await self._spool()
-                await self._idle(self.poll_s)
+                await self._caught_up()
                 continue
             try:
-                await self.publisher.publish(rows)
+                if self.synced_only:
+                    await self.publisher.publish(rows, list(self._stamps))
+                else:
+                    await self.publisher.publish(rows)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -295,15 +366,34 @@ class Relay:
             backoff = self.backoff_min_s
             self._recovered()
             self.after = rows[-1].seq
+            stamps = self._stamps
+            while len(stamps) > 1 and stamps[0][0] <= self.after:  # the last one stays: the watermark's
+                stamps.popleft()
             self.published += len(rows)
             if self.metrics:
                 EVENTS_PUBLISHED.inc(len(rows))
-            # marking is a write transaction in the store: under load at most every
-            # mark_every_s (the cursor is in memory; a crash before a mark only publishes
-            # those rows again, with the same ids), and whenever the relay caught up
-            if len(rows) < self.batch_max or time.monotonic() - self._marked_at >= self.mark_every_s:
+            # marking is a write transaction in the store (SQLite: a synced COMMIT), at most
+            # every mark_every_s, caught up or not (the cursor is in memory; a crash before a
+            # mark only publishes those rows again, with the same ids): a mark per round
+            # would be a sync per batch at partial load, when each synced batch is a round
+            if time.monotonic() - self._marked_at >= self.mark_every_s:
                 await self._mark()
                 await self._spool()
+
+    async def _caught_up(self) -> None:
+        """Nothing to publish: mark what went out if a mark is due, else wait at most
+        until it is (or for a wake: a synced batch, a commit)."""
+        wait = self.poll_s
+        if self.after > self._marked:
+            due = self._marked_at + self.mark_every_s - time.monotonic()
+            if due <= 0:
+                await self._mark()
+                await self._spool()
+            else:
+                wait = min(wait, due)
+        else:
+            await self._spool()
+        await self._idle(wait)
 
     async def _mark(self) -> None:
         if self.after <= self._marked:
@@ -319,7 +409,7 @@ class Relay:
         # a commit's wake() must not cut the backoff short: sleep it out unless closing
         end = time.monotonic() + seconds
         while not self._closing and (left := end - time.monotonic()) > 0:
-            await self._idle(left)
+            await self._idle(left, clear=True)
 
     def _failed(self, exc: BaseException, n: int) -> None:
         self.errors += 1

@@ -107,11 +107,12 @@ class Worker:
         per_message = twins.load("chargeyard.worker.writer")  # Lane, reply_all: compiled unless pure
         self.writer = BatchWriter(store, batch_max=settings.batch_max, batch_ms=settings.batch_ms,
                                   on_commit=self._on_commit, reply_all=per_message.reply_all,
-                                  lane=per_message.Lane, on_batch=self._on_batch)
+                                  lane=per_message.Lane, on_batch=self._on_batch, on_synced=self._on_synced)
         # the outbox relay (ADR 0015): Kafka, or the in-process consumers on one node
         self.event_sinks = list(event_sinks or ())
+        # synced_only: it publishes only what a sync made durable (the writer's on_synced)
         self.relay = Relay(store, KafkaPublisher(settings.kafka_bootstrap, client_id=f"chargeyard-{settings.worker_id}")
-                           if settings.kafka_bootstrap else LocalPublisher(*self.event_sinks))
+                           if settings.kafka_bootstrap else LocalPublisher(*self.event_sinks), synced_only=True)
         self.writer.on_stale = self._stale_epochs
         self.services = Services(
             settings, self.writer, Authorization(store, settings.accept_unknown_tags), TxIds(store),
@@ -446,9 +447,15 @@ class Worker:
 
     def _on_batch(self, ops: list[Any], results: list[Any]) -> None:
         """A committed batch: its live events to the watched chargers' SSE subscribers, and
-        the relay told that the outbox has new rows."""
+        the relay told that the outbox has new rows (by ``_on_synced`` when it keeps a
+        synced watermark)."""
         self.services.events.committed(ops, results)
-        self.relay.wake()
+        if not self.relay.synced_only:
+            self.relay.wake()
+
+    def _on_synced(self, seq: int) -> None:
+        """A synced batch: the relay may publish the outbox up to ``seq``."""
+        self.relay.synced(seq)
 
     def _on_commit(self, rows: int, seconds: float) -> None:
         m.BATCH_ROWS.observe(rows)

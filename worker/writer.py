@@ -122,6 +122,7 @@ class SyncingBatch(msgspec.Struct):
     durable: Any
     results: list[Any]
     started: float
+    outbox_head: int | None = None  # the store's last outbox seq right after this batch's COMMIT
 
 
 def reply_all(items: list[Pending], results: list[Any]) -> None:
@@ -209,13 +210,20 @@ class BatchWriter:
     ``on_batch``: called once per committed (and synced) batch, before ``on_commit``, as
     ``on_batch(ops, results)``: the worker derives the live events of the batch there and
     wakes its events relay (one call per batch, none per message).
+
+    ``on_synced``: called after ``on_batch`` as ``on_synced(seq)`` with the highest events
+    outbox seq now known synced: the store's ``outbox_head()``, read right after the batch's
+    COMMIT (so it covers this batch's events and every earlier one's; the writer commits
+    one batch at a time) and reported once that batch is synced. The relay publishes no
+    row above it (``Relay.synced``). Not called for a store without ``outbox_head``.
     """
 
     def __init__(self, store: Store, batch_max: int = 1000, batch_ms: float = 2.0, metrics: Any = None, *,
                  on_commit: OnCommit | None = None, max_queued: int = 100_000, add_timeout: float = 5.0,
                  isolate_s: float = 1.0, maintain_every_ms: float = 4.0,
                  reply_all: Callable[[list[Pending], list[Any]], None] = reply_all, lane: Any = Lane,
-                 on_batch: Callable[[list[Op], list[Any]], None] | None = None) -> None:
+                 on_batch: Callable[[list[Op], list[Any]], None] | None = None,
+                 on_synced: Callable[[int], None] | None = None) -> None:
         if batch_max < 1 or max_queued < batch_max:
             raise ValueError("need 1 <= batch_max <= max_queued")
         self.store = store
@@ -231,6 +239,9 @@ class BatchWriter:
         if on_commit is not None:
             self._hooks.append(on_commit)
         self._on_batch = on_batch
+        self._on_synced = on_synced
+        self._outbox_head: Callable[[], int | None] | None = (
+            getattr(store, "outbox_head", None) if on_synced is not None else None)
         # items: seq strictly increasing in add order
         self._queue: deque[Pending] = deque()
         self._waiting: deque[Pending] = deque()  # admission line
@@ -584,11 +595,21 @@ class BatchWriter:
             self._notify_flush()
             return
         # committed; not yet synced (the next batch commits meanwhile), or behind one that is not
-        self._syncing.append(SyncingBatch(batch, durable, results, started))
+        head = self._head() if self._outbox_head is not None else None
+        self._syncing.append(SyncingBatch(batch, durable, results, started, head))
         if durable is not None:
             durable.add_done_callback(self._synced)
         else:
             self._synced()
+
+    def _head(self) -> int | None:
+        """The store's outbox head after a COMMIT; None if it cannot be read (this batch's
+        events then go with the next batch's report: a later head covers them)."""
+        try:
+            return self._outbox_head()  # type: ignore[misc]
+        except Exception as exc:
+            log.warning("cannot read the events outbox head: %r", exc)
+            return None
 
     def _synced(self, _: Any = None) -> None:
         """Send the replies of the committed batches whose sync is done, oldest first, up to
@@ -606,7 +627,7 @@ class BatchWriter:
                 log.error("store sync of %d committed ops failed: %r", len(done.batch), exc)
                 self._fail(done.batch, exc)
             else:
-                self._resolve(done.batch, done.results, time.perf_counter() - done.started)
+                self._resolve(done.batch, done.results, time.perf_counter() - done.started, done.outbox_head)
         self._notify_flush()
 
     async def _apply(self, items: list[Pending]) -> tuple[list[Any], Any]:
@@ -628,13 +649,18 @@ class BatchWriter:
         return results, durable
 
     def _resolve(self, items: list[Pending], results: list[Any],
-                 seconds: float) -> None:
+                 seconds: float, outbox_head: int | None = None) -> None:
         self._reply_all(items, results)
         if self._on_batch is not None:
             try:
                 self._on_batch(self._lane.ops(items), results)
             except Exception:
                 log.exception("on_batch hook failed")
+        if outbox_head is not None:
+            try:
+                self._on_synced(outbox_head)  # type: ignore[misc]
+            except Exception:
+                log.exception("on_synced hook failed")
         self.commits += 1
         self.rows_committed += len(items)
         for hook in self._hooks:
@@ -669,6 +695,7 @@ class BatchWriter:
             started = time.perf_counter()
             try:
                 results, durable = await self._apply(part)
+                head = self._head() if self._outbox_head is not None and part else None
                 if durable is not None:  # isolating: each part durable before the next
                     await durable
             except Exception as e:
@@ -688,7 +715,7 @@ class BatchWriter:
                 continue
             streak = 0
             if part:  # empty: every op refused for a stale epoch (``_apply``)
-                self._resolve(part, results, time.perf_counter() - started)
+                self._resolve(part, results, time.perf_counter() - started, head)
         self.rejected_ops += rejected
         log.warning("isolated %d failing op(s) of a batch of %d in %d retries", rejected, len(batch), probes)
 

@@ -10,6 +10,11 @@ Several processes may share the file (``chargeyard cluster`` on SQLite): rows ca
 writing ``worker`` id and each worker's relay reads and trims only its own, so one
 charger's events (always written by its current owner) are published in commit order.
 
+A committed row is not yet a durable one: a batch committed on the event loop at
+``synchronous=NORMAL`` is synced by the WAL's sync thread afterwards. The relay reads only
+up to its synced watermark (``read(..., upto=)``), which the writer raises to the
+:func:`head` it read right after each batch's COMMIT, once that batch's sync is done.
+
     CREATE TABLE event_outbox (worker, first, n, data)   -- events first .. first+n-1
     CREATE TABLE event_outbox_state (worker, next, published)
 
@@ -51,6 +56,9 @@ _ADD = "INSERT INTO event_outbox VALUES (?, ?, ?, ?)"
 _BUMP = "UPDATE event_outbox_state SET next = next + ? WHERE worker = ?"
 _FLOOR = "SELECT first FROM event_outbox WHERE worker = ? AND first <= ? ORDER BY first DESC LIMIT 1"
 _READ = "SELECT first, n, data FROM event_outbox WHERE worker = ? AND first >= ? ORDER BY first LIMIT ?"
+_READ_UPTO = ("SELECT first, n, data FROM event_outbox WHERE worker = ? AND first >= ? AND first <= ? "
+              "ORDER BY first LIMIT ?")
+_HEAD = "SELECT next - 1 FROM event_outbox_state WHERE worker = ?"
 _TRIM = "DELETE FROM event_outbox WHERE worker = ? AND first + n - 1 <= ?"
 _PUBLISHED = "UPDATE event_outbox_state SET published = max(published, ?) WHERE worker = ?"
 _SPOOLED = "SELECT next - 1 - published FROM event_outbox_state WHERE worker = ?"
@@ -86,16 +94,25 @@ def write_events(conn: sqlite3.Connection, worker: str, events: Sequence[Event])
     return write(conn, worker, [(e.charger_id, encode(e)) for e in events])
 
 
-def read(conn: sqlite3.Connection, worker: str, after_seq: int, limit: int) -> list[OutboxRow]:
+def read(conn: sqlite3.Connection, worker: str, after_seq: int, limit: int,
+         upto: int | None = None) -> list[OutboxRow]:
+    """Rows with ``after_seq < seq``, in order, at most ``limit``; with ``upto`` only those
+    with ``seq <= upto`` (the relay's synced watermark: a batch's rows are one blob and a
+    watermark always ends a batch, so the bound is on the blobs' first seq)."""
     floor = conn.execute(_FLOOR, (worker, after_seq)).fetchone()
     start = floor[0] if floor is not None else 0
     out: list[OutboxRow] = []
     rows_limit = 64
     while True:
-        rows = conn.execute(_READ, (worker, start, rows_limit)).fetchall()
+        if upto is None:
+            rows = conn.execute(_READ, (worker, start, rows_limit)).fetchall()
+        else:
+            rows = conn.execute(_READ_UPTO, (worker, start, upto, rows_limit)).fetchall()
         for first, _n, data in rows:
             for i, (key, payload) in enumerate(_unpack(data)):
                 seq = first + i
+                if upto is not None and seq > upto:
+                    return out
                 if seq > after_seq:
                     out.append(OutboxRow(seq, key, payload))
                     if len(out) >= limit:
@@ -103,6 +120,14 @@ def read(conn: sqlite3.Connection, worker: str, after_seq: int, limit: int) -> l
         if len(rows) < rows_limit:
             return out
         start = rows[-1][0] + 1
+
+
+def head(conn: sqlite3.Connection, worker: str) -> int:
+    """The last seq committed to the worker's outbox (0: none yet). ``fetchall``: the read
+    transaction ends here, not at the connection's next statement (an open read would hold
+    the WAL back from restarting)."""
+    rows = conn.execute(_HEAD, (worker,)).fetchall()
+    return rows[0][0] if rows else 0
 
 
 def mark(conn: sqlite3.Connection, worker: str, upto_seq: int) -> None:
@@ -151,9 +176,9 @@ class SqliteOutbox(Outbox):
         with self._lock:
             return fn(self._conn, self.worker, *args)
 
-    async def outbox_read(self, after_seq: int, limit: int) -> list[OutboxRow]:
+    async def outbox_read(self, after_seq: int, limit: int, upto: int | None = None) -> list[OutboxRow]:
         def op(conn: sqlite3.Connection, worker: str) -> list[OutboxRow]:
-            return read(conn, worker, max(after_seq, published(conn, worker)), limit)
+            return read(conn, worker, max(after_seq, published(conn, worker)), limit, upto)
         return await asyncio.to_thread(self._run, op)
 
     async def outbox_mark_published(self, upto_seq: int) -> None:
@@ -171,4 +196,4 @@ class SqliteOutbox(Outbox):
         return await asyncio.to_thread(self._run, spooled)
 
 
-__all__ = ["SCHEMA", "SqliteOutbox", "create", "mark", "read", "spooled", "write", "write_events"]
+__all__ = ["SCHEMA", "SqliteOutbox", "create", "head", "mark", "read", "spooled", "write", "write_events"]

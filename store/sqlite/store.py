@@ -231,14 +231,45 @@ class SqliteStore(Store, ChargerCredentialStore):
     # -- the events outbox (store/events.py) -----------------------------------------
     # The relay's side; each batch writes its events in its own transaction (batch.py).
 
-    async def outbox_read(self, after_seq: int, limit: int) -> list:
+    async def outbox_read(self, after_seq: int, limit: int, upto: int | None = None) -> list:
+        """``upto``: only rows with ``seq <= upto`` (the relay's synced watermark)."""
         worker = self.batches.outbox
         if worker is None:
             return []
 
         def read(conn: sqlite3.Connection) -> list:
-            return outbox.read(conn, worker, max(after_seq, outbox.published(conn, worker)), limit)
+            return outbox.read(conn, worker, max(after_seq, outbox.published(conn, worker)), limit, upto)
         return await self._run(lambda: read(self.batches.db))
+
+    def outbox_head(self) -> int | None:
+        """The last outbox seq committed, read on the loop's connection: the writer calls it
+        right after a batch's COMMIT, so once that batch is synced every row up to it is
+        (a sync of the WAL covers every earlier frame). None without an outbox."""
+        worker, conn = self.batches.outbox, self.batches.loop_conn
+        if worker is None or conn is None:
+            return None
+        return outbox.head(conn, worker)
+
+    async def outbox_durable_head(self) -> int | None:
+        """The relay's first watermark: the last outbox seq committed, made durable by one
+        fdatasync of the WAL (rows left by an earlier process may be in the page cache
+        only). None without an outbox."""
+        worker = self.batches.outbox
+        if worker is None or self.batches.loop_conn is None:
+            return None
+
+        def op() -> int:
+            seq = outbox.head(self.batches.db, worker)
+            try:
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # no WAL: everything is in the database file
+                return seq
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            return seq
+        return await self._run(op)
 
     async def outbox_mark_published(self, upto_seq: int) -> None:
         worker = self.batches.outbox
