@@ -170,7 +170,6 @@ HELP = {
                            "made at first start, mode 0600)",
     "auth_cache_key": "that key itself (better: the environment variable, from a Secret, than the flag); wins "
                       "over --auth-cache-key-file",
-    "api_host": "address of the operator API (empty: --host with tokens, else 127.0.0.1)",
     "offline_after": "monitoring: seconds a charger may stay disconnected before charger_offline is raised "
                      "(a takeover is not an outage)",
     "stall_after": "monitoring: seconds an active transaction may go without meter values before "

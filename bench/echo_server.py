@@ -11,7 +11,6 @@ server on the same stack as Chargeyard's worker.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import resource
 
 from picows import (WSListener, WSMsgType, WSUpgradeResponse, WSUpgradeResponseWithListener,

@@ -102,7 +102,6 @@ def stop_transaction(session: Session, req: v16.StopTransactionRequest) -> Defer
 
 async def _stopped(session: Session, req: v16.StopTransactionRequest,
                    writes: list[asyncio.Future]) -> v16.StopTransactionResponse:
-    services = session.services
     status = await tag_status(session, req.id_tag) if req.id_tag is not UNSET else None
     await asyncio.gather(*writes)
     if status is None:

@@ -124,7 +124,6 @@ def transaction_event(session: Session, req: v201.TransactionEventRequest, messa
 
 
 async def _transaction_event_after(messages: ModuleType, session: Session, tag: str, write: asyncio.Future) -> Any:
-    services = session.services
     status = await tag_status(session, tag)
     await write
     return messages.TransactionEventResponse(id_token_info=messages.IdTokenInfoType(status=status))
