@@ -42,6 +42,7 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 from prometheus_client import Counter
 
+from ..core.tasks import cancel_and_wait
 from ..store.events import CONTENT_TYPE, TOPIC, Event, Outbox, OutboxRow, decode
 from .metrics import EVENTS_SPOOLED
 
@@ -299,12 +300,7 @@ class Relay:
                 await asyncio.sleep(0.02)
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self._mark()
         await self.publisher.close()
 
