@@ -321,6 +321,7 @@ class GenPool:
                 self.q.put((k, json.loads(line)))
             except ValueError:
                 pass
+        p.stdout.close()
         self.q.put((k, {"event": "exit"}))
 
     def _collect(self, timeout: float, only: list[int] | None = None) -> list[dict]:
@@ -371,6 +372,10 @@ class GenPool:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+            try:
+                p.stdin.close()  # its stdout is closed by its reader thread, at EOF
+            except OSError:  # a broken pipe to a generator that already exited
+                pass
 
 
 def merge(results: list[dict]) -> dict:

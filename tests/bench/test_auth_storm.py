@@ -2,14 +2,7 @@
 registered with a password connect (scrypt each), the server restarts on the same data
 dir, and the storm back runs no scrypt at all. Never a speed threshold (shared machine)."""
 
-import pytest
 
-pytest.importorskip("picows")
-
-
-# runner.GenPool leaves its generators' pipes to the garbage collector (the CLI's process
-# exits right after); in this process that shows as ResourceWarning
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_authenticated_storm_after_a_restart_runs_no_scrypt(tmp_path):
     from chargeyard.bench import cli, report, suite
 
