@@ -78,6 +78,7 @@ class Settings:
     auth_cache_key_file: str = ""
     auth_cache_key: str = field(default="", repr=False)  # a secret: never in a repr or a log
     # billing and monitoring (services/)
+    services: str = "auto"
     offline_after: float = 120.0
     stall_after: float = 900.0
     max_kw: float = 350.0
@@ -170,6 +171,9 @@ HELP = {
                            "made at first start, mode 0600)",
     "auth_cache_key": "that key itself (better: the environment variable, from a Secret, than the flag); wins "
                       "over --auth-cache-key-file",
+    "services": "auto: on one node without --kafka-bootstrap and --redis-url, billing and monitoring run in "
+                "this process and consume its outbox; off: they do not, and the relay drops the events "
+                "(a node whose operator neither bills nor monitors here)",
     "offline_after": "monitoring: seconds a charger may stay disconnected before charger_offline is raised "
                      "(a takeover is not an outage)",
     "stall_after": "monitoring: seconds an active transaction may go without meter values before "

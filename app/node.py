@@ -198,6 +198,8 @@ class Node:
         from chargeyard.worker.server import Worker
 
         s = self.settings
+        if s.services not in ("auto", "off"):
+            raise SystemExit(f"--services {s.services}: auto or off")
         tokens = make_tokens(s) if self.with_api else None
         host = api_host(s, tokens) if self.with_api else ""  # a refusal before anything starts
         os.makedirs(s.data_dir, exist_ok=True)
@@ -211,7 +213,7 @@ class Node:
         self.store = store
         self.registry = make_registry(s)
         await self.registry.start()
-        if self.with_worker and not s.kafka_bootstrap and not s.redis_url:
+        if self.with_worker and not s.kafka_bootstrap and not s.redis_url and s.services == "auto":
             # one node: billing and monitoring consume the outbox in-process (in a cluster
             # they are the `chargeyard billing` / `chargeyard monitoring` processes)
             from chargeyard.services.runner import InProcessServices

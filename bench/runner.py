@@ -55,6 +55,14 @@ BUILTIN_TARGETS = {
         "metrics": "http://127.0.0.1:{http_port}/metrics",
         "store": "scylla",
     },
+    # the same worker with no consumer of its events (``--services off``: the outbox is written
+    # and relayed to nobody): what Kafka on is judged against (``--kafka``)
+    "chargeyard-bare": {
+        "label": "Chargeyard worker, events to no consumer", "role": "chargeyard-bare", "ready": "http",
+        "cmd": "{chargeyard} run --host 127.0.0.1 --ws-port {ws_port} --http-port {http_port}"
+               " --data-dir {data_dir} --accept-unknown-tags --services off",
+        "metrics": "http://127.0.0.1:{http_port}/metrics",
+    },
     # the same worker publishing its events to Kafka (``--kafka``): the run's broker, ``use_kafka``
     "chargeyard-kafka": {
         "label": "Chargeyard worker, Kafka on", "role": "chargeyard-kafka", "ready": "http",

@@ -383,9 +383,13 @@ def compare(o: Options, logdir: str) -> dict:
         raise SystemExit(f"--store {o.store}: sqlite or scylla")
     broker = None
     if o.kafka:
-        if "chargeyard-kafka" not in targets:  # right after the worker without Kafka: the same run
-            at = targets.index("chargeyard") + 1 if "chargeyard" in targets else len(targets)
-            targets.insert(at, "chargeyard-kafka")
+        # right after the worker without Kafka, in the same run: the worker whose events
+        # nobody consumes (the baseline), then the worker publishing them to Kafka
+        at = targets.index("chargeyard") + 1 if "chargeyard" in targets else len(targets)
+        for name in ("chargeyard-bare", "chargeyard-kafka"):
+            if name not in targets:
+                targets.insert(at, name)
+                at += 1
         try:
             broker = kafka_variant.start_broker(o.server_cpus, o.gen_cpus, logdir)
             runner.use_kafka(broker.bootstrap, broker.pid)
