@@ -15,7 +15,8 @@ turn, round after round (the machine's drift falls on all of them alike):
 * the alternative of ADR 0021, compact rows (what the readings log packs) written alone,
   the envelopes left to the relay: that write, plus the relay's encoding, is its cost.
 
-CPU is the process's user + system time (``getrusage``). Then, without a store, the
+CPU is the process's user + system time (``getrusage``), with the worker's GC tuning
+(``app/node.py``'s ``tune_gc``). Then, without a store, the
 per-event cost of the steps alone and their bytes. The last line printed is one JSON
 object with every figure.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import resource
 import shutil
@@ -35,6 +37,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from chargeyard.node import tune_gc
 from chargeyard.core import twins
 from chargeyard.store.base import MeterSample, to_us
 from chargeyard.store.sqlite import SqliteStore
@@ -100,23 +103,27 @@ async def commits(tmp: Path, rows: int, commits_per_round: int, rounds: int, syn
         await store.open()
         stores[name] = store
     cpu = dict.fromkeys(stores, 0.0)
+    names = list(stores)
     try:
         for r in range(rounds + 1):  # round 0 warms up
             work = batches(rows, commits_per_round if r else 20)
             results = [None] * rows
-            for name, store in stores.items():
-                encoder = variants[name]
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each variant first in turn
+                store, encoder = stores[name], variants[name]
                 if encoder == "envelopes":
                     encoder = _prebuilt({id(b): pure(b, results) for b in work})
                 elif encoder == "compact":
                     encoder = _prebuilt({id(b): _compact(b) for b in work})
                 if encoder is not None:
                     store.batches.encode_events = encoder
+                gc.collect()
+                gc.freeze()  # the batches are the worker's input, not its garbage: never scanned
                 c0 = _cpu()
                 for batch in work:
                     await store.apply(batch)
                 if r:
                     cpu[name] += _cpu() - c0
+                gc.unfreeze()
     finally:
         for store in stores.values():
             await store.close()
@@ -157,6 +164,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="rounds (the variants take turns)")
     ap.add_argument("--synchronous", default="NORMAL", help="FULL adds the fsync's kernel time to every variant")
     a = ap.parse_args()
+    tune_gc()  # as a worker runs (ADR 0009)
     tmp = Path(tempfile.mkdtemp(prefix="chargeyard-outbox-bench-"))
     try:
         per_msg = asyncio.run(commits(tmp, a.rows, a.commits, a.rounds, a.synchronous))
