@@ -611,7 +611,8 @@ cdef inline bint _utf8(const uint8_t* p, Py_ssize_t n) noexcept:
 # A MeterSample with a transaction reports a ``transaction.meter`` event (store/events.py's
 # ``tx_meter``), one per MeterValues message of a busy worker. Its envelope is written here
 # as msgspec writes it (the fields in their Struct order, no spaces, the time as RFC 3339
-# with ``Z`` and microseconds when there are some, a float as ``repr``), and its id, 128
+# with ``Z`` and microseconds when there are some, a float as ``repr``: ``_millis_text``
+# for whole thousandths, else CPython's), and its id, 128
 # bits of BLAKE2b (RFC 7693) of "charger\\x1ftransaction.meter\\x1ftx\\x1fconnector\\x1fµs" in
 # hex, is computed in C. An op outside that plain form goes through the twin's code
 # (``from_op``, then msgspec), so every op gets the same bytes from both twins: a text that
@@ -623,7 +624,7 @@ from libc.string cimport memset
 from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
 from cpython.mem cimport PyMem_Free
 from cpython.float cimport PyFloat_AS_DOUBLE
-from libc.math cimport isfinite
+from libc.math cimport isfinite, fabs, signbit, llround
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
@@ -784,6 +785,32 @@ cdef inline char* _digits(char* o, long long v, int width) noexcept:
     return o
 
 
+cdef inline char* _millis_text(char* o, double x) noexcept:
+    """``repr(x)`` for a reading in whole thousandths below 10**12 (a register's usual
+    form), or NULL for any other. Such an x is the double nearest n/1000, and its ulp is
+    below 1/1000, so no shorter decimal rounds to it: repr writes n/1000 itself."""
+    cdef long long n, whole, frac
+    if not fabs(x) < 1e12 or signbit(x):
+        return NULL
+    n = llround(x * 1000.0)
+    if <double>n / 1000.0 != x:
+        return NULL
+    whole = n // 1000
+    frac = n % 1000
+    o = _digits(o, whole, 1)
+    o[0] = b'.'
+    o[1] = <char>(48 + frac // 100)
+    o += 2
+    frac %= 100
+    if frac:
+        o[0] = <char>(48 + frac // 10)
+        o += 1
+        if frac % 10:
+            o[0] = <char>(48 + frac % 10)
+            o += 1
+    return o
+
+
 cdef inline bint _plain(const char* s, Py_ssize_t n) noexcept:
     """Printable ASCII that JSON writes as it is (no quote, no backslash)."""
     cdef Py_ssize_t i
@@ -867,6 +894,10 @@ cdef object _meter_row(object op, object tx):
     o = _put_bytes(o, _E_CON)
     o = _digits(o, con, 1)
     o = _put_bytes(o, _E_WH)
+    k = _millis_text(o, wh)
+    if k != NULL:
+        o = _put_bytes(k, _E_END)
+        return cid, PyBytes_FromStringAndSize(env, o - env)
     ws = PyOS_double_to_string(wh, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
     try:
         wn = 0

@@ -123,6 +123,8 @@ ODD = [
     MeterSample("CP", "1", T0, 1e20, 1), MeterSample("CP", "1", T0, 1e-7, 1),  # exponents
     MeterSample("CP", "1", T0, 1e16, 1), MeterSample("CP", "1", T0, 9999999999999998.0, 1),
     MeterSample("CP", "1", T0, 5e-324, 1), MeterSample("CP", "1", T0, 0.1 + 0.2, 1),
+    *(MeterSample("CP", "1", T0, wh, 1) for wh in (  # thousandths, and near them
+        0.001, 0.5, 1000.05, 1000.005, 1000.0005, 999999999999.999, 1e12, 12.3456 * 1000, 2.675, 1e-4)),
     MeterSample("CP", "1", T0, float("nan"), 1), MeterSample("CP", "1", T0, float("inf"), 1),
     MeterSample("CP", "1", T0, 1234, 1),  # an int reading (msgspec writes 1234)
     MeterSample("CP", "1", T0, 1.0, 2**63 - 1), MeterSample("CP", "1", T0, 1.0, -2**63),
@@ -146,12 +148,13 @@ def test_random_readings_get_the_bytes_msgspec_writes(twin):
     outbox_rows = twin("chargeyard.store.logrows").Rows.outbox_rows
     rng = random.Random(2026)
     ops = []
-    for _ in range(3000):
+    for _ in range(5000):
         at = dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=rng.randrange(-2**55, 2**57))
         if rng.random() < 0.3:
             at = at.replace(microsecond=0)
         wh = rng.choice([rng.uniform(0, 1e9), round(rng.uniform(0, 1e6), rng.randrange(4)),
-                         float(rng.randrange(10**7)), rng.uniform(-1, 1) * 10 ** rng.randrange(-9, 22)])
+                         float(rng.randrange(10**7)), rng.uniform(-1, 1) * 10 ** rng.randrange(-9, 22),
+                         rng.randrange(-10**16, 10**16) / 1000, rng.randrange(10**7) / 1000 * 1000])
         cid = "".join(rng.choice("AZaz09-_./:\u00e9\"") for _ in range(rng.randrange(1, 49)))
         tx = str(rng.randrange(1, 2**31)) if rng.random() < 0.8 else "".join(
             rng.choice("abcdef0123456789-") for _ in range(36))
