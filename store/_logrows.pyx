@@ -98,8 +98,9 @@ class Rows:
         return j
 
     @staticmethod
-    def outbox_rows(list ops, list results):
-        return _outbox_rows(ops, results)
+    def outbox_rows(ops, results):
+        return _outbox_rows(ops if type(ops) is list else list(ops),
+                            results if type(results) is list else list(results))
 
     @staticmethod
     def split_packed(list datas, int n, table_of):

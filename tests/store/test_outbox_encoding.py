@@ -90,6 +90,7 @@ def test_the_twins_write_the_same_bytes_for_a_representative_batch(twin):
     got = twin("chargeyard.store.logrows").Rows.outbox_rows(ops, results)
     want = reference(ops, results)
     assert got == want
+    assert twin("chargeyard.store.logrows").Rows.outbox_rows(tuple(ops), iter(results)) == want  # any sequences
     assert sum(1 for op in ops if type(op) is MeterSample) == 4 * 3 + 1  # one without a transaction
     types = [msgspec.json.decode(p)["type"] for _, p in got]
     assert types.count("transaction.meter") == 4 * 3 + 2  # and the two TransactionEvents' readings
