@@ -193,3 +193,18 @@ def test_the_store_writes_the_encoded_envelopes(tmp_path, twin):
     results, rows = asyncio.run(main())
     assert [(r.key, r.payload) for r in rows] == reference(ops, results)
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_the_compiled_twin_writes_plain_readings_itself(monkeypatch):
+    """Its point is speed: a plain reading must not take the pure code (same bytes, slower)."""
+    compiled = _compiled()
+    plain = [MeterSample("CP-1", "17", T0 + dt.timedelta(milliseconds=i), 1000.0 + i / 8, 1) for i in range(50)]
+    taken: list = []
+
+    def from_op(op, result):
+        taken.append(op)
+        return ev.from_op(op, result)
+    monkeypatch.setattr(compiled, "_from_op", from_op)
+    assert compiled.Rows.outbox_rows(plain, [None] * 50) == reference(plain, [None] * 50) and taken == []
+    odd = MeterSample("CP-1", "17", T0, 1e20, 1)
+    assert compiled.Rows.outbox_rows([odd], [None]) == reference([odd], [None]) and taken == [odd]
