@@ -16,9 +16,10 @@ turn, round after round (the machine's drift falls on all of them alike):
   the envelopes left to the relay: that write, plus the relay's encoding, is its cost.
 
 CPU is the process's user + system time (``getrusage``), with the worker's GC tuning
-(``app/node.py``'s ``tune_gc``). Then, without a store, the
-per-event cost of the steps alone and their bytes. The last line printed is one JSON
-object with every figure.
+(``app/node.py``'s ``tune_gc``). Then, without a store, the per-event cost of the steps
+alone and their bytes, and the ratios (compiled / pure; the alternative's estimate:
+compact write + building compact rows + the compiled encoding, over the compiled outbox).
+The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from chargeyard.node import tune_gc
 from chargeyard.core import twins
+from chargeyard.node import tune_gc
 from chargeyard.store.base import MeterSample, to_us
 from chargeyard.store.sqlite import SqliteStore
 
