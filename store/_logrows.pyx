@@ -4,7 +4,9 @@
 C; any other value goes through ``base.to_us``, as in the twin. ``fold`` and
 ``split_packed`` read the packed log rows in C, without a Python object per reading, and
 return None for anything outside the form msgspec writes (the store then takes the twin's
-path, which decodes, or reports, as before)."""
+path, which decodes, or reports, as before). ``outbox_rows`` writes a MeterSample's event
+envelope in C, byte for byte as msgspec writes it, and leaves every other event to the
+twin's code (ADR 0021)."""
 
 from cpython.datetime cimport (import_datetime, datetime_tzinfo, datetime_year, datetime_month,
                                datetime_day, datetime_hour, datetime_minute, datetime_second,
@@ -94,6 +96,11 @@ class Rows:
         while j < n and type(ops[j]) is t:
             j += 1
         return j
+
+    @staticmethod
+    def outbox_rows(ops, results):
+        return _outbox_rows(ops if type(ops) is list else list(ops),
+                            results if type(results) is list else list(results))
 
     @staticmethod
     def split_packed(list datas, int n, table_of):
@@ -598,3 +605,328 @@ cdef inline bint _utf8(const uint8_t* p, Py_ssize_t n) noexcept:
             return False
         i += 4
     return True
+
+
+# -- the outbox: a batch's events, a MeterSample's envelope written in C -------------------
+#
+# A MeterSample with a transaction reports a ``transaction.meter`` event (store/events.py's
+# ``tx_meter``), one per MeterValues message of a busy worker. Its envelope is written here
+# as msgspec writes it (the fields in their Struct order, no spaces, the time as RFC 3339
+# with ``Z`` and microseconds when there are some, a float as ``repr``: ``_millis_text``
+# for whole thousandths, else CPython's), and its id, 128
+# bits of BLAKE2b (RFC 7693) of "charger\\x1ftransaction.meter\\x1ftx\\x1fconnector\\x1fµs" in
+# hex, is computed in C. An op outside that plain form goes through the twin's code
+# (``from_op``, then msgspec), so every op gets the same bytes from both twins: a text that
+# is not printable ASCII or holds a quote or backslash (it would be escaped), a reading
+# that is not a finite float or whose repr has an exponent, a time that is not a datetime
+# in UTC (or naive), a connector that is not an int of 64 bits, an id over 600 bytes.
+
+from libc.string cimport memset
+from cpython.conversion cimport PyOS_double_to_string, Py_DTSF_ADD_DOT_0
+from cpython.mem cimport PyMem_Free
+from cpython.float cimport PyFloat_AS_DOUBLE
+from libc.math cimport isfinite, fabs, signbit, llround
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+import msgspec as _msgspec
+
+from .base import MeterSample as _MeterSample
+from .events import SOURCE as _SOURCE, encode as _encode_event, from_op as _from_op
+
+cdef object _Sample = _MeterSample
+
+# the envelope's fixed parts, between the values
+cdef bytes _E_ID = b'{"id":"'
+cdef bytes _E_TIME = (b'","type":"transaction.meter","source":' + _msgspec.json.encode(_SOURCE)
+                      + b',"time":"')
+cdef bytes _E_CHARGER = b'","charger_id":"'
+cdef bytes _E_TX = b'","data":{"transaction_id":"'
+cdef bytes _E_CON = b'","connector_id":'
+cdef bytes _E_WH = b',"energy_wh":'
+cdef bytes _E_END = b'}}'
+cdef bytes _K_TYPE = b'\x1ftransaction.meter\x1f'  # the id's key parts are joined by U+001F
+cdef Py_ssize_t _TEXT_MAX = 600  # charger and transaction id bytes written on the stack
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+# BLAKE2b (RFC 7693), unkeyed, 16-byte digest: the id's hash (hashlib.blake2b(digest_size=16))
+
+cdef uint64_t _IV[8]
+cdef uint8_t _SIGMA[12][16]
+for _j, _x in enumerate((0x6a09e667f3bcc908, 0xbb67ae8584caa73b, 0x3c6ef372fe94f82b, 0xa54ff53a5f1d36f1,
+                         0x510e527fade682d1, 0x9b05688c2b3e6c1f, 0x1f83d9abfb41bd6b, 0x5be0cd19137e2179)):
+    _IV[_j] = _x
+for _j, _row in enumerate(((0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           (14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3),
+                           (11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4),
+                           (7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8),
+                           (9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13),
+                           (2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9),
+                           (12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11),
+                           (13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10),
+                           (6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5),
+                           (10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0))):
+    for _k, _x in enumerate(_row):
+        _SIGMA[_j][_k] = _x
+        if _j < 2:  # rounds 10 and 11 repeat the first two permutations
+            _SIGMA[_j + 10][_k] = _x
+
+
+cdef inline uint64_t _rotr(uint64_t x, int n) noexcept:
+    return (x >> n) | (x << (64 - n))
+
+
+cdef inline void _mix(uint64_t* v, int a, int b, int c, int d, uint64_t x, uint64_t y) noexcept:
+    v[a] = v[a] + v[b] + x
+    v[d] = _rotr(v[d] ^ v[a], 32)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 24)
+    v[a] = v[a] + v[b] + y
+    v[d] = _rotr(v[d] ^ v[a], 16)
+    v[c] = v[c] + v[d]
+    v[b] = _rotr(v[b] ^ v[c], 63)
+
+
+cdef void _compress(uint64_t* h, const uint8_t* block, uint64_t t, bint last) noexcept:
+    """F of RFC 7693 on one 128-byte block; ``t`` counts the bytes so far (below 2**64)."""
+    cdef uint64_t v[16]
+    cdef uint64_t m[16]
+    cdef const uint8_t* s
+    cdef int i, r, k
+    for i in range(16):
+        m[i] = 0
+        for k in range(8):
+            m[i] |= (<uint64_t>block[8 * i + k]) << (8 * k)
+    for i in range(8):
+        v[i] = h[i]
+        v[i + 8] = _IV[i]
+    v[12] ^= t
+    if last:
+        v[14] = ~v[14]
+    for r in range(12):
+        s = _SIGMA[r]
+        _mix(v, 0, 4, 8, 12, m[s[0]], m[s[1]])
+        _mix(v, 1, 5, 9, 13, m[s[2]], m[s[3]])
+        _mix(v, 2, 6, 10, 14, m[s[4]], m[s[5]])
+        _mix(v, 3, 7, 11, 15, m[s[6]], m[s[7]])
+        _mix(v, 0, 5, 10, 15, m[s[8]], m[s[9]])
+        _mix(v, 1, 6, 11, 12, m[s[10]], m[s[11]])
+        _mix(v, 2, 7, 8, 13, m[s[12]], m[s[13]])
+        _mix(v, 3, 4, 9, 14, m[s[14]], m[s[15]])
+    for i in range(8):
+        h[i] ^= v[i] ^ v[i + 8]
+
+
+cdef void _blake2b_hex(const uint8_t* p, Py_ssize_t n, char* out) noexcept:
+    """The 32 lowercase hex digits of BLAKE2b-128 of ``p[:n]`` into ``out``."""
+    cdef uint64_t h[8]
+    cdef uint8_t block[128]
+    cdef uint64_t t = 0
+    cdef uint8_t b
+    cdef int i
+    for i in range(8):
+        h[i] = _IV[i]
+    h[0] ^= 0x01010000 ^ 16  # parameter block: digest length 16, no key, fanout 1, depth 1
+    while n > 128:
+        t += 128
+        _compress(h, p, t, False)
+        p += 128
+        n -= 128
+    memset(block, 0, 128)
+    memcpy(block, p, n)
+    t += n
+    _compress(h, block, t, True)
+    for i in range(16):
+        b = (h[i >> 3] >> (8 * (i & 7))) & 0xff
+        out[2 * i] = _HEX[b >> 4]
+        out[2 * i + 1] = _HEX[b & 15]
+
+
+def _blake2b_128_hex(bytes data):
+    """``hashlib.blake2b(data, digest_size=16).hexdigest()``, for the tests of the C hash."""
+    cdef char out[32]
+    _blake2b_hex(<const uint8_t*>PyBytes_AS_STRING(data), len(data), out)
+    return out[:32].decode("ascii")
+
+
+# the envelope's writing
+
+cdef inline char* _put(char* o, const char* s, Py_ssize_t n) noexcept:
+    memcpy(o, s, n)
+    return o + n
+
+
+cdef inline char* _put_bytes(char* o, bytes b) noexcept:
+    return _put(o, PyBytes_AS_STRING(b), len(b))
+
+
+cdef inline char* _digits(char* o, long long v, int width) noexcept:
+    """``v`` in decimal, at least ``width`` digits (zero-padded), with ``-`` if negative."""
+    cdef char tmp[24]
+    cdef int k = 0
+    cdef unsigned long long u
+    if v < 0:
+        o[0] = b'-'
+        o += 1
+        u = <unsigned long long>(-(v + 1)) + 1
+    else:
+        u = <unsigned long long>v
+    while True:
+        tmp[k] = <char>(48 + u % 10)
+        k += 1
+        u //= 10
+        if u == 0 and k >= width:
+            break
+    while k:
+        k -= 1
+        o[0] = tmp[k]
+        o += 1
+    return o
+
+
+cdef inline char* _millis_text(char* o, double x) noexcept:
+    """``repr(x)`` for a reading in whole thousandths below 10**12 (a register's usual
+    form), or NULL for any other. Such an x is the double nearest n/1000, and its ulp is
+    below 1/1000, so no shorter decimal rounds to it: repr writes n/1000 itself."""
+    cdef long long n, whole, frac
+    if not fabs(x) < 1e12 or signbit(x):
+        return NULL
+    n = llround(x * 1000.0)
+    if <double>n / 1000.0 != x:
+        return NULL
+    whole = n // 1000
+    frac = n % 1000
+    o = _digits(o, whole, 1)
+    o[0] = b'.'
+    o[1] = <char>(48 + frac // 100)
+    o += 2
+    frac %= 100
+    if frac:
+        o[0] = <char>(48 + frac // 10)
+        o += 1
+        if frac % 10:
+            o[0] = <char>(48 + frac % 10)
+            o += 1
+    return o
+
+
+cdef inline bint _plain(const char* s, Py_ssize_t n) noexcept:
+    """Printable ASCII that JSON writes as it is (no quote, no backslash)."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>s[i]
+        if c < 0x20 or c > 0x7e or c == 0x22 or c == 0x5c:
+            return False
+    return True
+
+
+cdef object _meter_row(object op, object tx):
+    """``(charger id, envelope)`` of a MeterSample's event, or None when it is outside the
+    plain form (see above)."""
+    cdef Py_ssize_t cn, tn, wn
+    cdef const char* cs
+    cdef const char* ts
+    cdef char* ws
+    cdef int overflow = 0
+    cdef long long con, us, days
+    cdef double wh
+    cdef char key[700]
+    cdef char env[1024]
+    cdef char* k
+    cdef char* o
+    cid = op.charger_id
+    at = op.at
+    c = op.connector_id
+    w = op.energy_wh
+    if type(cid) is not str or type(tx) is not str or type(c) is not int or type(w) is not float:
+        return None
+    if not PyDateTime_CheckExact(at):
+        return None
+    tz = datetime_tzinfo(at)
+    if tz is not None and tz is not _UTC:
+        return None
+    wh = PyFloat_AS_DOUBLE(w)
+    if not isfinite(wh):
+        return None
+    con = PyLong_AsLongLongAndOverflow(c, &overflow)
+    if overflow:
+        return None
+    cs = PyUnicode_AsUTF8AndSize(cid, &cn)
+    ts = PyUnicode_AsUTF8AndSize(tx, &tn)
+    if cn + tn > _TEXT_MAX or not _plain(cs, cn) or not _plain(ts, tn):
+        return None
+    days = _days(datetime_year(at), datetime_month(at), datetime_day(at))
+    us = (((days * 24 + datetime_hour(at)) * 60 + datetime_minute(at)) * 60
+          + datetime_second(at)) * 1000000 + datetime_microsecond(at)
+    # the id: charger, type, transaction, connector and time, joined by U+001F
+    k = _put(key, cs, cn)
+    k = _put_bytes(k, _K_TYPE)
+    k = _put(k, ts, tn)
+    k[0] = b'\x1f'
+    k = _digits(k + 1, con, 1)
+    k[0] = b'\x1f'
+    k = _digits(k + 1, us, 1)
+    # the envelope
+    o = _put_bytes(env, _E_ID)
+    _blake2b_hex(<const uint8_t*>key, k - key, o)
+    o = _put_bytes(o + 32, _E_TIME)
+    o = _digits(o, datetime_year(at), 4)
+    o[0] = b'-'
+    o = _digits(o + 1, datetime_month(at), 2)
+    o[0] = b'-'
+    o = _digits(o + 1, datetime_day(at), 2)
+    o[0] = b'T'
+    o = _digits(o + 1, datetime_hour(at), 2)
+    o[0] = b':'
+    o = _digits(o + 1, datetime_minute(at), 2)
+    o[0] = b':'
+    o = _digits(o + 1, datetime_second(at), 2)
+    if datetime_microsecond(at):
+        o[0] = b'.'
+        o = _digits(o + 1, datetime_microsecond(at), 6)
+    o[0] = b'Z'
+    o = _put_bytes(o + 1, _E_CHARGER)
+    o = _put(o, cs, cn)
+    o = _put_bytes(o, _E_TX)
+    o = _put(o, ts, tn)
+    o = _put_bytes(o, _E_CON)
+    o = _digits(o, con, 1)
+    o = _put_bytes(o, _E_WH)
+    k = _millis_text(o, wh)
+    if k != NULL:
+        o = _put_bytes(k, _E_END)
+        return cid, PyBytes_FromStringAndSize(env, o - env)
+    ws = PyOS_double_to_string(wh, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        wn = 0
+        while ws[wn]:
+            if ws[wn] == b'e':  # msgspec writes exponents its own way (1e20, not 1e+20)
+                return None
+            wn += 1
+        o = _put(o, ws, wn)
+    finally:
+        PyMem_Free(ws)
+    o = _put_bytes(o, _E_END)
+    return cid, PyBytes_FromStringAndSize(env, o - env)
+
+
+cdef list _outbox_rows(list ops, list results):
+    """``Rows.outbox_rows`` (see the twin)."""
+    cdef list out = []
+    cdef Py_ssize_t i, n = min(len(ops), len(results))
+    for i in range(n):
+        op = ops[i]
+        if type(op) is _Sample:
+            tx = op.tx_id
+            if type(tx) is str and not tx:
+                continue  # a reading without a transaction reports no event
+            row = _meter_row(op, tx)
+            if row is not None:
+                out.append(row)
+                continue
+        for e in _from_op(op, results[i]):
+            out.append((e.charger_id, _encode_event(e)))
+    return out

@@ -10,7 +10,8 @@ kind)``, packed the same way. ``READING_LOGS`` tables hold the log, a charger's 
 
 The per-reading steps: building a batch's log rows, checking them, splitting them by log
 table (a move of packed inbox rows: ``split_packed``), and turning a log table's packed rows
-into chunks (a fold: ``fold``). A saturated worker runs them for every reading, so
+into chunks (a fold: ``fold``), and encoding a committed batch's events for the outbox
+(``outbox_rows``: ``store/events.py``'s ``encoded``). A saturated worker runs them for every reading, so
 ``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
 pure-Python twin, chosen by ``core.twins.load("chargeyard.store.logrows")``.
 
@@ -27,6 +28,7 @@ from typing import Any, Callable
 import msgspec
 
 from .base import StoreError, to_us
+from .events import encoded_python
 
 __all__ = ["READING_LOGS", "Rows", "chunk_summary", "pack", "reading_log", "table", "unpack_chunk",
            "unpack_log"]
@@ -157,6 +159,12 @@ class Rows:
         groups, newest = Rows.groups(rows)
         return ([(charger, tx, chunk_summary(g), len(g), pack(g)) for (charger, tx), g in groups.items()],
                 [(c, con, at, wh) for c, _, con, at, wh in newest.values()])
+
+    @staticmethod
+    def outbox_rows(ops: list, results: list) -> list[tuple[str, bytes]]:
+        """``(charger id, encoded envelope)`` of every event of a committed batch, in op order
+        (``store.events.encoded``: the same bytes as ``encode`` of ``from_op``'s events)."""
+        return encoded_python(ops, results)
 
     @staticmethod
     def split_packed(datas: list[bytes], n: int, table_of: Callable[[str], int]) -> list | None:

@@ -12,8 +12,9 @@ every writer of the store uses.
   (``wal.Wal.durable``). If the file's write lock is taken (a fold for a read, another
   process) it does not wait: the batch goes to the store thread, as larger ones do.
 * With an outbox (``outbox`` = the worker id), the events the batch's ops report
-  (``store/events.py``'s ``from_op``) are written in the same transaction
-  (``outbox.py``): none for a batch that fails, all of those that committed.
+  (``store/events.py``'s ``from_op``, encoded by ``encoded``: compiled, ADR 0021) are
+  written in the same transaction (``outbox.py``): none for a batch that fails, all of
+  those that committed.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
   1.6 transaction ids come from a counter row bumped inside ``BEGIN IMMEDIATE``.
 * Fenced writes (ADR 0016): a ``Fence`` op records a connection's ownership epoch in
@@ -90,6 +91,9 @@ class Batches:
         # the worker id whose outbox this store writes the batches' events to (None: no
         # events; store/events.py, outbox.py)
         self.outbox: str | None = None
+        # the batch's events as outbox rows: events.encoded, the compiled twin's unless pure
+        # (a benchmark sets one twin's ``Rows.outbox_rows`` per store to compare them)
+        self.encode_events: Callable[[list, list], list[tuple[str, bytes]]] = encoded
         self._bulk: dict[type, Callable[[list], None]] = {
             MeterSample: self._samples, ChargerSeen: self._seen, ConnectorStatus: self._statuses,
             UpsertCharger: self._chargers}
@@ -171,7 +175,7 @@ class Batches:
         if self._turned_stale:  # a Fence of this batch was stale at once: refuse what follows it
             self._refuse_after_fences(ops)
         if self.outbox is not None:  # in this transaction: the events are exactly the committed facts
-            outbox.write(conn, self.outbox, encoded(ops, results))
+            outbox.write(conn, self.outbox, self.encode_events(ops, results))
         readings = self.readings
         if log_rows:
             self._log(conn, log_rows)
