@@ -85,7 +85,7 @@ _Q = {
     "state_delete": "DELETE FROM {ks}.monitor_state WHERE shard = ? AND charger_id = ?",
     "state_shard": "SELECT charger_id, doc FROM {ks}.monitor_state WHERE shard = ?",
     "seen_get": "SELECT id FROM {ks}.seen_events WHERE grp = ? AND id = ?",
-    "seen_put": "INSERT INTO {ks}.seen_events (grp, id) VALUES (?, ?) USING TTL ?",
+    "seen_put": "INSERT INTO {ks}.seen_events (grp, id, at) VALUES (?, ?, ?) USING TTL ?",
 }
 
 
@@ -175,7 +175,8 @@ class ScyllaServiceStore(ServiceStore):
             await self.db.execute(batch)
 
     def _seen_writes(self, group: str, ids: Iterable[str]) -> list[tuple[str, tuple]]:
-        return [("seen_put", (group, i, SEEN_RETENTION_S)) for i in dict.fromkeys(ids)]
+        now = time.time_ns() // 1000
+        return [("seen_put", (group, i, now, SEEN_RETENTION_S)) for i in dict.fromkeys(ids)]
 
     # -- dedupe ---------------------------------------------------------------------
     async def seen(self, group: str, ids: list[str]) -> set[str]:

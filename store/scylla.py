@@ -268,7 +268,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     shard int, charger_id text, doc blob,
     PRIMARY KEY (shard, charger_id))""",
         """CREATE TABLE IF NOT EXISTS {ks}.seen_events (
-    grp text, id text,
+    grp text, id text, at bigint,
     PRIMARY KEY ((grp, id)))
     WITH """ + _TWCS,
     ]),
