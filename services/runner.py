@@ -179,15 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        store = None
-        if args.service == "billing":
-            from ..store import make_store
+        from ..store import make_store
 
+        store = None
+        if args.service == "billing" or args.store == "scylla":
             store = make_store(args.store, data_dir=args.data_dir, scylla_hosts=args.scylla_hosts or None,
                                keyspace=args.keyspace)
             await store.open()
+        services_store: ServiceStore | None = None  # --store sqlite: <data-dir>/services.db
+        if args.store == "scylla":  # the services' tables in the same keyspace (ADR 0018)
+            from .scylla_storage import ScyllaServiceStore
+
+            services_store = ScyllaServiceStore(store)
         try:
-            await serve(args.service, s, stop, store)
+            await serve(args.service, s, stop, store if args.service == "billing" else None, store=services_store)
         finally:
             if store is not None:
                 await store.close()

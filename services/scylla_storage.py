@@ -11,11 +11,13 @@ What SQLite does in one transaction is done here with the same guarantees by ord
 idempotence:
 
 * Billing: each CDR is an LWT (``INSERT ... IF NOT EXISTS``): the first CDR of a
-  transaction is final, whichever billing replica or redelivery wrote it. Then its list
-  entry (``cdr_index``, by the day the CDR was first written; a CDR that was already
-  there is indexed again under its own ``created``, so an entry lost to a crash comes
-  back on the replay), then the events' ids. A crash anywhere before the ids are written
-  makes Kafka deliver the events again, and every step converges.
+  transaction is final, whichever billing replica or redelivery wrote it. Its list entry
+  (``cdr_index``: day and time of the attempt) is written *before* the claim, so no CDR
+  is ever without one: a replay finds the CDR and prices nothing, so an entry written
+  after the claim and lost to a crash would never come back. An entry whose claim lost
+  (or never ran) names a time that is not its CDR's ``created``: it is deleted when the
+  claim reports so, and skipped by :meth:`list_cdrs` if a crash left it. The events' ids
+  go last; a crash before them makes Kafka deliver the events again.
 * Monitoring: the alerts, the chargers' states and the events' ids go in LOGGED batches
   (the batch log applies a batch entirely or not at all), effects first and the ids last;
   each batch is kept under ``BATCH_BYTES`` (Cassandra refuses a batch above 50 KiB by
@@ -62,11 +64,14 @@ _Q = {
     "tariff_delete": "DELETE FROM {ks}.tariffs WHERE part = ? AND tariff_id = ?",
     "tariff_list": "SELECT doc FROM {ks}.tariffs WHERE part = ?",
     "cdr_claim": "INSERT INTO {ks}.cdrs (charger_id, tx_id, doc, created) VALUES (?, ?, ?, ?) IF NOT EXISTS",
-    "cdr_get": "SELECT doc FROM {ks}.cdrs WHERE charger_id = ? AND tx_id = ?",
+    "cdr_get": "SELECT doc, created FROM {ks}.cdrs WHERE charger_id = ? AND tx_id = ?",
     "cdr_index": "INSERT INTO {ks}.cdr_index (day, created, charger_id, tx_id) VALUES (?, ?, ?, ?)",
+    "cdr_unindex": "DELETE FROM {ks}.cdr_index WHERE day = ? AND created = ? AND charger_id = ? AND tx_id = ?",
     "cdr_day": "INSERT INTO {ks}.cdr_days (part, day) VALUES (?, ?)",
     "cdr_days": "SELECT day FROM {ks}.cdr_days WHERE part = ?",
-    "cdr_list": "SELECT charger_id, tx_id FROM {ks}.cdr_index WHERE day = ? LIMIT ?",
+    "cdr_list": "SELECT created, charger_id, tx_id FROM {ks}.cdr_index WHERE day = ? LIMIT ?",
+    "cdr_list_after": "SELECT created, charger_id, tx_id FROM {ks}.cdr_index WHERE day = ? "
+                      "AND (created, charger_id, tx_id) > (?, ?, ?) LIMIT ?",
     "alert_charger": "INSERT INTO {ks}.alerts_by_charger (charger_id, raised_at, id, active, doc) "
                      "VALUES (?, ?, ?, ?, ?)",
     "alert_day": "INSERT INTO {ks}.alerts_by_day (day, raised_at, id, active, doc) VALUES (?, ?, ?, ?, ?)",
@@ -208,27 +213,37 @@ class ScyllaServiceStore(ServiceStore):
 
     async def list_cdrs(self, limit: int = 1000) -> list[CDR]:
         """Oldest first, like SQLite (by the time each CDR was first written)."""
-        keys: list[tuple[str, str]] = []
-        for row in await self._q("cdr_days", _DAYS):
-            if len(keys) >= limit:
+        out: list[CDR] = []
+        for day in [r["day"] for r in await self._q("cdr_days", _DAYS)]:
+            after: tuple | None = None
+            while len(out) < limit:
+                want = limit - len(out)
+                entries = await (self._q("cdr_list", day, want) if after is None else
+                                 self._q("cdr_list_after", day, *after, want))
+                found = await self._all([("cdr_get", (e["charger_id"], e["tx_id"])) for e in entries])
+                # an entry of a claim that lost, or of one a crash cut short, is not its CDR's
+                out += [self._cdr.decode(f[0]["doc"]) for e, f in zip(entries, found)
+                        if f and f[0]["created"] == e["created"]]
+                if len(entries) < want:
+                    break
+                after = (entries[-1]["created"], entries[-1]["charger_id"], entries[-1]["tx_id"])
+            if len(out) >= limit:
                 break
-            keys += [(r["charger_id"], r["tx_id"]) for r in await self._q("cdr_list", row["day"], limit - len(keys))]
-        rows = await self._all([("cdr_get", k) for k in keys])
-        return [self._cdr.decode(r[0]["doc"]) for r in rows if r]
+        return out
 
     async def commit_billing(self, group: str, event_ids: list[str], cdrs: list[CDR]) -> None:
         now = time.time_ns() // 1000
+        day = now // _DAY_US
+        index = [("cdr_index", (day, now, c.charger_id, c.tx_id)) for c in cdrs]
+        if cdrs and day not in self._cdr_days:
+            index.append(("cdr_day", (_DAYS, day)))
+        await self._all(index)  # first: a CDR never exists without its list entry
+        if cdrs:
+            self._cdr_days.add(day)
         claims = await self._all([("cdr_claim", (c.charger_id, c.tx_id, self._enc.encode(c), now)) for c in cdrs])
-        index: list[tuple[str, tuple]] = []
-        for c, rows in zip(cdrs, claims):
-            row = rows[0] if rows else {}
-            created = now if row.get("[applied]", True) else row["created"]  # not applied: the first CDR's
-            day = created // _DAY_US
-            index.append(("cdr_index", (day, created, c.charger_id, c.tx_id)))
-            if day not in self._cdr_days:
-                index.append(("cdr_day", (_DAYS, day)))
-        await self._all(index)
-        self._cdr_days.update(p[0] for n, p in index if n == "cdr_index")
+        lost = [("cdr_unindex", (day, now, c.charger_id, c.tx_id)) for c, rows in zip(cdrs, claims)
+                if rows and not rows[0].get("[applied]", True) and rows[0]["created"] != now]
+        await self._all(lost)  # the first CDR of the transaction stays, with its own entry
         await self._all(self._seen_writes(group, event_ids))  # last: a crash before it replays
 
     # -- monitoring ---------------------------------------------------------------------

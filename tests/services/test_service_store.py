@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import types
+import uuid
 
 import pytest
 
@@ -127,7 +129,7 @@ def test_seen_event_ids_expire_after_the_retention(cassandra):
     from chargeyard.store.scylla import ScyllaStore
 
     async def main():
-        keyspace = "cy_svc_ttl"
+        keyspace = "cy_svc_" + uuid.uuid4().hex[:12]
         db = ScyllaStore(cassandra.hosts, keyspace=keyspace)
         await db.migrate()
         async with scylla_storage.ScyllaServiceStore(db, own=True) as s:
@@ -135,6 +137,33 @@ def test_seen_event_ids_expire_after_the_retention(cassandra):
             (row,) = await db.execute(f"SELECT TTL(at) AS ttl FROM {keyspace}.seen_events "
                                       "WHERE grp = %s AND id = %s", ("g", "e1"))
             assert SEEN_RETENTION_S - 600 < row["ttl"] <= SEEN_RETENTION_S
+    _run(main(), 120)
+
+
+def test_cdr_list_entries_are_written_before_the_claim(cassandra):
+    """A billing pod killed between a CDR's list entry and its claim leaves an entry
+    without a CDR (or naming another attempt's time): the list skips it, and still
+    fills ``limit``. (Written after the claim, an entry lost to a crash never came
+    back: a replay finds the CDR and prices nothing.)"""
+    from chargeyard.store.scylla import ScyllaStore
+
+    async def main():
+        keyspace = "cy_svc_" + uuid.uuid4().hex[:12]
+        db = ScyllaStore(cassandra.hosts, keyspace=keyspace)
+        await db.migrate()
+        async with scylla_storage.ScyllaServiceStore(db, own=True) as s:
+            now = time.time_ns() // 1000
+            day = now // 86_400_000_000
+            orphans = [(day, now - 2_000_000, "cp", "never-claimed"), (day, now - 1_000_000, "cp", "1")]
+            for entry in orphans:
+                await db.execute(f"INSERT INTO {keyspace}.cdr_index (day, created, charger_id, tx_id) "
+                                 "VALUES (%s, %s, %s, %s)", entry)
+            await s.commit_billing("g", ["e1"], [cdr("cp", "1", "1.90"), cdr("cp", "2", "2.00")])
+            await s.commit_billing("g", ["e2"], [cdr("cp", "1", "9.99")])  # lost its claim: entry removed
+            assert [c.tx_id for c in await s.list_cdrs(limit=1)] == ["1"]
+            assert [(c.tx_id, c.total) for c in await s.list_cdrs()] == [("1", "1.90"), ("2", "2.00")]
+            rows = await db.execute(f"SELECT tx_id FROM {keyspace}.cdr_index WHERE day = %s", (day,))
+            assert sorted(r["tx_id"] for r in rows) == ["1", "1", "2", "never-claimed"]  # the orphans stay
     _run(main(), 120)
 
 
