@@ -92,18 +92,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _topic_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `chargeyard events create-topic`; each also a CHARGEYARD_* variable (argparse
+    converts a string default with the flag's type, so a bad variable is a usage error)."""
     from chargeyard.services import topics
 
-    p.add_argument("--topic", default=topics.TOPIC, help=f"topic name (default: {topics.TOPIC})")
-    p.add_argument("--partitions", type=int, default=topics.DEFAULT_PARTITIONS,
-                   help=f"partitions of a new topic (default: {topics.DEFAULT_PARTITIONS}); an existing "
-                        "topic is never changed")
-    p.add_argument("--replication-factor", type=int, default=3, help="replicas of each partition (default: 3)")
-    p.add_argument("--min-insync-replicas", type=int, default=2,
-                   help="replicas that must have a write before the relay's acks=all succeeds (default: 2)")
-    p.add_argument("--retention-hours", type=float, default=topics.DEFAULT_RETENTION_HOURS,
-                   help=f"how long the broker keeps events (default: {topics.DEFAULT_RETENTION_HOURS}; below "
-                        "the services' event-id dedup)")
+    env = os.environ.get
+    p.add_argument("--topic", default=env("CHARGEYARD_TOPIC", topics.TOPIC),
+                   help=f"topic name: the one the workers' relay publishes to "
+                        f"(default: {topics.TOPIC}; env CHARGEYARD_TOPIC)")
+    p.add_argument("--topic-partitions", type=int,
+                   default=env("CHARGEYARD_TOPIC_PARTITIONS", str(topics.DEFAULT_PARTITIONS)),
+                   help="partitions of a new topic; an existing topic is never changed "
+                        f"(default: {topics.DEFAULT_PARTITIONS}; env CHARGEYARD_TOPIC_PARTITIONS)")
+    p.add_argument("--topic-replication-factor", type=int, default=env("CHARGEYARD_TOPIC_REPLICATION_FACTOR", "3"),
+                   help="replicas of each partition (default: 3; env CHARGEYARD_TOPIC_REPLICATION_FACTOR)")
+    p.add_argument("--topic-min-insync-replicas", type=int, default=env("CHARGEYARD_TOPIC_MIN_INSYNC_REPLICAS", "2"),
+                   help="replicas that must have an event before the relay's acks=all succeeds "
+                        "(default: 2; env CHARGEYARD_TOPIC_MIN_INSYNC_REPLICAS)")
+    p.add_argument("--topic-retention-hours", type=float,
+                   default=env("CHARGEYARD_TOPIC_RETENTION_HOURS", str(topics.DEFAULT_RETENTION_HOURS)),
+                   help="how long the broker keeps events, below the services' event-id dedup "
+                        f"(default: {topics.DEFAULT_RETENTION_HOURS}; env CHARGEYARD_TOPIC_RETENTION_HOURS)")
 
 
 def _create_topic(args: argparse.Namespace, settings: Settings) -> int:
@@ -114,8 +123,10 @@ def _create_topic(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.kafka_bootstrap:
         print("chargeyard events: set --kafka-bootstrap or CHARGEYARD_KAFKA_BOOTSTRAP", file=sys.stderr)
         return 2
-    spec = topics.TopicSpec(name=args.topic, partitions=args.partitions, replication_factor=args.replication_factor,
-                            min_insync_replicas=args.min_insync_replicas, retention_hours=args.retention_hours)
+    spec = topics.TopicSpec(name=args.topic, partitions=args.topic_partitions,
+                            replication_factor=args.topic_replication_factor,
+                            min_insync_replicas=args.topic_min_insync_replicas,
+                            retention_hours=args.topic_retention_hours)
     try:
         state = asyncio.run(topics.ensure_topic(settings.kafka_bootstrap, spec))
     except ValueError as exc:

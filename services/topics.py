@@ -31,14 +31,14 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     def check(self) -> None:
         if self.partitions < 1:
-            raise ValueError(f"--partitions must be at least 1, not {self.partitions}")
+            raise ValueError(f"--topic-partitions must be at least 1, not {self.partitions}")
         if self.replication_factor < 1:
-            raise ValueError(f"--replication-factor must be at least 1, not {self.replication_factor}")
+            raise ValueError(f"--topic-replication-factor must be at least 1, not {self.replication_factor}")
         if not 1 <= self.min_insync_replicas <= self.replication_factor:
-            raise ValueError(f"--min-insync-replicas must be 1 .. --replication-factor "
+            raise ValueError(f"--topic-min-insync-replicas must be 1 .. --topic-replication-factor "
                              f"({self.replication_factor}), not {self.min_insync_replicas}")
         if not 0 < self.retention_hours * 3600 < SEEN_RETENTION_S:
-            raise ValueError(f"--retention-hours must be above 0 and below the services' event-id dedup "
+            raise ValueError(f"--topic-retention-hours must be above 0 and below the services' event-id dedup "
                              f"({SEEN_RETENTION_S // 3600} h), not {self.retention_hours:g}")
 
     def configs(self) -> dict[str, str]:

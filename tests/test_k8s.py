@@ -851,8 +851,8 @@ def check_services(m: dict) -> list[str]:
                          f"{worker.kafka_bootstrap!r}")
             if args.topic != TOPIC:
                 p.append(f"kafka-topic Job creates {args.topic}, the relay publishes to {TOPIC}")
-            if args.partitions < billing_replicas:
-                p.append(f"kafka-topic Job: {args.partitions} partitions for {billing_replicas} billing replicas "
+            if args.topic_partitions < billing_replicas:
+                p.append(f"kafka-topic Job: {args.topic_partitions} partitions for {billing_replicas} billing replicas "
                          "(a replica without a partition idles)")
     return p
 
@@ -1012,9 +1012,9 @@ MUTATIONS = {
                         "one monitor"),
     "monitor no redis": (lambda m: _drop_arg(_svc(m, "monitoring"), "--redis-url"), "alert SSE"),
     "no topic job": (lambda m: _drop_docs(m, "Job", "chargeyard-kafka-topic"), "`chargeyard events create-topic`"),
-    "topic partitions": (lambda m: _set_arg(_topic_job(m), "--partitions", "1"), "billing replicas"),
+    "topic partitions": (lambda m: _set_arg(_topic_job(m), "--topic-partitions", "1"), "billing replicas"),
     "topic name": (lambda m: _topic_job(m)["args"].extend(["--topic", "events"]), "the relay publishes to"),
-    "topic bad flag": (lambda m: _set_arg(_topic_job(m), "--partitions", "many"), "rejected its arguments"),
+    "topic bad flag": (lambda m: _set_arg(_topic_job(m), "--topic-partitions", "many"), "rejected its arguments"),
 }
 
 

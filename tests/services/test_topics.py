@@ -18,7 +18,7 @@ from chargeyard.services.storage import SEEN_RETENTION_S
 
 def _create(capsys, bootstrap: str, topic: str, *extra: str) -> tuple[int, str, str]:
     code = cli.main(["events", "create-topic", "--kafka-bootstrap", bootstrap, "--topic", topic,
-                     "--replication-factor", "1", "--min-insync-replicas", "1", *extra])
+                     "--topic-replication-factor", "1", "--topic-min-insync-replicas", "1", *extra])
     out = capsys.readouterr()
     return code, out.out.strip(), out.err.strip()
 
@@ -36,14 +36,14 @@ async def _topic_configs(bootstrap: str, topic: str) -> dict[str, str]:
 
 def test_create_topic_is_idempotent_and_never_changes_a_topic(kafka, run, capsys):
     topic = f"events-{uuid.uuid4().hex[:8]}"
-    assert _create(capsys, kafka.bootstrap, topic, "--partitions", "6") == (
+    assert _create(capsys, kafka.bootstrap, topic, "--topic-partitions", "6") == (
         0, f"topic {topic} created: 6 partitions, replication 1", "")
     configs = run(_topic_configs(kafka.bootstrap, topic))
     assert configs["retention.ms"] == str(7 * 24 * 3_600_000) and configs["min.insync.replicas"] == "1"
     assert configs["cleanup.policy"] == "delete"
-    code, out, _ = _create(capsys, kafka.bootstrap, topic, "--partitions", "6")
+    code, out, _ = _create(capsys, kafka.bootstrap, topic, "--topic-partitions", "6")
     assert (code, out) == (0, f"topic {topic} exists with 6 partitions: left unchanged")
-    code, out, _ = _create(capsys, kafka.bootstrap, topic, "--partitions", "12")
+    code, out, _ = _create(capsys, kafka.bootstrap, topic, "--topic-partitions", "12")
     assert code == 0 and out.startswith(f"topic {topic} exists with 6 partitions: left unchanged (asked for 12;")
     state = run(topics.ensure_topic(kafka.bootstrap, topics.TopicSpec(name=topic, replication_factor=1,
                                                                       min_insync_replicas=1)))
@@ -59,9 +59,9 @@ def test_the_broker_refusal_fails_the_job(kafka, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--retention-hours", str(SEEN_RETENTION_S // 3600 + 1)], "below the services' event-id dedup"),
-    (["--partitions", "0"], "--partitions must be at least 1"),
-    (["--min-insync-replicas", "4"], "--min-insync-replicas must be 1 .. --replication-factor"),
+    (["--topic-retention-hours", str(SEEN_RETENTION_S // 3600 + 1)], "below the services' event-id dedup"),
+    (["--topic-partitions", "0"], "--topic-partitions must be at least 1"),
+    (["--topic-min-insync-replicas", "4"], "--topic-min-insync-replicas must be 1 .. --topic-replication-factor"),
 ])
 def test_settings_that_break_delivery_are_refused(args, message, capsys):
     code = cli.main(["events", "create-topic", "--kafka-bootstrap", "127.0.0.1:1", *args])
