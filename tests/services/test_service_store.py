@@ -213,3 +213,39 @@ def test_the_services_store_follows_store(monkeypatch, tmp_path):
     main = node.make_store(s)
     shared = node.make_services_store(s, main)
     assert shared.db is main and not shared.own
+
+
+def test_api_nodes_share_the_services_state_on_scylla(cassandra, tmp_path):
+    """Issue 20's last gap: two `chargeyard api --store scylla` processes (two pods) serve
+    the same tariffs, CDRs and alerts, the ones the billing and monitoring processes wrote,
+    not a file of their own."""
+    from chargeyard.store.scylla import ScyllaStore
+    from tests.support import NodeProc
+
+    keyspace = "cy_svc_" + uuid.uuid4().hex[:12]
+
+    async def write() -> None:
+        db = ScyllaStore(cassandra.hosts, keyspace=keyspace)
+        await db.migrate()
+        async with scylla_storage.ScyllaServiceStore(db, own=True) as s:  # as billing and monitoring would
+            await s.commit_billing("chargeyard-billing", ["e1"], [cdr("cp", "1", "1.90")])
+            await s.commit_monitoring("chargeyard-monitoring", ["e2"],
+                                      [alert("a1", "cp", "2025-03-01T08:00:00.000Z")], {})
+    _run(write(), 120)
+    args = ["--store", "scylla", "--scylla-hosts", cassandra.hosts, "--keyspace", keyspace]
+    nodes = [NodeProc(tmp_path / name, *args, cmd="api") for name in ("a", "b")]
+    try:
+        a, b = (n.start(timeout=60) for n in nodes)
+        status, body = b.request("GET", "/api/v1/chargers/cp/transactions/1/cdr")
+        assert status == 200 and body["total"] == "1.90", body
+        status, body = a.request("GET", "/api/v1/alerts?active=true")
+        assert status == 200 and [x["id"] for x in body["items"]] == ["a1"], body
+        tariff = {"currency": "EUR", "per_kwh": "0.30", "per_minute": "0", "session_fee": "1.00",
+                  "vat_percent": "19", "chargers": ["*"], "valid_from": None, "valid_to": None}
+        assert a.request("PUT", "/api/v1/tariffs/std", tariff)[0] == 200
+        status, body = b.request("GET", "/api/v1/tariffs")
+        assert status == 200 and [t["tariff_id"] for t in body["items"]] == ["std"], body
+        assert not list(tmp_path.rglob("services.db"))  # nothing node-local
+    finally:
+        for n in nodes:
+            n.stop()
