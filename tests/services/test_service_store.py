@@ -249,3 +249,19 @@ def test_api_nodes_share_the_services_state_on_scylla(cassandra, tmp_path):
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.mark.parametrize("service", ["billing", "monitoring"])
+def test_a_service_on_an_unmigrated_keyspace_exits_in_one_line(cassandra, tmp_path, service):
+    """In k8s the pods may start before the store-migrate Job is done: exit 1 with what to
+    run (the pod restarts until it is), no traceback."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "chargeyard.cli", service, "--kafka-bootstrap", "127.0.0.1:1", "--http-port", "0",
+            "--data-dir", str(tmp_path), "--store", "scylla", "--scylla-hosts", cassandra.hosts,
+            "--keyspace", "cy_none_" + uuid.uuid4().hex[:12]]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith(f"chargeyard {service}:")]
+    assert "--store scylla" in line and "chargeyard store migrate" in line, line
