@@ -140,6 +140,20 @@ def service_settings(s: Settings) -> Any:
                            stall_after=s.stall_after, max_kw=s.max_kw, alert_webhook=s.alert_webhook)
 
 
+def make_services_store(s: Settings, store: Any = None) -> Any:
+    """Where billing and monitoring keep their state, by ``--store`` (ADR 0018): with
+    ``scylla`` the main store's keyspace, on ``store``'s session when given (already open;
+    not closed with the services store) or on a connection of its own; with ``sqlite``
+    ``<data-dir>/services.db``, which only processes of one machine can share."""
+    if s.store == "scylla":
+        from chargeyard.services.scylla_storage import ScyllaServiceStore
+
+        return ScyllaServiceStore(store) if store is not None else ScyllaServiceStore(make_store(s), own=True)
+    from chargeyard.services.storage import SqliteServiceStore
+
+    return SqliteServiceStore(service_settings(s).db_path())
+
+
 def alert_publisher(registry: Any) -> Any:
     """A monitoring listener: each alert raised or cleared onto the registry's alert stream,
     which ``GET /api/v1/alerts/events`` serves (``Api.sse``)."""
@@ -219,7 +233,8 @@ class Node:
             from chargeyard.services.runner import InProcessServices
 
             self.services = await InProcessServices(service_settings(s), self.store,
-                                                    listeners=[alert_publisher(self.registry)]).open()
+                                                    listeners=[alert_publisher(self.registry)],
+                                                    store=make_services_store(s, self.store)).open()
             self.services_store = self.services.store
         if self.with_worker:
             from chargeyard.worker.security.service import SecurityConfigError
@@ -240,9 +255,7 @@ class Node:
             from chargeyard.services.api import ServicesApi
 
             if self.services_store is None:  # the services' state written by their processes
-                from chargeyard.services.storage import SqliteServiceStore
-
-                self.services_store = await SqliteServiceStore(service_settings(s).db_path()).open()
+                self.services_store = await make_services_store(s, self.store).open()
                 self._own_services_store = True
             self.api = Api(s, self.store, self.registry, tokens,
                            ready=lambda: self.worker is None or self.worker.ready,

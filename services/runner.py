@@ -7,8 +7,9 @@ Flags mirror the node's (``--kafka-bootstrap``, ``--data-dir``, ``--store``,
 ``--scylla-hosts``, ``--keyspace``, ``--offline-after``, ``--heartbeat-interval``,
 ``--alert-webhook``) plus the monitoring thresholds ``--stall-after`` and ``--max-kw``;
 the app's CLI can hand its settings to :func:`serve` directly instead.
-The services keep their own state in ``<data-dir>/services.db``; billing reads the
-transactions from the main store (read only).
+The services keep their state in the store they are handed (``--store`` chooses it, in
+``app/node.py``: the ScyllaDB keyspace of a cluster, ADR 0018), by default in
+``<data-dir>/services.db``; billing reads the transactions from the main store (read only).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .monitoring.alerts import MonitorSettings
 from .monitoring.service import GROUP as MONITORING_GROUP
 from .monitoring.service import Monitoring
 from .monitoring.webhook import Webhook
-from .storage import SqliteServiceStore
+from .storage import ServiceStore, SqliteServiceStore
 
 log = logging.getLogger("chargeyard.services")
 
@@ -57,13 +58,15 @@ class ServiceSettings(msgspec.Struct, kw_only=True):
 
 
 async def serve(kind: str, s: ServiceSettings, stop: asyncio.Event, transactions: TransactionSource | None = None,
-                *, listeners: list | None = None, **consumer_options: Any) -> None:
+                *, listeners: list | None = None, store: ServiceStore | None = None,
+                **consumer_options: Any) -> None:
     """One service as a Kafka consumer until ``stop`` is set; ``listeners`` get monitoring's
-    alerts raised and cleared."""
+    alerts raised and cleared; ``store`` (opened and closed here): where the service keeps
+    its state, by default ``s.db_path()``."""
     if not s.kafka_bootstrap:
         raise ValueError(f"chargeyard {kind} consumes Kafka: set --kafka-bootstrap")
     webhook: Webhook | None = None
-    async with SqliteServiceStore(s.db_path()) as store:
+    async with store or SqliteServiceStore(s.db_path()) as store:
         if kind == "billing":
             if transactions is None:
                 raise ValueError("billing needs the main store's transactions")
@@ -91,15 +94,15 @@ async def serve(kind: str, s: ServiceSettings, stop: asyncio.Event, transactions
 
 class InProcessServices:
     """One node without Kafka: billing and monitoring fed by the relay's LocalPublisher
-    (``sinks``), the monitor's timers ticked every ``tick_s``."""
+    (``sinks``), the monitor's timers ticked every ``tick_s``; ``store`` as :func:`serve`'s."""
 
     def __init__(self, s: ServiceSettings, transactions: TransactionSource, *, tick_s: float = 1.0,
-                 listeners: list | None = None) -> None:
+                 listeners: list | None = None, store: ServiceStore | None = None) -> None:
         self.settings = s
         self.listeners = list(listeners or [])  # of alerts raised and cleared (SSE)
         self.transactions = transactions
         self.tick_s = tick_s
-        self.store = SqliteServiceStore(s.db_path())
+        self.store: ServiceStore = store or SqliteServiceStore(s.db_path())
         self.billing: Billing | None = None
         self.monitoring: Monitoring | None = None
         self.webhook: Webhook | None = None
@@ -176,15 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        store = None
-        if args.service == "billing":
-            from ..store import make_store
+        from ..store import make_store
 
+        store = None
+        if args.service == "billing" or args.store == "scylla":
             store = make_store(args.store, data_dir=args.data_dir, scylla_hosts=args.scylla_hosts or None,
                                keyspace=args.keyspace)
             await store.open()
+        services_store: ServiceStore | None = None  # --store sqlite: <data-dir>/services.db
+        if args.store == "scylla":  # the services' tables in the same keyspace (ADR 0018)
+            from .scylla_storage import ScyllaServiceStore
+
+            services_store = ScyllaServiceStore(store)
         try:
-            await serve(args.service, s, stop, store)
+            await serve(args.service, s, stop, store if args.service == "billing" else None, store=services_store)
         finally:
             if store is not None:
                 await store.close()

@@ -5,9 +5,11 @@ events it consumed (``seen``), so an effect (a CDR, an alert, a monitor's timers
 stored exactly once however often Kafka or the relay delivers its event; the consumer
 commits its Kafka offsets only after that transaction.
 
+Two implementations, chosen by ``--store`` like the main store (ADR 0018):
 ``SqliteServiceStore`` keeps everything in one small SQLite file of the service's own
-(``<data-dir>/services.db`` by default). The tables may move into the main store later;
-the interfaces stay.
+(``<data-dir>/services.db``), for one machine; ``ScyllaServiceStore``
+(``services/scylla_storage.py``) keeps it in the main store's ScyllaDB keyspace, so the
+service processes and every API pod of a cluster share it.
 """
 
 from __future__ import annotations
@@ -77,7 +79,23 @@ class MonitoringStore(EventLog):
         in ``states`` (None deletes), record ``event_ids`` as applied."""
 
 
-class SqliteServiceStore(BillingStore, MonitoringStore):
+class ServiceStore(BillingStore, MonitoringStore):
+    """Both services' state in one place, opened and closed as a unit."""
+
+    @abstractmethod
+    async def open(self) -> ServiceStore: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> ServiceStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SqliteServiceStore(ServiceStore):
     """One SQLite file; calls run in a thread so the event loop never waits on the disk."""
 
     def __init__(self, path: str | Path) -> None:
@@ -117,12 +135,6 @@ class SqliteServiceStore(BillingStore, MonitoringStore):
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.to_thread(db.close)
-
-    async def __aenter__(self) -> SqliteServiceStore:
-        return await self.open()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _run(self, fn: Any, *args: Any) -> Any:
         assert self._db is not None, "store not open"

@@ -238,6 +238,47 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE IF NOT EXISTS {ks}.charger_verifiers (
     charger_id text PRIMARY KEY, verifier text)""",
     ]),
+    # the services' state (billing, monitoring: services/scylla_storage.py, which holds their
+    # statements and explains the model), so every pod of a cluster reads what the service
+    # processes wrote. Documents are msgspec JSON; seen_events rows carry a TTL.
+    (6, [
+        """CREATE TABLE IF NOT EXISTS {ks}.tariffs (
+    part text, tariff_id text, doc blob,
+    PRIMARY KEY (part, tariff_id))""",
+        # written only by LWT (IF NOT EXISTS): the first CDR of a transaction is final
+        """CREATE TABLE IF NOT EXISTS {ks}.cdrs (
+    charger_id text, tx_id text, doc blob, created bigint,
+    PRIMARY KEY ((charger_id, tx_id)))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.cdr_index (
+    day int, created bigint, charger_id text, tx_id text,
+    PRIMARY KEY (day, created, charger_id, tx_id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.cdr_days (
+    part text, day int,
+    PRIMARY KEY (part, day))""",
+        # an alert in three places (its charger's list, its day's list, the open set while open)
+        """CREATE TABLE IF NOT EXISTS {ks}.alerts_by_charger (
+    charger_id text, raised_at text, id text, active boolean, doc blob,
+    PRIMARY KEY (charger_id, raised_at, id))
+    WITH CLUSTERING ORDER BY (raised_at DESC, id ASC)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.alerts_by_day (
+    day int, raised_at text, id text, active boolean, doc blob,
+    PRIMARY KEY (day, raised_at, id))
+    WITH CLUSTERING ORDER BY (raised_at DESC, id ASC)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.alert_days (
+    part text, day int,
+    PRIMARY KEY (part, day))
+    WITH CLUSTERING ORDER BY (day DESC)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.open_alerts (
+    shard int, charger_id text, id text, doc blob,
+    PRIMARY KEY (shard, charger_id, id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.monitor_state (
+    shard int, charger_id text, doc blob,
+    PRIMARY KEY (shard, charger_id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.seen_events (
+    grp text, id text, at bigint,
+    PRIMARY KEY ((grp, id)))
+    WITH """ + _TWCS,
+    ]),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -342,8 +383,6 @@ _Q = {
     "sec_events": "SELECT charger_id, type, at, tech_info, received_at FROM {ks}.security_events "
                   "WHERE charger_id = ? LIMIT ?",
 }
-_READS = frozenset(n for n, q in _Q.items() if q.startswith("SELECT"))
-_LWT = frozenset(n for n, q in _Q.items() if " IF " in q)
 _ALLOC = ("alloc_read", "alloc_cas")  # SERIAL whatever serial_consistency says: ids are global
 
 
@@ -773,20 +812,42 @@ class ScyllaStore(Store, ChargerCredentialStore):
         return max((r["version"] for r in rows), default=0)
 
     def _prepare_sync(self) -> dict[str, Any]:
-        ps = {name: self._session.prepare(q.format(ks=self.keyspace)) for name, q in _Q.items()}
-        read, serial, SERIAL = self._level(self.read_consistency), self._level(self.serial_consistency), \
-            self._level("SERIAL")
-        for name, p in ps.items():
-            # A driver retries (or speculatively re-sends) only idempotent statements; an
-            # LWT re-sent after it landed reports "not applied", so LWTs are not marked.
-            p.is_idempotent = name not in _LWT
-            if name in _READS:
-                p.consistency_level = read
-            if name in _LWT:
-                p.serial_consistency_level = serial
+        ps = self._prepare_many(_Q)
+        SERIAL = self._level("SERIAL")
         ps["alloc_read"].consistency_level = SERIAL  # a Paxos read: sees every committed CAS
         ps["alloc_cas"].serial_consistency_level = SERIAL
         return ps
+
+    def _prepare_many(self, queries: dict[str, str]) -> dict[str, Any]:
+        ps = {name: self._session.prepare(q.format(ks=self.keyspace)) for name, q in queries.items()}
+        read, serial = self._level(self.read_consistency), self._level(self.serial_consistency)
+        for name, p in ps.items():
+            lwt = " IF " in queries[name]
+            # A driver retries (or speculatively re-sends) only idempotent statements; an
+            # LWT re-sent after it landed reports "not applied", so LWTs are not marked.
+            p.is_idempotent = not lwt
+            if queries[name].startswith("SELECT"):
+                p.consistency_level = read
+            if lwt:
+                p.serial_consistency_level = serial
+        return ps
+
+    # -- for other parts' tables in this keyspace (the services': services/scylla_storage.py)
+
+    async def prepare(self, queries: dict[str, str]) -> dict[str, Any]:
+        """Prepared statements for ``queries`` (``{ks}`` filled in) with this store's rules:
+        SELECTs at the read level; ``IF`` statements are LWTs at the serial level and not
+        idempotent; everything else idempotent."""
+        return await self._blocking(self._prepare_many, queries)
+
+    async def execute(self, stmt: Any, params: Any = None) -> list[dict]:
+        """One statement (prepared, or a batch of them) on this store's session; its rows."""
+        return await self._execute(stmt, params)
+
+    def batch(self, logged: bool) -> Any:
+        """An empty batch: LOGGED (all or nothing, through the batch log) or UNLOGGED."""
+        d = self._d
+        return d.BatchStatement(batch_type=d.BatchType.LOGGED if logged else d.BatchType.UNLOGGED)
 
     async def close(self) -> None:
         await self._shutdown()

@@ -52,6 +52,7 @@ def load_manifests() -> dict:
         "hpa_text": (K8S / "hpa.yaml").read_text(),
         "dashboard": json.loads((K8S / "grafana" / "chargeyard.json").read_text()),
         "secret_example": load_yaml((K8S / "tokens-secret.example.yaml").read_text())[0],
+        "podmonitor": load_yaml((K8S / "monitoring" / "podmonitor.yaml").read_text())[0],
     }
 
 
@@ -752,10 +753,114 @@ def check_migrate_job(m: dict) -> list[str]:
     return p
 
 
+def _container_settings(m: dict, c: dict):
+    """(argparse Namespace, Settings) of a `chargeyard ...` container, as its pod gets them."""
+    args, err = parse_chargeyard(argv_of(c)[1:])
+    if err:
+        return None, None
+    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in objects(m, "ConfigMap")}
+    env_from = {k: str(v) for ef in c.get("envFrom") or [] for k, v in
+                configmaps.get((ef.get("configMapRef") or {}).get("name"), {}).items()}
+    try:
+        return args, settings_of(args, c.get("env") or [], env_from)
+    except SystemExit:  # a bad value: reported by check_chargeyard_containers
+        return args, None
+
+
+def _running(m: dict, kinds: tuple[str, ...], argv: list[str]) -> list[tuple[dict, dict]]:
+    return [(w, c) for w in objects(m) if w.get("kind") in kinds for c in pod_spec(w).get("containers") or []
+            if argv_of(c)[:len(argv)] == argv]
+
+
+def _scraped(podmonitor: dict, labels: dict) -> bool:
+    sel = podmonitor["spec"]["selector"]
+    if not all(labels.get(k) == v for k, v in (sel.get("matchLabels") or {}).items()):
+        return False
+    return all(labels.get(e["key"]) in e.get("values", []) for e in sel.get("matchExpressions") or []
+               if e["operator"] == "In")
+
+
+def check_services(m: dict) -> list[str]:
+    """`chargeyard billing` / `monitoring`: one Deployment each, consuming the Kafka the
+    workers publish to, keeping their state in the ScyllaDB store the API pods read,
+    probed, scraped; and one Job creating the topic on that Kafka."""
+    from chargeyard.services.topics import TOPIC
+
+    p = []
+    workers = _running(m, ("StatefulSet",), ["chargeyard", "worker"])
+    apis = _running(m, ("Deployment",), ["chargeyard", "api"])
+    worker = _container_settings(m, workers[0][1])[1] if workers else None  # None: reported elsewhere
+    if worker is not None and not worker.kafka_bootstrap:
+        p.append("the workers have no Kafka bootstrap (CHARGEYARD_KAFKA_BOOTSTRAP): no events reach the services")
+    billing_replicas = 0
+    for kind in ("billing", "monitoring"):
+        found = _running(m, ("Deployment",), ["chargeyard", kind])
+        if len(found) != 1:
+            p.append(f"expected one Deployment running `chargeyard {kind}`, found {len(found)}")
+            continue
+        w, c = found[0]
+        where = f"{w['metadata']['name']}/{c['name']}"
+        _, s = _container_settings(m, c)
+        if s is None:
+            continue  # its arguments are reported by check_chargeyard_containers
+        if not s.kafka_bootstrap:
+            p.append(f"{where}: no Kafka bootstrap (--kafka-bootstrap or CHARGEYARD_KAFKA_BOOTSTRAP)")
+        elif worker is not None and s.kafka_bootstrap != worker.kafka_bootstrap:
+            p.append(f"{where}: consumes Kafka {s.kafka_bootstrap}, the workers publish to {worker.kafka_bootstrap}")
+        if s.store != "scylla" or (apis and _store_flags(c) != _store_flags(apis[0][1])):
+            p.append(f"{where}: its services store {_store_flags(c)} is not the ScyllaDB store the API pods read "
+                     f"({_store_flags(apis[0][1]) if apis else 'no API'})")
+        ports = {pt.get("name"): pt.get("containerPort") for pt in c.get("ports") or []}
+        if ports != {"http": s.http_port}:
+            p.append(f"{where}: container ports {ports} are not {{'http': --http-port {s.http_port}}}")
+        if s.host.startswith("127.") or s.host in ("localhost", "::1"):
+            p.append(f"{where}: --host {s.host}: /metrics and /healthz unreachable from Prometheus and the kubelet")
+        for probe_kind in ("readinessProbe", "livenessProbe"):
+            probe = (c.get(probe_kind) or {}).get("httpGet") or {}
+            if probe.get("path") != "/healthz" or _probe_port(c, probe.get("port")) != s.http_port:
+                p.append(f"{where}: {probe_kind} must be /healthz on --http-port (app/service_main.py serves "
+                         "/metrics and /healthz only)")
+        ann = w["spec"]["template"]["metadata"].get("annotations") or {}
+        if ann.get("prometheus.io/scrape") != "true" or str(ann.get("prometheus.io/port")) != str(s.http_port) \
+                or ann.get("prometheus.io/path") != "/metrics":
+            p.append(f"{where}: Prometheus annotations must scrape /metrics on --http-port {s.http_port}")
+        if not _scraped(m["podmonitor"], w["spec"]["template"]["metadata"].get("labels") or {}):
+            p.append(f"{where}: the PodMonitor (k8s/monitoring/podmonitor.yaml) does not select its pods")
+        if (c.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+            vm = _mount_for(c, str(Path(s.data_dir)))
+            if not vm or vm.get("readOnly"):
+                p.append(f"{where}: --data-dir {s.data_dir} is not on a writable volume (root file system read-only)")
+        if kind == "billing":
+            billing_replicas = w["spec"].get("replicas", 1)
+        else:
+            if w["spec"].get("replicas", 1) != 1 or (w["spec"].get("strategy") or {}).get("type") != "Recreate":
+                p.append(f"{where}: one monitor (replicas 1, strategy Recreate): its timers cover every charger")
+            if not s.redis_url:
+                p.append(f"{where}: no --redis-url: the API pods' alert SSE would never see an alert")
+    jobs = _running(m, ("Job",), ["chargeyard", "events", "create-topic"])
+    if len(jobs) != 1:
+        p.append(f"expected one Job running `chargeyard events create-topic`, found {len(jobs)}")
+    else:
+        job, c = jobs[0]
+        args, s = _container_settings(m, c)
+        if s is not None:
+            if pod_spec(job).get("restartPolicy") not in ("OnFailure", "Never"):
+                p.append("kafka-topic Job: restartPolicy must be OnFailure or Never")
+            if worker is not None and s.kafka_bootstrap != worker.kafka_bootstrap:
+                p.append(f"kafka-topic Job creates the topic on {s.kafka_bootstrap!r}, the workers publish to "
+                         f"{worker.kafka_bootstrap!r}")
+            if args.topic != TOPIC:
+                p.append(f"kafka-topic Job creates {args.topic}, the relay publishes to {TOPIC}")
+            if args.topic_partitions < billing_replicas:
+                p.append(f"kafka-topic Job: {args.topic_partitions} partitions for {billing_replicas} billing replicas "
+                         "(a replica without a partition idles)")
+    return p
+
+
 def all_problems(m: dict, tmp: Path) -> list[str]:
     return (check_kustomization(m) + check_hpa(m) + check_selectors(m) + check_chargeyard_containers(m)
             + check_drain(m) + check_nginx(m, tmp) + check_dashboard(m) + check_secret_example(m, tmp)
-            + check_migrate_job(m))
+            + check_migrate_job(m) + check_services(m))
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -774,6 +879,18 @@ def _api(m):
 
 def _job(m):
     return pod_spec(objects(m, "Job")[0])["containers"][0]
+
+
+def _svc(m, kind):
+    return pod_spec(one(m, "Deployment", f"chargeyard-{kind}"))["containers"][0]
+
+
+def _topic_job(m):
+    return pod_spec(one(m, "Job", "chargeyard-kafka-topic"))["containers"][0]
+
+
+def _drop_docs(m, kind, name):
+    m["docs"][:] = [(f, d) for f, d in m["docs"] if (d.get("kind"), d["metadata"].get("name")) != (kind, name)]
 
 
 def _sidecar_env(m, name):
@@ -873,6 +990,31 @@ MUTATIONS = {
     "secret format": (lambda m: m["secret_example"]["stringData"].update({"tokens.json": '{"t": ["root"]}'}),
                       "not a tokens file"),
     "unset image": (lambda m: _api(m).update(image="chargeyard-api"), "not set by kustomization images"),
+    "no billing": (lambda m: _drop_docs(m, "Deployment", "chargeyard-billing"),
+                   "one Deployment running `chargeyard billing`"),
+    "no kafka": (lambda m: one(m, "ConfigMap", "chargeyard-config")["data"].pop("CHARGEYARD_KAFKA_BOOTSTRAP"),
+                 "no Kafka bootstrap"),
+    "services other kafka": (lambda m: _svc(m, "billing")["args"].extend(["--kafka-bootstrap", "other:9092"]),
+                             "the workers publish to"),
+    "services sqlite": (lambda m: _set_arg(_svc(m, "monitoring"), "--store", "sqlite"),
+                        "is not the ScyllaDB store the API pods read"),
+    "services keyspace": (lambda m: _svc(m, "billing")["args"].extend(["--keyspace", "billing"]),
+                          "is not the ScyllaDB store the API pods read"),
+    "services probe": (lambda m: _svc(m, "billing")["readinessProbe"]["httpGet"].update(path="/readyz"),
+                       "readinessProbe must be /healthz"),
+    "services port": (lambda m: _set_arg(_svc(m, "monitoring"), "--http-port", "9090"), "container ports"),
+    "services loopback": (lambda m: _set_arg(_svc(m, "billing"), "--host", "127.0.0.1"), "unreachable"),
+    "services not scraped": (lambda m: m["podmonitor"]["spec"]["selector"]["matchExpressions"][0]
+                             .update(values=["worker", "api"]), "PodMonitor"),
+    "two monitors": (lambda m: one(m, "Deployment", "chargeyard-monitoring")["spec"].update(replicas=2),
+                     "one monitor"),
+    "monitor rolling": (lambda m: one(m, "Deployment", "chargeyard-monitoring")["spec"].pop("strategy"),
+                        "one monitor"),
+    "monitor no redis": (lambda m: _drop_arg(_svc(m, "monitoring"), "--redis-url"), "alert SSE"),
+    "no topic job": (lambda m: _drop_docs(m, "Job", "chargeyard-kafka-topic"), "`chargeyard events create-topic`"),
+    "topic partitions": (lambda m: _set_arg(_topic_job(m), "--topic-partitions", "1"), "billing replicas"),
+    "topic name": (lambda m: _topic_job(m)["args"].extend(["--topic", "events"]), "the relay publishes to"),
+    "topic bad flag": (lambda m: _set_arg(_topic_job(m), "--topic-partitions", "many"), "rejected its arguments"),
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from chargeyard import cli
 
-BUILT = ["run", "worker", "api", "billing", "monitoring", "cluster", "store", "nginx-config"]
+BUILT = ["run", "worker", "api", "billing", "monitoring", "cluster", "store", "events", "nginx-config"]
 
 
 def test_help_lists_only_what_is_built(capsys):

@@ -12,7 +12,6 @@ from aiohttp import web
 from chargeyard.services.api import AlertFeed, ServicesApi
 from chargeyard.services.billing.service import Billing
 from chargeyard.services.monitoring.service import Monitoring
-from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
@@ -24,9 +23,9 @@ class Txs:
                 "stopped_at": "2025-03-01T08:30:00Z"}
 
 
-def test_services_api(tmp_path):
+def test_services_api(services_store):
     async def main():
-        async with SqliteServiceStore(tmp_path / "s.db") as store:
+        async with services_store() as store:
             feed = AlertFeed()
             mon = await Monitoring(store, listeners=[feed]).open()
             app = web.Application()

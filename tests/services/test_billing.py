@@ -12,7 +12,6 @@ from chargeyard.services.billing import Tariff, TariffError, match, price
 from chargeyard.services.billing.service import Billing
 from chargeyard.services.billing.service import price_transaction
 from chargeyard.services.billing.tariffs import from_json, to_json
-from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 
 UTC = dt.timezone.utc
@@ -109,12 +108,12 @@ class Transactions:
         return self.txs.get((cid, tx))
 
 
-def test_billing_is_idempotent_and_prices_the_store_transaction(tmp_path):
+def test_billing_is_idempotent_and_prices_the_store_transaction(services_store):
     async def main():
         txs = Transactions()
         txs.add("DE-1", "1", 2000.0, 30)
         txs.add("FR-1", "2", 500.0, 10)
-        async with SqliteServiceStore(tmp_path / "s.db") as store:
+        async with services_store() as store:
             await store.put_tariff(tariff("de", chargers=["DE-*"], per_kwh="0.30", session_fee="1.00",
                                           vat_percent="19"))
             billing = Billing(store, txs)
@@ -128,7 +127,7 @@ def test_billing_is_idempotent_and_prices_the_store_transaction(tmp_path):
             # a second transaction.ended for the same transaction (another id) changes nothing
             again = ev.Event("other-id", "transaction.ended", ev.SOURCE, T0, "DE-1", ev.TransactionEnded("1"))
             assert await billing.handle([again]) == []
-        async with SqliteServiceStore(tmp_path / "s.db") as store:  # restarted
+        async with services_store() as store:  # restarted
             billing = Billing(store, txs)
             assert await billing.handle([ended]) == []
             assert len(await store.list_cdrs()) == 2
@@ -140,9 +139,9 @@ def test_billing_is_idempotent_and_prices_the_store_transaction(tmp_path):
     asyncio.run(main())
 
 
-def test_missing_transaction_gets_no_cdr(tmp_path):
+def test_missing_transaction_gets_no_cdr(services_store):
     async def main():
-        async with SqliteServiceStore(tmp_path / "s.db") as store:
+        async with services_store() as store:
             assert await Billing(store, Transactions()).handle([ev.tx_ended("x", T0, "9")]) == []
             assert await store.get_cdr("x", "9") is None
     asyncio.run(main())

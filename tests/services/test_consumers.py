@@ -16,7 +16,6 @@ from chargeyard.services.billing.service import Billing
 from chargeyard.services.consumer import Consumer
 from chargeyard.services.monitoring import MonitorSettings
 from chargeyard.services.monitoring.service import Monitoring
-from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 from chargeyard.worker.relay import KafkaPublisher, Relay
 from chargeyard.kafka_broker import KafkaBroker, free_port
@@ -58,7 +57,7 @@ async def _publish(bootstrap: str, topic: str, events: list[ev.Event], times: in
     await relay.close()
 
 
-def test_billing_consumer_prices_each_ended_transaction_once(kafka, run, tmp_path):
+def test_billing_consumer_prices_each_ended_transaction_once(kafka, run, services_store):
     topic = f"events-{uuid.uuid4().hex[:8]}"
     group = f"chargeyard-billing-{uuid.uuid4().hex[:6]}"
     n = 40
@@ -66,7 +65,7 @@ def test_billing_consumer_prices_each_ended_transaction_once(kafka, run, tmp_pat
     async def main():
         await _publish(kafka.bootstrap, topic, _session_events(n), times=2)
         txs = Transactions(n)
-        async with SqliteServiceStore(tmp_path / "b.db") as store:
+        async with services_store() as store:
             await store.put_tariff(Tariff(tariff_id="all", currency="EUR", per_kwh=Decimal("0.30"),
                                           session_fee=Decimal("1.00"), vat_percent=Decimal("19")))
             billing = Billing(store, txs, group=group)
@@ -100,12 +99,12 @@ def test_billing_consumer_prices_each_ended_transaction_once(kafka, run, tmp_pat
     run(main(), timeout=120)
 
 
-def test_monitoring_consumer_raises_and_clears(kafka, run, tmp_path):
+def test_monitoring_consumer_raises_and_clears(kafka, run, services_store):
     topic = f"events-{uuid.uuid4().hex[:8]}"
     group = f"chargeyard-monitoring-{uuid.uuid4().hex[:6]}"
 
     async def main():
-        async with SqliteServiceStore(tmp_path / "m.db") as store:
+        async with services_store() as store:
             seen = []
             mon = await Monitoring(store, MonitorSettings(offline_after=1.0), group=group,
                                    listeners=[seen.append]).open()

@@ -7,7 +7,6 @@ import datetime as dt
 
 from chargeyard.services.monitoring import Monitor, MonitorSettings
 from chargeyard.services.monitoring.service import Monitoring
-from chargeyard.services.storage import SqliteServiceStore
 from chargeyard.store import events as ev
 
 UTC = dt.timezone.utc
@@ -143,15 +142,15 @@ def test_auth_failures_window():
     assert b.cleared_at is not None
 
 
-def test_state_survives_a_restart(tmp_path):
+def test_state_survives_a_restart(services_store):
     async def main():
         c = Clock()
-        async with SqliteServiceStore(tmp_path / "s.db") as store:
+        async with services_store() as store:
             mon = await Monitoring(store, S, clock=c).open()
             await mon.handle([ev.connected("cp", c.at(0), "ocpp1.6", 1), ev.status("cp", c.at(0), 0, 1, "Faulted")])
             d = ev.disconnected("cp", c.at(10), 1, "lost")
             await mon.handle([d])
-        async with SqliteServiceStore(tmp_path / "s.db") as store:  # restarted
+        async with services_store() as store:  # restarted
             mon = await Monitoring(store, S, clock=c).open()
             assert [k for k, _, _ in mon.monitor.open] == ["connector_faulted"]
             assert await mon.handle([d]) == []  # a redelivered event is skipped
