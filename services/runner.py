@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from ..core.tasks import cancel_and_wait
 from ..store.events import TOPIC, Event
 from .billing.service import GROUP as BILLING_GROUP
 from .billing.service import Billing, TransactionSource
@@ -138,12 +139,7 @@ class InProcessServices:
                 log.exception("monitoring timers failed")
 
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._ticker)
         if self.webhook is not None:
             await self.webhook.close()
         await self.store.close()
