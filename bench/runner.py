@@ -62,6 +62,7 @@ BUILTIN_TARGETS = {
         "cmd": "{chargeyard} run --host 127.0.0.1 --ws-port {ws_port} --http-port {http_port}"
                " --data-dir {data_dir} --accept-unknown-tags --services off",
         "metrics": "http://127.0.0.1:{http_port}/metrics",
+        "variant": True,
     },
     # the same worker publishing its events to Kafka (``--kafka``): the run's broker, ``use_kafka``
     "chargeyard-kafka": {
@@ -70,6 +71,7 @@ BUILTIN_TARGETS = {
                " --data-dir {data_dir} --accept-unknown-tags --kafka-bootstrap {kafka_bootstrap}",
         "metrics": "http://127.0.0.1:{http_port}/metrics",
         "kafka": True,
+        "variant": True,
     },
 }
 

@@ -179,6 +179,9 @@ def memory_phase(name: str, spec: dict, o: Options, logdir: str) -> dict:
 
 def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
     res: dict = {"label": spec["label"], "role": spec["role"], "available": False}
+    # a variant of the worker (events to no consumer, Kafka on) is there for its CPU per
+    # message beside the worker's: the closed loop and half load, not the whole tour
+    variant = bool(spec.get("variant"))
     burst = load_profile("burst")
     cfg = dict(gen_config(burst), protocol=o.protocol,
                reconnect=load_profile("reconnect-storm")["reconnect"])
@@ -206,7 +209,7 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                  f"{_store_note(closed)}")
             cap = closed["msgs_per_s"]
             res["sweep"] = []
-            fractions = list(o.sweep_fractions)
+            fractions = [0.5] if variant else list(o.sweep_fractions)
             if spec.get("kafka") and 0.5 not in fractions:  # commit -> consumer latency is at half load
                 fractions.append(0.5)
             for frac in fractions:
@@ -221,7 +224,7 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                 res["sweep"].append(r)
                 _log(f"{name}: offered {frac:.0%} = {frac * cap:.0f}/s -> "
                      f"{r['msgs_per_s']:.0f}/s p99 {r['p99_ms'] or 0:.2f} ms{_store_note(r)}")
-            if o.metering_interval_s > 0:
+            if o.metering_interval_s > 0 and not variant:
                 # the fleet's shape at a low rate: each charger every interval, own phase
                 r = runner.measure_periodic(srv, pool, "interval", o.metering_interval_s, 0,
                                             min(1.0, o.warmup_s), o.sweep_duration_s, cores)
@@ -230,13 +233,13 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
                 _log(f"{name}: metering every {o.metering_interval_s:g}s -> "
                      f"{r['msgs_per_s']:.0f}/s, {r['cpu_us_per_msg'] or 0:.0f} us/msg, "
                      f"p99 {r['p99_ms'] or 0:.2f} ms")
-            if o.storm:
+            if o.storm and not variant:
                 res["storm"] = runner.measure_storm(srv, pool, o.storm_timeout_s)
                 _log(f"{name}: storm of {res['storm']['chargers']} absorbed in "
                      f"{res['storm']['absorb_s']} s")
         finally:
             pool.close()
-        for level in o.conn_levels:
+        for level in [] if variant else o.conn_levels:
             if level == o.chargers:
                 res["connections"].append({"conns": closed["chargers"], **{
                     k: closed[k] for k in ("msgs_per_s", "cpu_us_per_msg", "p50_ms", "p99_ms",
@@ -258,7 +261,7 @@ def bench_target(name: str, spec: dict, o: Options, logdir: str) -> dict:
     finally:
         srv.stop()
     res["connections"].sort(key=lambda r: r["conns"])
-    if o.memory_levels:
+    if o.memory_levels and not variant:
         try:
             res["memory"] = memory_phase(name, spec, o, logdir)
         except Exception as exc:
