@@ -60,18 +60,20 @@ class Billing:
     async def handle(self, events: list[Event]) -> list[CDR]:
         """Price the transactions these events end; store the CDRs and the events' ids in
         one transaction. Returns the CDRs written now."""
-        if not events:
+        # Only transaction.ended has an effect here, so only its ids are checked and kept:
+        # the meter readings that make up nearly every batch cost billing nothing.
+        ended = [e for e in events if e.type == TransactionEnded.TYPE]
+        m.CONSUMED.labels(self.group).inc(len(events) - len(ended))
+        if not ended:
             return []
-        seen = await self.store.seen(self.group, [e.id for e in events])
-        fresh = [e for e in events if e.id not in seen]
-        if len(fresh) < len(events):
-            m.DUPLICATES.labels(self.group).inc(len(events) - len(fresh))
+        seen = await self.store.seen(self.group, [e.id for e in ended])
+        fresh = [e for e in ended if e.id not in seen]
+        if len(fresh) < len(ended):
+            m.DUPLICATES.labels(self.group).inc(len(ended) - len(fresh))
         cdrs: list[CDR] = []
         done: set[tuple[str, str]] = set()
         tariffs: list[Tariff] | None = None
         for e in fresh:
-            if e.type != TransactionEnded.TYPE:
-                continue
             d = data_of(e)
             assert isinstance(d, TransactionEnded)
             key = (e.charger_id, d.transaction_id)

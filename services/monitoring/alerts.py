@@ -85,6 +85,12 @@ class ChargerState(msgspec.Struct):
     disconnected_at: float | None = None
     txs: dict[str, TxState] = msgspec.field(default_factory=dict)
     auth: list[float] = msgspec.field(default_factory=list)
+    # the last transactions ended: a late replayed start or reading of one of them (another
+    # worker's relay publishing again after its restart) must not bring it back to stall
+    ended: list[str] = msgspec.field(default_factory=list)
+
+
+ENDED_KEPT = 16  # per charger: far more than the transactions a charger ends while a relay restarts
 
 
 _state_enc = msgspec.json.Encoder()
@@ -165,13 +171,16 @@ class Monitor:
                 self._clear("connector_faulted", cid, subject)
         elif isinstance(d, TransactionStarted):
             tx = st.txs.get(d.transaction_id)
-            if tx is None:
+            if tx is None and d.transaction_id not in st.ended:
                 st.txs[d.transaction_id] = TxState(d.connector_id, t, d.meter_start_wh,
                                                    t if d.meter_start_wh is not None else None)
         elif isinstance(d, TransactionMeter):
             self._meter(cid, st, d, t)
         elif isinstance(d, TransactionEnded):
             st.txs.pop(d.transaction_id, None)
+            if d.transaction_id not in st.ended:
+                st.ended.append(d.transaction_id)
+                del st.ended[:-ENDED_KEPT]
             self._clear("transaction_stalled", cid, d.transaction_id)
             self._clear("meter_anomaly", cid, d.transaction_id)
         elif isinstance(d, ChargerSecurityEvent):
@@ -184,6 +193,8 @@ class Monitor:
     def _meter(self, cid: str, st: ChargerState, d: TransactionMeter, t: float) -> None:
         tx = st.txs.get(d.transaction_id)
         if tx is None:  # its start was not seen (e.g. consumed before this service existed)
+            if d.transaction_id in st.ended:
+                return  # a late copy of a reading of a transaction that has ended
             tx = st.txs[d.transaction_id] = TxState(d.connector_id, t)
         tx.last_activity = max(tx.last_activity, t)
         self._clear("transaction_stalled", cid, d.transaction_id)

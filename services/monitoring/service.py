@@ -16,6 +16,7 @@ from .alerts import KINDS, Alert, Monitor, MonitorSettings
 log = logging.getLogger("chargeyard.monitoring")
 
 GROUP = "chargeyard-monitoring"
+REPLAY_SAFE_PREFIX = "transaction."  # the event types applied without an id check (see handle)
 
 Listener = Callable[[Alert], None]
 
@@ -41,15 +42,21 @@ class Monitoring:
         raised or cleared."""
         if not events:
             return await self.tick()
-        seen = await self.store.seen(self.group, [e.id for e in events])
-        fresh = [e for e in events if e.id not in seen]
-        if len(fresh) < len(events):
-            m.DUPLICATES.labels(self.group).inc(len(events) - len(fresh))
-        for e in fresh:
+        # Transaction events need no id check: a replay is a contiguous run of a charger's
+        # events in their order, and the monitor applies them as the state they set (a
+        # reading not newer than the last is ignored, an end drops the transaction). So
+        # the meter readings, nearly every event, are never looked up or kept by id; the
+        # charger events are (a replayed Faulted or a counted login failure would raise).
+        checked = [e.id for e in events if not e.type.startswith(REPLAY_SAFE_PREFIX)]
+        seen = await self.store.seen(self.group, checked) if checked else set()
+        if seen:
+            m.DUPLICATES.labels(self.group).inc(len(seen))
+            events = [e for e in events if e.id not in seen]
+        for e in events:
             self.monitor.apply(e)
         self.monitor.tick()
-        changed = await self._commit([e.id for e in fresh])
-        m.CONSUMED.labels(self.group).inc(len(fresh))
+        changed = await self._commit([i for i in checked if i not in seen])
+        m.CONSUMED.labels(self.group).inc(len(events))
         return changed
 
     async def tick(self) -> list[Alert]:

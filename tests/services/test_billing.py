@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from chargeyard.services.billing import Tariff, TariffError, match, price
-from chargeyard.services.billing.service import Billing
+from chargeyard.services.billing.service import GROUP, Billing
 from chargeyard.services.billing.service import price_transaction
 from chargeyard.services.billing.tariffs import from_json, to_json
 from chargeyard.store import events as ev
@@ -124,6 +124,8 @@ def test_billing_is_idempotent_and_prices_the_store_transaction(services_store):
             assert [(c.charger_id, c.tariff_id, c.total) for c in cdrs] == [("DE-1", "de", "1.90"),
                                                                              ("FR-1", None, "0.00")]
             assert await billing.handle([ended, other]) == []  # replayed
+            # only what billing acts on is kept by id: the readings cost it nothing
+            assert await store.seen(GROUP, [meter.id, ended.id]) == {ended.id}
             # a second transaction.ended for the same transaction (another id) changes nothing
             again = ev.Event("other-id", "transaction.ended", ev.SOURCE, T0, "DE-1", ev.TransactionEnded("1"))
             assert await billing.handle([again]) == []

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 
 from chargeyard.services.monitoring import Monitor, MonitorSettings
-from chargeyard.services.monitoring.service import Monitoring
+from chargeyard.services.monitoring.service import GROUP, Monitoring
 from chargeyard.store import events as ev
 
 UTC = dt.timezone.utc
@@ -163,4 +163,33 @@ def test_state_survives_a_restart(services_store):
             assert await store.list_alerts(active=True) == []
             assert len(await store.list_alerts(charger_id="cp")) == 2
             assert all(x.api()["cleared_at"] for x in await store.list_alerts())
+    asyncio.run(main())
+
+
+def test_a_replayed_run_of_transaction_events_changes_nothing(services_store):
+    """Transaction events are applied without an id check (nearly every event is a reading:
+    none is looked up or kept by id). A replayed run of them (a relay publishing again after
+    its restart, perhaps after another worker's newer events) changes no state and raises
+    nothing: not even a late reading of an ended transaction, which must not come back to
+    stall. Charger events keep the id check: a replayed Faulted does not raise again."""
+    async def main():
+        c = Clock()
+        async with services_store() as store:
+            mon = await Monitoring(store, S, clock=c).open()
+            run = [ev.connected("cp", c.at(0), "ocpp1.6", 1), ev.tx_started("cp", c.at(0), "7", 1, meter_start_wh=0),
+                   ev.tx_meter("cp", c.at(60), "7", 1, 100.0), ev.tx_meter("cp", c.at(120), "7", 1, 200.0),
+                   ev.tx_ended("cp", c.at(180), "7", 300.0)]
+            assert await mon.handle(run) == []
+            faulted = ev.status("cp", c.at(200), 0, 1, "Faulted")
+            (a,) = await mon.handle([faulted, ev.status("cp", c.at(201), 0, 1, "Available")])
+            assert a.kind == "connector_faulted" and a.cleared_at  # raised and cleared in one batch
+            # the readings were never kept by id; the charger events were
+            assert await store.seen(GROUP, [e.id for e in run[2:4]]) == set()
+            assert await store.seen(GROUP, [run[0].id, faulted.id]) == {run[0].id, faulted.id}
+            assert await mon.handle(run[2:4]) == []  # late readings of the ended transaction
+            assert mon.monitor.chargers["cp"].txs == {}
+            assert await mon.handle(run[1:] + [faulted]) == []  # the whole run again
+            assert mon.monitor.chargers["cp"].txs == {}
+            c.at(180 + 3600)  # far past stall_after: no transaction stalls (the charger is silent)
+            assert [a.kind for a in await mon.tick()] == ["no_heartbeat"]
     asyncio.run(main())
