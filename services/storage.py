@@ -1,9 +1,10 @@
 """What the services keep, behind small interfaces, and an SQLite implementation.
 
 Each consumed batch of events is applied in one transaction together with the ids of the
-events it consumed (``seen``), so an effect (a CDR, an alert, a monitor's timers) is
-stored exactly once however often Kafka or the relay delivers its event; the consumer
-commits its Kafka offsets only after that transaction.
+events whose replay would change something (``seen``: billing's ``transaction.ended``,
+monitoring's charger events; the services say which), so an effect (a CDR, an alert, a
+monitor's timers) is stored exactly once however often Kafka or the relay delivers its
+event; the consumer commits its Kafka offsets only after that transaction.
 
 Two implementations, chosen by ``--store`` like the main store (ADR 0018):
 ``SqliteServiceStore`` keeps everything in one small SQLite file of the service's own
