@@ -327,24 +327,8 @@ def from_op(op: Any, result: Any, protocol: str = "") -> list[Event]:
     return []
 
 
-def encoded(ops: list[Any], results: list[Any]) -> list[tuple[str, bytes]]:
-    """``(charger id, encoded envelope)`` of every event a committed batch reports, in op
-    order: what a backend writes to its outbox. The same events, and the same bytes, as
-    ``encode`` of :func:`from_op`'s; a saturated worker encodes one per message, so this is
-    ``Rows.outbox_rows`` of ``store/logrows.py``'s twins (compiled unless ``CHARGEYARD_PURE``;
-    ADR 0021); :func:`encoded_python` is the pure-Python twin's."""
-    global _outbox_rows
-    if _outbox_rows is None:  # on first use: logrows imports this module
-        from ..core import twins
-        _outbox_rows = twins.load("chargeyard.store.logrows").Rows.outbox_rows
-    return _outbox_rows(ops, results)
-
-
-_outbox_rows: Callable[[list[Any], list[Any]], list[tuple[str, bytes]]] | None = None
-
-
 def encoded_python(ops: list[Any], results: list[Any]) -> list[tuple[str, bytes]]:
-    """:func:`encoded` in Python. The MeterSample (most of a busy batch) takes a shorter
+    """``store.outbox_encoding.encoded`` in Python. The MeterSample (most of a busy batch) takes a shorter
     path to the same bytes: the id's hash of (charger, type, transaction, connector) is
     computed once per batch and copied for each reading's time."""
     out: list[tuple[str, bytes]] = []

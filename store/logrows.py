@@ -11,7 +11,7 @@ kind)``, packed the same way. ``READING_LOGS`` tables hold the log, a charger's 
 The per-reading steps: building a batch's log rows, checking them, splitting them by log
 table (a move of packed inbox rows: ``split_packed``), and turning a log table's packed rows
 into chunks (a fold: ``fold``), and encoding a committed batch's events for the outbox
-(``outbox_rows``: ``store/events.py``'s ``encoded``). A saturated worker runs them for every reading, so
+(``outbox_rows``: ``store/outbox_encoding.py``'s ``encoded``). A saturated worker runs them for every reading, so
 ``_logrows.pyx`` is the same code compiled (same results, same errors); this module is its
 pure-Python twin, chosen by ``core.twins.load("chargeyard.store.logrows")``.
 
@@ -163,7 +163,7 @@ class Rows:
     @staticmethod
     def outbox_rows(ops: list, results: list) -> list[tuple[str, bytes]]:
         """``(charger id, encoded envelope)`` of every event of a committed batch, in op order
-        (``store.events.encoded``: the same bytes as ``encode`` of ``from_op``'s events)."""
+        (``store.outbox_encoding.encoded``: the same bytes as ``encode`` of ``from_op``'s events)."""
         return encoded_python(ops, results)
 
     @staticmethod

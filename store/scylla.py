@@ -77,10 +77,25 @@ from typing import Any
 
 import msgspec
 
-from .events import EVENT_OPS, OutboxRow, encoded
-from .base import (to_us, from_us, ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
-                   StopTransaction, Store, StoreError, TransactionEvent, UpsertCharger)
+from .base import (
+    ChargerSeen,
+    ConnectorStatus,
+    Fence,
+    MeterSample,
+    Op,
+    StaleEpoch,
+    StartTransaction,
+    StopTransaction,
+    Store,
+    StoreError,
+    TransactionEvent,
+    UpsertCharger,
+    from_us,
+    to_us,
+)
 from .chargers import ChargerCredentials, ChargerCredentialStore, SecurityEvent
+from .events import EVENT_OPS, OutboxRow
+from .outbox_encoding import encoded
 
 __all__ = ["ScyllaStore", "MIGRATIONS", "LATEST", "migration_statements"]
 

@@ -12,7 +12,7 @@ every writer of the store uses.
   (``wal.Wal.durable``). If the file's write lock is taken (a fold for a read, another
   process) it does not wait: the batch goes to the store thread, as larger ones do.
 * With an outbox (``outbox`` = the worker id), the events the batch's ops report
-  (``store/events.py``'s ``from_op``, encoded by ``encoded``: compiled, ADR 0021) are
+  (``store/events.py``'s ``from_op``, encoded by ``store/outbox_encoding.py``: compiled, ADR 0021) are
   written in the same transaction (``outbox.py``): none for a batch that fails, all of
   those that committed.
 * Several processes may share the file: ``busy_timeout`` waits for the write lock, and
@@ -32,9 +32,22 @@ import sqlite3
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
-from ..base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
-                    StopTransaction, StoreError, TransactionEvent, UpsertCharger, to_us)
-from ..events import EVENT_OPS, encoded
+from ..base import (
+    ChargerSeen,
+    ConnectorStatus,
+    Fence,
+    MeterSample,
+    Op,
+    StaleEpoch,
+    StartTransaction,
+    StopTransaction,
+    StoreError,
+    TransactionEvent,
+    UpsertCharger,
+    to_us,
+)
+from ..events import EVENT_OPS
+from ..outbox_encoding import encoded
 from . import outbox, sql
 from .readings import ROWS, Readings, packed
 from .wal import Wal
@@ -91,7 +104,7 @@ class Batches:
         # the worker id whose outbox this store writes the batches' events to (None: no
         # events; store/events.py, outbox.py)
         self.outbox: str | None = None
-        # the batch's events as outbox rows: events.encoded, the compiled twin's unless pure
+        # the batch's events as outbox rows: outbox_encoding.encoded, the compiled twin's unless pure
         # (a benchmark sets one twin's ``Rows.outbox_rows`` per store to compare them)
         self.encode_events: Callable[[list, list], list[tuple[str, bytes]]] = encoded
         self._bulk: dict[type, Callable[[list], None]] = {

@@ -73,7 +73,7 @@ def create(conn: sqlite3.Connection) -> None:
 
 
 def write(conn: sqlite3.Connection, worker: str, rows: Sequence[tuple[str, bytes]]) -> int:
-    """Append ``(charger id, encoded event)`` rows (``store.events.encoded``, in commit
+    """Append ``(charger id, encoded event)`` rows (``store.outbox_encoding.encoded``, in commit
     order) inside the caller's write transaction; returns the seq of the last one (0 when
     there are none)."""
     if not rows:

@@ -7,10 +7,17 @@ import datetime as dt
 import json
 
 import msgspec
-
 from chargeyard.store import events as ev
-from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
-                                   TransactionEvent, UpsertCharger)
+from chargeyard.store.base import (
+    ChargerSeen,
+    ConnectorStatus,
+    MeterSample,
+    StartTransaction,
+    StopTransaction,
+    TransactionEvent,
+    UpsertCharger,
+)
+from chargeyard.store.outbox_encoding import encoded
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -106,4 +113,4 @@ def test_encoded_is_from_op_encoded():
            ConnectorStatus("a", 0, 1, "Faulted", "X", T0), StopTransaction("a", "7", 20.0, T0)]
     results = [None, None, None, None, True]
     want = [(e.charger_id, ev.encode(e)) for op, r in zip(ops, results) for e in ev.from_op(op, r)]
-    assert ev.encoded(ops, results) == want and len(want) == 4
+    assert encoded(ops, results) == want and len(want) == 4

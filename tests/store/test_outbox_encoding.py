@@ -1,4 +1,4 @@
-"""The outbox's encoding of a committed batch (``store.events.encoded``: ``Rows.outbox_rows``
+"""The outbox's encoding of a committed batch (``store.outbox_encoding.encoded``: ``Rows.outbox_rows``
 of ``store/logrows.py`` and its compiled twin, ADR 0021): both twins write the same bytes,
 those of ``encode`` of ``from_op``'s events, whatever the ops hold; and the store writes
 them to its outbox."""
@@ -12,14 +12,23 @@ import random
 
 import msgspec
 import pytest
-
 from chargeyard.core import twins
 from chargeyard.core.messages import v16
 from chargeyard.store import events as ev
-from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction, StopTransaction,
-                                   TransactionEvent, UpsertCharger)
+from chargeyard.store import outbox_encoding
+from chargeyard.store.base import (
+    ChargerSeen,
+    ConnectorStatus,
+    MeterSample,
+    StartTransaction,
+    StopTransaction,
+    TransactionEvent,
+    UpsertCharger,
+)
+from chargeyard.store.outbox_encoding import encoded
 from chargeyard.store.sqlite import SqliteStore
 from chargeyard.worker.handlers.ocpp16 import samples_16
+
 from tests.support import twin_modules
 
 UTC = dt.timezone.utc
@@ -172,10 +181,10 @@ def test_the_compiled_hash_is_blake2b_128():
 
 
 def test_encoded_follows_the_twin_the_environment_picks(monkeypatch):
-    monkeypatch.setattr(ev, "_outbox_rows", None)
+    monkeypatch.setattr(outbox_encoding, "_outbox_rows", None)
     ops, results = representative_batch()
-    assert ev.encoded(ops, results) == reference(ops, results)
-    assert ev._outbox_rows is twins.load("chargeyard.store.logrows").Rows.outbox_rows
+    assert encoded(ops, results) == reference(ops, results)
+    assert outbox_encoding._outbox_rows is twins.load("chargeyard.store.logrows").Rows.outbox_rows
 
 
 def test_the_store_writes_the_encoded_envelopes(tmp_path, twin):
