@@ -434,6 +434,6 @@ class MemoryOutbox(Outbox):
 
 
 __all__ = ["ConnectionOpened", "ConnectionClosed", "SecurityEventReported", "EVENT_OPS", "TOPIC", "SOURCE", "CONTENT_TYPE", "Data", "Event", "DATA_TYPES", "TYPES", "OutboxRow", "Outbox",
-           "MemoryOutbox", "encode", "encoded", "encoded_python", "decode", "data_of", "event_id", "make", "from_op", "row",
+           "MemoryOutbox", "encode", "encoded_python", "decode", "data_of", "event_id", "make", "from_op", "row",
            "ChargerConnected", "ChargerDisconnected", "ChargerBooted", "ChargerHeartbeat", "ChargerStatus",
            "ChargerSecurityEvent", "TransactionStarted", "TransactionMeter", "TransactionEnded"]

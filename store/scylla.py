@@ -77,22 +77,8 @@ from typing import Any
 
 import msgspec
 
-from .base import (
-    ChargerSeen,
-    ConnectorStatus,
-    Fence,
-    MeterSample,
-    Op,
-    StaleEpoch,
-    StartTransaction,
-    StopTransaction,
-    Store,
-    StoreError,
-    TransactionEvent,
-    UpsertCharger,
-    from_us,
-    to_us,
-)
+from .base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
+                   StopTransaction, Store, StoreError, TransactionEvent, UpsertCharger, from_us, to_us)
 from .chargers import ChargerCredentials, ChargerCredentialStore, SecurityEvent
 from .events import EVENT_OPS, OutboxRow
 from .outbox_encoding import encoded

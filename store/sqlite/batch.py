@@ -32,20 +32,8 @@ import sqlite3
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
-from ..base import (
-    ChargerSeen,
-    ConnectorStatus,
-    Fence,
-    MeterSample,
-    Op,
-    StaleEpoch,
-    StartTransaction,
-    StopTransaction,
-    StoreError,
-    TransactionEvent,
-    UpsertCharger,
-    to_us,
-)
+from ..base import (ChargerSeen, ConnectorStatus, Fence, MeterSample, Op, StaleEpoch, StartTransaction,
+                    StopTransaction, StoreError, TransactionEvent, UpsertCharger, to_us)
 from ..events import EVENT_OPS
 from ..outbox_encoding import encoded
 from . import outbox, sql

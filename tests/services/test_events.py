@@ -8,15 +8,8 @@ import json
 
 import msgspec
 from chargeyard.store import events as ev
-from chargeyard.store.base import (
-    ChargerSeen,
-    ConnectorStatus,
-    MeterSample,
-    StartTransaction,
-    StopTransaction,
-    TransactionEvent,
-    UpsertCharger,
-)
+from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction,
+                                   StopTransaction, TransactionEvent, UpsertCharger)
 from chargeyard.store.outbox_encoding import encoded
 
 T0 = dt.datetime(2025, 3, 1, 8, 0, tzinfo=dt.timezone.utc)

@@ -16,15 +16,8 @@ from chargeyard.core import twins
 from chargeyard.core.messages import v16
 from chargeyard.store import events as ev
 from chargeyard.store import outbox_encoding
-from chargeyard.store.base import (
-    ChargerSeen,
-    ConnectorStatus,
-    MeterSample,
-    StartTransaction,
-    StopTransaction,
-    TransactionEvent,
-    UpsertCharger,
-)
+from chargeyard.store.base import (ChargerSeen, ConnectorStatus, MeterSample, StartTransaction,
+                                   StopTransaction, TransactionEvent, UpsertCharger)
 from chargeyard.store.outbox_encoding import encoded
 from chargeyard.store.sqlite import SqliteStore
 from chargeyard.worker.handlers.ocpp16 import samples_16
