@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import uuid
+
+import pytest
 
 from chargeyard.store import events as ev
 from chargeyard.worker.relay import EVENTS_PUBLISHED, PUBLISH_ERRORS, KafkaPublisher, LocalPublisher, Relay
@@ -65,6 +68,10 @@ def test_relay_publishes_everything_in_order(kafka, run):
     run(main())
 
 
+# aiokafka: a producer dropped while its broker is down can still open a connection once
+# the broker is back, which nobody closes (the transport is collected later, in any test);
+# collected here, at the end of the outage, and let go
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_outage_spools_then_drains_in_order(own_kafka, run, caplog):
     """The broker stops for 30 s while events keep being committed (appending never
     waits on the relay); after its restart everything arrives, once, in order."""
@@ -115,6 +122,7 @@ def test_outage_spools_then_drains_in_order(own_kafka, run, caplog):
         got = await read_events(own_kafka.bootstrap, topic, {e.id for e in sent})
         _check_order(got, sent)
     run(main(), timeout=180)
+    gc.collect()
     warnings = [r.getMessage() for r in caplog.records]
     assert any("cannot publish" in w for w in warnings)
     assert any("publishing again" in w for w in warnings)
