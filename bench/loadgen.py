@@ -511,11 +511,15 @@ class Generator:
         for ch in self.chargers:
             if ch.t is not None:
                 ch.t.disconnect(graceful=False)  # power cut / network drop
+        return await self._storm_result("storm", cpu0, wall0, float(c.get("timeout", 60)))
+
+    async def _storm_result(self, kind: str, cpu0: float, wall0: float, timeout: float) -> dict:
+        """Wait (at most ``timeout``) for every charger of the storm to be back; the result."""
         try:
-            await asyncio.wait_for(self.storm_event.wait(), float(c.get("timeout", 60)))
+            await asyncio.wait_for(self.storm_event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
-        res = self._result("storm", cpu0, wall0)
+        res = self._result(kind, cpu0, wall0)
         res["storm_at"] = self.storm_at
         res["storm_done_at"] = self.storm_done_at
         res["storm_target"] = self.storm_target
@@ -539,16 +543,7 @@ class Generator:
         timeout = float(c.get("timeout", 60))
         for ch in down:
             self.spawn(self.connect(ch, deadline=self.storm_at + timeout))
-        try:
-            await asyncio.wait_for(self.storm_event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-        res = self._result("rejoin", cpu0, wall0)
-        res["storm_at"] = self.storm_at
-        res["storm_done_at"] = self.storm_done_at
-        res["storm_target"] = self.storm_target
-        self.storm_at = None
-        return res
+        return await self._storm_result("rejoin", cpu0, wall0, timeout)
 
     async def close(self):
         self.stopping = True
