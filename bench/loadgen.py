@@ -501,17 +501,23 @@ class Generator:
 
     async def run_storm(self, c: dict) -> dict:
         self.reset_counters()
-        self.storm_target = sum(1 for ch in self.chargers if ch.ready)
-        self.storm_done_at = None
-        self.storm_event = asyncio.Event()
-        self.connect_errors = {}
-        await self._wait_until(c["at"])
-        cpu0, wall0 = _cpu_s(), monotonic()
-        self.storm_at = monotonic()
+        cpu0, wall0 = await self._storm_start(sum(1 for ch in self.chargers if ch.ready), c["at"])
         for ch in self.chargers:
             if ch.t is not None:
                 ch.t.disconnect(graceful=False)  # power cut / network drop
         return await self._storm_result("storm", cpu0, wall0, float(c.get("timeout", 60)))
+
+    async def _storm_start(self, target: int, at: float) -> tuple[float, float]:
+        """Arm a storm of ``target`` chargers and wait for the common start ``at``; the CPU
+        and wall clock it is measured from."""
+        self.storm_target = target
+        self.storm_done_at = None
+        self.storm_event = asyncio.Event()
+        self.connect_errors = {}
+        await self._wait_until(at)
+        cpu0, wall0 = _cpu_s(), monotonic()
+        self.storm_at = monotonic()
+        return cpu0, wall0
 
     async def _storm_result(self, kind: str, cpu0: float, wall0: float, timeout: float) -> dict:
         """Wait (at most ``timeout``) for every charger of the storm to be back; the result."""
@@ -533,13 +539,7 @@ class Generator:
         self.url = c["url"].rstrip("/") + "/"
         self.reconnect = True
         down = [ch for ch in self.chargers if ch.t is None and not ch.ready]
-        self.storm_target = self.ready_count + len(down)
-        self.storm_done_at = None
-        self.storm_event = asyncio.Event()
-        self.connect_errors = {}
-        await self._wait_until(c["at"])
-        cpu0, wall0 = _cpu_s(), monotonic()
-        self.storm_at = monotonic()
+        cpu0, wall0 = await self._storm_start(self.ready_count + len(down), c["at"])
         timeout = float(c.get("timeout", 60))
         for ch in down:
             self.spawn(self.connect(ch, deadline=self.storm_at + timeout))
