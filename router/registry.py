@@ -219,7 +219,8 @@ class LocalRegistry(Registry):
     def __init__(self, worker_id: str = "local") -> None:
         self.worker_id = worker_id
         self._owners: dict[str, Owner] = {}
-        # epochs from the clock (microseconds), +1 when claims come faster: the store keeps
+        # epochs from the clock in milliseconds, +1 when claims come faster, as the Redis
+        # registry floors them (a store may move between one node and a cluster): the store keeps
         # each charger's highest epoch (fencing), so a restarted node must issue larger ones
         self._last_epoch = 0
         self._executor = None
@@ -242,7 +243,7 @@ class LocalRegistry(Registry):
                 q.put_nowait(None)
 
     async def claim(self, charger_id: str, protocol: str = "") -> int:
-        epoch = self._last_epoch = max(self._last_epoch + 1, time.time_ns() // 1_000)
+        epoch = self._last_epoch = max(self._last_epoch + 1, time.time_ns() // 1_000_000)
         old = self._owners.get(charger_id)
         self._owners[charger_id] = Owner(self.worker_id, epoch, protocol)
         if old is not None and old.worker_id != self.worker_id and self._on_takeover is not None:
